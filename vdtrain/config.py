@@ -1,0 +1,99 @@
+"""Typed configuration: `VDTrainingArguments` (the method's fields) and the model/data/LoRA argument dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+CLEAN_PASSES = ("train", "eval")
+
+
+@dataclass
+class VDTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the visual-dependence loss re-weighting of the thesis (Eq. 5.1-5.5).
+
+    Args:
+        vd_weighting (`str`, defaults to `"neg"`): weighting scheme; `neg` emphasises image-negative tokens (Eq. 5.3),
+            `pos` image-positive ones (Eq. 5.4), `none` keeps the vanilla loss. More via `register_weighting`.
+        vd_temperature (`float`, defaults to 0.5): softmax temperature tau of Eq. 5.5; 0 is the vanilla loss.
+        vd_start (`float`, defaults to 0.5): fraction of the total optimizer steps after which re-weighting starts.
+        vd_noise_step (`int`, defaults to 900): diffusion step of the noised image, in [0, 999].
+        vd_eos_min_weight (`float`, defaults to 1.0): floor of the end-of-turn token's weight.
+        vd_clean_pass (`str`, defaults to `"train"`): `train` reuses the training forward's logits for p_clean;
+            `eval` runs a separate no-grad eval-mode clean pass, as the thesis describes.
+        vd_pixel_key (`str`, *optional*): the batch key holding the images; found automatically when unset.
+        eos_selective (`bool`, defaults to `False`): the selective EOS supervision baseline (Yue et al. 2024).
+        projector_lr (`float`, *optional*): learning rate of the multimodal projector's parameter group.
+    """
+
+    vd_weighting: str = field(
+        default="neg", metadata={"help": "Weighting scheme: 'neg' (Eq. 5.3), 'pos' (Eq. 5.4) or 'none' (vanilla)."}
+    )
+    vd_temperature: float = field(default=0.5, metadata={"help": "Softmax temperature tau of Eq. 5.5 (0 = vanilla)."})
+    vd_start: float = field(
+        default=0.5, metadata={"help": "Fraction of total optimizer steps after which the loss is re-weighted."}
+    )
+    vd_noise_step: int = field(default=900, metadata={"help": "Diffusion noise step T of the noised image, 0-999."})
+    vd_eos_min_weight: float = field(default=1.0, metadata={"help": "Lower bound of the end-of-turn token weight."})
+    vd_clean_pass: str = field(
+        default="train",
+        metadata={"help": "'train': p_clean from the training forward; 'eval': an extra eval-mode clean pass."},
+    )
+    vd_pixel_key: str | None = field(
+        default=None, metadata={"help": "Batch key of the image tensor (default: found from the batch)."}
+    )
+    eos_selective: bool = field(
+        default=False,
+        metadata={
+            "help": "Selective EOS supervision baseline: drop the end-of-turn logit where the target is not it."
+        },
+    )
+    projector_lr: float | None = field(
+        default=None, metadata={"help": "Learning rate of the multimodal projector (default: learning_rate)."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        from vdtrain.weighting import available_weightings
+
+        if self.vd_weighting not in available_weightings():
+            raise ValueError(f"vd_weighting must be one of {available_weightings()}, got {self.vd_weighting!r}")
+        if self.vd_clean_pass not in CLEAN_PASSES:
+            raise ValueError(f"vd_clean_pass must be one of {CLEAN_PASSES}, got {self.vd_clean_pass!r}")
+        if not 0.0 <= self.vd_start <= 1.0:
+            raise ValueError(f"vd_start is a fraction of training in [0, 1], got {self.vd_start}")
+        if not 0 <= self.vd_noise_step <= 999:
+            raise ValueError(f"vd_noise_step must be in [0, 999], got {self.vd_noise_step}")
+        if self.vd_temperature < 0:
+            raise ValueError(f"vd_temperature must be >= 0, got {self.vd_temperature}")
+
+
+@dataclass
+class ModelArguments:
+    """Which model to fine-tune and how it is wrapped."""
+
+    model_name_or_path: str = field(metadata={"help": "Hub id or local directory of the base model."})
+    dtype: str = field(default="auto", metadata={"help": "Weights dtype: auto, bfloat16, float16 or float32."})
+    attn_implementation: str | None = field(default=None, metadata={"help": "e.g. sdpa, eager, flash_attention_2."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Never needed by a supported family."})
+    lora: bool = field(default=True, metadata={"help": "Train LoRA adapters on the language model (else full)."})
+    lora_r: int = field(default=128, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=256, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: str | None = field(
+        default=None, metadata={"help": "Regex of modules to wrap (default: the family's language-model linears)."}
+    )
+    train_projector: bool = field(default=True, metadata={"help": "Train the multimodal projector fully."})
+    freeze_vision_tower: bool = field(default=True, metadata={"help": "Keep the vision tower frozen."})
+
+
+@dataclass
+class DataArguments:
+    """Where the conversations and images are."""
+
+    data_path: str = field(metadata={"help": "LLaVA-format conversation JSON (or JSONL)."})
+    image_folder: str | None = field(default=None, metadata={"help": "Folder the samples' `image` paths are in."})
+    max_length: int = field(default=2048, metadata={"help": "Truncate token sequences to this length."})
+    max_samples: int | None = field(default=None, metadata={"help": "Use only the first N samples (debugging)."})
+    check_images: bool = field(default=True, metadata={"help": "Check every image file exists before training."})

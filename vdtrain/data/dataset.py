@@ -1,0 +1,129 @@
+"""Supervised dataset (text tokenised up front, images loaded lazily) and the right-padding collator."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from vdtrain.data.conversations import image_path, load_image, to_messages
+from vdtrain.models.base import IGNORE_INDEX, ConversationError, Example, ModelAdapter, _tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+class SupervisedDataset(torch.utils.data.Dataset):
+    """Training examples of LLaVA-format records for one model family.
+
+    Every conversation is tokenised once at construction (so samples that truncation leaves without supervised
+    tokens are dropped, with a warning naming them, before training starts); images are read per item.
+
+    Args:
+        records: LLaVA-format records (`load_conversations`).
+        adapter: the model family's `ModelAdapter`.
+        processor: the model's processor (tokenizer + image processor).
+        image_folder: folder the records' `image` paths are relative to.
+        max_length: tokens per sequence after image expansion.
+        source: name of the data file, for error messages.
+    """
+
+    def __init__(
+        self,
+        records: list[dict[str, Any]],
+        adapter: ModelAdapter,
+        processor: Any,
+        image_folder: str | os.PathLike | None = None,
+        max_length: int = 2048,
+        source: str = "data",
+    ) -> None:
+        self.adapter, self.processor, self.image_folder, self.source = adapter, processor, image_folder, source
+        self.items: list[tuple[dict[str, Any], Example]] = []
+        self.dropped: list[str] = []
+        for record in tqdm(records, desc="tokenizing", unit="sample", leave=False):
+            messages = to_messages(record, source)
+            path = image_path(record, image_folder)
+            num_tokens = 0
+            if path is not None:
+                size = (64, 64)
+                if adapter.image_tokens_depend_on_size:
+                    with Image.open(path) as image:
+                        size = image.size
+                num_tokens = adapter.num_image_tokens(processor, size)
+            for example in adapter.encode(messages, processor, num_tokens, sample_id=str(record["id"])):
+                truncated = example.truncate(max_length)
+                image_id = adapter.image_token_id(processor)
+                kept_image_tokens = sum(token == image_id for token in truncated.input_ids) if path else 0
+                if truncated.num_supervised == 0 or kept_image_tokens != num_tokens:
+                    self.dropped.append(str(record["id"]))
+                    reason = "no supervised token" if truncated.num_supervised == 0 else "the image tokens"
+                    logger.warning(
+                        "%s: sample %r dropped: truncation to max_length=%d cut %s (%d tokens)",
+                        source, record["id"], max_length, reason, len(example.input_ids),
+                    )  # fmt: skip
+                    continue
+                self.items.append((record, truncated))
+        if not self.items:
+            raise ConversationError(f"{source}: no sample is left to train on ({len(self.dropped)} dropped)")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record, example = self.items[index]
+        item: dict[str, Any] = {
+            "input_ids": example.input_ids,
+            "labels": example.labels,
+            END_OF_TURN: example.end_of_turn_mask,
+            **example.extra,
+        }
+        path = image_path(record, self.image_folder)
+        if path is not None:
+            image = load_image(path, str(record["id"]))
+            item["image_inputs"] = self.adapter.image_inputs(self.processor, [image])
+        return item
+
+
+END_OF_TURN = "end_of_turn_mask"
+
+
+@dataclass
+class VDDataCollator:
+    """Right-pads token fields and concatenates per-image tensors along dim 0 (text-only samples add none).
+
+    Adds `end_of_turn_mask` (B, L) and `has_image` (B,), which `VDTrainer` takes out before the forward.
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    @classmethod
+    def for_processor(cls, processor: Any, **kwargs: Any) -> VDDataCollator:
+        tokenizer = _tokenizer(processor)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return cls(pad_token_id=pad, **kwargs)
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        length = max(len(feature["input_ids"]) for feature in features)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        pads = {"input_ids": self.pad_token_id, "labels": IGNORE_INDEX, END_OF_TURN: False}
+        token_keys = [key for key in features[0] if key != "image_inputs"]
+        batch: dict[str, torch.Tensor] = {}
+        for key in token_keys:
+            pad = pads.get(key, 0)
+            rows = [list(feature[key]) + [pad] * (length - len(feature[key])) for feature in features]
+            batch[key] = torch.tensor(rows, dtype=torch.bool if key == END_OF_TURN else torch.long)
+        # Attention comes from lengths, never from pad_token_id (pad == eos for Llama-3 models).
+        batch["attention_mask"] = torch.tensor(
+            [[1] * len(f["input_ids"]) + [0] * (length - len(f["input_ids"])) for f in features], dtype=torch.long
+        )
+        images = [feature["image_inputs"] for feature in features if "image_inputs" in feature]
+        for key in images[0] if images else ():
+            batch[key] = torch.cat([image[key] for image in images], dim=0)
+        batch["has_image"] = torch.tensor(["image_inputs" in f for f in features], dtype=torch.bool)
+        return batch

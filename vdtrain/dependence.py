@@ -1,0 +1,83 @@
+"""Target log-probabilities and visual dependence d (thesis Eq. 5.1), as pure tensor functions."""
+
+from __future__ import annotations
+
+import torch
+
+IGNORE_INDEX = -100
+POSITIVE_THRESHOLD = 0.25  # d > 0.25: image-positive; d < -0.25: image-negative; else image-invariant
+
+
+def row_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, chunk_size: int = 1024) -> torch.Tensor:
+    """`log softmax(logits)[target]` per row, `(N,)` float32, converting at most `chunk_size` rows at a time.
+
+    Args:
+        logits (`torch.Tensor`): `(N, V)` in any float dtype.
+        targets (`torch.Tensor`): `(N,)` token ids (all valid).
+    """
+    out = torch.empty(targets.shape[0], dtype=torch.float32, device=logits.device)
+    for start in range(0, targets.shape[0], chunk_size):
+        rows = logits[start : start + chunk_size].float()  # (c, V): the only float32 copy
+        picked = rows.gather(-1, targets[start : start + chunk_size, None]).squeeze(-1)
+        out[start : start + chunk_size] = picked - torch.logsumexp(rows, dim=-1)
+    return out
+
+
+def target_logprobs(
+    logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = IGNORE_INDEX, chunk_size: int = 128
+) -> torch.Tensor:
+    """Log-probability of each label under the logits of the position before it, `(B, L)` float32.
+
+    Labels follow the HF convention (aligned with `input_ids`): position `t` holds
+    `log p(labels[t] | tokens < t)`, read from `logits[:, t - 1]`. Position 0 and ignored positions hold 0.
+    Works over chunks of the sequence (logit at target minus logsumexp), so no float32 copy of the whole
+    `(B, L, V)` logits is ever made.
+
+    Args:
+        logits (`torch.Tensor`): `(B, L, V)` in any float dtype.
+        labels (`torch.Tensor`): `(B, L)` token ids, `ignore_index` where unsupervised.
+        chunk_size (`int`, defaults to 128): sequence positions converted to float32 at a time.
+    """
+    if logits.shape[:2] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not align")
+    batch, length = labels.shape
+    out = torch.zeros(batch, length, dtype=torch.float32, device=logits.device)
+    targets = labels[:, 1:]  # (B, L-1)
+    valid = targets != ignore_index
+    safe_targets = targets.masked_fill(~valid, 0)
+    for start in range(0, length - 1, chunk_size):
+        stop = min(start + chunk_size, length - 1)
+        chunk = logits[:, start:stop]  # (B, c, V)
+        rows = row_logprobs(chunk.reshape(-1, chunk.shape[-1]), safe_targets[:, start:stop].reshape(-1))
+        out[:, start + 1 : stop + 1] = rows.view(batch, stop - start)
+    out[:, 1:] *= valid
+    return out
+
+
+def visual_dependence(logp_clean: torch.Tensor, logp_noisy: torch.Tensor) -> torch.Tensor:
+    """`d = (p_c - p_n) / max(p_c, p_n)` (Eq. 5.1) in the stable form `sign(lc - ln) (1 - exp(-|lc - ln|))`.
+
+    Args:
+        logp_clean (`torch.Tensor`): log p(y_t | y_<t, v), any shape.
+        logp_noisy (`torch.Tensor`): log p(y_t | y_<t, v*), same shape.
+
+    Returns:
+        `torch.Tensor` of the same shape with values in `[-1, 1]`.
+    """
+    delta = logp_clean.float() - logp_noisy.float()
+    return torch.sign(delta) * -torch.expm1(-delta.abs())
+
+
+def dependence_stats(d: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """Mean `d` and the shares of image-positive / -negative / -invariant tokens over `mask`."""
+    values = d[mask].float()
+    if values.numel() == 0:
+        return {"vd_mean": 0.0, "vd_frac_pos": 0.0, "vd_frac_neg": 0.0, "vd_frac_inv": 0.0}
+    pos = (values > POSITIVE_THRESHOLD).float().mean().item()
+    neg = (values < -POSITIVE_THRESHOLD).float().mean().item()
+    return {"vd_mean": values.mean().item(), "vd_frac_pos": pos, "vd_frac_neg": neg, "vd_frac_inv": 1.0 - pos - neg}
+
+
+def sample_scores(d: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sample total visual dependence `sum_t d(y_t)` over supervised tokens (data filtering, section 5.4.5)."""
+    return (d.float() * mask).sum(dim=-1)

@@ -1,0 +1,76 @@
+"""Loading a model and processor for training or evaluation, and wrapping it with LoRA per its adapter."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+
+from vdtrain.config import ModelArguments
+from vdtrain.models import ModelAdapter, get_adapter
+
+logger = logging.getLogger(__name__)
+DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def load_model_and_processor(
+    path: str | os.PathLike, *, dtype: str = "auto", attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[Any, Any, ModelAdapter]:  # fmt: skip
+    """`(model, processor, adapter)` for a local directory or hub id, through the Auto classes."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    import vdtrain.models  # noqa: F401  (registers vdtrain's own architectures with the Auto classes)
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    kwargs: dict[str, Any] = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForImageTextToText.from_pretrained(path, config=config, **kwargs)
+    return model, processor, get_adapter(model, processor)
+
+
+def prepare_for_training(model: Any, adapter: ModelAdapter, args: ModelArguments, gradient_checkpointing: bool) -> Any:
+    """Freeze what the recipe keeps fixed and add LoRA to the language model; the projector trains fully.
+
+    With LoRA the projector is a PEFT `modules_to_save` module, so every adapter checkpoint holds it.
+    """
+    projector = list(adapter.projector_modules) if args.train_projector else []
+    if not args.lora:
+        for name, param in model.named_parameters():
+            frozen = args.freeze_vision_tower and any(fragment in name for fragment in adapter.vision_modules)
+            frozen |= not args.train_projector and any(fragment in name for fragment in adapter.projector_modules)
+            param.requires_grad_(not frozen)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=args.lora_target_modules or adapter.lora_target_modules,
+        modules_to_save=projector or None,
+        task_type="CAUSAL_LM",
+    )
+    if gradient_checkpointing:
+        model.enable_input_require_grads()  # frozen embeddings would otherwise cut the checkpointed graph
+    model = get_peft_model(model, config, autocast_adapter_dtype=False)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    logger.info("vdtrain: %d trainable parameters of %d (%.2f%%)", trainable, total, 100 * trainable / max(total, 1))
+    return model
+
+
+def load_for_inference(model_path: str | os.PathLike, adapter_path: str | os.PathLike | None = None, **kwargs):
+    """`(model, processor, adapter)` in eval mode; a LoRA adapter directory is applied without merging."""
+    model, processor, adapter = load_model_and_processor(model_path, **kwargs)
+    if adapter_path:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_path)
+    return model.eval(), processor, adapter

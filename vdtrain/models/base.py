@@ -1,0 +1,161 @@
+"""The adapter interface: everything vdtrain needs to know about one model family, and a registry by model_type."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+IGNORE_INDEX = -100
+_ADAPTERS: dict[str, type[ModelAdapter]] = {}
+
+
+class ConversationError(ValueError):
+    """A sample that cannot become a training example; the message names the sample and what is wrong."""
+
+
+@dataclass
+class Example:
+    """One tokenised training sequence; image tokens already expanded to what the model expects."""
+
+    input_ids: list[int]
+    labels: list[int]
+    end_of_turn_mask: list[bool]
+    extra: dict[str, list[int]] = field(default_factory=dict)  # per-token fields such as token_type_ids
+
+    @property
+    def num_supervised(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+    def truncate(self, max_length: int) -> Example:
+        """Cut to `max_length` tokens (right side)."""
+        if len(self.input_ids) <= max_length:
+            return self
+        cut = {key: values[:max_length] for key, values in self.extra.items()}
+        return Example(self.input_ids[:max_length], self.labels[:max_length], self.end_of_turn_mask[:max_length], cut)
+
+
+def register_adapter(*model_types: str) -> Callable[[type[ModelAdapter]], type[ModelAdapter]]:
+    """Class decorator: use this adapter for models whose `config.model_type` is one of `model_types`."""
+
+    def decorator(cls: type[ModelAdapter]) -> type[ModelAdapter]:
+        for model_type in model_types:
+            _ADAPTERS[model_type] = cls
+        return cls
+
+    return decorator
+
+
+def registered_adapters() -> dict[str, type[ModelAdapter]]:
+    """model_type -> adapter class."""
+    return dict(_ADAPTERS)
+
+
+def get_adapter(model_or_config: Any, processor: Any = None) -> ModelAdapter:
+    """The adapter of a model (or config, or model_type string); the generic chat-template one as a fallback."""
+    import vdtrain.models  # noqa: F401  (registers the built-in adapters)
+
+    config = getattr(model_or_config, "config", model_or_config)
+    model_type = config if isinstance(config, str) else getattr(config, "model_type", None)
+    if model_type in _ADAPTERS:
+        return _ADAPTERS[model_type]()
+    template = getattr(processor, "chat_template", None) or getattr(
+        getattr(processor, "tokenizer", None), "chat_template", None
+    )
+    if processor is not None and template:
+        from vdtrain.models.generic import ChatTemplateAdapter
+
+        return ChatTemplateAdapter()
+    raise ValueError(
+        f"vdtrain has no adapter for model_type {model_type!r} and its processor has no chat template. "
+        "Register one: subclass vdtrain.models.ModelAdapter and decorate it with "
+        f"@register_adapter({model_type!r}) (see vdtrain/models/llava.py for a 100-line example)."
+    )
+
+
+class ModelAdapter:
+    """How one model family turns conversations into training tensors; knows nothing about training.
+
+    Subclasses set the class attributes and implement `encode` and `prompt`.
+    """
+
+    pixel_key: str = "pixel_values"
+    # LoRA on the language model only (bare names would also wrap the vision tower and projector).
+    lora_target_modules: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    projector_modules: tuple[str, ...] = ("multi_modal_projector",)
+    vision_modules: tuple[str, ...] = ("vision_tower",)
+    # False when the processor resizes every image to one size, so one measurement serves all images.
+    image_tokens_depend_on_size: bool = True
+
+    def end_of_turn_id(self, processor: Any) -> int:
+        """Token id that closes an assistant turn (supervised and flagged)."""
+        return _tokenizer(processor).eos_token_id
+
+    def image_token_id(self, processor: Any) -> int | None:
+        tokenizer = _tokenizer(processor)
+        token = getattr(processor, "image_token", None) or getattr(tokenizer, "image_token", None) or "<image>"
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        return None if token_id == tokenizer.unk_token_id else token_id
+
+    def num_image_tokens(self, processor: Any, image_size: tuple[int, int]) -> int:
+        """How many placeholder tokens one image of `image_size` (w, h) becomes, measured on the processor."""
+        cache = self.__dict__.setdefault("_num_image_tokens", {})
+        if not self.image_tokens_depend_on_size:
+            image_size = (64, 64) if not cache else next(iter(cache))
+        if image_size not in cache:
+            image = Image.new("RGB", image_size)
+            batch = processor(text=self.image_placeholder(processor), images=image, return_tensors="pt")
+            cache[image_size] = int((batch["input_ids"] == self.image_token_id(processor)).sum())
+        return cache[image_size]
+
+    def image_placeholder(self, processor: Any) -> str:
+        return getattr(processor, "image_token", None) or "<image>"
+
+    def encode(
+        self, messages: list[dict[str, str]], processor: Any, num_image_tokens: int, sample_id: str = "?"
+    ) -> list[Example]:
+        """Tokenise a conversation (`[{"role": "user"|"assistant", "content": str}]`, the image marked by
+        `<image>` in the text) into training examples: only assistant tokens supervised, end-of-turn flagged."""
+        raise NotImplementedError
+
+    def prompt(self, question: str, processor: Any, has_image: bool = True) -> str:
+        """The generation prompt for one user question, in the family's training format."""
+        raise NotImplementedError
+
+    def image_inputs(self, processor: Any, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+        """Model inputs for a batch of images (pixel tensor plus e.g. `image_sizes`, `image_grid_thw`)."""
+        return dict(processor.image_processor(images=images, return_tensors="pt"))
+
+    def generation_inputs(self, processor: Any, prompts: list[str], images: list[Image.Image]) -> dict:
+        """Left-padded generation batch of prompts (from `prompt`) and their images."""
+        tokenizer = _tokenizer(processor)
+        tokenizer.padding_side = "left"
+        return dict(processor(text=prompts, images=images, return_tensors="pt", padding=True))
+
+
+def _tokenizer(processor: Any) -> Any:
+    return getattr(processor, "tokenizer", processor)
+
+
+def tokenize_spans(
+    tokenizer: Any, pieces: list[tuple[str, bool]], *, add_bos: bool = True
+) -> tuple[list[int], list[bool]]:
+    """Tokenise the concatenation of `(text, supervised)` pieces once, and mark the tokens whose first character
+    lies in a supervised piece. One tokenizer call keeps merges across piece boundaries exactly as at inference."""
+    text = "".join(piece for piece, _ in pieces)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    flags, position = [], 0
+    spans = []
+    for piece, supervised in pieces:
+        spans.append((position, position + len(piece), supervised))
+        position += len(piece)
+    ids = list(encoded["input_ids"])
+    for start, end in encoded["offset_mapping"]:
+        char = start if end > start else max(start - 1, 0)
+        flags.append(any(lo <= char < hi and sup for lo, hi, sup in spans))
+    if add_bos and tokenizer.bos_token_id is not None:
+        ids, flags = [tokenizer.bos_token_id, *ids], [False, *flags]
+    return ids, flags

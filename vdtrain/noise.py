@@ -1,0 +1,63 @@
+"""Forward diffusion on the model's normalized pixels (VCD's noised image v*, thesis section 5.2.1)."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+@functools.lru_cache(maxsize=1)
+def _scheduler():
+    # VCD's schedule: sigmoid(linspace(-6, 6, 1000)) * (5e-3 - 1e-5) + 1e-5.
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_schedule="sigmoid", beta_start=1e-5, beta_end=5e-3
+    )
+
+
+def noise_scales(step: int) -> tuple[float, float]:
+    """Return `(sqrt(abar[step]), sqrt(1 - abar[step]))`, the signal and noise scales at `step`."""
+    abar = _scheduler().alphas_cumprod[_check_step(step)].item()
+    return abar**0.5, (1.0 - abar) ** 0.5
+
+
+def _check_step(step: int) -> int:
+    if not 0 <= int(step) < NUM_TRAIN_TIMESTEPS:
+        raise ValueError(f"noise step must be in [0, {NUM_TRAIN_TIMESTEPS - 1}], got {step}")
+    return int(step)
+
+
+def add_diffusion_noise(
+    pixel_values: torch.Tensor,
+    step: int,
+    *,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Noise `pixel_values` to diffusion step `step`: `sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`.
+
+    The arithmetic runs in float32 (bf16 schedules drift) and the result is cast back to the input dtype.
+
+    Args:
+        pixel_values (`torch.Tensor`): normalized pixels as the model receives them, any shape.
+        step (`int`): 0-based diffusion step in `[0, 999]`; the paper uses 900.
+        generator (`torch.Generator`, *optional*): source of `eps` when `noise` is not given. Must live on the
+            device of `pixel_values` (a CPU generator is accepted for GPU tensors: eps is drawn on CPU and moved).
+        noise (`torch.Tensor`, *optional*): `eps` itself, same shape as `pixel_values`.
+    """
+    step = _check_step(step)
+    x0 = pixel_values.float()
+    if noise is None:
+        gen_device = generator.device if generator is not None else x0.device
+        noise = torch.randn(x0.shape, generator=generator, device=gen_device, dtype=torch.float32).to(x0.device)
+    elif noise.shape != x0.shape:
+        raise ValueError(f"noise has shape {tuple(noise.shape)}, pixel_values {tuple(x0.shape)}")
+    if x0.dim() == 0:
+        raise ValueError("pixel_values must have at least one dimension")
+    timesteps = torch.full((x0.shape[0],), step, dtype=torch.long, device=x0.device)
+    noised = _scheduler().add_noise(x0, noise.float().to(x0.device), timesteps)
+    return noised.to(pixel_values.dtype)

@@ -1,0 +1,245 @@
+"""`VDTrainer`: a `transformers.Trainer` whose causal-LM loss is re-weighted by visual dependence (thesis 5.3)."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import math
+from collections import defaultdict
+
+import torch
+from transformers import Trainer
+from transformers.utils import logging
+
+from vdtrain.dependence import IGNORE_INDEX, dependence_stats, row_logprobs, target_logprobs, visual_dependence
+from vdtrain.losses import per_token_nll
+from vdtrain.noise import add_diffusion_noise, noise_scales
+from vdtrain.weighting import token_weights
+
+logger = logging.get_logger(__name__)
+
+# Batch keys the collator adds for the loss; they never reach the model.
+END_OF_TURN_KEY = "end_of_turn_mask"
+HAS_IMAGE_KEY = "has_image"
+EXTRA_KEYS = (END_OF_TURN_KEY, HAS_IMAGE_KEY)
+PIXEL_KEYS = ("pixel_values", "images", "pixel_values_images")
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The innermost transformers model under DDP/DeepSpeed and PEFT wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+class VDTrainer(Trainer):
+    """Drop-in `Trainer` with the visual-dependence loss of Eq. 5.5.
+
+    Before `args.vd_start` (a fraction of the optimizer steps) it is the vanilla `Trainer`. From then on every
+    training step runs one extra no-grad eval-mode forward with the pixels replaced by a diffusion-noised copy,
+    computes `d` (Eq. 5.1) for every supervised token and re-weights the per-token loss with `token_weights`.
+
+    Override `compute_token_weights` to change how `d` becomes weights; the loss plumbing stays the same.
+
+    Args:
+        projector_modules (`tuple[str, ...]`, *optional*): parameter-name fragments of the multimodal projector;
+            with `args.projector_lr` set they get their own optimizer group (the paper's "MM projector LR").
+        end_of_turn_id (`int`, *optional*): token closing an assistant turn; needed by `args.eos_selective`.
+        All other arguments are those of `transformers.Trainer`.
+    """
+
+    def __init__(
+        self, *args, projector_modules: tuple[str, ...] = (), end_of_turn_id: int | None = None, **kwargs
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.projector_modules = tuple(projector_modules)
+        self.end_of_turn_id = end_of_turn_id
+        if self.args.eos_selective and end_of_turn_id is None:
+            raise ValueError("eos_selective=True needs VDTrainer(end_of_turn_id=...) from the model's adapter")
+        self._vd_metrics: dict[str, list[float]] = defaultdict(list)
+        self._noise_step_seen = (-1, 0)  # (global_step, micro-batch index) for per-micro-batch seeds
+        self._logits_mask_ok: bool | None = None
+        if self.args.vd_weighting != "none" or self.args.vd_temperature:
+            signal, noise = noise_scales(self.args.vd_noise_step)
+            logger.info(
+                "vdtrain: scheme=%s tau=%s start=%.2f of training, noise step %d (signal x%.3f, noise x%.3f)",
+                self.args.vd_weighting, self.args.vd_temperature, self.args.vd_start,
+                self.args.vd_noise_step, signal, noise,
+            )  # fmt: skip
+
+    # ------------------------------------------------------------------ hooks a subclass may override
+    def compute_token_weights(
+        self, d: torch.Tensor, mask: torch.Tensor, end_of_turn_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Turn visual dependence `d` `(B, L)` into per-token loss weights `(B, L)` (Eq. 5.3-5.5).
+
+        `mask` marks supervised tokens; weights at other positions are ignored. Override this to try another
+        weighting; the default uses `token_weights` with the `vd_*` arguments.
+        """
+        return token_weights(
+            d,
+            mask,
+            scheme=self.args.vd_weighting,
+            temperature=self.args.vd_temperature,
+            eos_mask=end_of_turn_mask,
+            eos_min_weight=self.args.vd_eos_min_weight,
+        )
+
+    # ------------------------------------------------------------------ schedule
+    def vd_active(self) -> bool:
+        """Whether this optimizer step re-weights; depends on the step count only, so all ranks agree."""
+        max_steps = self.state.max_steps or 0
+        return max_steps > 0 and self.state.global_step >= math.ceil(self.args.vd_start * max_steps)
+
+    def _noise_generator(self, device: torch.device) -> torch.Generator:
+        step = self.state.global_step
+        micro = self._noise_step_seen[1] + 1 if self._noise_step_seen[0] == step else 0
+        self._noise_step_seen = (step, micro)
+        key = f"{self.args.seed}:{step}:{micro}:{self.args.process_index}".encode()
+        seed = int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1)
+        return torch.Generator(device=device).manual_seed(seed)
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Vanilla loss before `vd_start` (and outside training); the re-weighted loss of Eq. 5.5 after it."""
+        inputs = dict(inputs)
+        end_of_turn = inputs.pop(END_OF_TURN_KEY, None)
+        has_image = inputs.pop(HAS_IMAGE_KEY, None)
+        active = model.training and self.vd_active()
+        if "labels" not in inputs or not (active or (model.training and self.args.eos_selective)):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+        labels = inputs.pop("labels")
+        # Position t-1 predicts labels[t]: compute logits only there (the lm_head skips everything else).
+        targets_at = torch.nn.functional.pad(labels[:, 1:] != IGNORE_INDEX, (0, 1), value=False)  # (B, L)
+        supervised = torch.nn.functional.pad(labels[:, 1:] != IGNORE_INDEX, (1, 0), value=False)  # (B, L)
+        targets = labels[supervised]  # (N,)
+        outputs = model(**inputs, **self._logits_kwargs(model, targets_at))
+        logits = self._select(outputs.logits, targets_at)  # (N, V)
+        eos_id = self.end_of_turn_id if self.args.eos_selective else None
+        nll = per_token_nll(logits, targets, eos_id=eos_id)  # (N,)
+
+        weights = torch.ones_like(nll)
+        if active:
+            weights = self._visual_dependence_weights(
+                model, inputs, labels, supervised, targets_at, -nll.detach(), end_of_turn, has_image
+            )[supervised]
+
+        denom = num_items_in_batch if num_items_in_batch is not None else supervised.sum().clamp_min(1)
+        loss = (nll * weights).sum() / denom
+        if (
+            self.args.average_tokens_across_devices
+            and self.model_accepts_loss_kwargs
+            and num_items_in_batch is not None
+        ):
+            loss = loss * self.accelerator.num_processes  # the base compute_loss does the same
+        return (loss, outputs) if return_outputs else loss
+
+    def _visual_dependence_weights(
+        self, model, inputs, labels, supervised, targets_at, logp_clean_flat, end_of_turn, has_image
+    ) -> torch.Tensor:
+        pixel_key = self._pixel_key(inputs, has_image)
+        noisy_inputs = dict(inputs)
+        if pixel_key is not None:
+            pixels = inputs[pixel_key]
+            generator = self._noise_generator(pixels.device)
+            noisy_inputs[pixel_key] = add_diffusion_noise(pixels, self.args.vd_noise_step, generator=generator)
+        logp_noisy = self._no_grad_logprobs(model, noisy_inputs, labels, targets_at)
+        if self.args.vd_clean_pass == "eval":
+            logp_clean = self._no_grad_logprobs(model, inputs, labels, targets_at)
+        else:
+            logp_clean = torch.zeros_like(logp_noisy)
+            logp_clean[supervised] = logp_clean_flat
+        d = visual_dependence(logp_clean, logp_noisy) * supervised
+        if has_image is not None:
+            d = d * has_image.to(d.device)[:, None]  # text-only samples: d = 0, weight 1
+        weights = self.compute_token_weights(d, supervised, None if end_of_turn is None else end_of_turn.bool())
+        self._record(d, supervised, weights)
+        return weights.detach()
+
+    @torch.no_grad()
+    def _no_grad_logprobs(self, model, inputs, labels, targets_at) -> torch.Tensor:
+        """`(B, L)` target log-probs from one no-grad forward in eval mode (no dropout, no checkpointing)."""
+        was_training = model.training
+        model.eval()
+        try:
+            logits = model(**inputs, **self._logits_kwargs(model, targets_at)).logits
+        finally:
+            if was_training:
+                model.train()
+        if logits.dim() == 3:
+            return target_logprobs(logits, labels)
+        supervised = torch.nn.functional.pad(targets_at[:, :-1], (1, 0), value=False)
+        out = torch.zeros(labels.shape, dtype=torch.float32, device=logits.device)
+        out[supervised] = row_logprobs(logits, labels[supervised])
+        return out
+
+    def _logits_kwargs(self, model, targets_at: torch.Tensor) -> dict:
+        """`logits_to_keep=<bool mask>` when the model's forward supports it (transformers 5 models do)."""
+        if self._logits_mask_ok is None:
+            params = inspect.signature(_unwrap(model).forward).parameters
+            self._logits_mask_ok = "logits_to_keep" in params
+        return {"logits_to_keep": targets_at} if self._logits_mask_ok else {}
+
+    @staticmethod
+    def _select(logits: torch.Tensor, targets_at: torch.Tensor) -> torch.Tensor:
+        """`(N, V)` logits at the masked positions, whether the model already sliced them or not."""
+        return logits if logits.dim() == 2 else logits[targets_at]
+
+    def _pixel_key(self, inputs: dict, has_image: torch.Tensor | None) -> str | None:
+        """The batch key holding the images; None for a batch of text-only samples."""
+        key = self.args.vd_pixel_key
+        if key is None:
+            key = next((name for name in PIXEL_KEYS if name in inputs), None)
+        if key in inputs:
+            return key
+        if has_image is not None and not has_image.any():
+            return None
+        raise KeyError(
+            f"vdtrain cannot find the image tensor in the batch (keys: {sorted(inputs)}; looked for "
+            f"{[self.args.vd_pixel_key] if self.args.vd_pixel_key else list(PIXEL_KEYS)}). "
+            "Set `vd_pixel_key` to the model's image input, or register an adapter for the model."
+        )
+
+    # ------------------------------------------------------------------ logging and bookkeeping
+    def _record(self, d: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor) -> None:
+        for name, value in dependence_stats(d, mask).items():
+            self._vd_metrics[name].append(value)
+        self._vd_metrics["vd_weight_max"].append(weights.max().item() if mask.any() else 0.0)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the averaged `vd_*` metrics of the steps since the last log (training logs only)."""
+        if self._vd_metrics and "loss" in logs:
+            for name, values in self._vd_metrics.items():
+                logs[name] = round(sum(values) / len(values), 4) if name != "vd_weight_max" else max(values)
+            self._vd_metrics.clear()
+        super().log(logs, start_time)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        self._signature_columns = list(dict.fromkeys([*self._signature_columns, *EXTRA_KEYS]))
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """The default optimizer, with the projector's parameters in their own group at `args.projector_lr`."""
+        if self.optimizer is not None or self.args.projector_lr is None or not self.projector_modules:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups: dict[tuple[bool, bool], list] = defaultdict(list)
+        for name, param in opt_model.named_parameters():
+            if param.requires_grad:
+                is_projector = any(fragment in name for fragment in self.projector_modules)
+                groups[(is_projector, name in decay)].append(param)
+        param_groups = [
+            {
+                "params": params,
+                "weight_decay": self.args.weight_decay if has_decay else 0.0,
+                **({"lr": self.args.projector_lr} if is_projector else {}),
+            }
+            for (is_projector, has_decay), params in groups.items()
+        ]
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+        return self.optimizer

@@ -1,0 +1,72 @@
+"""The training application behind `vdtrain train`: data, model, LoRA, `VDTrainer`, checkpoints."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import transformers
+
+from vdtrain.config import DataArguments, ModelArguments, VDTrainingArguments
+from vdtrain.data import SupervisedDataset, VDDataCollator, check_images, load_conversations
+from vdtrain.modeling import load_model_and_processor, prepare_for_training
+from vdtrain.trainer import VDTrainer
+
+logger = logging.getLogger("vdtrain")
+
+
+def build_trainer(
+    model_args: ModelArguments, data_args: DataArguments, training_args: VDTrainingArguments
+) -> VDTrainer:
+    """Everything up to `trainer.train()`: checked data, the wrapped model and a configured `VDTrainer`."""
+    transformers.set_seed(training_args.seed)
+    records = load_conversations(data_args.data_path, data_args.max_samples)
+    if data_args.check_images:
+        check_images(records, data_args.image_folder, source=data_args.data_path)
+    model, processor, adapter = load_model_and_processor(
+        model_args.model_name_or_path,
+        dtype=model_args.dtype,
+        attn_implementation=model_args.attn_implementation,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    if adapter.pixel_key not in _forward_parameters(model):
+        raise ValueError(
+            f"{model_args.model_name_or_path}: {type(model).__name__}.forward has no {adapter.pixel_key!r} input; "
+            "its adapter does not match the model."
+        )
+    dataset = SupervisedDataset(
+        records, adapter, processor, data_args.image_folder, data_args.max_length, source=data_args.data_path
+    )
+    logger.info("vdtrain: %d training sequences (%d samples dropped)", len(dataset), len(dataset.dropped))
+    model = prepare_for_training(model, adapter, model_args, training_args.gradient_checkpointing)
+    if training_args.vd_pixel_key is None:
+        training_args.vd_pixel_key = adapter.pixel_key
+    training_args.remove_unused_columns = False
+    return VDTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=VDDataCollator.for_processor(processor),
+        processing_class=processor,
+        projector_modules=adapter.projector_modules,
+        end_of_turn_id=adapter.end_of_turn_id(processor),
+    )
+
+
+def run_training(model_args: ModelArguments, data_args: DataArguments, training_args: VDTrainingArguments) -> Any:
+    """Train, then save the final adapter (with projector) and processor in `output_dir`."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    trainer = build_trainer(model_args, data_args, training_args)
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        trainer.processing_class.save_pretrained(training_args.output_dir)
+        Path(training_args.output_dir, "vdtrain_base_model.txt").write_text(model_args.model_name_or_path + "\n")
+    return result
+
+
+def _forward_parameters(model: Any) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(model.forward).parameters)

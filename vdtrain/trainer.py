@@ -59,7 +59,7 @@ class VDTrainer(Trainer):
         if self.args.eos_selective and end_of_turn_id is None:
             raise ValueError("eos_selective=True needs VDTrainer(end_of_turn_id=...) from the model's adapter")
         self._vd_metrics: dict[str, list[float]] = defaultdict(list)
-        self._noise_step_seen = (-1, 0)  # (global_step, micro-batch index) for per-micro-batch seeds
+        self._noise_counter = (-1, 0)  # (global_step, images noised so far in that step)
         self._logits_mask_ok: bool | None = None
         if self.args.vd_weighting != "none" or self.args.vd_temperature:
             signal, noise = noise_scales(self.args.vd_noise_step)
@@ -93,11 +93,29 @@ class VDTrainer(Trainer):
         max_steps = self.state.max_steps or 0
         return max_steps > 0 and self.state.global_step >= math.ceil(self.args.vd_start * max_steps)
 
-    def _noise_generator(self, device: torch.device) -> torch.Generator:
+    def _draw_noise(self, pixels: torch.Tensor, has_image: torch.Tensor | None) -> torch.Tensor:
+        """eps for `pixels`, seeded from (seed, global_step, process_index) and the image's place in the step.
+
+        One generator per image, counted across the micro-batches of an optimizer step, so batch 2 x accumulation 1
+        and batch 1 x accumulation 2 draw the same noise, and a resumed run draws what the first run drew. Pixel
+        tensors that are not one row per image (flattened patches) get one draw per micro-batch instead.
+        """
         step = self.state.global_step
-        micro = self._noise_step_seen[1] + 1 if self._noise_step_seen[0] == step else 0
-        self._noise_step_seen = (step, micro)
-        key = f"{self.args.seed}:{step}:{micro}:{self.args.process_index}".encode()
+        if self._noise_counter[0] != step:
+            self._noise_counter = (step, 0)
+        first = self._noise_counter[1]
+        per_image = has_image is not None and int(has_image.sum()) == pixels.shape[0]
+        count = pixels.shape[0] if per_image else 1
+        self._noise_counter = (step, first + count)
+        shape = pixels.shape[1:] if per_image else pixels.shape
+        draws = [
+            torch.randn(shape, generator=self._generator(step, first + i, pixels.device), device=pixels.device)
+            for i in range(count)
+        ]
+        return torch.stack(draws) if per_image else draws[0]
+
+    def _generator(self, step: int, index: int, device: torch.device) -> torch.Generator:
+        key = f"{self.args.seed}:{step}:{self.args.process_index}:{index}".encode()
         seed = int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1)
         return torch.Generator(device=device).manual_seed(seed)
 
@@ -144,8 +162,8 @@ class VDTrainer(Trainer):
         noisy_inputs = dict(inputs)
         if pixel_key is not None:
             pixels = inputs[pixel_key]
-            generator = self._noise_generator(pixels.device)
-            noisy_inputs[pixel_key] = add_diffusion_noise(pixels, self.args.vd_noise_step, generator=generator)
+            noise = self._draw_noise(pixels, has_image)
+            noisy_inputs[pixel_key] = add_diffusion_noise(pixels, self.args.vd_noise_step, noise=noise)
         logp_noisy = self._no_grad_logprobs(model, noisy_inputs, labels, targets_at)
         if self.args.vd_clean_pass == "eval":
             logp_clean = self._no_grad_logprobs(model, inputs, labels, targets_at)

@@ -1,0 +1,187 @@
+"""VDTrainer against the vanilla Trainer, the forward-pass budget, accumulation and the weighted loss by hand."""
+
+import copy
+
+import pytest
+import torch
+from tiny import tiny_llava, write_conversations, write_images
+from transformers import Trainer, TrainingArguments
+
+from vdtrain import VDTrainer, VDTrainingArguments, target_logprobs, token_weights, visual_dependence
+from vdtrain.data import SupervisedDataset, VDDataCollator, load_conversations
+from vdtrain.models import get_adapter
+from vdtrain.trainer import EXTRA_KEYS
+
+
+@pytest.fixture()
+def setup(tmp_path):
+    model, processor = tiny_llava()
+    names = write_images(tmp_path / "images", 4)
+    write_conversations(tmp_path / "data.json", names, turns=2, text_only=1)
+    records = load_conversations(tmp_path / "data.json")
+    dataset = SupervisedDataset(records, get_adapter(model), processor, tmp_path / "images", max_length=256)
+    return model, processor, dataset, VDDataCollator.for_processor(processor), tmp_path
+
+
+def vd_args(tmp_path, **kwargs):
+    defaults = dict(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", vd_start=0.0, seed=3,
+                    remove_unused_columns=False, save_strategy="no", disable_tqdm=True)  # fmt: skip
+    return VDTrainingArguments(**{**defaults, **kwargs})
+
+
+def grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def num_items(batch):
+    return batch["labels"][:, 1:].ne(-100).sum()
+
+
+@pytest.mark.parametrize("options", [{"vd_weighting": "none"}, {"vd_weighting": "neg", "vd_temperature": 0.0}])
+def test_equals_vanilla_trainer_loss_and_gradients(setup, options):
+    model, _, dataset, collator, tmp_path = setup
+    batch = collator([dataset[i] for i in range(3)])
+    plain = {k: v for k, v in batch.items() if k not in EXTRA_KEYS}
+
+    vanilla_model = copy.deepcopy(model).train()
+    vanilla = Trainer(model=vanilla_model, args=TrainingArguments(str(tmp_path / "v"), use_cpu=True, report_to="none"))
+    loss_vanilla = vanilla.compute_loss(vanilla_model, plain, num_items_in_batch=num_items(batch))
+    loss_vanilla.backward()
+
+    vd_model = copy.deepcopy(model).train()
+    trainer = VDTrainer(model=vd_model, args=vd_args(tmp_path, **options))
+    trainer.state.max_steps = 10
+    assert trainer.vd_active()
+    loss = trainer.compute_loss(vd_model, batch, num_items_in_batch=num_items(batch))
+    loss.backward()
+
+    assert torch.allclose(loss, loss_vanilla, atol=1e-6)
+    expected, got = grads(vanilla_model), grads(vd_model)
+    assert expected.keys() == got.keys() and len(got) > 10
+    for name in expected:
+        assert torch.allclose(got[name], expected[name], atol=1e-6), name
+
+
+class CountingForwards:
+    def __init__(self, model):
+        self.grad, self.no_grad, self.training_flags, self.kwargs = 0, 0, [], []
+        model.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        if torch.is_grad_enabled():
+            self.grad += 1
+        else:
+            self.no_grad += 1
+        self.training_flags.append(module.training)
+        self.kwargs.append(kwargs)
+
+
+@pytest.mark.parametrize("clean_pass,extra_per_step", [("train", 1), ("eval", 2)])
+def test_extra_forward_only_after_vd_start(setup, clean_pass, extra_per_step):
+    model, _, dataset, collator, tmp_path = setup
+    counter = CountingForwards(model)
+    args = vd_args(tmp_path, max_steps=4, vd_start=0.5, per_device_train_batch_size=2, logging_steps=1,
+                   vd_clean_pass=clean_pass)  # fmt: skip
+    trainer = VDTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
+    trainer.train()
+    assert counter.grad == 4  # one training forward per step
+    assert counter.no_grad == 2 * extra_per_step  # steps 2 and 3 only
+    no_grad_calls = [flag for flag, kw in zip(counter.training_flags, counter.kwargs) if not flag]
+    assert len(no_grad_calls) == counter.no_grad  # the extra passes run in eval mode
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [("vd_mean" in entry) for entry in logged] == [False, False, True, True]
+    for entry in logged[2:]:
+        assert -1 <= entry["vd_mean"] <= 1 and entry["vd_weight_max"] >= 1.0
+        assert abs(entry["vd_frac_pos"] + entry["vd_frac_neg"] + entry["vd_frac_inv"] - 1) < 1e-6
+
+
+def _train_one_step(model, dataset, collator, tmp_path, batch, accumulation):
+    args = vd_args(tmp_path, max_steps=1, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
+                   optim="sgd", learning_rate=0.5, lr_scheduler_type="constant", vd_temperature=2.0)  # fmt: skip
+    model = copy.deepcopy(model)
+    VDTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator).train()
+    return dict(model.named_parameters())
+
+
+def test_batch_two_equals_two_accumulated_batches_of_one(setup):
+    model, _, dataset, collator, tmp_path = setup
+    before = dict(model.named_parameters())
+    a = _train_one_step(model, dataset, collator, tmp_path, batch=2, accumulation=1)
+    b = _train_one_step(model, dataset, collator, tmp_path, batch=1, accumulation=2)
+    changed = 0
+    for name, param in a.items():
+        assert torch.allclose(param, b[name], atol=1e-5), name
+        changed += not torch.equal(param, before[name])
+    assert changed > 10
+
+
+class Capture(VDTrainer):
+    """Overrides the documented hook to record d and the weights."""
+
+    def compute_token_weights(self, d, mask, end_of_turn_mask):
+        self.seen = (d.clone(), mask.clone(), end_of_turn_mask.clone())
+        self.weights = super().compute_token_weights(d, mask, end_of_turn_mask)
+        return self.weights
+
+
+def test_weighted_loss_equals_hand_computation(setup):
+    model, _, dataset, collator, tmp_path = setup
+    batch = collator([dataset[0], dataset[1], dataset[4]])  # two image samples and the text-only one
+    assert batch["has_image"].tolist() == [True, True, False]
+    model.train()
+    counter = CountingForwards(model)
+    trainer = Capture(model=model, args=vd_args(tmp_path, vd_temperature=1.5, vd_eos_min_weight=1.2))
+    trainer.state.max_steps = 10
+    n = num_items(batch)
+    loss = trainer.compute_loss(model, batch, num_items_in_batch=n)
+
+    noisy_pixels = counter.kwargs[1]["pixel_values"]
+    assert not torch.equal(noisy_pixels, batch["pixel_values"])
+    labels = batch["labels"]
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+    with torch.no_grad():
+        lc = target_logprobs(model(**inputs).logits, labels)
+        model.eval()
+        ln = target_logprobs(model(**{**inputs, "pixel_values": noisy_pixels}).logits, labels)
+        model.train()
+    mask = labels != -100
+    mask[:, 0] = False
+    d = visual_dependence(lc, ln) * mask * batch["has_image"][:, None]
+    w = token_weights(d, mask, scheme="neg", temperature=1.5, eos_mask=batch["end_of_turn_mask"], eos_min_weight=1.2)
+    expected = -(w * lc).sum() / n
+    assert torch.allclose(loss, expected, atol=1e-5)
+    d_seen, _, _ = trainer.seen
+    assert torch.allclose(d_seen, d, atol=1e-5)
+    eot = batch["end_of_turn_mask"]
+    text_only = trainer.weights[2][mask[2]]
+    assert (d_seen[2] == 0).all() and torch.equal(text_only, torch.where(eot[2][mask[2]], 1.2, 1.0))
+    assert eot.sum() == 5 and (trainer.weights[eot] >= 1.2).all()  # 2 + 2 turns + 1 text-only turn
+
+
+def test_projector_learning_rate_group(setup):
+    model, _, dataset, collator, tmp_path = setup
+    args = vd_args(tmp_path, projector_lr=1e-5, learning_rate=1e-3, weight_decay=0.1)
+    trainer = VDTrainer(model=model, args=args, projector_modules=("multi_modal_projector",))
+    optimizer = trainer.create_optimizer()
+    projector = {id(p) for n, p in model.named_parameters() if "multi_modal_projector" in n}
+    for group in optimizer.param_groups:
+        in_projector = {id(p) in projector for p in group["params"]}
+        assert len(in_projector) == 1
+        assert group["lr"] == (1e-5 if in_projector.pop() else 1e-3)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+
+
+def test_missing_pixel_key_is_a_clear_error(setup):
+    model, _, dataset, collator, tmp_path = setup
+    batch = collator([dataset[0], dataset[1]])
+    batch["pixels"] = batch.pop("pixel_values")
+    trainer = VDTrainer(model=model.train(), args=vd_args(tmp_path))
+    trainer.state.max_steps = 10
+    with pytest.raises(KeyError, match="vd_pixel_key"):
+        trainer.compute_loss(model, batch)
+
+
+def test_eos_selective_needs_end_of_turn_id(tmp_path):
+    model, _ = tiny_llava()
+    with pytest.raises(ValueError, match="end_of_turn_id"):
+        VDTrainer(model=model, args=vd_args(tmp_path, eos_selective=True))

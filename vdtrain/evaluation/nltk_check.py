@@ -1,0 +1,56 @@
+"""Find the NLTK data CHAIR needs before any work starts, and never download it mid-evaluation."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# resource name for the downloader -> path that `nltk.data.find` resolves (zipped copies are found as well)
+NLTK_RESOURCES = {
+    "punkt_tab": "tokenizers/punkt_tab/english/",
+    "averaged_perceptron_tagger_eng": "taggers/averaged_perceptron_tagger_eng/",
+    "wordnet": "corpora/wordnet",
+}
+DOWNLOAD_COMMAND = "python -m nltk.downloader " + " ".join(NLTK_RESOURCES)
+
+
+class MissingNLTKDataError(RuntimeError):
+    """Raised when NLTK resources that CHAIR needs are not installed."""
+
+
+def add_nltk_data_path(nltk_data: str | os.PathLike | None) -> None:
+    """Put `nltk_data` (if given) first on NLTK's search path, so it wins over `NLTK_DATA` and the default paths."""
+    if nltk_data is None:
+        return
+    import nltk
+
+    path = str(Path(nltk_data).expanduser().resolve())
+    if path in nltk.data.path:
+        nltk.data.path.remove(path)
+    nltk.data.path.insert(0, path)
+
+
+def require_nltk_data(nltk_data: str | os.PathLike | None = None) -> None:
+    """Check that punkt_tab, the English perceptron tagger and WordNet are installed; raise one clear error if not.
+
+    Args:
+        nltk_data (`str` or `os.PathLike`, *optional*): a data directory to search first; otherwise `NLTK_DATA` and
+            NLTK's default locations are searched.
+    """
+    try:
+        import nltk
+    except ImportError as err:
+        raise MissingNLTKDataError("CHAIR needs nltk: pip install 'vdtrain[eval]' (or pip install nltk)") from err
+    add_nltk_data_path(nltk_data)
+    missing = []
+    for name, resource in NLTK_RESOURCES.items():
+        try:
+            nltk.data.find(resource)
+        except LookupError:
+            missing.append(name)
+    if missing:
+        searched = ", ".join(nltk.data.path[:4]) + (", ..." if len(nltk.data.path) > 4 else "")
+        raise MissingNLTKDataError(
+            f"missing NLTK data: {', '.join(missing)} (searched {searched}). Install it with `{DOWNLOAD_COMMAND}`, "
+            "or point NLTK_DATA / --nltk-data at a directory that has it."
+        )

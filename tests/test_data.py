@@ -1,0 +1,135 @@
+"""Conversation -> labels in LLaVA-1.5's training format, the collator, and bad input named clearly."""
+
+import json
+import logging
+
+import pytest
+import torch
+from tiny import tiny_llava, write_conversations, write_images
+
+from vdtrain.data import SupervisedDataset, VDDataCollator, check_images, load_conversations, load_image, to_messages
+from vdtrain.models import ConversationError, get_adapter
+from vdtrain.models.llava import VICUNA_SYSTEM
+from vdtrain.train_cli import load_config
+
+TWO_TURNS = [
+    {"from": "human", "value": "<image>\ndescribe this image"},
+    {"from": "gpt", "value": "a red cat on blue mat."},
+    {"from": "human", "value": "what color is the cat?"},
+    {"from": "gpt", "value": "red."},
+]
+
+
+@pytest.fixture(scope="module")
+def llava():
+    model, processor = tiny_llava()
+    return model, processor, get_adapter(model)
+
+
+def test_two_turn_vicuna_labels(llava):
+    _, processor, adapter = llava
+    tokenizer = processor.tokenizer
+    messages = to_messages({"id": "x", "image": "a.png", "conversations": TWO_TURNS})
+    example = adapter.encode(messages, processor, num_image_tokens=16)[0]
+    text = tokenizer.decode(example.input_ids)
+    assert text == (
+        f"<s>{VICUNA_SYSTEM} USER: {'<image>' * 16}\ndescribe this image ASSISTANT: a red cat on blue mat.</s>"
+        "USER: what color is the cat? ASSISTANT: red.</s>"
+    )
+    supervised = [t for t, label in zip(example.input_ids, example.labels) if label != -100]
+    assert tokenizer.decode(supervised) == " a red cat on blue mat.</s> red.</s>"
+    assert all(label in (-100, token) for token, label in zip(example.input_ids, example.labels))
+    flagged = [i for i, flag in enumerate(example.end_of_turn_mask) if flag]
+    assert len(flagged) == 2 and all(example.input_ids[i] == tokenizer.eos_token_id for i in flagged)
+    assert all(example.labels[i] != -100 for i in flagged)
+    print("supervised span:", repr(tokenizer.decode(supervised)))
+
+
+def test_dataset_and_collator(tmp_path, llava):
+    _, processor, adapter = llava
+    names = write_images(tmp_path / "img", 2)
+    records = write_conversations(tmp_path / "d.json", names, turns=1, text_only=1)
+    dataset = SupervisedDataset(load_conversations(tmp_path / "d.json"), adapter, processor, tmp_path / "img")
+    assert len(dataset) == len(records) == 3
+    batch = VDDataCollator.for_processor(processor)([dataset[0], dataset[2], dataset[1]])
+    lengths = [len(dataset[i]["input_ids"]) for i in (0, 2, 1)]
+    assert batch["input_ids"].shape == (3, max(lengths))
+    assert batch["attention_mask"].sum(1).tolist() == lengths
+    assert batch["pixel_values"].shape == (2, 3, 32, 32)  # the text-only sample adds no image
+    assert batch["has_image"].tolist() == [True, False, True]
+    assert batch["end_of_turn_mask"].dtype == torch.bool and batch["end_of_turn_mask"].sum() == 3
+    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+
+
+def test_missing_images_listed_in_one_error(tmp_path):
+    names = write_images(tmp_path / "img", 3)
+    records = write_conversations(tmp_path / "d.json", names)
+    (tmp_path / "img" / names[1]).unlink()
+    (tmp_path / "img" / names[2]).unlink()
+    with pytest.raises(FileNotFoundError) as error:
+        check_images(load_conversations(tmp_path / "d.json"), tmp_path / "img", source="d.json")
+    message = str(error.value)
+    assert "2 of 3 images are missing" in message and "d.json" in message
+    assert records[1]["id"] in message and names[2] in message and names[0] not in message
+
+
+def test_undecodable_image_names_sample(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(ConversationError, match=r"sample 's7'.*bad\.png"):
+        load_image(tmp_path / "bad.png", "s7")
+
+
+@pytest.mark.parametrize(
+    "record,match",
+    [
+        ({"id": "q1", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\nhi"}]},
+         "'q1' has no assistant"),
+        ({"id": "q2", "image": "a.png", "conversations": [{"from": "human", "value": "hi"},
+                                                          {"from": "gpt", "value": "x"}]},
+         "'q2' has an image but 0 '<image>'"),
+        ({"id": "q3", "conversations": [{"from": "human", "value": "<image> hi"}, {"from": "gpt", "value": "x"}]},
+         "'q3' has 1 '<image>' placeholders but no 'image'"),
+        ({"id": "q4", "conversations": [{"from": "robot", "value": "hi"}]}, "'q4': unknown speaker"),
+        ({"id": "q5"}, "'q5' has no 'conversations'"),
+    ],
+)  # fmt: skip
+def test_bad_conversations_name_the_sample(record, match):
+    with pytest.raises(ConversationError, match=match) as error:
+        to_messages(record, source="train.json")
+    assert "train.json" in str(error.value)
+
+
+def test_truncation_that_leaves_nothing_supervised_drops_sample(tmp_path, llava, caplog):
+    _, processor, adapter = llava
+    long_question = "describe this image in detail " * 40
+    records = [
+        {"id": "long", "conversations": [{"from": "human", "value": long_question}, {"from": "gpt", "value": "yes."}]},
+        {"id": "short", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yes."}]},
+    ]
+    with caplog.at_level(logging.WARNING):
+        dataset = SupervisedDataset(records, adapter, processor, max_length=80, source="train.json")
+    assert len(dataset) == 1 and dataset.dropped == ["long"]
+    assert "train.json: sample 'long' dropped" in caplog.text
+    with pytest.raises(ConversationError, match="no sample is left"):
+        SupervisedDataset(records[:1], adapter, processor, max_length=80, source="train.json")
+
+
+def test_unknown_config_field_is_named(tmp_path):
+    config = tmp_path / "recipe.yaml"
+    config.write_text("model_name_or_path: m\ndata_path: d.json\noutput_dir: out\nvd_temprature: 0.5\n")
+    with pytest.raises(
+        ValueError, match=r"recipe\.yaml: unknown field\(s\): vd_temprature \(did you mean vd_temperature"
+    ):
+        load_config(config)
+
+
+def test_config_types_and_overrides(tmp_path):
+    config = tmp_path / "recipe.yaml"
+    fields = {"model_name_or_path": "m", "data_path": "d.json", "output_dir": str(tmp_path),
+              "learning_rate": "2e-4", "vd_start": 0.5, "bf16": False, "use_cpu": True}  # fmt: skip
+    config.write_text(json.dumps(fields))
+    model_args, data_args, args = load_config(config, {"vd_temperature": "1.0", "lora_r": "8"})
+    assert args.learning_rate == 2e-4 and args.vd_temperature == 1.0 and model_args.lora_r == 8
+    assert data_args.data_path == "d.json" and args.vd_weighting == "neg" and args.vd_noise_step == 900
+    with pytest.raises(ValueError, match="vd_weighting"):
+        load_config(config, {"vd_weighting": "sideways"})

@@ -24,7 +24,7 @@ def row_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, chunk_size: int
 
 
 def target_logprobs(
-    logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = IGNORE_INDEX, chunk_size: int = 128
+    logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = IGNORE_INDEX, chunk_size: int = 32
 ) -> torch.Tensor:
     """Log-probability of each label under the logits of the position before it, `(B, L)` float32.
 
@@ -36,7 +36,7 @@ def target_logprobs(
     Args:
         logits (`torch.Tensor`): `(B, L, V)` in any float dtype.
         labels (`torch.Tensor`): `(B, L)` token ids, `ignore_index` where unsupervised.
-        chunk_size (`int`, defaults to 128): sequence positions converted to float32 at a time.
+        chunk_size (`int`, defaults to 32): sequence positions converted to float32 at a time.
     """
     if logits.shape[:2] != labels.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not align")
@@ -45,11 +45,14 @@ def target_logprobs(
     targets = labels[:, 1:]  # (B, L-1)
     valid = targets != ignore_index
     safe_targets = targets.masked_fill(~valid, 0)
-    for start in range(0, length - 1, chunk_size):
-        stop = min(start + chunk_size, length - 1)
-        chunk = logits[:, start:stop]  # (B, c, V)
-        rows = row_logprobs(chunk.reshape(-1, chunk.shape[-1]), safe_targets[:, start:stop].reshape(-1))
-        out[:, start + 1 : stop + 1] = rows.view(batch, stop - start)
+    for b in range(batch):  # one row at a time keeps each slice contiguous: no hidden copies
+        rows = valid[b].nonzero().squeeze(-1)  # supervised target positions - 1
+        if rows.numel() == 0:
+            continue
+        first, last = int(rows[0]), int(rows[-1]) + 1
+        for start in range(first, last, chunk_size):
+            stop = min(start + chunk_size, last)
+            out[b, start + 1 : stop + 1] = row_logprobs(logits[b, start:stop], safe_targets[b, start:stop])
     out[:, 1:] *= valid
     return out
 

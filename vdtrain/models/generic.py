@@ -1,0 +1,279 @@
+"""Any `AutoModelForImageTextToText` whose processor has a chat template (Qwen2-VL, Gemma-3, ...)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from PIL import Image
+
+from vdtrain.models.base import IGNORE_INDEX, ConversationError, Example, ModelAdapter, _tokenizer, register_adapter
+
+_SENTINEL = "VDTRAINSENTINEL"
+# Per-model_type defaults (PEFT-style table); unknown model types get the ModelAdapter defaults.
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "qwen2_vl": {
+        "projector_modules": ("visual.merger",),
+        "vision_modules": ("visual.patch_embed", "visual.blocks"),  # not "visual": that would catch the merger
+        "image_tokens_depend_on_size": True,
+    },
+    "qwen2_5_vl": {
+        "projector_modules": ("visual.merger",),
+        "vision_modules": ("visual.patch_embed", "visual.blocks"),
+        "image_tokens_depend_on_size": True,
+    },
+    "gemma3": {
+        "projector_modules": ("multi_modal_projector",),
+        "vision_modules": ("vision_tower",),
+        "image_tokens_depend_on_size": False,  # pan-and-scan off: one 896-px crop per image
+    },
+}
+
+
+def allow_processors_without_torchvision() -> None:
+    """Let processors with a video slot (Qwen2-VL's) be built and loaded when torchvision is not installed.
+
+    transformers exports `VideoProcessorMixin`, which `ProcessorMixin` checks every video processor against, only
+    when torchvision imports; torchvision from PyPI does not import beside torch 2.13, so Qwen2-VL processors would
+    fail to construct. Registering the (torchvision-free) mixin where the check looks for it is enough.
+    """
+    import transformers.processing_utils as processing_utils
+    from transformers.utils import is_torchvision_available
+
+    module = processing_utils.transformers_module
+    if is_torchvision_available() or hasattr(module, "VideoProcessorMixin"):
+        return
+    from transformers.video_processing_utils import VideoProcessorMixin
+
+    module.VideoProcessorMixin = VideoProcessorMixin
+
+
+allow_processors_without_torchvision()
+
+
+class ChatTemplateAdapter(ModelAdapter):
+    """The model's own chat template, with only assistant turns (and their closing token) supervised.
+
+    Supervised characters come from the template's `{% generation %}` spans when it has them, otherwise from
+    rendering the history before each assistant turn (with the generation prompt) and taking the difference. The
+    token the template closes an assistant turn with (`<|im_end|>`, `<end_of_turn>`) is supervised and flagged; what
+    follows it (a newline) is not. The image placeholder is expanded exactly as the processor expands it, measured
+    once per image size, and per-token image type fields (`mm_token_type_ids`, `token_type_ids`) are added.
+    """
+
+    pixel_key = "pixel_values"
+    model_type: str | None = None
+
+    def __init__(self) -> None:
+        for name, value in FAMILY_DEFAULTS.get(self.model_type or "", {}).items():
+            setattr(self, name, value)
+        self._expansions: dict[int, str] = {}  # image token count -> the text the placeholder becomes
+        self._type_keys: list[str] | None = None
+
+    # ------------------------------------------------------------------ template probing
+    def _render(self, processor: Any, chat: list[dict], add_generation_prompt: bool = False) -> str:
+        owner = processor if getattr(processor, "chat_template", None) else _tokenizer(processor)
+        return owner.apply_chat_template(chat, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def _template(self, processor: Any) -> str:
+        template = getattr(processor, "chat_template", None) or _tokenizer(processor).chat_template
+        if isinstance(template, dict):
+            template = template.get("default", next(iter(template.values())))
+        return template
+
+    def _probe(self, processor: Any) -> dict[str, Any]:
+        """Image placeholder text and turn-closing text of the template, found by rendering small conversations."""
+        if "_probed" not in self.__dict__:
+            with_image = self._render(processor, [_user("Q", image=True)])
+            without = self._render(processor, [_user("Q", image=False)])
+            start = _common_prefix(with_image, without)
+            end = _common_prefix(with_image[::-1], without[::-1])
+            image_text = with_image[start : len(with_image) - end]
+            rendered = self._render(processor, [_user("Q"), _assistant(_SENTINEL)])
+            after = rendered[rendered.index(_SENTINEL) + len(_SENTINEL) :]
+            closer, closer_id = "", _tokenizer(processor).eos_token_id
+            if after:
+                encoded = _tokenizer(processor)(after, add_special_tokens=False, return_offsets_mapping=True)
+                closer, closer_id = after[: encoded["offset_mapping"][0][1]], encoded["input_ids"][0]
+            self.__dict__["_probed"] = {"image_text": image_text, "closer": closer, "closer_id": closer_id}
+        return self.__dict__["_probed"]
+
+    def end_of_turn_id(self, processor: Any) -> int:
+        """The first token after an assistant message in the template (e.g. `<|im_end|>`), else EOS."""
+        return self._probe(processor)["closer_id"]
+
+    def image_token_id(self, processor: Any) -> int | None:
+        """The id the processor repeats per image (Gemma-3: `<image_soft_token>`, not its `image_token` `<boi>`)."""
+        for owner in (_tokenizer(processor), processor):  # Gemma3Processor.image_token_id is the <boi> id
+            token_id = getattr(owner, "image_token_id", None)
+            if isinstance(token_id, int) and token_id != _tokenizer(processor).unk_token_id:
+                return token_id
+        return super().image_token_id(processor)
+
+    def image_placeholder(self, processor: Any) -> str:
+        """What the template writes for an image part (e.g. `<|vision_start|><|image_pad|><|vision_end|>`)."""
+        return self._probe(processor)["image_text"]
+
+    def num_image_tokens(self, processor: Any, image_size: tuple[int, int]) -> int:
+        """Image tokens of one image of `image_size` (w, h), and the exact text the processor expands it to."""
+        cache = self.__dict__.setdefault("_num_image_tokens", {})
+        if not self.image_tokens_depend_on_size:
+            image_size = (64, 64) if not cache else next(iter(cache))
+        if image_size not in cache:
+            tokenizer = _tokenizer(processor)
+            batch = processor(
+                text=self.image_placeholder(processor), images=Image.new("RGB", image_size),
+                add_special_tokens=False, return_tensors="pt",
+            )  # fmt: skip
+            ids = batch["input_ids"][0]
+            count = int((ids == self.image_token_id(processor)).sum())
+            cache[image_size] = count
+            self._expansions[count] = tokenizer.decode(
+                ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
+            )
+            self._type_keys = [key for key, value in batch.items() if _is_type_field(key, value, ids)]
+        return cache[image_size]
+
+    def _expansion(self, processor: Any, count: int, sample_id: str) -> str:
+        if count not in self._expansions and not self.image_tokens_depend_on_size:
+            self.num_image_tokens(processor, (64, 64))
+        if count in self._expansions:
+            return self._expansions[count]
+        image_text = self.image_placeholder(processor)
+        token = _tokenizer(processor).convert_ids_to_tokens(self.image_token_id(processor))
+        if token and token in image_text:
+            return image_text.replace(token, token * count)
+        raise ConversationError(
+            f"sample {sample_id}: no image of the processor expands to {count} image tokens; get the count from "
+            "adapter.num_image_tokens(processor, image.size)"
+        )
+
+    def _token_type_keys(self, processor: Any) -> list[str]:
+        """Per-token image type fields the processor returns (`mm_token_type_ids`, `token_type_ids`)."""
+        if self._type_keys is None:
+            self.num_image_tokens(processor, (64, 64))
+        return self._type_keys or []
+
+    # ------------------------------------------------------------------ encoding
+    def encode(
+        self, messages: list[dict[str, str]], processor: Any, num_image_tokens: int, sample_id: str = "?"
+    ) -> list[Example]:
+        chat = _to_chat(messages, sample_id)
+        has_image = any(part["type"] == "image" for message in chat for part in message["content"])
+        probe = self._probe(processor)
+        text, spans = self._supervised_spans(processor, chat, sample_id)
+        if has_image:  # the image is in the first user turn, so every span lies after it
+            at, expanded = text.index(probe["image_text"]), self._expansion(processor, num_image_tokens, sample_id)
+            shift = len(expanded) - len(probe["image_text"])
+            text = text[:at] + expanded + text[at + len(probe["image_text"]) :]
+            spans = [(start + shift, end + shift) if start >= at else (start, end) for start, end in spans]
+        tokenizer = _tokenizer(processor)
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        eot_id, image_id = probe["closer_id"], self.image_token_id(processor)
+        input_ids, labels, eot = list(encoded["input_ids"]), [], []
+        for token, (start, end) in zip(input_ids, encoded["offset_mapping"]):
+            char = start if end > start else max(start - 1, 0)
+            supervised = any(lo <= char < hi for lo, hi in spans) and token != image_id
+            labels.append(token if supervised else IGNORE_INDEX)
+            eot.append(bool(supervised and token == eot_id))
+        types = [int(token == image_id) for token in input_ids]
+        return [Example(input_ids, labels, eot, {key: list(types) for key in self._token_type_keys(processor)})]
+
+    def _supervised_spans(self, processor: Any, chat: list[dict], sample_id: str) -> tuple[str, list[tuple[int, int]]]:
+        """The rendered conversation and the character spans of its supervised text."""
+        template = self._template(processor)
+        if "{% generation %}" in template or "{%- generation %}" in template:
+            from transformers.utils.chat_template_utils import render_jinja_template
+
+            tokenizer = _tokenizer(processor)
+            rendered, generation = render_jinja_template(
+                conversations=[chat], chat_template=template, return_assistant_tokens_mask=True,
+                **tokenizer.special_tokens_map,
+            )  # fmt: skip
+            return rendered[0], [tuple(span) for span in generation[0]]
+        text = self._render(processor, chat)
+        closer, spans = self._probe(processor)["closer"], []
+        for index, message in enumerate(chat):
+            if message["role"] != "assistant":
+                continue
+            prefix = self._render(processor, chat[:index], add_generation_prompt=True)
+            upto = self._render(processor, chat[: index + 1])
+            if not (text.startswith(upto) and upto.startswith(prefix)):
+                raise ConversationError(
+                    f"sample {sample_id}: the chat template renders the history before assistant turn {index} "
+                    "differently from the whole conversation, so the supervised span cannot be found; give the "
+                    "template {% generation %} tags or register an adapter for this model"
+                )
+            turn = upto[len(prefix) :]
+            stop = turn.rfind(closer) + len(closer) if closer and closer in turn else len(turn.rstrip())
+            spans.append((len(prefix), len(prefix) + stop))
+        return text, spans
+
+    # ------------------------------------------------------------------ inputs
+    def prompt(self, question: str, processor: Any, has_image: bool = True) -> str:
+        """The template's rendering of one user turn plus the generation prompt."""
+        text = question.replace("<image>", "").strip()
+        return self._render(processor, [_user(text, image=has_image)], add_generation_prompt=True)
+
+    def image_inputs(self, processor: Any, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+        """Image processor outputs the model takes (e.g. `pixel_values`, `image_grid_thw`; not `num_crops`)."""
+        outputs = dict(processor.image_processor(images=images, return_tensors="pt"))
+        accepted = set(getattr(processor, "model_input_names", None) or outputs)
+        return {key: value for key, value in outputs.items() if key in accepted}
+
+    def generation_inputs(self, processor: Any, prompts: list[str], images: list[Image.Image]) -> dict:
+        """Left-padded prompts (already holding the template's BOS, so none is added) and their images."""
+        _tokenizer(processor).padding_side = "left"
+        return dict(
+            processor(text=prompts, images=images or None, return_tensors="pt", padding=True, add_special_tokens=False)
+        )
+
+
+def _user(text: str, image: bool = False) -> dict:
+    parts = [{"type": "image"}] if image else []
+    return {"role": "user", "content": [*parts, {"type": "text", "text": text}]}
+
+
+def _assistant(text: str) -> dict:
+    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+
+
+def _to_chat(messages: list[dict[str, str]], sample_id: str) -> list[dict]:
+    """vdtrain messages (`<image>` in the text) as chat-template messages with an image content part."""
+    if not messages or messages[0]["role"] not in ("user", "system"):
+        raise ConversationError(f"sample {sample_id}: the conversation must start with a user turn")
+    chat = []
+    for message in messages:
+        content = message["content"]
+        if message["role"] == "assistant":
+            chat.append(_assistant(content.strip()))
+        elif message["role"] == "system":
+            chat.append({"role": "system", "content": [{"type": "text", "text": content}]})
+        else:
+            chat.append(_user(content.replace("<image>", "").strip(), image="<image>" in content))
+    return chat
+
+
+def _common_prefix(a: str, b: str) -> int:
+    length = 0
+    while length < min(len(a), len(b)) and a[length] == b[length]:
+        length += 1
+    return length
+
+
+def _is_type_field(key: str, value: Any, ids: torch.Tensor) -> bool:
+    """A per-token field beside `input_ids` that marks image tokens (`token_type_ids`, `mm_token_type_ids`)."""
+    if key in ("input_ids", "attention_mask", "labels") or not isinstance(value, torch.Tensor):
+        return False
+    return value.dim() == 2 and value.shape[1] == ids.shape[0] and "type" in key
+
+
+def _family(model_type: str, name: str) -> type[ChatTemplateAdapter]:
+    """A registered `ChatTemplateAdapter` subclass carrying the `FAMILY_DEFAULTS` row of `model_type`."""
+    cls = type(name, (ChatTemplateAdapter,), {"model_type": model_type, "__doc__": f"{model_type} chat template."})
+    return register_adapter(model_type)(cls)
+
+
+Qwen2VLAdapter = _family("qwen2_vl", "Qwen2VLAdapter")
+Qwen25VLAdapter = _family("qwen2_5_vl", "Qwen25VLAdapter")
+Gemma3Adapter = _family("gemma3", "Gemma3Adapter")

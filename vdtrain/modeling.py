@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,13 +28,37 @@ def load_model_and_processor(
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
     kwargs: dict[str, Any] = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForImageTextToText.from_pretrained(path, config=config, **kwargs)
+    native = _native_class(path)
+    if native is not None:  # a published checkpoint whose hub code does not run on transformers 5: vdtrain's port
+        model = native.from_pretrained(path, **kwargs)
+    else:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForImageTextToText.from_pretrained(path, config=config, **kwargs)
+    try:
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        processor = get_adapter(model).build_processor(str(path), model.config)
+        if processor is None:
+            raise ValueError(f"{path}: no processor could be loaded ({error})") from error
+    if not hasattr(processor, "image_processor"):  # a tokenizer alone: the family builds the rest
+        processor = get_adapter(model).build_processor(str(path), model.config) or processor
     return model, processor, get_adapter(model, processor)
+
+
+def _native_class(path: str | os.PathLike) -> Any | None:
+    """vdtrain's own class for checkpoints published as remote code (Bunny's `bunny-llama`), else None."""
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        return None
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    if model_type == "bunny-llama":
+        from vdtrain.models.bunny import BunnyForConditionalGeneration
+
+        return BunnyForConditionalGeneration
+    return None
 
 
 def prepare_for_training(model: Any, adapter: ModelAdapter, args: ModelArguments, gradient_checkpointing: bool) -> Any:

@@ -90,6 +90,10 @@ class ModelAdapter:
     # False when the processor resizes every image to one size, so one measurement serves all images.
     image_tokens_depend_on_size: bool = True
 
+    def build_processor(self, path: str, config: Any) -> Any | None:
+        """A processor for checkpoints that ship none (None: the family always ships one)."""
+        return None
+
     def end_of_turn_id(self, processor: Any) -> int:
         """Token id that closes an assistant turn (supervised and flagged)."""
         return _tokenizer(processor).eos_token_id

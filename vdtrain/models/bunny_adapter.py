@@ -32,6 +32,24 @@ class BunnyAdapter(ModelAdapter):
     lora_target_modules = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
     image_tokens_depend_on_size = False  # every image is resized to the largest S² scale
 
+    def build_processor(self, path: str, config: Any) -> Any:
+        """The published checkpoint ships only a tokenizer: SigLIP preprocessing at the largest S² scale (mean and
+        std 0.5) plus a `LlavaProcessor` that expands the image token to the tile grid (27 x 27 = 729 tokens)."""
+        from transformers import AutoTokenizer, LlavaProcessor, SiglipImageProcessorPil
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = END_OF_TEXT  # Bunny: pad == eos
+        side = max(config.s2_scales)
+        grid = config.vision_config.image_size // config.vision_config.patch_size
+        image_processor = SiglipImageProcessorPil(
+            size={"height": side, "width": side}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        )
+        return LlavaProcessor(
+            image_processor=image_processor, tokenizer=tokenizer, patch_size=side // grid,
+            vision_feature_select_strategy="full", num_additional_image_tokens=0, image_token=IMAGE_TOKEN,
+        )  # fmt: skip
+
     def end_of_turn_id(self, processor: Any) -> int:
         """`<|end_of_text|>` (128001), Bunny's `sep2`; not `<|eot_id|>`, which Bunny never trains."""
         return _tokenizer(processor).convert_tokens_to_ids(END_OF_TEXT)

@@ -185,3 +185,25 @@ def test_eos_selective_needs_end_of_turn_id(tmp_path):
     model, _ = tiny_llava()
     with pytest.raises(ValueError, match="end_of_turn_id"):
         VDTrainer(model=model, args=vd_args(tmp_path, eos_selective=True))
+
+
+def test_eos_selective_loss_in_the_trainer(setup):
+    model, processor, dataset, collator, tmp_path = setup
+    batch = collator([dataset[0], dataset[1]])
+    eos = processor.tokenizer.eos_token_id
+    model.train()
+    trainer = VDTrainer(model=model, args=vd_args(tmp_path, vd_start=1.0, eos_selective=True), end_of_turn_id=eos)
+    trainer.state.max_steps = 10
+    assert not trainer.vd_active()
+    loss = trainer.compute_loss(model, batch, num_items_in_batch=num_items(batch))
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+    with torch.no_grad():
+        logits = model(**inputs).logits[:, :-1]
+    targets = batch["labels"][:, 1:]
+    keep = targets != -100
+    logits, targets = logits[keep], targets[keep]
+    logits[targets != eos, eos] = float("-inf")
+    expected = torch.nn.functional.cross_entropy(logits, targets, reduction="sum") / keep.sum()
+    assert torch.allclose(loss, expected, atol=1e-5)
+    plain = torch.nn.functional.cross_entropy(model(**inputs).logits[:, :-1][keep], targets, reduction="sum")
+    assert loss < plain / keep.sum()  # removing EOS from the softmax raises every non-EOS token's probability

@@ -1,0 +1,125 @@
+"""Checkpoints hold adapter + projector, `resume_from_checkpoint` continues exactly, `vdtrain merge` round-trips."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny import write_conversations, write_images
+from transformers import TrainerCallback
+
+from vdtrain.cli import main as cli_main
+from vdtrain.train_cli import load_config
+from vdtrain.training import build_trainer, run_training
+
+MAX_STEPS = 6  # 12 samples, batch 2 x accumulation 2: 3 optimizer steps per epoch; vd active from step 3
+
+
+class StopAt(TrainerCallback):
+    """Ends training after optimizer step `step` (as a crash right after a checkpoint would); records the steps run."""
+
+    def __init__(self, step: int | None = None) -> None:
+        self.step, self.steps = step, []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+        if state.global_step == self.step:
+            control.should_training_stop = True
+        return control
+
+
+def _overrides(tiny_dir: Path, data: Path, output_dir: Path) -> dict:
+    return dict(
+        model_name_or_path=str(tiny_dir), data_path=str(data / "data.json"), image_folder=str(data / "images"),
+        output_dir=str(output_dir), use_cpu=True, report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+        max_length=128, seed=7, lora_r=8, lora_alpha=16, lora_dropout=0.1, max_steps=MAX_STEPS,
+        per_device_train_batch_size=2, gradient_accumulation_steps=2, learning_rate=1e-2, projector_lr=1e-3,
+        warmup_steps=1, save_strategy="steps", save_steps=2, logging_steps=1, vd_weighting="neg",
+        vd_temperature=1.0, vd_start=0.5,
+    )  # fmt: skip
+
+
+def _train_logs(output_dir: Path) -> list[dict]:
+    state = json.loads((output_dir / f"checkpoint-{MAX_STEPS}" / "trainer_state.json").read_text())
+    return [entry for entry in state["log_history"] if "loss" in entry]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("resume-data")
+    write_conversations(path / "data.json", write_images(path / "images", 12), turns=2)
+    return path
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_llava_dir: Path, data_dir: Path) -> Path:
+    output_dir = data_dir / "full"
+    run_training(*load_config(None, _overrides(tiny_llava_dir, data_dir, output_dir)))
+    return output_dir
+
+
+def test_checkpoint_holds_adapter_and_projector(uninterrupted: Path, tiny_llava_dir: Path):
+    for folder in (uninterrupted / "checkpoint-2", uninterrupted):
+        weights = load_file(folder / "adapter_model.safetensors")
+        projector = {name for name in weights if "multi_modal_projector" in name}
+        assert {name.rsplit(".", 2)[-2] for name in projector} == {"linear_1", "linear_2"}
+        assert any("lora_A" in name for name in weights) and any("lora_B" in name for name in weights)
+    assert (uninterrupted / "vdtrain_base_model.txt").read_text().strip() == str(tiny_llava_dir)
+    logs = _train_logs(uninterrupted)
+    assert [entry["step"] for entry in logs] == list(range(1, MAX_STEPS + 1))
+    assert [("vd_mean" in entry) for entry in logs] == [step > 3 for step in range(1, MAX_STEPS + 1)]
+
+
+@pytest.mark.parametrize("stop", [2, 4], ids=["before-vd-start", "after-vd-start"])
+def test_resume_equals_uninterrupted(stop: int, uninterrupted: Path, tiny_llava_dir: Path, data_dir: Path):
+    output_dir = data_dir / f"resumed-{stop}"
+    overrides = _overrides(tiny_llava_dir, data_dir, output_dir)
+    trainer = build_trainer(*load_config(None, overrides))
+    trainer.add_callback(StopAt(stop))
+    trainer.train()
+    assert trainer.state.global_step == stop and not (output_dir / f"checkpoint-{stop + 2}").exists()
+    del trainer
+
+    trainer = build_trainer(*load_config(None, overrides))
+    trainer.add_callback(counter := StopAt())
+    trainer.train(resume_from_checkpoint=str(output_dir / f"checkpoint-{stop}"))
+    assert counter.steps == list(range(stop + 1, MAX_STEPS + 1))  # it resumed, it did not start over
+    expected, got = _train_logs(uninterrupted), _train_logs(output_dir)
+    assert got == expected  # losses, learning rates, grad norms and vd_* metrics of every step
+    final, resumed = (load_file(path / f"checkpoint-{MAX_STEPS}/adapter_model.safetensors")
+                      for path in (uninterrupted, output_dir))  # fmt: skip
+    assert final.keys() == resumed.keys()
+    for name, tensor in final.items():
+        assert torch.equal(tensor, resumed[name]), name
+
+
+def test_merge_round_trip(uninterrupted: Path, tiny_llava_dir: Path, data_dir: Path, tmp_path: Path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from vdtrain.modeling import load_for_inference
+
+    merged_dir = tmp_path / "merged"
+    assert cli_main(["merge", "--adapter", str(uninterrupted), "--output", str(merged_dir)]) == 0
+    merged = AutoModelForImageTextToText.from_pretrained(merged_dir).eval()
+    processor = AutoProcessor.from_pretrained(merged_dir)
+    peft_model, _, _ = load_for_inference(tiny_llava_dir, uninterrupted)
+    base = AutoModelForImageTextToText.from_pretrained(tiny_llava_dir).eval()
+
+    from PIL import Image
+
+    images = [Image.open(data_dir / "images" / f"img_00{i}.png") for i in range(2)]
+    batch = processor(text=["<image> describe this image", "<image> what color"], images=images,
+                      return_tensors="pt", padding=True)  # fmt: skip
+    with torch.no_grad():
+        expected, got, untouched = (m(**batch).logits for m in (peft_model, merged, base))
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+    assert not torch.allclose(untouched, expected, atol=1e-3)  # the adapter changed the model
+    saved = load_file(uninterrupted / "adapter_model.safetensors")
+    key = next(k for k in saved if "multi_modal_projector.linear_1.weight" in k)
+    assert torch.equal(merged.model.multi_modal_projector.linear_1.weight, saved[key])
+
+    with pytest.raises(FileExistsError):
+        cli_main(["merge", "--adapter", str(uninterrupted), "--output", str(merged_dir)])

@@ -82,9 +82,10 @@ def _config(tiny_dir: Path, data: Path, name: str, **overrides) -> dict:
 
 
 def test_ddp_two_processes_equal_one(tiny_llava_dir: Path, data_dir: Path):
-    # The noisy pass runs on every step (vd_start 0) but tau 0 makes the weights exactly 1, so the two runs must
-    # agree to float tolerance: this checks data sharding and the loss normalisation across ranks.
-    same = dict(use_cpu=True, vd_weighting="none", vd_temperature=0.0)
+    # Re-weighting on every step (vd_start 0, tau 1): the noise of each sample is seeded from its position in the
+    # global batch, so 2 processes x batch 2 must reproduce 1 process x batch 4 to float tolerance. This checks data
+    # sharding, the noise seeding and the loss normalisation across ranks.
+    same = dict(use_cpu=True, vd_weighting="neg", vd_temperature=1.0)
     one = _launch(_torchrun(1), _config(tiny_llava_dir, data_dir, "one", per_device_train_batch_size=4, **same),
                   data_dir)  # fmt: skip
     two = _launch(_torchrun(2), _config(tiny_llava_dir, data_dir, "two", per_device_train_batch_size=2, **same),
@@ -92,21 +93,13 @@ def test_ddp_two_processes_equal_one(tiny_llava_dir: Path, data_dir: Path):
     logs_one, logs_two = _logs(one), _logs(two)
     assert [e["step"] for e in logs_two] == [e["step"] for e in logs_one] == list(range(1, MAX_STEPS + 1))
     for a, b in zip(logs_one, logs_two):
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4) and a["vd_weight_max"] == b["vd_weight_max"] == 1.0
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
+        assert a["vd_weight_max"] == pytest.approx(b["vd_weight_max"], abs=1e-3) and a["vd_weight_max"] > 1.0
     weights_one, weights_two = (load_file(d / "adapter_model.safetensors") for d in (one, two))
     assert weights_one.keys() == weights_two.keys()
     for name in weights_one:
         assert torch.allclose(weights_one[name], weights_two[name], atol=1e-5), name
     assert any("lora_B" in name and weights_one[name].abs().sum() > 0 for name in weights_one)  # it trained
-
-
-def test_ddp_two_processes_reweighted(tiny_llava_dir: Path, data_dir: Path):
-    # With w_neg the noise is seeded per (step, process, image), so this run's noise differs from one process's:
-    # it must complete and log the re-weighting on every step.
-    out = _launch(_torchrun(2), _config(tiny_llava_dir, data_dir, "two-neg", use_cpu=True, vd_weighting="neg",
-                                        vd_temperature=1.0, per_device_train_batch_size=2), data_dir)  # fmt: skip
-    logs = _logs(out)
-    assert len(logs) == MAX_STEPS and all(e["vd_weight_max"] > 1.0 for e in logs)
 
 
 def _check_adapter(output_dir: Path, tiny_dir: Path) -> None:

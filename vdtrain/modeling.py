@@ -86,8 +86,8 @@ def prepare_for_training(model: Any, adapter: ModelAdapter, args: ModelArguments
     if gradient_checkpointing:
         model.enable_input_require_grads()  # frozen embeddings would otherwise cut the checkpointed graph
     model = get_peft_model(model, config, autocast_adapter_dtype=False)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
+    total = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ds_numel: ZeRO-3 partitions
     logger.info("vdtrain: %d trainable parameters of %d (%.2f%%)", trainable, total, 100 * trainable / max(total, 1))
     return model
 

@@ -59,7 +59,7 @@ class VDTrainer(Trainer):
         if self.args.eos_selective and end_of_turn_id is None:
             raise ValueError("eos_selective=True needs VDTrainer(end_of_turn_id=...) from the model's adapter")
         self._vd_metrics: dict[str, list[float]] = defaultdict(list)
-        self._noise_counter = (-1, 0)  # (global_step, images noised so far in that step)
+        self._noise_counter = (-1, -1)  # (global_step, micro-batch index within that step)
         self._logits_mask_ok: bool | None = None
         if self.args.vd_weighting != "none" or self.args.vd_temperature:
             signal, noise = noise_scales(self.args.vd_noise_step)
@@ -94,30 +94,27 @@ class VDTrainer(Trainer):
         return max_steps > 0 and self.state.global_step >= math.ceil(self.args.vd_start * max_steps)
 
     def _draw_noise(self, pixels: torch.Tensor, has_image: torch.Tensor | None) -> torch.Tensor:
-        """eps for `pixels`, seeded from (seed, global_step, process_index) and the image's place in the step.
+        """eps for `pixels`, one generator per image seeded from (seed, global_step, the sample's global position).
 
-        One generator per image, counted across the micro-batches of an optimizer step, so batch 2 x accumulation 1
-        and batch 1 x accumulation 2 draw the same noise, and a resumed run draws what the first run drew. Pixel
-        tensors that are not one row per image (flattened patches) get one draw per micro-batch instead.
+        A sample's position in the global batch is `(micro_batch * world_size + process_index) * batch + row`,
+        the order in which accelerate shards batches, so 1 process x batch 4, 2 processes x batch 2 and
+        batch 2 x accumulation 2 all draw the same noise for the same sample, and a resumed run draws what the first
+        run drew. Pixel tensors that are not one row per image (flattened patches) get one draw per micro-batch.
         """
         step = self.state.global_step
-        if self._noise_counter[0] != step:
-            self._noise_counter = (step, 0)
-        first = self._noise_counter[1]
-        per_image = has_image is not None and int(has_image.sum()) == pixels.shape[0]
-        count = pixels.shape[0] if per_image else 1
-        self._noise_counter = (step, first + count)
-        shape = pixels.shape[1:] if per_image else pixels.shape
-        draws = [
-            torch.randn(shape, generator=self._generator(step, first + i, pixels.device), device=pixels.device)
-            for i in range(count)
-        ]
-        return torch.stack(draws) if per_image else draws[0]
+        micro = self._noise_counter[1] + 1 if self._noise_counter[0] == step else 0
+        self._noise_counter = (step, micro)
+        first = (micro * self.args.world_size + self.args.process_index) * self.args.per_device_train_batch_size
+        rows = has_image.nonzero().flatten().tolist() if has_image is not None else []
+        if len(rows) == pixels.shape[0]:
+            keys = [first + row for row in rows]
+            return torch.stack([self._randn(pixels.shape[1:], step, key, pixels.device) for key in keys])
+        return self._randn(pixels.shape, step, f"micro{first}", pixels.device)
 
-    def _generator(self, step: int, index: int, device: torch.device) -> torch.Generator:
-        key = f"{self.args.seed}:{step}:{self.args.process_index}:{index}".encode()
-        seed = int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1)
-        return torch.Generator(device=device).manual_seed(seed)
+    def _randn(self, shape: torch.Size, step: int, key: int | str, device: torch.device) -> torch.Tensor:
+        digest = hashlib.sha256(f"{self.args.seed}:{step}:{key}".encode()).digest()
+        generator = torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+        return torch.randn(shape, generator=generator, device=device)
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -228,10 +225,16 @@ class VDTrainer(Trainer):
         self._vd_metrics["vd_weight_max"].append(weights.max().item() if mask.any() else 0.0)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the averaged `vd_*` metrics of the steps since the last log (training logs only)."""
+        """Add the `vd_*` metrics of the steps since the last log, averaged over steps and processes."""
         if self._vd_metrics and "loss" in logs:
-            for name, values in self._vd_metrics.items():
-                logs[name] = round(sum(values) / len(values), 4) if name != "vd_weight_max" else max(values)
+            names = sorted(self._vd_metrics)
+            values = [self._vd_metrics[name] for name in names]
+            local = [max(v) if n == "vd_weight_max" else sum(v) / len(v) for n, v in zip(names, values)]
+            local = torch.tensor(local, dtype=torch.float64)
+            gathered = self.accelerator.gather(local.to(self.args.device)[None]).cpu()  # (world, metrics)
+            for index, name in enumerate(names):
+                column = gathered[:, index]
+                logs[name] = round((column.max() if name == "vd_weight_max" else column.mean()).item(), 4)
             self._vd_metrics.clear()
         super().log(logs, start_time)
 

@@ -63,6 +63,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     if trainer.is_world_process_zero():
         trainer.processing_class.save_pretrained(training_args.output_dir)
         Path(training_args.output_dir, "vdtrain_base_model.txt").write_text(model_args.model_name_or_path + "\n")
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()  # tear the process group down before exit (ZeRO-3 could abort otherwise)
     return result
 
 

@@ -1,0 +1,135 @@
+"""Throughput of `vdtrain filter score` against its physical limit: two bare no-grad forwards over the same batches.
+
+    python scripts/bench_filter.py [--samples 32] [--batch-size 8] [--hidden 256] [--layers 4] [--repeats 3]
+
+Builds a tiny LLaVA (vocab 32000, ~300-token conversations), then times, best of `--repeats`:
+  limit      two forwards per batch (clean pixels, noised pixels) with `logits_to_keep` at supervised positions,
+             nothing else: the least work any scorer must do;
+  limit-full the same with full `(B, L, V)` logits (what a naive scorer pays);
+  hot path   `score_batch` on the same collated batches (forwards + log-probs + d + per-sample sums);
+  end-to-end `score_dataset` from the JSON file (tokenising, image loading, noise, JSONL writing, resume checks).
+Prints samples/s and each one's ratio to `limit` (1.00 = at the limit; the aim is >= 0.90).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from tiny import WORDS, tiny_llava, write_images  # noqa: E402
+
+from vdtrain.dependence import IGNORE_INDEX  # noqa: E402
+from vdtrain.filtering.scoring import collate_samples, prepare_sample, score_batch, score_dataset  # noqa: E402
+from vdtrain.models import get_adapter  # noqa: E402
+from vdtrain.noise import add_diffusion_noise  # noqa: E402
+
+
+def make_records(names: list[str], words_per_sample: int, seed: int = 0) -> list[dict]:
+    """Multi-turn conversations of about `words_per_sample` words, a third of them in human turns."""
+    rng = random.Random(seed)
+    records = []
+    for index, name in enumerate(names):
+        turns, total = [], 0
+        while total < words_per_sample:
+            question = " ".join(rng.choices(WORDS, k=12)) + "?"
+            answer = " ".join(rng.choices(WORDS, k=28)) + "."
+            turns += [{"from": "human", "value": ("<image>\n" if not turns else "") + question},
+                      {"from": "gpt", "value": answer}]  # fmt: skip
+            total += 40
+        records.append({"id": f"b{index}", "image": name, "conversations": turns})
+    return records
+
+
+def best_of(repeats: int, fn) -> float:
+    """Smallest wall time of `repeats` calls (the machine may be shared: the minimum is the least disturbed)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    """Run the benchmark and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=32, help="samples scored per measurement")
+    parser.add_argument("--batch-size", type=int, default=8, help="samples per forward")
+    parser.add_argument("--hidden", type=int, default=256, help="hidden size of the tiny Llama")
+    parser.add_argument("--layers", type=int, default=4, help="decoder layers of the tiny Llama")
+    parser.add_argument("--words", type=int, default=150, help="words per conversation (~2 tokens per word)")
+    parser.add_argument("--repeats", type=int, default=3, help="measurements per variant; the best is reported")
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for the end-to-end run")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    model, processor = tiny_llava(hidden=args.hidden, layers=args.layers, vocab=32000)
+    adapter = get_adapter(model, processor)
+    work = Path(tempfile.mkdtemp(prefix="bench_filter_"))
+    names = write_images(work / "images", args.samples)
+    records = make_records(names, args.words)
+    (work / "data.json").write_text(json.dumps(records))
+
+    prepared = [
+        prepare_sample(r, i, adapter, processor, work / "images", max_length=2048, seed=42)
+        for i, r in enumerate(records)
+    ]
+    pad = processor.tokenizer.pad_token_id
+    size = args.batch_size
+    batches = [collate_samples(prepared[i : i + size], pad) for i in range(0, len(prepared), size)]
+    lengths = [len(e.input_ids) for s in prepared for e in s["examples"]]
+    supervised = [e.num_supervised for s in prepared for e in s["examples"]]
+    print(f"tiny LLaVA hidden {args.hidden}, {args.layers} layers, vocab 32000; {args.samples} samples, "
+          f"batch {args.batch_size}; tokens/sample {sum(lengths) / len(lengths):.0f} "
+          f"({sum(supervised) / len(supervised):.0f} supervised); {torch.get_num_threads()} threads")  # fmt: skip
+
+    def bare(full_logits: bool):
+        @torch.no_grad()
+        def run():
+            for batch in batches:
+                inputs = {k: v for k, v in batch["inputs"].items() if k != "labels"}
+                labels = batch["inputs"]["labels"]
+                mask = torch.nn.functional.pad(labels[:, 1:] != IGNORE_INDEX, (0, 1), value=False)
+                keep = {} if full_logits else {"logits_to_keep": mask}
+                model(**inputs, **keep)
+                inputs["pixel_values"] = add_diffusion_noise(inputs["pixel_values"], 900, noise=batch["noise"])
+                model(**inputs, **keep)
+
+        return run
+
+    def hot_path():
+        for batch in batches:
+            score_batch(model, batch, noise_step=900, pixel_key="pixel_values").tolist()
+
+    counter = iter(range(10**6))
+
+    def end_to_end():
+        out = work / f"out{next(counter)}"
+        score_dataset(model, processor, work / "data.json", out, image_folder=work / "images",
+                      batch_size=args.batch_size, num_workers=args.num_workers, progress=False)  # fmt: skip
+
+    variants = {
+        "limit (2 masked forwards)": bare(False),
+        "limit-full (2 full-logit forwards)": bare(True),
+        "hot path (score_batch)": hot_path,
+        "end-to-end (score_dataset)": end_to_end,
+    }
+    for fn in variants.values():  # warm-up
+        fn()
+    times = {name: best_of(args.repeats, fn) for name, fn in variants.items()}
+    limit = times["limit (2 masked forwards)"]
+    for name, seconds in times.items():
+        print(f"{name:<36} {args.samples / seconds:8.1f} samples/s   ratio to limit {limit / seconds:5.2f}")
+
+
+if __name__ == "__main__":
+    main()

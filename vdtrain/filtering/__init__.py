@@ -1,0 +1,31 @@
+"""Offline data filtering by visual dependence (thesis 5.4.5): score every sample, remove a fraction, report."""
+
+from vdtrain.filtering.io import read_records, write_records
+from vdtrain.filtering.report import plot_histogram, score_quantiles, write_report
+from vdtrain.filtering.runs import RunMismatchError
+from vdtrain.filtering.scoring import (
+    collate_samples,
+    prepare_sample,
+    sample_generator,
+    score_batch,
+    score_dataset,
+)
+from vdtrain.filtering.selection import STRATEGIES, removal_count, select_dataset, select_removed
+
+__all__ = [
+    "STRATEGIES",
+    "RunMismatchError",
+    "collate_samples",
+    "plot_histogram",
+    "prepare_sample",
+    "read_records",
+    "removal_count",
+    "sample_generator",
+    "score_batch",
+    "score_dataset",
+    "score_quantiles",
+    "select_dataset",
+    "select_removed",
+    "write_records",
+    "write_report",
+]

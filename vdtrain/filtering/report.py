@@ -1,0 +1,144 @@
+"""Filtering report: `summary.json` (counts, score quantiles, Table 5.3's lengths) and the Fig. 5.6 histogram."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vdtrain.data.conversations import ROLES
+from vdtrain.filtering.io import atomic_write_json
+
+SUMMARY_FILE = "summary.json"
+HISTOGRAM_FILE = "score_hist.png"
+QUANTILES = {"min": 0, "p5": 5, "p25": 25, "p50": 50, "p75": 75, "p95": 95, "max": 100}
+
+
+def score_quantiles(scores: list[float]) -> dict[str, float]:
+    """Min, 5/25/50/75/95th percentiles, max and mean of the per-sample scores."""
+    if not scores:
+        return {}
+    values = np.asarray(scores, dtype=np.float64)
+    out = {name: float(np.percentile(values, q)) for name, q in QUANTILES.items()}
+    out["mean"] = float(values.mean())
+    return out
+
+
+def words(record: Any, roles: tuple[str, ...] = ("assistant",)) -> int:
+    """Words (whitespace-separated) in the record's turns of the given roles; the `<image>` marker is not a word."""
+    turns = record.get("conversations") if isinstance(record, dict) else None
+    if not isinstance(turns, list):
+        return 0
+    total = 0
+    for turn in turns:
+        if isinstance(turn, dict) and ROLES.get(str(turn.get("from", turn.get("role", ""))).lower()) in roles:
+            total += len(str(turn.get("value", turn.get("content", ""))).replace("<image>", " ").split())
+    return total
+
+
+def _lengths(records: list[Any]) -> dict[str, float | None]:
+    """Table 5.3's columns: mean words per sample of the whole conversation and of the assistant turns."""
+    if not records:
+        return {"data_len_words": None, "response_len_words": None}
+    return {
+        "data_len_words": float(np.mean([words(r, ("user", "assistant")) for r in records])),
+        "response_len_words": float(np.mean([words(r) for r in records])),
+    }
+
+
+def write_report(
+    output_dir: str | os.PathLike,
+    scores: list[dict[str, Any]],
+    errors: list[dict[str, Any]],
+    *,
+    records: list[Any] | None = None,
+    removed: set[int] | None = None,
+    selection: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write `summary.json` and `score_hist.png` into `output_dir` and return the summary.
+
+    With `records` and `removed` (after a selection) the counts include kept/removed, the lengths of Table 5.3
+    are given for all, kept and removed samples, and the histogram marks the cut.
+    """
+    output_dir = Path(output_dir)
+    values = [float(row["score"]) for row in scores]
+    tokens = sum(int(row["n_tokens"]) for row in scores)
+    summary: dict[str, Any] = {
+        "counts": {"scored": len(scores), "errors": len(errors)},
+        "score_quantiles": score_quantiles(values),
+        "tokens": {
+            "total": tokens,
+            "mean_d": sum(values) / tokens if tokens else None,
+            "frac_pos": sum(r["frac_pos"] * r["n_tokens"] for r in scores) / tokens if tokens else None,
+            "frac_neg": sum(r["frac_neg"] * r["n_tokens"] for r in scores) / tokens if tokens else None,
+        },
+    }
+    cut = None
+    if records is not None and removed is not None:
+        scored = {int(row["index"]) for row in scores}
+        summary["counts"].update(kept=len(scored - removed), removed=len(removed))
+        summary["selection"] = dict(selection or {})
+        summary["lengths"] = {
+            "all": _lengths([records[i] for i in sorted(scored)]),
+            "kept": _lengths([records[i] for i in sorted(scored - removed)]),
+            "removed": _lengths([records[i] for i in sorted(removed)]),
+        }
+        removed_scores = [float(row["score"]) for row in scores if int(row["index"]) in removed]
+        strategy = (selection or {}).get("strategy")
+        if removed_scores and strategy in ("lowest", "highest"):
+            cut = max(removed_scores) if strategy == "lowest" else min(removed_scores)
+            summary["selection"]["cut_score"] = cut
+    plot_histogram(
+        output_dir / HISTOGRAM_FILE,
+        values,
+        removed=[int(row["index"]) in removed for row in scores] if removed is not None else None,
+        cut=cut,
+        label=_cut_label(selection, cut),
+    )
+    summary["histogram"] = str(output_dir / HISTOGRAM_FILE)
+    atomic_write_json(output_dir / SUMMARY_FILE, summary)
+    return summary
+
+
+def _cut_label(selection: dict[str, Any] | None, cut: float | None) -> str | None:
+    if not selection:
+        return None
+    text = f"{selection['strategy']} {100 * selection['fraction']:g}% removed"
+    return f"{text} (cut at {cut:.2f})" if cut is not None else text
+
+
+def plot_histogram(
+    path: str | os.PathLike,
+    scores: list[float],
+    *,
+    removed: list[bool] | None = None,
+    cut: float | None = None,
+    label: str | None = None,
+) -> None:
+    """Histogram of per-sample scores (thesis Fig. 5.6), removed samples stacked in another colour, cut as a line."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg without touching pyplot's global backend
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4), dpi=120, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    values = np.asarray(scores, dtype=np.float64)
+    bins = np.histogram_bin_edges(values, bins=min(80, max(10, int(np.sqrt(len(values)))))) if len(values) else 10
+    if removed is not None and any(removed):
+        mask = np.asarray(removed, dtype=bool)
+        axes.hist([values[~mask], values[mask]], bins=bins, stacked=True, color=["#4c72b0", "#dd8452"],
+                  label=[f"kept ({int((~mask).sum())})", f"removed ({int(mask.sum())})"])  # fmt: skip
+    else:
+        axes.hist(values, bins=bins, color="#4c72b0", label=f"scored ({len(values)})")
+    if cut is not None:
+        axes.axvline(cut, color="black", linestyle="--", linewidth=1.2, label=label)
+    elif label:
+        axes.plot([], [], " ", label=label)
+    axes.axvline(0.0, color="grey", linewidth=0.6)
+    axes.set_xlabel(r"visual dependence of a sample, $\sum_t d(y_t)$")
+    axes.set_ylabel("samples")
+    axes.set_title("Distribution of per-sample visual dependence")
+    axes.legend(framealpha=0.9, edgecolor="none")
+    figure.savefig(path)

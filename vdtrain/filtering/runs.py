@@ -1,0 +1,93 @@
+"""The output directory of a scoring run (run.json, per-process JSONL files, merging) and the process group."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vdtrain.filtering.io import atomic_write_json, read_jsonl
+
+SCORES_FILE = "scores.jsonl"
+ERRORS_FILE = "errors.jsonl"
+RUN_FILE = "run.json"
+# run.json fields that must match for a rerun to append to an output directory.
+CHECKED_FIELDS = ("model", "adapter", "data_sha256", "noise_step", "seed", "max_length")
+
+
+class RunMismatchError(ValueError):
+    """An output directory holds scores of a different run (model, data, noise step, seed or max_length)."""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's content (identifies the data file of a run, wherever it moves)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- processes and files
+def distributed() -> tuple[int, int]:
+    """`(rank, world_size)`, starting torch.distributed through accelerate when launched with several processes."""
+    import torch.distributed as dist
+
+    if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        PartialState()  # init_process_group with the launcher's backend and device
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def barrier(world_size: int) -> None:
+    if world_size > 1:
+        torch.distributed.barrier()
+
+
+def scored_indices(output_dir: Path) -> set[int]:
+    """Indices already scored in `output_dir` (merged file and per-rank files; a truncated last line is ignored)."""
+    paths = [output_dir / SCORES_FILE, *sorted(output_dir.glob("scores.rank*.jsonl"))]
+    return {int(row["index"]) for path in paths for row in read_jsonl(path)}
+
+
+def merge_rank_files(output_dir: Path, stem: str) -> list[dict[str, Any]]:
+    """Merge `{stem}.jsonl` and `{stem}.rank*.jsonl` into `{stem}.jsonl` ordered by index, then drop the rank files."""
+    rank_paths = sorted(output_dir.glob(f"{stem}.rank*.jsonl"))
+    rows: dict[int, dict[str, Any]] = {}
+    for path in [output_dir / f"{stem}.jsonl", *rank_paths]:
+        for row in read_jsonl(path):
+            rows.setdefault(int(row["index"]), row)
+    merged = [rows[index] for index in sorted(rows)]
+    tmp = output_dir / f".{stem}.jsonl.tmp"
+    with open(tmp, "w") as handle:
+        handle.writelines(json.dumps(row) + "\n" for row in merged)
+    os.replace(tmp, output_dir / f"{stem}.jsonl")
+    for path in rank_paths:
+        path.unlink()
+    return merged
+
+
+def check_run(output_dir: Path, info: dict[str, Any], is_main: bool) -> None:
+    """Refuse an output directory scored by another run; the main process records this run in `run.json`."""
+    path = output_dir / RUN_FILE
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        changed = [
+            f"{field}: {previous.get(field)!r} there, {info.get(field)!r} now"
+            for field in CHECKED_FIELDS
+            if previous.get(field) != info.get(field)
+        ]
+        if changed:
+            raise RunMismatchError(
+                f"{path} records a different scoring run ({'; '.join(changed)}). Its scores cannot be mixed with "
+                "this run's: pass another --output-dir, or delete that directory to start over."
+            )
+    elif is_main:
+        atomic_write_json(path, info)

@@ -1,0 +1,120 @@
+"""Selection: remove the lowest, highest or a random fraction of the scored samples (thesis 5.4.5, Table 5.3)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from vdtrain.filtering.io import read_jsonl, read_records, write_records
+from vdtrain.filtering.runs import ERRORS_FILE, RUN_FILE, file_sha256
+
+STRATEGIES = ("lowest", "highest", "random")
+
+
+def removal_count(num_scored: int, fraction: float) -> int:
+    """How many of `num_scored` samples a `fraction` removes (rounded half up)."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    return min(num_scored, math.floor(fraction * num_scored + 0.5))
+
+
+def select_removed(scores: list[dict[str, Any]], strategy: str, fraction: float, seed: int = 0) -> list[int]:
+    """Indices of the samples to remove, sorted: the `fraction` with the lowest or highest `score` or a random one.
+
+    Ties in score are broken by index (the lower index goes first); `random` is seeded by `seed`.
+    """
+    count = removal_count(len(scores), fraction)
+    if strategy == "lowest":
+        order = sorted(scores, key=lambda row: (row["score"], row["index"]))
+    elif strategy == "highest":
+        order = sorted(scores, key=lambda row: (-row["score"], row["index"]))
+    elif strategy == "random":
+        order = random.Random(seed).sample(sorted(scores, key=lambda row: row["index"]), len(scores))
+    else:
+        raise ValueError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    return sorted(int(row["index"]) for row in order[:count])
+
+
+def _check_scores_match(
+    scores: list[dict[str, Any]], errors: list[dict[str, Any]], records: list[Any], scores_path: Path, data: Path
+) -> None:
+    run_file = scores_path.parent / RUN_FILE
+    if run_file.is_file():
+        recorded = json.loads(run_file.read_text()).get("data_sha256")
+        if recorded and recorded != file_sha256(data):
+            raise ValueError(
+                f"{scores_path} scores another data file than {data} ({run_file} records sha256 {recorded[:12]}..., "
+                f"{data} has {file_sha256(data)[:12]}...); pass the file that was scored"
+            )
+    for row in scores:
+        index = int(row["index"])
+        record = records[index] if index < len(records) else None
+        expected = str(record.get("id", index)) if isinstance(record, dict) else str(index)
+        if record is None or str(row["id"]) != expected:
+            found = "no such index" if record is None else f"id there is {expected!r}"
+            raise ValueError(
+                f"{scores_path}: sample {row['id']!r} at index {index} does not match {data} ({found}); "
+                "pass the file that was scored"
+            )
+    missing = set(range(len(records))) - {int(r["index"]) for r in scores} - {int(r["index"]) for r in errors}
+    if missing:
+        raise ValueError(
+            f"{scores_path} covers {len(records) - len(missing)} of the {len(records)} samples of {data}: scoring "
+            "is unfinished. Rerun `vdtrain filter score` with the same --output-dir to finish it."
+        )
+
+
+def select_dataset(
+    scores: str | os.PathLike,
+    data: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    strategy: str,
+    fraction: float,
+    seed: int = 0,
+    removed: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Write `data` without the removed samples to `output` (original order and format) and the removed ones.
+
+    Samples that failed scoring (listed in `errors.jsonl` beside `scores`) are left out of both files; they would
+    fail training too. Updates `summary.json` and `score_hist.png` beside `scores` with the cut.
+
+    Args:
+        scores (`str`): `scores.jsonl` of a finished `score_dataset` run.
+        data (`str`): the data file that was scored (JSON list or JSONL).
+        output (`str`): the filtered data file, written in the input's format.
+        strategy (`str`): `"lowest"`, `"highest"` or `"random"`.
+        fraction (`float`): share of the scored samples to remove, e.g. 0.1.
+        seed (`int`, defaults to 0): seed of the `random` strategy.
+        removed (`str`, *optional*): where the removed records go (JSON list); defaults to `removed.json` beside
+            `output`.
+
+    Returns:
+        The summary dict.
+    """
+    from vdtrain.filtering.report import write_report
+
+    scores_path, data, output = Path(scores), Path(data), Path(output)
+    removed_path = Path(removed) if removed else output.with_name("removed.json")
+    if not scores_path.is_file():
+        raise FileNotFoundError(f"scores file {scores_path} does not exist; run `vdtrain filter score` first")
+    if output.resolve() == data.resolve() or removed_path.resolve() in (data.resolve(), output.resolve()):
+        raise ValueError(f"--output {output} / removed {removed_path} would overwrite {data}; choose other paths")
+    rows = read_jsonl(scores_path)
+    errors = read_jsonl(scores_path.parent / ERRORS_FILE)
+    records, fmt = read_records(data)
+    _check_scores_match(rows, errors, records, scores_path, data)
+    removed_indices = select_removed(rows, strategy, fraction, seed)
+    removed_set = set(removed_indices)
+    kept_indices = sorted(int(row["index"]) for row in rows if int(row["index"]) not in removed_set)
+    write_records(output, [records[index] for index in kept_indices], fmt)
+    write_records(removed_path, [records[index] for index in removed_indices], "json")
+    selection = {
+        "strategy": strategy, "fraction": fraction, "seed": seed if strategy == "random" else None,
+        "output": str(output), "removed_file": str(removed_path),
+    }  # fmt: skip
+    return write_report(scores_path.parent, rows, errors, records=records, removed=removed_set, selection=selection)

@@ -1,0 +1,163 @@
+"""`vdtrain filter score | select | run`: score a dataset by visual dependence and remove a fraction of it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from vdtrain.filtering.selection import STRATEGIES
+
+DESCRIPTION = """Offline data filtering by visual dependence (thesis section 5.4.5).
+
+  score   one clean and one noised no-grad forward per sample; writes OUT/scores.jsonl (id, index, score = sum of
+          d over the sample's supervised tokens, n_tokens, mean, frac_pos, frac_neg), OUT/errors.jsonl,
+          OUT/summary.json and OUT/score_hist.png. Rerunning with the same OUT resumes. Runs under
+          `accelerate launch -m vdtrain filter score ...` with one shard per process.
+  select  removes the lowest / highest / a random fraction of the scored samples and writes the rest in the
+          input's order and format, plus the removed records.
+  run     score, then select.
+"""
+
+
+def _add_score_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("scoring")
+    group.add_argument("--model", required=True, help="model directory or hub id (the fine-tuned scoring model)")
+    group.add_argument("--adapter", default=None, help="LoRA adapter directory applied on top of --model")
+    group.add_argument("--data", required=True, help="LLaVA-format conversation data: a JSON list or JSONL")
+    group.add_argument("--image-folder", default=None, help="folder the records' 'image' paths are relative to")
+    group.add_argument("--output-dir", required=True, help="where scores go; the same directory again resumes")
+    group.add_argument("--noise-step", type=int, default=900, help="diffusion step of the noised image (0-999)")
+    group.add_argument("--batch-size", type=int, default=8, help="samples per forward pass")
+    group.add_argument("--seed", type=int, default=42, help="noise seed; sample i's noise is seeded from (seed, i)")
+    group.add_argument("--max-length", type=int, default=2048, help="tokens per sequence after image expansion")
+    group.add_argument(
+        "--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
+        help="model dtype; auto: bfloat16 on a GPU that supports it, else float32",
+    )  # fmt: skip
+    group.add_argument(
+        "--num-workers", type=int, default=None,
+        help="DataLoader workers that tokenise and load images (default: 4 on GPU, 0 on CPU)",
+    )  # fmt: skip
+    group.add_argument(
+        "--stop-after", type=int, default=None,
+        help="stop after scoring this many samples per process (time-limited jobs); rerun to continue",
+    )  # fmt: skip
+    group.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_select_options(parser: argparse.ArgumentParser, *, standalone: bool) -> None:
+    group = parser.add_argument_group("selection")
+    if standalone:
+        group.add_argument("--scores", required=True, help="scores.jsonl of a finished `vdtrain filter score` run")
+        group.add_argument("--data", required=True, help="the data file that was scored")
+    group.add_argument("--strategy", required=True, choices=STRATEGIES, help="which samples to remove by score")
+    group.add_argument("--fraction", type=float, required=True, help="share of the scored samples to remove (0.1)")
+    group.add_argument(
+        "--seed" if standalone else "--select-seed", dest="select_seed", type=int, default=0,
+        help="seed of the random strategy",
+    )  # fmt: skip
+    group.add_argument("--output", required=True, help="filtered data file, written in the input's format")
+    group.add_argument(
+        "--removed", default=None, help="removed records (JSON list); default: removed.json beside --output"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `vdtrain filter` parser with its three subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="vdtrain filter", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{score,select,run}")
+    score = commands.add_parser("score", help="score every sample by visual dependence", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    _add_score_options(score)
+    select = commands.add_parser("select", help="remove a fraction of the scored samples", description=DESCRIPTION,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    _add_select_options(select, standalone=True)
+    run = commands.add_parser("run", help="score, then select", description=DESCRIPTION,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    _add_score_options(run)
+    _add_select_options(run, standalone=False)
+    return parser
+
+
+def _resolve_dtype(dtype: str) -> str:
+    import torch
+
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+
+
+def run_score(args: argparse.Namespace) -> dict | None:
+    """Load the model on this process's device and score `args.data` into `args.output_dir`."""
+    import torch
+
+    from vdtrain.filtering.scoring import score_dataset
+    from vdtrain.modeling import load_for_inference
+
+    device = torch.device("cpu")
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    num_workers = args.num_workers if args.num_workers is not None else (4 if device.type == "cuda" else 0)
+    if num_workers:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    model, processor, adapter = load_for_inference(args.model, args.adapter, dtype=_resolve_dtype(args.dtype))
+    model.to(device)
+    return score_dataset(
+        model, processor, args.data, args.output_dir, image_folder=args.image_folder, adapter=adapter,
+        noise_step=args.noise_step, batch_size=args.batch_size, seed=args.seed, max_length=args.max_length,
+        num_workers=num_workers, model_name=_identity(args.model),
+        adapter_name=_identity(args.adapter) if args.adapter else None,
+        stop_after=args.stop_after, progress=not args.no_progress,
+    )  # fmt: skip
+
+
+def _identity(path: str) -> str:
+    """A local directory as its absolute path (so `./m` and `/abs/m` are one model), a hub id as given."""
+    return str(Path(path).resolve()) if Path(path).exists() else path
+
+
+def run_select(args: argparse.Namespace, scores: str) -> dict:
+    """Apply the selection options of `args` to `scores`."""
+    from vdtrain.filtering.selection import select_dataset
+
+    return select_dataset(
+        scores, args.data, args.output, strategy=args.strategy, fraction=args.fraction,
+        seed=args.select_seed, removed=args.removed,
+    )  # fmt: skip
+
+
+def _print_summary(summary: dict) -> None:
+    counts = ", ".join(f"{name} {value}" for name, value in summary["counts"].items())
+    q = summary.get("score_quantiles") or {}
+    print(f"vdtrain filter: {counts}")
+    if q:
+        print("  score " + "  ".join(f"{name} {value:.3f}" for name, value in q.items()))
+    for group, lengths in (summary.get("lengths") or {}).items():
+        if lengths["response_len_words"] is not None:
+            print(f"  {group:<8} data length {lengths['data_len_words']:.1f} words, "
+                  f"response length {lengths['response_len_words']:.1f} words")  # fmt: skip
+    print(f"  histogram: {summary['histogram']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `vdtrain filter`."""
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "select":
+        _print_summary(run_select(args, args.scores))
+        return 0
+    summary = run_score(args)
+    if summary is None:  # another process, or unfinished (stopped, or errors to retry)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"vdtrain filter: scoring unfinished; rerun with --output-dir {args.output_dir} to resume")
+        return 0
+    if args.command == "run":
+        summary = run_select(args, str(Path(args.output_dir) / "scores.jsonl"))
+    _print_summary(summary)
+    return 0

@@ -1,8 +1,8 @@
 """Throughput of `vdtrain filter score` against its physical limit: two bare no-grad forwards over the same batches.
 
-    python scripts/bench_filter.py [--samples 32] [--batch-size 8] [--hidden 256] [--layers 4] [--repeats 3]
+    python scripts/bench_filter.py [--samples 32] [--batch-size 8] [--hidden 256] [--layers 4] [--repeats 5]
 
-Builds a tiny LLaVA (vocab 32000, ~300-token conversations), then times, best of `--repeats`:
+Builds a tiny LLaVA (vocab 32000, ~380-token conversations), then times, best of `--repeats` interleaved rounds:
   limit      two forwards per batch (clean pixels, noised pixels) with `logits_to_keep` at supervised positions,
              nothing else: the least work any scorer must do;
   limit-full the same with full `(B, L, V)` logits (what a naive scorer pays);
@@ -49,14 +49,16 @@ def make_records(names: list[str], words_per_sample: int, seed: int = 0) -> list
     return records
 
 
-def best_of(repeats: int, fn) -> float:
-    """Smallest wall time of `repeats` calls (the machine may be shared: the minimum is the least disturbed)."""
-    times = []
+def best_of_interleaved(repeats: int, variants: dict) -> dict[str, float]:
+    """Smallest wall time of each variant over `repeats` rounds, the variants taking turns within each round so that
+    a shared machine's load disturbs them alike (the minimum is the least disturbed measurement)."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: min(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -67,7 +69,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256, help="hidden size of the tiny Llama")
     parser.add_argument("--layers", type=int, default=4, help="decoder layers of the tiny Llama")
     parser.add_argument("--words", type=int, default=150, help="words per conversation (~2 tokens per word)")
-    parser.add_argument("--repeats", type=int, default=3, help="measurements per variant; the best is reported")
+    parser.add_argument("--repeats", type=int, default=5, help="measurements per variant; the best is reported")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for the end-to-end run")
     args = parser.parse_args()
 
@@ -125,7 +127,7 @@ def main() -> None:
     }
     for fn in variants.values():  # warm-up
         fn()
-    times = {name: best_of(args.repeats, fn) for name, fn in variants.items()}
+    times = best_of_interleaved(args.repeats, variants)
     limit = times["limit (2 masked forwards)"]
     for name, seconds in times.items():
         print(f"{name:<36} {args.samples / seconds:8.1f} samples/s   ratio to limit {limit / seconds:5.2f}")

@@ -22,6 +22,21 @@ DESCRIPTION = """Offline data filtering by visual dependence (thesis section 5.4
 """
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's layout and shows the default of each option that has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            action.default is not None
+            and action.default is not False
+            and action.default != argparse.SUPPRESS
+            and ("default" not in text)
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
 def _add_score_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("scoring")
     group.add_argument("--model", required=True, help="model directory or hub id (the fine-tuned scoring model)")
@@ -54,7 +69,7 @@ def _add_select_options(parser: argparse.ArgumentParser, *, standalone: bool) ->
         group.add_argument("--scores", required=True, help="scores.jsonl of a finished `vdtrain filter score` run")
         group.add_argument("--data", required=True, help="the data file that was scored")
     group.add_argument("--strategy", required=True, choices=STRATEGIES, help="which samples to remove by score")
-    group.add_argument("--fraction", type=float, required=True, help="share of the scored samples to remove (0.1)")
+    group.add_argument("--fraction", type=float, required=True, help="share of the scored samples to remove, e.g. 0.1")
     group.add_argument(
         "--seed" if standalone else "--select-seed", dest="select_seed", type=int, default=0,
         help="seed of the random strategy",
@@ -67,18 +82,16 @@ def _add_select_options(parser: argparse.ArgumentParser, *, standalone: bool) ->
 
 def build_parser() -> argparse.ArgumentParser:
     """The `vdtrain filter` parser with its three subcommands."""
-    parser = argparse.ArgumentParser(
-        prog="vdtrain filter", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(prog="vdtrain filter", description=DESCRIPTION, formatter_class=_HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="{score,select,run}")
     score = commands.add_parser("score", help="score every sample by visual dependence", description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+                                formatter_class=_HelpFormatter)  # fmt: skip
     _add_score_options(score)
     select = commands.add_parser("select", help="remove a fraction of the scored samples", description=DESCRIPTION,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+                                 formatter_class=_HelpFormatter)  # fmt: skip
     _add_select_options(select, standalone=True)
     run = commands.add_parser("run", help="score, then select", description=DESCRIPTION,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+                              formatter_class=_HelpFormatter)  # fmt: skip
     _add_score_options(run)
     _add_select_options(run, standalone=False)
     return parser

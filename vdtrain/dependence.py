@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 IGNORE_INDEX = -100
 POSITIVE_THRESHOLD = 0.25  # d > 0.25: image-positive; d < -0.25: image-negative; else image-invariant
@@ -18,8 +19,7 @@ def row_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, chunk_size: int
     out = torch.empty(targets.shape[0], dtype=torch.float32, device=logits.device)
     for start in range(0, targets.shape[0], chunk_size):
         rows = logits[start : start + chunk_size].float()  # (c, V): the only float32 copy
-        picked = rows.gather(-1, targets[start : start + chunk_size, None]).squeeze(-1)
-        out[start : start + chunk_size] = picked - torch.logsumexp(rows, dim=-1)
+        out[start : start + chunk_size] = -F.cross_entropy(rows, targets[start : start + chunk_size], reduction="none")
     return out
 
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from vdtrain.data.conversations import image_path, load_image, to_messages
@@ -44,6 +43,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
         self.adapter, self.processor, self.image_folder, self.source = adapter, processor, image_folder, source
         self.items: list[tuple[dict[str, Any], Example]] = []
         self.dropped: list[str] = []
+        image_id = adapter.image_token_id(processor)
         for record in tqdm(records, desc="tokenizing", unit="sample", leave=False):
             messages = to_messages(record, source)
             path = image_path(record, image_folder)
@@ -51,12 +51,10 @@ class SupervisedDataset(torch.utils.data.Dataset):
             if path is not None:
                 size = (64, 64)
                 if adapter.image_tokens_depend_on_size:
-                    with Image.open(path) as image:
-                        size = image.size
+                    size = load_image(path, str(record["id"])).size
                 num_tokens = adapter.num_image_tokens(processor, size)
             for example in adapter.encode(messages, processor, num_tokens, sample_id=str(record["id"])):
                 truncated = example.truncate(max_length)
-                image_id = adapter.image_token_id(processor)
                 kept_image_tokens = sum(token == image_id for token in truncated.input_ids) if path else 0
                 if truncated.num_supervised == 0 or kept_image_tokens != num_tokens:
                     self.dropped.append(str(record["id"]))

@@ -1,0 +1,115 @@
+"""`vdtrain demo`: the quick run end to end through the CLI, and the report's statistics and tables by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from vdtrain.cli import main as cli_main
+from vdtrain.demo.report import (
+    Column,
+    format_cell,
+    format_table,
+    paired_differences,
+    summarize,
+)
+from vdtrain.demo.run import LENGTH_MATCHED, VARIANTS, length_row
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _numbers(obj):
+    """Every int/float in a JSON value."""
+    if isinstance(obj, bool):
+        return
+    if isinstance(obj, (int, float)):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _numbers(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            yield from _numbers(value)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    assert cli_main(["demo", "--quick", "--output-dir", str(out)]) == 0
+    return out
+
+
+def test_quick_demo_writes_report_results_and_figures(quick_run):
+    rows = [*VARIANTS, *(length_row(v) for v in LENGTH_MATCHED)]
+    report = (quick_run / "report.md").read_text()
+    table_rows = [line.split("|")[1].strip() for line in report.splitlines() if line.startswith("| ")]
+    for row in rows:
+        assert row in table_rows, row
+    assert "Partner" in report and "CHAIR_s" in report and "POPE acc test" in report
+
+    results = json.loads((quick_run / "results.json").read_text())
+    assert results["rows"] == rows
+    assert set(results["runs"]) == {"0"} and set(results["runs"]["0"]) == set(rows)
+    assert all(math.isfinite(x) for x in _numbers(results))
+    for variant in VARIANTS:
+        metrics = results["runs"]["0"][variant]["metrics"]
+        assert 0.0 <= metrics["counterfactual/partner_rate"] <= 1.0
+        assert 0.0 <= metrics["test/pope_accuracy"] <= 1.0 and metrics["counterfactual/length"] >= 0.0
+    for variant in LENGTH_MATCHED:
+        assert "eos_bias" in results["runs"]["0"][length_row(variant)]
+
+    figure = quick_run / "figures" / "metrics.png"
+    assert figure.read_bytes()[:8] == PNG_MAGIC
+    with Image.open(figure) as image:
+        image.verify()
+    assert "figures/metrics.png" in report
+
+
+def test_quick_demo_branches_resume_the_trunk_checkpoint(quick_run):
+    settings = json.loads((quick_run / "results.json").read_text())["settings"]
+    branch = settings["steps"] // 2
+    checkpoint = quick_run / "runs" / "seed0" / "trunk" / f"checkpoint-{branch}"
+    trunk = [e for e in json.loads((checkpoint / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+    results = json.loads((quick_run / "results.json").read_text())
+    for variant in VARIANTS:
+        losses = results["runs"]["0"][variant]["training"]["losses"]
+        assert branch < losses[0][0] and losses[-1][0] == settings["steps"]
+        # Restarting from random weights would put the first loss back near the trunk's first one.
+        assert losses[0][1] < trunk[-1]["loss"] + 0.5 * (trunk[0]["loss"] - trunk[-1]["loss"]), variant
+
+
+RUNS = {
+    "0": {"mle": {"a": 0.50, "len": 10.0}, "vd": {"a": 0.40, "len": 9.0}},
+    "1": {"mle": {"a": 0.60, "len": 12.0}, "vd": {"a": 0.45, "len": 12.0}},
+    "2": {"mle": {"a": 0.70, "len": 11.0}, "vd": {"a": 0.65, "len": 13.5}, "only": {"a": 0.1}},
+}
+
+
+def test_summary_and_paired_differences_by_hand():
+    stats = summarize(RUNS)
+    mean, std, n = stats["mle"]["a"]
+    assert (mean, n) == (pytest.approx(0.6), 3) and std == pytest.approx(0.1)
+    assert stats["only"]["a"] == (pytest.approx(0.1), None, 1)
+    # per seed vd - mle: a: -0.10, -0.15, -0.05 (mean -0.10, std 0.05); len: -1, 0, 2.5 (mean 0.5, std 1.8028)
+    diff = paired_differences(RUNS, [("vd", "mle")])["vd − mle"]
+    assert diff["a"][0] == pytest.approx(-0.10) and diff["a"][1] == pytest.approx(0.05) and diff["a"][2] == 3
+    assert diff["len"][0] == pytest.approx(0.5) and diff["len"][1] == pytest.approx(1.80278, abs=1e-5)
+
+
+def test_cells_and_table_format():
+    assert format_cell((0.1234, 0.0456, 3)) == "12.3 ± 4.6"
+    assert format_cell((-0.1, 0.05, 3), signed=True) == "-10.0 ± 5.0"
+    assert format_cell((0.5, 1.8, 3), percent=False, signed=True) == "+0.5 ± 1.8"
+    assert format_cell((10.25, None, 1), percent=False) == "10.2"
+    assert format_cell(None) == "—"
+    table = format_table(summarize(RUNS), [Column("a", "A ↓"), Column("len", "Len", percent=False)], ["mle", "only"])
+    assert table.splitlines() == [
+        "| variant | A ↓ | Len |",
+        "|---|---|---|",
+        "| mle | 60.0 ± 10.0 | 11.0 ± 1.0 |",
+        "| only | 10.0 | — |",
+    ]

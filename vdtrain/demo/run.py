@@ -57,7 +57,7 @@ def length_row(variant: str) -> str:
 class DemoSettings:
     """Everything that sizes a demo run; `quick` and default runs differ only here."""
 
-    data: DemoConfig = field(default_factory=DemoConfig)
+    data: DemoConfig = field(default_factory=lambda: DemoConfig(frac_qa=0.45))  # 0.3: yes/no barely learned
     model: DemoModelConfig = field(default_factory=DemoModelConfig)
     seeds: int = 3
     vision_steps: int = 600  # pre-training steps of the vision tower (then frozen)
@@ -80,7 +80,7 @@ def demo_settings(quick: bool = False) -> DemoSettings:
     if not quick:
         return DemoSettings()
     return DemoSettings(
-        data=DemoConfig(n_train=480, n_test=24, n_counterfactual=24),
+        data=DemoConfig(n_train=480, n_test=24, n_counterfactual=24, frac_qa=0.45),
         seeds=1, vision_steps=200, steps=160, batch_size=16, caption_images=None, pope_images=12, max_new_tokens=24,
         length_images=12, length_iters=2, quick=True,
     )  # fmt: skip

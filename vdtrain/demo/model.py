@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -265,8 +265,3 @@ def count_parameters(model: Any) -> dict[str, int]:
     counts = {name: sum(p.numel() for p in part.parameters()) for name, part in parts.items()}
     counts["language"] = sum(p.numel() for p in model.parameters()) - sum(counts.values())
     return counts
-
-
-def config_dict(config: DemoModelConfig) -> dict[str, Any]:
-    """The config as a plain dict, for results.json."""
-    return asdict(config)

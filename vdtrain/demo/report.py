@@ -240,7 +240,7 @@ def inspect_figure(
         with Image.open(image_path) as opened:
             image = opened.convert("RGB")
         rows = token_dependence(model, processor, get_adapter(model), image, prompt, caption, noise_step, seed=0)
-        plot_token_dependence(rows, output, image, title=f"{image_path.name}   Q: {prompt}   A: {caption}")
+        plot_token_dependence(rows, output, image, title=f"{image_path.name}: {caption}")  # one line: no wrap
     except Exception as error:  # a figure must not cost the whole run
         return None, f"_The per-token dependence figure failed: {type(error).__name__}: {error}_"
     return output, (

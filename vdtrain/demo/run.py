@@ -76,7 +76,7 @@ class DemoSettings:
 
 
 def demo_settings(quick: bool = False) -> DemoSettings:
-    """The default run (about 20 minutes on 2 cores), or the `--quick` pipeline check (about 2 minutes)."""
+    """The default run (about 15 minutes on 2 idle cores), or the `--quick` pipeline check (about 1 minute)."""
     if not quick:
         return DemoSettings()
     return DemoSettings(
@@ -184,7 +184,8 @@ def generate_captions(
 
     processor = load_processor(ctx)
     questions = _caption_questions(ctx, split, limit)
-    model.generation_config.sequence_bias = {(processor.tokenizer.eos_token_id,): eos_bias} if eos_bias else None
+    eos = processor.tokenizer.eos_token_id
+    model.generation_config.sequence_bias = {(eos,): float(eos_bias)} if eos_bias else None
     try:
         generate_answers(
             model, processor, questions, out, image_folder=ctx.paths.image_folder, fmt="chair",
@@ -431,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a tiny LLaVA on synthetic shapes with and without visual-dependence weighting, "
         "evaluate CHAIR / POPE / partner hallucination, and write a report (CPU, minutes, no downloads).",
     )
-    p.add_argument("--quick", action="store_true", help="pipeline check: tiny data, few steps, 1 seed (~2 min)")
+    p.add_argument("--quick", action="store_true", help="pipeline check: tiny data, few steps, 1 seed (~1 min)")
     p.add_argument("--seeds", type=int, help="number of seeds (default 3; --quick: 1)")
     p.add_argument("--steps", type=int, help="optimizer steps in all, an even number; the variants branch at half")
     p.add_argument("--temperature", type=float, help="tau of the vd-neg / vd-pos softmax (default 1.0)")

@@ -21,8 +21,10 @@ def test_token_dependence_matches_direct_computation(tmp_path, tiny_llava_dir):
     assert "".join(r["token"] for r in rows) == " a red cat.</s>"
 
     # the first response token by hand: p(token | prefix) with the clean and with the noised pixels
-    messages = [{"role": "user", "content": "<image>\ndescribe this image"},
-                {"role": "assistant", "content": "a red cat."}]
+    messages = [
+        {"role": "user", "content": "<image>\ndescribe this image"},
+        {"role": "assistant", "content": "a red cat."},
+    ]
     example = adapter.encode(messages, processor, 16)[0]
     first = next(i for i, label in enumerate(example.labels) if label != -100)
     ids = torch.tensor([example.input_ids])

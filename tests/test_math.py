@@ -7,6 +7,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from vdtrain import add_diffusion_noise, register_weighting, target_logprobs, token_weights, visual_dependence
+from vdtrain.dependence import row_logprobs
 from vdtrain.losses import per_token_nll
 
 
@@ -53,6 +54,20 @@ def test_target_logprobs_aligned_and_chunked():
             assert math.isclose(out[b, t].item(), expected, abs_tol=1e-5)
     assert out[:, 0].abs().max() == 0 and out[1, 200:].abs().max() == 0
     assert target_logprobs(logits.bfloat16(), labels).dtype == torch.float32
+
+
+def test_row_logprobs_chunking_does_not_change_values():
+    torch.manual_seed(0)
+    logits, targets = torch.randn(70, 4000), torch.randint(0, 4000, (70,))
+    expected = torch.log_softmax(logits, dim=-1)[torch.arange(70), targets]
+    assert row_logprobs(logits, targets).shape == (70,)  # default: 2**20 // 4000 = 262 rows per chunk on CPU
+    for chunk in (None, 1, 3, 64, 1000):
+        assert torch.allclose(row_logprobs(logits, targets, chunk_size=chunk), expected, atol=1e-5)
+    wide = torch.randn(5, 2**20 + 7)  # wider than the CPU budget: one row per chunk, still exact
+    wide_targets = torch.tensor([0, 1, 2, 3, 2**20 + 6])
+    assert torch.allclose(
+        row_logprobs(wide, wide_targets), torch.log_softmax(wide, dim=-1)[torch.arange(5), wide_targets], atol=1e-5
+    )
 
 
 def test_visual_dependence_hand_values():

@@ -9,13 +9,23 @@ IGNORE_INDEX = -100
 POSITIVE_THRESHOLD = 0.25  # d > 0.25: image-positive; d < -0.25: image-negative; else image-invariant
 
 
-def row_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, chunk_size: int = 1024) -> torch.Tensor:
-    """`log softmax(logits)[target]` per row, `(N,)` float32, converting at most `chunk_size` rows at a time.
+# Elements of float32 logits converted per chunk. On CPU a chunk that stays in cache (32 rows of a 32k vocabulary)
+# makes the log-softmax ~3.5x faster than one over 1024 rows; on GPU bigger chunks mean fewer kernel launches,
+# and the budget still bounds the float32 copy of a 256k-vocabulary model (Gemma) to 128 MiB.
+CHUNK_ELEMENTS = {"cpu": 2**20, "cuda": 2**25}
+
+
+def row_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, chunk_size: int | None = None) -> torch.Tensor:
+    """`log softmax(logits)[target]` per row, `(N,)` float32, converting a bounded number of rows at a time.
 
     Args:
         logits (`torch.Tensor`): `(N, V)` in any float dtype.
         targets (`torch.Tensor`): `(N,)` token ids (all valid).
+        chunk_size (`int`, *optional*): rows per chunk; by default `CHUNK_ELEMENTS[device] // V` (at least 1).
     """
+    if chunk_size is None:
+        budget = CHUNK_ELEMENTS.get(logits.device.type, CHUNK_ELEMENTS["cuda"])
+        chunk_size = max(1, budget // max(1, logits.shape[-1]))
     out = torch.empty(targets.shape[0], dtype=torch.float32, device=logits.device)
     for start in range(0, targets.shape[0], chunk_size):
         rows = logits[start : start + chunk_size].float()  # (c, V): the only float32 copy

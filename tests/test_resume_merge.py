@@ -123,3 +123,39 @@ def test_merge_round_trip(uninterrupted: Path, tiny_llava_dir: Path, data_dir: P
 
     with pytest.raises(FileExistsError):
         cli_main(["merge", "--adapter", str(uninterrupted), "--output", str(merged_dir)])
+
+
+def test_full_finetune_resumes_from_its_checkpoint(tiny_llava_dir: Path, data_dir: Path, tmp_path: Path):
+    """transformers 5 saves legacy names (`language_model.model.*`) its Trainer cannot load; VDTrainer can."""
+    from transformers import AutoModelForImageTextToText
+
+    from vdtrain.checkpoints import load_full_checkpoint
+
+    def overrides(output_dir: Path) -> dict:
+        return {**_overrides(tiny_llava_dir, data_dir, output_dir), "lora": False, "learning_rate": 1e-3}
+
+    run_training(*load_config(None, overrides(tmp_path / "full")))
+    trainer = build_trainer(*load_config(None, overrides(tmp_path / "resumed")))
+    trainer.add_callback(StopAt(4))
+    trainer.train()
+    del trainer
+    saved = load_file(tmp_path / "resumed" / "checkpoint-4" / "model.safetensors")
+    assert any(name.startswith("language_model.model.") for name in saved)  # the legacy layout, as released
+
+    trainer = build_trainer(*load_config(None, overrides(tmp_path / "resumed")))
+    trainer.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-4"))
+    # every step's loss, vd_* metrics included, as if never interrupted
+    assert _train_logs(tmp_path / "resumed") == _train_logs(tmp_path / "full")
+    final, resumed = (
+        load_file(tmp_path / p / f"checkpoint-{MAX_STEPS}" / "model.safetensors") for p in ("full", "resumed")
+    )
+    assert final.keys() == resumed.keys()
+    for name, tensor in final.items():
+        assert torch.equal(tensor, resumed[name]), name
+
+    other = AutoModelForImageTextToText.from_pretrained(tiny_llava_dir)
+    load_full_checkpoint(other, tmp_path / "full" / f"checkpoint-{MAX_STEPS}")  # a fresh model takes them too
+    name = "language_model.model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(other.model.language_model.layers[0].self_attn.q_proj.weight, final[name])
+    with pytest.raises(FileNotFoundError):
+        load_full_checkpoint(other, tmp_path)

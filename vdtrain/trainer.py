@@ -11,6 +11,7 @@ import torch
 from transformers import Trainer
 from transformers.utils import logging
 
+from vdtrain.checkpoints import full_weight_files, load_full_checkpoint
 from vdtrain.dependence import IGNORE_INDEX, dependence_stats, row_logprobs, target_logprobs, visual_dependence
 from vdtrain.losses import per_token_nll
 from vdtrain.noise import add_diffusion_noise, noise_scales
@@ -241,6 +242,28 @@ class VDTrainer(Trainer):
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
         self._signature_columns = list(dict.fromkeys([*self._signature_columns, *EXTRA_KEYS]))
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def _loads_full_weights(self, model: torch.nn.Module, folder: str) -> bool:
+        """Whether `folder` is a full-model checkpoint that the Trainer's own loader would load under wrong names."""
+        return not (self.is_deepspeed_enabled or self.is_fsdp_enabled or hasattr(model, "peft_config")) and bool(
+            full_weight_files(folder)
+        )
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        """Full fine-tunes load by their saved names (`vdtrain.checkpoints`); LoRA, DeepSpeed, FSDP as `Trainer`."""
+        target = model if model is not None else self.model
+        while hasattr(target, "module"):  # DDP
+            target = target.module
+        if not self._loads_full_weights(target, resume_from_checkpoint):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        load_full_checkpoint(target, resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        """`load_best_model_at_end` for full fine-tunes, by saved names; everything else as `Trainer`."""
+        if not self._loads_full_weights(self.model, self.state.best_model_checkpoint):
+            return super()._load_best_model()
+        load_full_checkpoint(self.model, self.state.best_model_checkpoint)
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         """The default optimizer, with the projector's parameters in their own group at `args.projector_lr`."""

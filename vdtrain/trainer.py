@@ -62,13 +62,20 @@ class VDTrainer(Trainer):
         self._vd_metrics: dict[str, list[float]] = defaultdict(list)
         self._noise_counter = (-1, -1)  # (global_step, micro-batch index within that step)
         self._logits_mask_ok: bool | None = None
-        if self.args.vd_weighting != "none" or self.args.vd_temperature:
+        vanilla_weights = self.args.vd_weighting == "none" or self.args.vd_temperature == 0
+        if not vanilla_weights or type(self).compute_token_weights is not VDTrainer.compute_token_weights:
             signal, noise = noise_scales(self.args.vd_noise_step)
             logger.info(
                 "vdtrain: scheme=%s tau=%s start=%.2f of training, noise step %d (signal x%.3f, noise x%.3f)",
                 self.args.vd_weighting, self.args.vd_temperature, self.args.vd_start,
                 self.args.vd_noise_step, signal, noise,
             )  # fmt: skip
+        elif self.args.vd_start < 1.0:
+            logger.warning(
+                "vdtrain: vd_weighting=none / vd_temperature=0 leave the loss vanilla, but from vd_start=%.2f every "
+                "step still runs the noisy forward to log vd_* metrics; set vd_start: 1.0 for a plain MLE run",
+                self.args.vd_start,
+            )
 
     # ------------------------------------------------------------------ hooks a subclass may override
     def compute_token_weights(

@@ -17,7 +17,7 @@ from vdtrain.demo.report import (
     paired_differences,
     summarize,
 )
-from vdtrain.demo.run import LENGTH_MATCHED, VARIANTS, length_row
+from vdtrain.demo.settings import LENGTH_MATCHED, VARIANTS, length_row
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

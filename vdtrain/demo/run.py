@@ -15,14 +15,14 @@ import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from vdtrain.demo.data import PAIRS, DemoConfig, DemoPaths, build_demo_dataset
+from vdtrain.demo.data import PAIRS, build_demo_dataset
+from vdtrain.demo.evaluate import evaluate_model, match_length, mean_words
 from vdtrain.demo.model import (
-    DemoModelConfig,
     count_parameters,
     demo_corpus,
     demo_model,
@@ -32,85 +32,19 @@ from vdtrain.demo.model import (
     pretrain_vision_tower,
     train_demo_model,
 )
-from vdtrain.demo.shapes import CLASSES
-
-# vd_start=1.0: the no-grad noisy forward never runs (VDTrainer runs it from vd_start on even for scheme "none").
-VARIANTS: dict[str, dict[str, Any]] = {
-    "mle": {"vd_weighting": "none", "vd_temperature": 0.0, "vd_start": 1.0},
-    "vd-neg": {"vd_weighting": "neg", "vd_start": 0.5},
-    "vd-pos": {"vd_weighting": "pos", "vd_start": 0.5},
-    "eos": {"vd_weighting": "none", "vd_temperature": 0.0, "vd_start": 1.0, "eos_selective": True},
-}
-LENGTH_MATCHED = ("vd-neg", "vd-pos")  # variants the MLE model is length-matched to with an end-of-turn logit bias
-EVAL_SPLITS = ("test", "counterfactual")
-POPE_VARIANTS = ("random", "popular", "adversarial")
-CAPTION_PROMPT = "Describe this image."
-CLASS_INDEX = {c.name: k for k, c in enumerate(CLASSES)}
-
-
-def length_row(variant: str) -> str:
-    """Name of the row of the MLE model decoded to the mean caption length of `variant`."""
-    return f"mle @ len({variant})"
-
-
-@dataclass
-class DemoSettings:
-    """Everything that sizes a demo run; `quick` and default runs differ only here."""
-
-    data: DemoConfig = field(default_factory=lambda: DemoConfig(frac_qa=0.45))  # 0.3: yes/no barely learned
-    model: DemoModelConfig = field(default_factory=DemoModelConfig)
-    seeds: int = 3
-    vision_steps: int = 600  # pre-training steps of the vision tower (then frozen)
-    steps: int = 1500  # optimizer steps in all; the variants branch off at steps // 2
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    temperature: float = 1.0  # tau of Eq. 5.5 for vd-neg / vd-pos
-    noise_step: int = 900
-    caption_images: int | None = None  # images per eval split that get a caption (None: all)
-    pope_images: int | None = None  # images per eval split whose POPE questions are asked (None: all)
-    max_new_tokens: int = 40
-    length_images: int = 48  # captions per bisection step when matching lengths
-    length_iters: int = 6
-    workers: int = 1
-    quick: bool = False
-
-
-def demo_settings(quick: bool = False) -> DemoSettings:
-    """The default run (about 15 minutes on 2 idle cores), or the `--quick` pipeline check (about 1 minute)."""
-    if not quick:
-        return DemoSettings()
-    return DemoSettings(
-        data=DemoConfig(n_train=480, n_test=24, n_counterfactual=24, frac_qa=0.45),
-        seeds=1, vision_steps=200, steps=160, batch_size=16, caption_images=None, pope_images=12, max_new_tokens=24,
-        length_images=12, length_iters=2, quick=True,
-    )  # fmt: skip
-
-
-@dataclass
-class Context:
-    """What every job needs; picklable so worker processes get it as is."""
-
-    root: str
-    settings: DemoSettings
-    paths: DemoPaths
-    ground_truth: dict[str, dict[int, set[str]]]
-    nltk_data: str | None
-    progress: bool = True
-
-    def run_dir(self, seed: int, name: str) -> Path:
-        return Path(self.root) / "runs" / f"seed{seed}" / name.replace(" ", "").replace("@", "_at_")
-
-
-_PROCESSOR: dict[str, Any] = {}
-
-
-def load_processor(ctx: Context) -> Any:
-    """The demo's processor, saved once by `prepare`; cached per process."""
-    if ctx.root not in _PROCESSOR:
-        from transformers import LlavaProcessor
-
-        _PROCESSOR[ctx.root] = LlavaProcessor.from_pretrained(Path(ctx.root) / "processor")
-    return _PROCESSOR[ctx.root]
+from vdtrain.demo.settings import (
+    CAPTION_PROMPT,
+    CLASS_INDEX,
+    EVAL_SPLITS,
+    LENGTH_MATCHED,
+    VARIANTS,
+    Context,
+    DemoSettings,
+    demo_settings,
+    length_row,
+    load_processor,
+    read_jsonl,
+)
 
 
 def _init_worker(threads: int, nltk_data: str | None) -> None:
@@ -163,127 +97,6 @@ def train_variant(ctx: Context, seed: int, variant: str, checkpoint: str) -> tup
     return trainer.model.eval(), summary
 
 
-# ------------------------------------------------------------------------------------------------------ evaluation
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _caption_questions(ctx: Context, split: str, limit: int | None = None) -> list[dict]:
-    questions = _read_jsonl(ctx.paths.caption_questions[split])
-    n = ctx.settings.caption_images if limit is None else limit
-    return questions[:n] if n else questions
-
-
-def generate_captions(
-    ctx: Context, model: Any, split: str, out: Path, eos_bias: float = 0.0, limit: int | None = None
-) -> list[dict]:
-    """Greedy captions (`{"image_id", "caption", "question_id"}`) for one split, with an end-of-turn logit bias."""
-    from vdtrain.evaluation.generate import DecodingOptions, generate_answers
-
-    processor = load_processor(ctx)
-    questions = _caption_questions(ctx, split, limit)
-    eos = processor.tokenizer.eos_token_id
-    model.generation_config.sequence_bias = {(eos,): float(eos_bias)} if eos_bias else None
-    try:
-        generate_answers(
-            model, processor, questions, out, image_folder=ctx.paths.image_folder, fmt="chair",
-            options=DecodingOptions(max_new_tokens=ctx.settings.max_new_tokens), batch_size=48,
-            overwrite=True, progress=ctx.progress,
-        )  # fmt: skip
-    finally:
-        model.generation_config.sequence_bias = None
-    image_of = {q["question_id"]: q["image_id"] for q in questions}
-    return [
-        {"question_id": a["question_id"], "image_id": image_of[a["question_id"]], "caption": a["caption"]}
-        for a in _read_jsonl(out)
-    ]
-
-
-def caption_metrics(ctx: Context, split: str, captions: list[dict]) -> dict[str, float]:
-    """CHAIR_s, CHAIR_i, Recall, mean length (words) and, where the split has eligible images, the partner rate."""
-    from vdtrain.demo.data import partner_hallucination_rate
-    from vdtrain.evaluation.chair import evaluate_chair, load_synonyms
-
-    metrics = {f"{split}/length": _mean_words(captions)}
-    try:
-        chair = evaluate_chair(captions, ctx.ground_truth[split], synonyms=load_synonyms(ctx.paths.synonyms))
-    except ValueError:  # CHAIR_i undefined: no caption names an object (an undertrained model); leave CHAIR out
-        chair = None
-    if chair is not None:
-        metrics |= {f"{split}/{k}": chair["overall_metrics"][k] for k in ("CHAIRs", "CHAIRi", "Recall")}
-    try:
-        partner = partner_hallucination_rate(captions, ctx.paths.instances[split], PAIRS, ctx.paths.synonyms)
-    except ValueError:  # no image of this split shows an A without its partner
-        return metrics
-    metrics[f"{split}/partner_rate"] = partner["rate"]
-    return metrics
-
-
-def pope_metrics(ctx: Context, model: Any, split: str, out_dir: Path) -> dict[str, float]:
-    """POPE on one split: each distinct question is answered once (greedy, two tokens), then scored per variant."""
-    from vdtrain.evaluation.generate import DecodingOptions, generate_answers
-    from vdtrain.evaluation.pope import average_metrics, evaluate_pope
-
-    n = ctx.settings.pope_images
-    images = [q["image"] for q in _read_jsonl(ctx.paths.caption_questions[split])]
-    keep = set(images[:n] if n else images)
-    files = {v: [q for q in _read_jsonl(ctx.paths.pope[split][v]) if q["image"] in keep] for v in POPE_VARIANTS}
-    distinct = list(dict.fromkeys((q["image"], q["text"]) for qs in files.values() for q in qs))
-    asked = [{"question_id": i, "image": image, "text": text} for i, (image, text) in enumerate(distinct)]
-    out = out_dir / f"pope_{split}.jsonl"
-    generate_answers(
-        model, load_processor(ctx), asked, out, image_folder=ctx.paths.image_folder, fmt="pope",
-        options=DecodingOptions(max_new_tokens=2), batch_size=96, overwrite=True, progress=ctx.progress,
-    )  # fmt: skip
-    answer_of = {(a["image"], a["prompt"]): a["answer"] for a in _read_jsonl(out)}
-    scored = {}
-    for variant, questions in files.items():
-        answers = [{"question_id": q["question_id"], "answer": answer_of[q["image"], q["text"]]} for q in questions]
-        scored[variant] = evaluate_pope(questions, answers)
-    metrics = {f"{split}/pope_{v}_{k}": s["metrics"][k] for v, s in scored.items() for k in ("accuracy", "f1")}
-    average = average_metrics(scored)
-    metrics |= {f"{split}/pope_accuracy": average["accuracy"], f"{split}/pope_f1": average["f1"]}
-    metrics[f"{split}/pope_yes_ratio"] = average["yes_ratio"]
-    return metrics
-
-
-def evaluate_model(ctx: Context, model: Any, out_dir: Path, eos_bias: float = 0.0, pope: bool = True) -> dict:
-    """Every metric of one model: captions (CHAIR, partner rate, length) and POPE on both eval splits."""
-    metrics: dict[str, float] = {}
-    for split in EVAL_SPLITS:
-        captions = generate_captions(ctx, model, split, out_dir / f"captions_{split}.jsonl", eos_bias)
-        metrics |= caption_metrics(ctx, split, captions)
-        if pope:
-            metrics |= pope_metrics(ctx, model, split, out_dir)
-    return metrics
-
-
-def _mean_words(captions: list[dict]) -> float:
-    return sum(len(c["caption"].split()) for c in captions) / max(len(captions), 1)
-
-
-def match_length(ctx: Context, model: Any, target: float, work: Path) -> tuple[float, float]:
-    """Bisect an end-of-turn logit bias so the model's mean caption length on a subset hits `target` words.
-
-    Returns `(bias, length at that bias)`, the closest of the biases tried (0 included).
-    """
-    n = ctx.settings.length_images
-
-    def length(bias: float) -> float:
-        return _mean_words(generate_captions(ctx, model, "counterfactual", work / "bisect.jsonl", bias, limit=n))
-
-    tried = {0.0: length(0.0)}
-    lo, hi = (0.0, 8.0) if tried[0.0] > target else (-8.0, 0.0)  # a larger bias ends captions sooner
-    for _ in range(ctx.settings.length_iters):
-        mid = (lo + hi) / 2
-        tried[mid] = length(mid)
-        lo, hi = (mid, hi) if tried[mid] > target else (lo, mid)
-    bias = min(tried, key=lambda b: abs(tried[b] - target))
-    return bias, tried[bias]
-
-
 # ------------------------------------------------------------------------------------------------------ jobs
 
 
@@ -293,7 +106,7 @@ def variant_job(ctx: Context, seed: int, variant: str, checkpoint: str) -> dict[
     model, training = train_variant(ctx, seed, variant, checkpoint)
     out, trained = ctx.run_dir(seed, variant), time.time()
     metrics = evaluate_model(ctx, model, out)
-    subset = _mean_words(_read_jsonl(out / "captions_counterfactual.jsonl")[: ctx.settings.length_images])
+    subset = mean_words(read_jsonl(out / "captions_counterfactual.jsonl")[: ctx.settings.length_images])
     seconds = {"train_s": trained - start, "eval_s": time.time() - trained}
     return {"metrics": metrics, "training": training, "subset_length": subset, "seconds": seconds}
 
@@ -342,13 +155,14 @@ def find_nltk_data(explicit: str | None = None) -> str | None:
 
 def prepare(root: Path, settings: DemoSettings, nltk_data: str | None) -> Context:
     """Check NLTK, draw the data, train the tokenizer, save the processor, build the CHAIR ground truth."""
-    from vdtrain.evaluation.chair import build_ground_truth, load_synonyms
+    from vdtrain.evaluation.chair import load_synonyms
+    from vdtrain.evaluation.chair_truth import build_ground_truth
     from vdtrain.evaluation.nltk_check import require_nltk_data
 
     require_nltk_data(nltk_data)  # before minutes of training, not after
     shutil.rmtree(root / "runs", ignore_errors=True)
     paths = build_demo_dataset(root / "data", settings.data)
-    prompts = [CAPTION_PROMPT, *{q["text"] for f in paths.pope.values() for p in f.values() for q in _read_jsonl(p)}]
+    prompts = [CAPTION_PROMPT, *{q["text"] for f in paths.pope.values() for p in f.values() for q in read_jsonl(p)}]
     tokenizer = demo_tokenizer(demo_corpus(paths.train_json, prompts), settings.model.vocab_size)
     demo_processor(tokenizer, settings.model).save_pretrained(root / "processor")
     synonyms = load_synonyms(paths.synonyms)
@@ -364,7 +178,7 @@ def prepare(root: Path, settings: DemoSettings, nltk_data: str | None) -> Contex
 
 def _inspect_example(ctx: Context, seed: int) -> tuple[Any, Path, str] | None:
     """Seed's MLE model and its first counterfactual caption that names an absent partner (else the first one)."""
-    captions = _read_jsonl(ctx.run_dir(seed, "mle") / "captions_counterfactual.jsonl")
+    captions = read_jsonl(ctx.run_dir(seed, "mle") / "captions_counterfactual.jsonl")
     images = json.loads(ctx.paths.meta.read_text())["images"]["counterfactual"]
     objects = {r["file_name"]: {o["name"] for o in r["objects"]} for r in images}
     absent = {name: {b for a, b in PAIRS if a in objs and b not in objs} for name, objs in objects.items()}
@@ -394,7 +208,7 @@ def run_demo(
     length_jobs = [(s, v, runs[str(s)][v]["subset_length"]) for s in seeds for v in LENGTH_MATCHED]
     for (s, v, _), result in zip(length_jobs, _run_jobs(ctx, length_job, length_jobs, "length-matched MLE")):
         runs[str(s)][length_row(v)] = result
-    n_pope = {s: len(_read_jsonl(ctx.paths.pope[s]["random"])) for s in EVAL_SPLITS}
+    n_pope = {s: len(read_jsonl(ctx.paths.pope[s]["random"])) for s in EVAL_SPLITS}
     results: dict[str, Any] = {
         "settings": asdict(settings),
         "rows": [*VARIANTS, *(length_row(v) for v in LENGTH_MATCHED)],

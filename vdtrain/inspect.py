@@ -107,7 +107,8 @@ def plot_token_dependence(
             handles = ax.get_legend_handles_labels()[0] + [Patch(color=c, label=k) for k, c in COLOURS.items()]
             ax.legend(handles=handles, fontsize=7, ncol=5, loc="lower left", bbox_to_anchor=(0, 1.02), frameon=False)
     if title:
-        fig.suptitle("\n".join(textwrap.wrap(title, 110)), fontsize=9, y=0.995)
+        # above the figure's top edge (the tight bbox grows to it): however many lines, it cannot cover the legend
+        fig.suptitle("\n".join(textwrap.wrap(title, 110)), fontsize=9, y=1.0, va="bottom")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output, bbox_inches="tight")

@@ -10,18 +10,12 @@ import pytest
 
 nltk = pytest.importorskip("nltk")
 
-from vdtrain.evaluation import chair as chair_module  # noqa: E402
-from vdtrain.evaluation.chair import (  # noqa: E402
-    Synonyms,
-    build_ground_truth,
-    coco_annotation_files,
-    evaluate_chair,
-    extract_objects,
-    load_captions,
-    load_synonyms,
-)
+from vdtrain.evaluation import chair_cli, chair_truth  # noqa: E402
+from vdtrain.evaluation.chair import Synonyms, evaluate_chair, extract_objects, load_synonyms  # noqa: E402
+from vdtrain.evaluation.chair_truth import build_ground_truth, coco_annotation_files  # noqa: E402
 from vdtrain.evaluation.lemmatize import singularize  # noqa: E402
 from vdtrain.evaluation.nltk_check import MissingNLTKDataError, require_nltk_data  # noqa: E402
+from vdtrain.evaluation.questions import load_captions  # noqa: E402
 
 NLTK_DATA = Path(__file__).resolve().parents[2] / "shared" / "nltk_data"
 if not NLTK_DATA.is_dir():
@@ -219,7 +213,7 @@ def test_cache_reused_and_invalidated(tmp_path, coco, synonyms):
 
 
 def test_parallel_ground_truth_matches(coco, synonyms, monkeypatch):
-    monkeypatch.setattr(chair_module, "_CHUNK", 1)
+    monkeypatch.setattr(chair_truth, "_CHUNK", 1)
     assert build_ground_truth([coco[0]], [coco[1]], synonyms, num_workers=2) == GROUND_TRUTH
 
 
@@ -239,7 +233,7 @@ def test_missing_nltk_data(monkeypatch, tmp_path, coco, capsys):
     captions = tmp_path / "captions.jsonl"
     captions.write_text(json.dumps({"image_id": 1, "caption": "A dog."}) + "\n")
     argv = ["--captions", str(captions), "--coco-dir", str(coco[0].parent), "--output", str(tmp_path / "o.json")]
-    assert chair_module.main([*argv, "--no-cache"]) == 1
+    assert chair_cli.main([*argv, "--no-cache"]) == 1
     assert "python -m nltk.downloader" in capsys.readouterr().err
 
 
@@ -273,7 +267,7 @@ def test_cli(tmp_path, coco, capsys):
     captions.write_text("".join(json.dumps({"image_id": i, "caption": c}) + "\n" for i, c, *_ in CASES))
     out = tmp_path / "out" / "chair.json"
     argv = ["--captions", str(captions), "--coco-dir", str(coco[0].parent), "--output", str(out)]
-    assert chair_module.main([*argv, "--cache-dir", str(tmp_path / "cache"), "--workers", "1"]) == 0
+    assert chair_cli.main([*argv, "--cache-dir", str(tmp_path / "cache"), "--workers", "1"]) == 0
     printed = capsys.readouterr().out
     assert f"CHAIRs {100 * 5 / 7:.1f}  CHAIRi {100 * 10 / 17:.1f}  Recall {100 * 6 / 10:.1f}" in printed
     report = json.loads(out.read_text())
@@ -281,12 +275,12 @@ def test_cli(tmp_path, coco, capsys):
     assert len(report["sentences"]) == 7
     # explicit annotation files instead of a directory (a synthetic benchmark's own names)
     argv = ["--captions", str(captions), "--instances", str(coco[0]), "--coco-captions", str(coco[1])]
-    assert chair_module.main([*argv, "--output", str(out), "--no-cache"]) == 0
+    assert chair_cli.main([*argv, "--output", str(out), "--no-cache"]) == 0
     assert json.loads(out.read_text())["overall_metrics"]["Recall"] == pytest.approx(6 / 10)
 
 
 def test_cli_help(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        chair_module.main(["--help"])
+        chair_cli.main(["--help"])
     assert exit_info.value.code == 0
     assert "vdtrain eval chair" in capsys.readouterr().out

@@ -11,15 +11,9 @@ from PIL import Image
 from tiny import tiny_llava, write_images
 
 from vdtrain.cli import main as cli
-from vdtrain.evaluation.generate import (
-    DecodingOptions,
-    coco_image_id,
-    generate_answers,
-    load_model,
-    load_questions,
-    read_answers,
-    resolve_image,
-)
+from vdtrain.evaluation.generate import DecodingOptions, generate_answers
+from vdtrain.evaluation.generate_cli import load_model
+from vdtrain.evaluation.questions import coco_image_id, load_questions, read_answers, resolve_image
 from vdtrain.models import get_adapter
 
 QUESTIONS = [

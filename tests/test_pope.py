@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from vdtrain.evaluation import pope, pope_build
-from vdtrain.evaluation.chair import read_records
 from vdtrain.evaluation.pope import evaluate_pope, parse_answer, pope_metrics
 from vdtrain.evaluation.pope_build import build_pope, question_text
+from vdtrain.evaluation.questions import read_records
 
 RELEASED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "pope"
 

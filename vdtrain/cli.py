@@ -13,10 +13,10 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "inspect": "vdtrain.inspect",
     "demo": "vdtrain.demo.run",
     "eval": {
-        "chair": "vdtrain.evaluation.chair",
+        "chair": "vdtrain.evaluation.chair_cli",
         "pope": "vdtrain.evaluation.pope",
         "pope-build": "vdtrain.evaluation.pope_build",
-        "generate": "vdtrain.evaluation.generate",
+        "generate": "vdtrain.evaluation.generate_cli",
         "run": "vdtrain.evaluation.protocol",
     },
 }

@@ -3,20 +3,13 @@
 The library behind `vdtrain eval chair | pope | pope-build`; the exact rules are in the project docs (EVALUATORS.md).
 """
 
-from .chair import (
-    CaptionObjects,
-    Synonyms,
-    build_ground_truth,
-    coco_annotation_files,
-    evaluate_chair,
-    extract_objects,
-    load_captions,
-    load_synonyms,
-)
+from .chair import CaptionObjects, Synonyms, evaluate_chair, extract_objects, load_synonyms
+from .chair_truth import build_ground_truth, coco_annotation_files
 from .lemmatize import caption_lemmas, singularize
 from .nltk_check import MissingNLTKDataError, require_nltk_data
 from .pope import average_metrics, evaluate_pope, parse_answer, pope_metrics
 from .pope_build import build_pope
+from .questions import load_captions
 
 __all__ = [
     "CaptionObjects",

@@ -1,4 +1,4 @@
-"""`vdtrain eval generate`: batched, resumable answer generation for the CHAIR and POPE protocols.
+"""Batched, resumable answer generation for the CHAIR and POPE protocols (the library behind `vdtrain eval generate`).
 
 Questions come as POPE jsonl, the CHAIR image list (same keys, no `label`) or plain images plus one `--prompt`.
 Answers are appended to a jsonl file batch by batch, so an interrupted run resumes where it stopped.
@@ -6,11 +6,8 @@ Answers are appended to a jsonl file batch by batch, so an interrupted run resum
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import re
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -21,12 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from vdtrain.data.conversations import load_image
-from vdtrain.evaluation.chair import read_records
-from vdtrain.models.base import ConversationError, ModelAdapter, get_adapter
-
-FORMATS = ("pope", "chair", "images")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-_COCO_NAME = re.compile(r"^(?:COCO_[A-Za-z]+\d{4}_)?(\d+)\.(?:jpg|jpeg|png)$", re.IGNORECASE)
+from vdtrain.evaluation.questions import answer_record, read_answers, resolve_image
+from vdtrain.models.base import ModelAdapter, get_adapter
 
 
 @dataclass
@@ -49,114 +42,6 @@ class DecodingOptions:
             raise ValueError(f"decoding must be 'greedy' or 'vcd', got {self.decoding!r}")
         if self.decoding == "vcd" and self.num_beams != 1:
             raise ValueError("VCD decodes greedily or by sampling; it does not support --num-beams > 1")
-
-
-def coco_image_id(name: str) -> int | None:
-    """The COCO image id in `COCO_val2014_000000012345.jpg` or `000000012345.jpg`, else None."""
-    match = _COCO_NAME.match(Path(str(name)).name)
-    return int(match.group(1)) if match else None
-
-
-def load_questions(
-    path: str | os.PathLike, fmt: str | None = None, prompt: str | None = None
-) -> tuple[list[dict], str]:
-    """`(questions, format)`: records `{"question_id", "image", "text", ...}` from a question file or image list.
-
-    Args:
-        path: POPE jsonl (has `label`), CHAIR list (`question_id`, `image`, `text`), a folder of images or a `.txt`
-            list of image names.
-        fmt (`str`, *optional*): `pope`, `chair` or `images`; guessed from the file when not given.
-        prompt (`str`, *optional*): replaces every question's text; required for plain image lists.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"question file {path} does not exist")
-    if path.is_dir() or path.suffix == ".txt":
-        if path.is_dir():
-            names = sorted(p.name for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        if not names:
-            raise ValueError(f"{path}: no images listed")
-        records = [{"question_id": name, "image": name} for name in names]
-        fmt = fmt or "images"
-    else:
-        records = read_records(path)
-        fmt = fmt or ("pope" if any("label" in record for record in records) else "chair")
-    if fmt not in FORMATS:
-        raise ValueError(f"question format must be one of {FORMATS}, got {fmt!r}")
-    seen: set[str] = set()
-    for number, record in enumerate(records, 1):
-        if not record.get("image"):
-            raise ValueError(f"{path}: record {number} has no 'image'")
-        record.setdefault("question_id", record["image"])
-        if prompt is not None:
-            record["text"] = prompt
-        if not isinstance(record.get("text"), str):
-            raise ValueError(f"{path}: question_id {record['question_id']!r} has no 'text'; pass --prompt")
-        key = str(record["question_id"])
-        if key in seen:
-            raise ValueError(f"{path}: question_id {key!r} appears twice; answers are matched and resumed by id")
-        seen.add(key)
-    return records, fmt
-
-
-def resolve_image(image_folder: str | os.PathLike, name: str) -> Path:
-    """The image file for `name`, also trying the other COCO naming (`COCO_val2014_` prefix added or dropped)."""
-    folder = Path(image_folder)
-    path = folder / name
-    if path.is_file():
-        return path
-    image_id = coco_image_id(name)
-    if image_id is not None:
-        for candidate in (
-            f"COCO_val2014_{image_id:012d}.jpg",
-            f"COCO_train2014_{image_id:012d}.jpg",
-            f"{image_id:012d}.jpg",
-        ):
-            if (folder / candidate).is_file():
-                return folder / candidate
-    return path
-
-
-def read_answers(path: str | os.PathLike) -> list[dict]:
-    """Answers already in `path`; a truncated last line (a run killed mid-write) is cut off the file."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    records, offset = [], 0
-    lines = data.split(b"\n")
-    for number, line in enumerate(lines, 1):
-        complete = number < len(lines)  # the last piece has no newline after it
-        try:
-            record = json.loads(line) if line.strip() else None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            record = ...
-        if record is ... or (record is not None and not complete):
-            if complete and any(rest.strip() for rest in lines[number:]):
-                raise ValueError(f"{path}:{number}: not a JSON line; the answers file is damaged before its end")
-            with open(path, "r+b") as handle:  # drop the unfinished record; it is generated again
-                handle.truncate(offset)
-            break
-        if record is not None:
-            records.append(record)
-        offset += len(line) + 1
-    return records
-
-
-def answer_record(question: Mapping[str, Any], fmt: str, question_text: str, text: str) -> dict:
-    """One output line: the ids the scorers match on, the question as asked, and the answer."""
-    record = {"question_id": question["question_id"], "image": question["image"]}
-    image_id = coco_image_id(question["image"])
-    if image_id is not None:
-        record["image_id"] = image_id
-    record |= {"prompt": question_text, "text": text}
-    if fmt == "pope":
-        record["answer"] = text
-    elif fmt in ("chair", "images"):
-        record["caption"] = text
-    return record
 
 
 def _unwrap(model: Any) -> Any:
@@ -334,91 +219,3 @@ def run_settings(
 
     return {"model": where(model), "adapter": where(adapter), "questions": where(questions), "prompt": prompt,
             "dtype": dtype}  # fmt: skip
-
-
-def load_model(model_path: str, adapter_path: str | None = None, dtype: str = "auto") -> tuple[Any, Any, Any]:
-    """`(model, processor, adapter)` for inference on the GPU when there is one; `auto` is bf16 there, else fp32."""
-    from vdtrain.modeling import load_for_inference
-
-    cuda = torch.cuda.is_available()
-    if dtype == "auto":
-        dtype = "bfloat16" if cuda else "float32"
-    model, processor, adapter = load_for_inference(model_path, adapter_path, dtype=dtype)
-    return model.to("cuda" if cuda else "cpu"), processor, adapter
-
-
-def add_decoding_arguments(parser: argparse.ArgumentParser, defaults: Mapping[str, Any] | None = None) -> None:
-    """The decoding flags shared by `generate` and `run` (`defaults` None leaves them unset, for config overrides)."""
-    base = asdict(DecodingOptions()) if defaults is None else dict(defaults)
-    group = parser.add_argument_group("decoding (defaults: the protocol config's, else greedy, 512 tokens)")
-    flag = group.add_argument
-    flag(
-        "--decoding",
-        choices=("greedy", "vcd"),
-        default=base.get("decoding"),
-        help="greedy: transformers generate (sampling / beams by the flags below); vcd: visual contrastive decoding",
-    )
-    flag("--max-new-tokens", type=int, default=base.get("max_new_tokens"), help="most tokens per answer")
-    flag("--do-sample", action="store_true", default=base.get("do_sample"), help="sample instead of greedy")
-    flag("--temperature", type=float, default=base.get("temperature"), help="sampling temperature")
-    flag("--top-p", type=float, default=base.get("top_p"), help="nucleus sampling mass")
-    flag("--num-beams", type=int, default=base.get("num_beams"), help="beam search (greedy decoding only)")
-    flag("--vcd-alpha", type=float, default=base.get("vcd_alpha"), help="VCD contrast strength (1.0)")
-    flag("--vcd-beta", type=float, default=base.get("vcd_beta"), help="VCD plausibility cut-off (0.1)")
-    flag("--vcd-noise-step", type=int, default=base.get("vcd_noise_step"), help="VCD diffusion noise step (500)")
-    flag("--seed", type=int, default=base.get("seed"), help="seed of the VCD noise and of sampling (0)")
-    batch_size = 8 if defaults is None else defaults.get("batch_size")
-    flag("--batch-size", type=int, default=batch_size, help="prompts per batch (8)")
-    dtypes = ("auto", "bfloat16", "float16", "float32")
-    flag("--dtype", choices=dtypes, default="auto", help="auto: bf16 on a GPU, fp32 on CPU")
-
-
-def decoding_options(args: argparse.Namespace, base: Mapping[str, Any] | None = None) -> DecodingOptions:
-    """`DecodingOptions` from `base` (a config's values) overridden by the flags that were given."""
-    values = dict(base or {})
-    for name in asdict(DecodingOptions()):
-        if getattr(args, name, None) is not None:
-            values[name] = getattr(args, name)
-    return DecodingOptions(**values)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="vdtrain eval generate",
-        description="Generate answers (POPE), captions (CHAIR) or descriptions for a question file; resumable.",
-    )
-    p.add_argument("--model", required=True, help="model directory (or a LoRA adapter's base model)")
-    p.add_argument("--adapter", help="LoRA adapter directory, applied without merging")
-    p.add_argument("--questions", required=True, help="POPE/CHAIR jsonl, an image folder or a .txt image list")
-    p.add_argument("--image-folder", help="where the images are (default: the --questions folder)")
-    p.add_argument("--output", required=True, help="answers .jsonl (resumed if it exists)")
-    p.add_argument("--format", choices=FORMATS, help="question format (default: guessed)")
-    p.add_argument("--prompt", help="question asked about every image (replaces the file's text)")
-    p.add_argument("--prompt-suffix", default="", help="appended to every question")
-    p.add_argument("--limit", type=int, help="only the first N questions")
-    p.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
-    p.add_argument("--no-progress", action="store_true")
-    add_decoding_arguments(p)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`vdtrain eval generate`: answer a question file with a model (and LoRA adapter) into a jsonl file."""
-    args = build_parser().parse_args(argv)
-    try:
-        options = decoding_options(args)
-        questions, fmt = load_questions(args.questions, args.format, args.prompt)
-        questions = questions[: args.limit] if args.limit else questions
-        image_folder = args.image_folder or (args.questions if Path(args.questions).is_dir() else ".")
-        model, processor, adapter = load_model(args.model, args.adapter, args.dtype)
-        settings = run_settings(args.model, args.adapter, args.questions, args.prompt, args.dtype)
-        written = generate_answers(
-            model, processor, questions, args.output, image_folder=image_folder, fmt=fmt, options=options,
-            adapter=adapter, prompt_suffix=args.prompt_suffix, batch_size=args.batch_size, settings=settings,
-            overwrite=args.overwrite, progress=not args.no_progress,
-        )  # fmt: skip
-    except (ValueError, FileNotFoundError, ConversationError) as error:
-        print(f"vdtrain eval generate: error: {error}", file=sys.stderr)
-        return 1
-    print(f"{written} new answers ({len(questions)} questions) -> {args.output}")
-    return 0

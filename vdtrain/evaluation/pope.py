@@ -13,7 +13,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .chair import read_records
+from .questions import read_records
 
 PARSERS = ("pope", "vcd", "opera")
 RATE_METRICS = ("accuracy", "precision", "recall", "f1", "yes_ratio")

@@ -17,16 +17,9 @@ from typing import Any
 
 import yaml
 
-from vdtrain.evaluation.generate import (
-    DecodingOptions,
-    add_decoding_arguments,
-    decoding_options,
-    generate_answers,
-    load_model,
-    load_questions,
-    read_answers,
-    run_settings,
-)
+from vdtrain.evaluation.generate import DecodingOptions, generate_answers, run_settings
+from vdtrain.evaluation.generate_cli import add_decoding_arguments, decoding_options, load_model
+from vdtrain.evaluation.questions import load_questions, read_answers
 from vdtrain.models.base import ConversationError
 
 CONFIG_KEYS = {
@@ -96,7 +89,7 @@ def _check_scorer_inputs(config: dict, args: argparse.Namespace) -> None:
     """Fail before hours of generation, not after: CHAIR's annotation files and NLTK data must be there."""
     if config["benchmark"] != "chair":
         return
-    from vdtrain.evaluation.chair import coco_annotation_files
+    from vdtrain.evaluation.chair_truth import coco_annotation_files
     from vdtrain.evaluation.nltk_check import require_nltk_data
 
     if not args.coco_dir:
@@ -109,14 +102,14 @@ def _check_scorer_inputs(config: dict, args: argparse.Namespace) -> None:
 def _score(config: dict, args: argparse.Namespace, pairs: dict[str, tuple[Path, Path]], out: Path) -> dict:
     """Run the benchmark's scorer on (questions, answers) pairs; returns its metrics."""
     if config["benchmark"] == "chair":
-        from vdtrain.evaluation import chair
+        from vdtrain.evaluation import chair_cli
 
         report = out / "chair.json"
         argv = ["--captions", str(pairs["chair"][1]), "--coco-dir", args.coco_dir, "--output", str(report)]
         argv += ["--lemmatizer", (config.get("chair") or {}).get("lemmatizer", "nltk")]
         argv += ["--nltk-data", args.nltk_data] if args.nltk_data else []
         argv += ["--cache-dir", args.cache_dir] if args.cache_dir else []
-        if chair.main(argv):
+        if chair_cli.main(argv):
             raise RuntimeError("CHAIR scoring failed (see the error above)")
         return json.loads(report.read_text())["overall_metrics"]
     from vdtrain.evaluation import pope

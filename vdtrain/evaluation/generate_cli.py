@@ -1,0 +1,104 @@
+"""`vdtrain eval generate`: the command line that loads a model and answers a question file (resumable)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vdtrain.evaluation.generate import DecodingOptions, generate_answers, run_settings
+from vdtrain.evaluation.questions import FORMATS, load_questions
+from vdtrain.models.base import ConversationError
+
+
+def load_model(model_path: str, adapter_path: str | None = None, dtype: str = "auto") -> tuple[Any, Any, Any]:
+    """`(model, processor, adapter)` for inference on the GPU when there is one; `auto` is bf16 there, else fp32."""
+    from vdtrain.modeling import load_for_inference
+
+    cuda = torch.cuda.is_available()
+    if dtype == "auto":
+        dtype = "bfloat16" if cuda else "float32"
+    model, processor, adapter = load_for_inference(model_path, adapter_path, dtype=dtype)
+    return model.to("cuda" if cuda else "cpu"), processor, adapter
+
+
+def add_decoding_arguments(parser: argparse.ArgumentParser, defaults: Mapping[str, Any] | None = None) -> None:
+    """The decoding flags shared by `generate` and `run` (`defaults` None leaves them unset, for config overrides)."""
+    base = asdict(DecodingOptions()) if defaults is None else dict(defaults)
+    group = parser.add_argument_group("decoding (defaults: the protocol config's, else greedy, 512 tokens)")
+    flag = group.add_argument
+    flag(
+        "--decoding",
+        choices=("greedy", "vcd"),
+        default=base.get("decoding"),
+        help="greedy: transformers generate (sampling / beams by the flags below); vcd: visual contrastive decoding",
+    )
+    flag("--max-new-tokens", type=int, default=base.get("max_new_tokens"), help="most tokens per answer")
+    flag("--do-sample", action="store_true", default=base.get("do_sample"), help="sample instead of greedy")
+    flag("--temperature", type=float, default=base.get("temperature"), help="sampling temperature")
+    flag("--top-p", type=float, default=base.get("top_p"), help="nucleus sampling mass")
+    flag("--num-beams", type=int, default=base.get("num_beams"), help="beam search (greedy decoding only)")
+    flag("--vcd-alpha", type=float, default=base.get("vcd_alpha"), help="VCD contrast strength (1.0)")
+    flag("--vcd-beta", type=float, default=base.get("vcd_beta"), help="VCD plausibility cut-off (0.1)")
+    flag("--vcd-noise-step", type=int, default=base.get("vcd_noise_step"), help="VCD diffusion noise step (500)")
+    flag("--seed", type=int, default=base.get("seed"), help="seed of the VCD noise and of sampling (0)")
+    batch_size = 8 if defaults is None else defaults.get("batch_size")
+    flag("--batch-size", type=int, default=batch_size, help="prompts per batch (8)")
+    dtypes = ("auto", "bfloat16", "float16", "float32")
+    flag("--dtype", choices=dtypes, default="auto", help="auto: bf16 on a GPU, fp32 on CPU")
+
+
+def decoding_options(args: argparse.Namespace, base: Mapping[str, Any] | None = None) -> DecodingOptions:
+    """`DecodingOptions` from `base` (a config's values) overridden by the flags that were given."""
+    values = dict(base or {})
+    for name in asdict(DecodingOptions()):
+        if getattr(args, name, None) is not None:
+            values[name] = getattr(args, name)
+    return DecodingOptions(**values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vdtrain eval generate",
+        description="Generate answers (POPE), captions (CHAIR) or descriptions for a question file; resumable.",
+    )
+    p.add_argument("--model", required=True, help="model directory (or a LoRA adapter's base model)")
+    p.add_argument("--adapter", help="LoRA adapter directory, applied without merging")
+    p.add_argument("--questions", required=True, help="POPE/CHAIR jsonl, an image folder or a .txt image list")
+    p.add_argument("--image-folder", help="where the images are (default: the --questions folder)")
+    p.add_argument("--output", required=True, help="answers .jsonl (resumed if it exists)")
+    p.add_argument("--format", choices=FORMATS, help="question format (default: guessed)")
+    p.add_argument("--prompt", help="question asked about every image (replaces the file's text)")
+    p.add_argument("--prompt-suffix", default="", help="appended to every question")
+    p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
+    p.add_argument("--no-progress", action="store_true")
+    add_decoding_arguments(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`vdtrain eval generate`: answer a question file with a model (and LoRA adapter) into a jsonl file."""
+    args = build_parser().parse_args(argv)
+    try:
+        options = decoding_options(args)
+        questions, fmt = load_questions(args.questions, args.format, args.prompt)
+        questions = questions[: args.limit] if args.limit else questions
+        image_folder = args.image_folder or (args.questions if Path(args.questions).is_dir() else ".")
+        model, processor, adapter = load_model(args.model, args.adapter, args.dtype)
+        settings = run_settings(args.model, args.adapter, args.questions, args.prompt, args.dtype)
+        written = generate_answers(
+            model, processor, questions, args.output, image_folder=image_folder, fmt=fmt, options=options,
+            adapter=adapter, prompt_suffix=args.prompt_suffix, batch_size=args.batch_size, settings=settings,
+            overwrite=args.overwrite, progress=not args.no_progress,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError, ConversationError) as error:
+        print(f"vdtrain eval generate: error: {error}", file=sys.stderr)
+        return 1
+    print(f"{written} new answers ({len(questions)} questions) -> {args.output}")
+    return 0

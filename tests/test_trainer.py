@@ -207,3 +207,31 @@ def test_eos_selective_loss_in_the_trainer(setup):
     assert torch.allclose(loss, expected, atol=1e-5)
     plain = torch.nn.functional.cross_entropy(model(**inputs).logits[:, :-1][keep], targets, reduction="sum")
     assert loss < plain / keep.sum()  # removing EOS from the softmax raises every non-EOS token's probability
+
+
+def test_eos_selective_with_vd_measures_d_over_the_full_softmax(setup):
+    """The loss drops EOS from non-EOS softmaxes, but p_clean in d is the model's: same d as an eval-mode clean pass."""
+    model, processor, dataset, collator, tmp_path = setup
+    batch = collator([dataset[0], dataset[1]])
+    eos = processor.tokenizer.eos_token_id
+    seen = {}
+    for clean_pass in ("train", "eval"):  # the tiny model has no dropout: train- and eval-mode forwards agree
+        args = vd_args(tmp_path, eos_selective=True, vd_clean_pass=clean_pass)
+        trainer = Capture(model=model.train(), args=args, end_of_turn_id=eos)
+        trainer.state.max_steps = 10
+        trainer.compute_loss(model, batch, num_items_in_batch=num_items(batch))
+        seen[clean_pass] = trainer.seen[0]
+    assert seen["train"].abs().sum() > 0
+    assert torch.allclose(seen["train"], seen["eval"], atol=1e-5)
+
+
+def test_drop_in_with_plain_training_arguments(setup):
+    model, _, dataset, collator, tmp_path = setup
+    trainer = VDTrainer(model=model, args=TrainingArguments(str(tmp_path / "plain"), use_cpu=True, report_to="none"))
+    assert isinstance(trainer.args, VDTrainingArguments) and trainer.args.output_dir == str(tmp_path / "plain")
+    assert (trainer.args.vd_weighting, trainer.args.vd_temperature, trainer.args.vd_start) == ("neg", 0.5, 0.5)
+    assert VDTrainer(model=model).args.vd_noise_step == 900  # no args at all, as Trainer allows
+    trainer.state.max_steps = 10
+    assert not trainer.vd_active()
+    with pytest.raises(ValueError, match="label_smoothing_factor"):
+        VDTrainer(model=model, args=vd_args(tmp_path, label_smoothing_factor=0.1))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import MISSING, dataclass, field, fields
 
 from transformers import TrainingArguments
 
@@ -55,6 +56,10 @@ class VDTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        self.check_vd_fields()
+
+    def check_vd_fields(self) -> None:
+        """Raise on out-of-range `vd_*` values (also run on arguments upgraded by `as_vd_arguments`)."""
         from vdtrain.weighting import available_weightings
 
         if self.vd_weighting not in available_weightings():
@@ -67,6 +72,20 @@ class VDTrainingArguments(TrainingArguments):
             raise ValueError(f"vd_noise_step must be in [0, 999], got {self.vd_noise_step}")
         if self.vd_temperature < 0:
             raise ValueError(f"vd_temperature must be >= 0, got {self.vd_temperature}")
+
+
+def as_vd_arguments(args: TrainingArguments) -> VDTrainingArguments:
+    """`args` as `VDTrainingArguments`: a plain `TrainingArguments` (or the Trainer's default one) gets the `vd_*`
+    defaults, so `VDTrainer` is a drop-in `Trainer`. The processed fields are copied, not re-parsed."""
+    if isinstance(args, VDTrainingArguments):
+        return args
+    upgraded = copy.copy(args)
+    upgraded.__class__ = VDTrainingArguments
+    for spec in fields(VDTrainingArguments):
+        if not hasattr(upgraded, spec.name):
+            setattr(upgraded, spec.name, spec.default_factory() if spec.default is MISSING else spec.default)
+    upgraded.check_vd_fields()
+    return upgraded
 
 
 @dataclass

@@ -12,6 +12,7 @@ from transformers import Trainer
 from transformers.utils import logging
 
 from vdtrain.checkpoints import full_weight_files, load_full_checkpoint
+from vdtrain.config import as_vd_arguments
 from vdtrain.dependence import IGNORE_INDEX, dependence_stats, row_logprobs, target_logprobs, visual_dependence
 from vdtrain.losses import per_token_nll
 from vdtrain.noise import add_diffusion_noise, noise_scales
@@ -55,6 +56,12 @@ class VDTrainer(Trainer):
         self, *args, projector_modules: tuple[str, ...] = (), end_of_turn_id: int | None = None, **kwargs
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.args = as_vd_arguments(self.args)  # plain TrainingArguments: the vd_* defaults
+        if self.args.vd_start < 1.0 or self.args.eos_selective:
+            for name, value in (("label_smoothing_factor", self.args.label_smoothing_factor),
+                                ("compute_loss_func", self.compute_loss_func)):  # fmt: skip
+                if value:
+                    raise ValueError(f"{name} replaces the per-token loss the VD loss and eos_selective re-weight")
         self.projector_modules = tuple(projector_modules)
         self.end_of_turn_id = end_of_turn_id
         if self.args.eos_selective and end_of_turn_id is None:
@@ -145,19 +152,19 @@ class VDTrainer(Trainer):
         nll = per_token_nll(logits, targets, eos_id=eos_id)  # (N,)
 
         weights = torch.ones_like(nll)
-        if active:
+        if active:  # log p_clean of the training forward: over the full softmax, even if the loss drops EOS
+            logp_clean = -nll.detach() if eos_id is None else row_logprobs(logits.detach(), targets)
             weights = self._visual_dependence_weights(
-                model, inputs, labels, supervised, targets_at, -nll.detach(), end_of_turn, has_image
+                model, inputs, labels, supervised, targets_at, logp_clean, end_of_turn, has_image
             )[supervised]
 
         denom = num_items_in_batch if num_items_in_batch is not None else supervised.sum().clamp_min(1)
         loss = (nll * weights).sum() / denom
-        if (
-            self.args.average_tokens_across_devices
-            and self.model_accepts_loss_kwargs
-            and num_items_in_batch is not None
-        ):
-            loss = loss * self.accelerator.num_processes  # the base compute_loss does the same
+        averaged = self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs
+        if averaged and num_items_in_batch is not None:
+            # as the base compute_loss: tensor-parallel ranks share a batch; DataParallel averages over n_gpu
+            scale = self.accelerator.num_processes // (self.get_tp_size() if hasattr(self, "get_tp_size") else 1)
+            loss = loss * (scale if self.args.n_gpu <= 1 else self.args.n_gpu)
         return (loss, outputs) if return_outputs else loss
 
     def _visual_dependence_weights(

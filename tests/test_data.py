@@ -69,7 +69,7 @@ def test_missing_images_listed_in_one_error(tmp_path):
     with pytest.raises(FileNotFoundError) as error:
         check_images(load_conversations(tmp_path / "d.json"), tmp_path / "img", source="d.json")
     message = str(error.value)
-    assert "2 of 3 images are missing" in message and "d.json" in message
+    assert "2 of 3 images are missing or unreadable" in message and "d.json" in message
     assert records[1]["id"] in message and names[2] in message and names[0] not in message
 
 
@@ -99,19 +99,43 @@ def test_bad_conversations_name_the_sample(record, match):
     assert "train.json" in str(error.value)
 
 
-def test_truncation_that_leaves_nothing_supervised_drops_sample(tmp_path, llava, caplog):
+def test_truncation_that_leaves_nothing_supervised_is_refused_or_dropped(tmp_path, llava, caplog):
     _, processor, adapter = llava
     long_question = "describe this image in detail " * 40
     records = [
         {"id": "long", "conversations": [{"from": "human", "value": long_question}, {"from": "gpt", "value": "yes."}]},
         {"id": "short", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yes."}]},
     ]
+    with pytest.raises(
+        ConversationError, match=r"train\.json: 1 sample\(s\) do not fit max_length=80:\n  sample 'long'"
+    ):
+        SupervisedDataset(records, adapter, processor, max_length=80, source="train.json")
     with caplog.at_level(logging.WARNING):
-        dataset = SupervisedDataset(records, adapter, processor, max_length=80, source="train.json")
+        dataset = SupervisedDataset(
+            records, adapter, processor, max_length=80, source="train.json", drop_truncated=True
+        )
     assert len(dataset) == 1 and dataset.dropped == ["long"]
-    assert "train.json: sample 'long' dropped" in caplog.text
+    assert "train.json: dropped sample 'long'" in caplog.text
     with pytest.raises(ConversationError, match="no sample is left"):
-        SupervisedDataset(records[:1], adapter, processor, max_length=80, source="train.json")
+        SupervisedDataset(records[:1], adapter, processor, max_length=80, source="train.json", drop_truncated=True)
+
+
+def test_unreadable_images_are_refused_before_training(tmp_path, llava):
+    _, processor, adapter = llava
+    names = write_images(tmp_path / "images", 2)
+    (tmp_path / "images" / "broken.jpg").write_bytes(b"<html>404</html>")
+    turns = [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "yes."}]
+    files = [*names, "broken.jpg", "gone.png"]
+    records = [{"id": f"s{i}", "image": name, "conversations": turns} for i, name in enumerate(files)]
+    with pytest.raises(FileNotFoundError) as error:
+        check_images(records, tmp_path / "images", source="train.json")
+    message = str(error.value)
+    assert "train.json: 2 of 4 images are missing or unreadable" in message
+    assert "sample 's2'" in message and "broken.jpg (cannot be read as an image" in message
+    assert "sample 's3'" in message and "gone.png (missing)" in message
+    dataset = SupervisedDataset(records[2:3], adapter, processor, tmp_path / "images", source="train.json")
+    with pytest.raises(ConversationError, match=r"train\.json: sample 's2': cannot decode image .*broken\.jpg"):
+        dataset[0]  # without the check, the item that reads it names the data file, the sample and the image
 
 
 def test_unknown_config_field_is_named(tmp_path):

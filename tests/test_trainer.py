@@ -210,7 +210,7 @@ def test_eos_selective_loss_in_the_trainer(setup):
 
 
 def test_eos_selective_with_vd_measures_d_over_the_full_softmax(setup):
-    """The loss drops EOS from non-EOS softmaxes, but p_clean in d is the model's: same d as an eval-mode clean pass."""
+    """The loss drops EOS from non-EOS softmaxes, but p_clean in d is the model's: d as with an eval clean pass."""
     model, processor, dataset, collator, tmp_path = setup
     batch = collator([dataset[0], dataset[1]])
     eos = processor.tokenizer.eos_token_id

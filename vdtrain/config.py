@@ -115,4 +115,10 @@ class DataArguments:
     image_folder: str | None = field(default=None, metadata={"help": "Folder the samples' `image` paths are in."})
     max_length: int = field(default=2048, metadata={"help": "Truncate token sequences to this length."})
     max_samples: int | None = field(default=None, metadata={"help": "Use only the first N samples (debugging)."})
-    check_images: bool = field(default=True, metadata={"help": "Check every image file exists before training."})
+    check_images: bool = field(
+        default=True, metadata={"help": "Check every image file exists and has an image header before training."}
+    )
+    drop_truncated: bool = field(
+        default=False,
+        metadata={"help": "Drop samples that do not fit max_length (warning) instead of stopping with an error."},
+    )

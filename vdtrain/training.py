@@ -36,8 +36,9 @@ def build_trainer(
             "its adapter does not match the model."
         )
     dataset = SupervisedDataset(
-        records, adapter, processor, data_args.image_folder, data_args.max_length, source=data_args.data_path
-    )
+        records, adapter, processor, data_args.image_folder, data_args.max_length, source=data_args.data_path,
+        drop_truncated=data_args.drop_truncated,
+    )  # fmt: skip
     logger.info("vdtrain: %d training sequences (%d samples dropped)", len(dataset), len(dataset.dropped))
     model = prepare_for_training(model, adapter, model_args, training_args.gradient_checkpointing)
     if training_args.vd_pixel_key is None:

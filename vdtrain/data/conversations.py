@@ -85,17 +85,29 @@ def image_path(record: dict[str, Any], image_folder: str | os.PathLike | None) -
 
 
 def check_images(records: list[dict[str, Any]], image_folder: str | os.PathLike | None, source: str = "data") -> None:
-    """Stop with one error that lists every missing image file, before any training starts."""
-    missing = []
+    """Stop with one error that lists every missing or unreadable image file, before any training starts.
+
+    Reads each file's header only (PIL opens lazily), which catches empty files, non-images and unknown formats
+    at about 0.1 ms per image; a file damaged past its header still fails later, naming the sample and the file.
+    """
+    bad = []
     for record in tqdm(records, desc="checking images", unit="sample", leave=False):
         path = image_path(record, image_folder)
-        if path is not None and not path.is_file():
-            missing.append((record["id"], str(path)))
-    if missing:
-        listed = "\n".join(f"  sample {sample_id!r}: {path}" for sample_id, path in missing[:20])
-        more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
+        if path is None:
+            continue
+        if not path.is_file():
+            bad.append((record["id"], f"{path} (missing)"))
+            continue
+        try:
+            with Image.open(path):
+                pass
+        except (OSError, ValueError) as error:  # UnidentifiedImageError is an OSError
+            bad.append((record["id"], f"{path} (cannot be read as an image: {type(error).__name__})"))
+    if bad:
+        listed = "\n".join(f"  sample {sample_id!r}: {what}" for sample_id, what in bad[:20])
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
         raise FileNotFoundError(
-            f"{source}: {len(missing)} of {len(records)} images are missing (image folder {image_folder}):\n"
+            f"{source}: {len(bad)} of {len(records)} images are missing or unreadable (image folder {image_folder}):\n"
             f"{listed}{more}"
         )
 

@@ -19,8 +19,9 @@ logger = logging.getLogger(__name__)
 class SupervisedDataset(torch.utils.data.Dataset):
     """Training examples of LLaVA-format records for one model family.
 
-    Every conversation is tokenised once at construction (so samples that truncation leaves without supervised
-    tokens are dropped, with a warning naming them, before training starts); images are read per item.
+    Every conversation is tokenised once at construction, so a sample that truncation to `max_length` leaves
+    without supervised tokens (or cuts into its image tokens) stops the run before training starts, with one error
+    listing every such sample; `drop_truncated=True` drops them with a warning instead. Images are read per item.
 
     Args:
         records: LLaVA-format records (`load_conversations`).
@@ -29,6 +30,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
         image_folder: folder the records' `image` paths are relative to.
         max_length: tokens per sequence after image expansion.
         source: name of the data file, for error messages.
+        drop_truncated: drop over-long samples (with a warning) instead of refusing them.
     """
 
     def __init__(
@@ -39,10 +41,12 @@ class SupervisedDataset(torch.utils.data.Dataset):
         image_folder: str | os.PathLike | None = None,
         max_length: int = 2048,
         source: str = "data",
+        drop_truncated: bool = False,
     ) -> None:
         self.adapter, self.processor, self.image_folder, self.source = adapter, processor, image_folder, source
         self.items: list[tuple[dict[str, Any], Example]] = []
         self.dropped: list[str] = []
+        too_long: list[str] = []
         image_id = adapter.image_token_id(processor)
         for record in tqdm(records, desc="tokenizing", unit="sample", leave=False):
             messages = to_messages(record, source)
@@ -57,14 +61,22 @@ class SupervisedDataset(torch.utils.data.Dataset):
                 truncated = example.truncate(max_length)
                 kept_image_tokens = sum(token == image_id for token in truncated.input_ids) if path else 0
                 if truncated.num_supervised == 0 or kept_image_tokens != num_tokens:
+                    reason = "no supervised token" if truncated.num_supervised == 0 else "its image tokens"
                     self.dropped.append(str(record["id"]))
-                    reason = "no supervised token" if truncated.num_supervised == 0 else "the image tokens"
-                    logger.warning(
-                        "%s: sample %r dropped: truncation to max_length=%d cut %s (%d tokens)",
-                        source, record["id"], max_length, reason, len(example.input_ids),
-                    )  # fmt: skip
+                    too_long.append(
+                        f"sample {record['id']!r}: {len(example.input_ids)} tokens, truncation cuts {reason}"
+                    )
                     continue
                 self.items.append((record, truncated))
+        if too_long and not drop_truncated:
+            listed = "\n".join(f"  {line}" for line in too_long[:20])
+            more = f"\n  ... and {len(too_long) - 20} more" if len(too_long) > 20 else ""
+            raise ConversationError(
+                f"{source}: {len(too_long)} sample(s) do not fit max_length={max_length}:\n{listed}{more}\n"
+                "Raise max_length, or set drop_truncated: true to train without them."
+            )
+        for line in too_long:
+            logger.warning("%s: dropped %s (max_length=%d)", source, line, max_length)
         if not self.items:
             raise ConversationError(f"{source}: no sample is left to train on ({len(self.dropped)} dropped)")
 
@@ -81,7 +93,10 @@ class SupervisedDataset(torch.utils.data.Dataset):
         }
         path = image_path(record, self.image_folder)
         if path is not None:
-            image = load_image(path, str(record["id"]))
+            try:
+                image = load_image(path, str(record["id"]))
+            except (OSError, ConversationError) as error:  # name the data file too
+                raise type(error)(f"{self.source}: {error}") from error
             item["image_inputs"] = self.adapter.image_inputs(self.processor, [image])
         return item
 

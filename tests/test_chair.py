@@ -223,6 +223,18 @@ def test_unknown_category_refused(tmp_path, coco):
         build_ground_truth([coco[0]], [coco[1]], other)
 
 
+def test_files_that_are_not_coco_are_named(tmp_path, coco, synonyms):
+    broken = tmp_path / "instances_broken.json"
+    broken.write_text("<html>rate limited</html>")
+    with pytest.raises(ValueError, match=r"instances_broken\.json is not a COCO instances file: not JSON"):
+        build_ground_truth([broken], [coco[1]], synonyms)
+    instances = json.loads(coco[0].read_text())
+    instances["annotations"][0]["category_id"] = 999
+    broken.write_text(json.dumps(instances))
+    with pytest.raises(ValueError, match=r"instances_broken\.json: annotation \d+ has category_id 999"):
+        build_ground_truth([broken], [coco[1]], synonyms)
+
+
 def test_missing_nltk_data(monkeypatch, tmp_path, coco, capsys):
     monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "empty")])
     with pytest.raises(MissingNLTKDataError) as err:

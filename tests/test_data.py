@@ -138,6 +138,13 @@ def test_unreadable_images_are_refused_before_training(tmp_path, llava):
         dataset[0]  # without the check, the item that reads it names the data file, the sample and the image
 
 
+def test_bad_config_value_names_the_recipe(tmp_path):
+    config = tmp_path / "recipe.yaml"
+    config.write_text("model_name_or_path: m\ndata_path: d.json\noutput_dir: out\nvd_start: 2\n")
+    with pytest.raises(ValueError, match=r"recipe\.yaml: vd_start is a fraction of training in \[0, 1\], got 2"):
+        load_config(config)
+
+
 def test_unknown_config_field_is_named(tmp_path):
     config = tmp_path / "recipe.yaml"
     config.write_text("model_name_or_path: m\ndata_path: d.json\noutput_dir: out\nvd_temprature: 0.5\n")

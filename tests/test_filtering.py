@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -153,6 +154,10 @@ def test_rerun_with_other_settings_is_refused(workdir, loaded, tmp_path):
     with pytest.raises(RunMismatchError, match="seed"):
         score(workdir, loaded, tmp_path / "out", seed=1)
     model, processor, adapter = loaded
+    half = copy.deepcopy(model).to(torch.bfloat16)  # a copy: the module's model stays float32 for other tests
+    with pytest.raises(RunMismatchError, match="dtype: 'float32' there, 'bfloat16' now"):  # no mixing bf16 and fp32
+        score_dataset(half, processor, workdir / "data.json", tmp_path / "out", image_folder=workdir / "images",
+                      progress=False)  # fmt: skip
     other = tmp_path / "other.json"
     other.write_text(json.dumps(json.loads((workdir / "data.json").read_text())[:3]))
     with pytest.raises(RunMismatchError, match="data_sha256"):

@@ -36,6 +36,8 @@ def test_noise_generator_and_dtype():
     assert torch.allclose(half.float(), a, atol=0.03)  # computed in float32, then cast
     with pytest.raises(ValueError, match="noise step"):
         add_diffusion_noise(x0, 1000)
+    with pytest.raises(ValueError, match="noise step must be an integer, got 900.5"):
+        add_diffusion_noise(x0, 900.5)
     with pytest.raises(ValueError, match="shape"):
         add_diffusion_noise(x0, 10, noise=torch.randn(3))
 

@@ -26,6 +26,8 @@ def noise_scales(step: int) -> tuple[float, float]:
 
 
 def _check_step(step: int) -> int:
+    if isinstance(step, bool) or not float(step).is_integer():
+        raise ValueError(f"noise step must be an integer, got {step!r}")
     if not 0 <= int(step) < NUM_TRAIN_TIMESTEPS:
         raise ValueError(f"noise step must be in [0, {NUM_TRAIN_TIMESTEPS - 1}], got {step}")
     return int(step)

@@ -66,7 +66,10 @@ def load_config(
         hints = [f"{key} (did you mean {', '.join(difflib.get_close_matches(key, known, n=2))}?)"
                  if difflib.get_close_matches(key, known, n=2) else key for key in unknown]  # fmt: skip
         raise ValueError(f"{source}: unknown field(s): {'; '.join(hints)}. `vdtrain train --help` lists them.")
-    return hf_parser.parse_args_into_dataclasses(args=_to_argv(values), look_for_args_file=False)
+    try:
+        return hf_parser.parse_args_into_dataclasses(args=_to_argv(values), look_for_args_file=False)
+    except ValueError as error:  # a field's own check (`vd_start: 2`): say which recipe holds it
+        raise ValueError(f"{source}: {error}") from error
 
 
 def _to_argv(values: dict[str, Any]) -> list[str]:

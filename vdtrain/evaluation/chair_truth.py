@@ -32,7 +32,10 @@ def coco_annotation_files(coco_dir: str | os.PathLike) -> tuple[list[Path], list
 
 def _load_coco(path: Path, kind: str) -> dict:
     with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not a COCO {kind} file: not JSON ({error})") from None
     needed = ("annotations", "categories") if kind == "instances" else ("annotations",)
     if not isinstance(data, dict) or any(k not in data for k in needed):
         raise ValueError(f"{path} is not a COCO {kind} file (needs the keys {', '.join(needed)})")
@@ -116,6 +119,9 @@ def build_ground_truth(
         for image in data.get("images", []):
             ground_truth.setdefault(image["id"], set())
         for ann in data["annotations"]:
+            if ann.get("category_id") not in names:
+                raise ValueError(f"{path}: annotation {ann.get('id')} has category_id {ann.get('category_id')!r}, "
+                                 "which is not in its categories")  # fmt: skip
             name = names[ann["category_id"]]
             if name not in synonyms.to_category:
                 raise ValueError(f"{path}: category {name!r} is not in the synonyms file: pass --synonyms")

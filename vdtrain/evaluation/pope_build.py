@@ -139,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with open(args.instances, encoding="utf-8") as f:
-            instances = json.load(f)
+            try:
+                instances = json.load(f)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{args.instances} is not a COCO instances file: not JSON ({error})") from None
         if not isinstance(instances, dict) or not {"annotations", "categories", "images"} <= instances.keys():
             raise ValueError(f"{args.instances} is not a COCO instances file (needs images, annotations, categories)")
         categories = None

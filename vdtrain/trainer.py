@@ -11,7 +11,7 @@ import torch
 from transformers import Trainer
 from transformers.utils import logging
 
-from vdtrain.checkpoints import full_weight_files, load_full_checkpoint
+from vdtrain.checkpoints import FullCheckpointLoading
 from vdtrain.config import as_vd_arguments
 from vdtrain.dependence import IGNORE_INDEX, dependence_stats, row_logprobs, target_logprobs, visual_dependence
 from vdtrain.losses import per_token_nll
@@ -36,7 +36,7 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-class VDTrainer(Trainer):
+class VDTrainer(FullCheckpointLoading, Trainer):
     """Drop-in `Trainer` with the visual-dependence loss of Eq. 5.5.
 
     Before `args.vd_start` (a fraction of the optimizer steps) it is the vanilla `Trainer`. From then on every
@@ -170,6 +170,8 @@ class VDTrainer(Trainer):
     def _visual_dependence_weights(
         self, model, inputs, labels, supervised, targets_at, logp_clean_flat, end_of_turn, has_image
     ) -> torch.Tensor:
+        if has_image is None:  # a collator of the user's own: find the image rows from the config's image token
+            has_image = self._rows_with_image(model, inputs)
         pixel_key = self._pixel_key(inputs, has_image)
         noisy_inputs = dict(inputs)
         if pixel_key is not None:
@@ -218,6 +220,18 @@ class VDTrainer(Trainer):
         """`(N, V)` logits at the masked positions, whether the model already sliced them or not."""
         return logits if logits.dim() == 2 else logits[targets_at]
 
+    def _rows_with_image(self, model, inputs: dict) -> torch.Tensor | None:
+        """`(B,)` rows holding the config's image token, if that accounts for every image in the batch, else None."""
+        config = _unwrap(model).config
+        token = getattr(config, "image_token_id", None)
+        token = getattr(config, "image_token_index", None) if token is None else token
+        if token is None or "input_ids" not in inputs:
+            return None
+        rows = (inputs["input_ids"] == token).any(dim=-1)
+        pixels = next((inputs[key] for key in (self.args.vd_pixel_key, *PIXEL_KEYS) if key in inputs), None)
+        images = 0 if pixels is None else pixels.shape[0]
+        return rows if int(rows.sum()) == images else None  # e.g. flattened patches: rows cannot be told apart
+
     def _pixel_key(self, inputs: dict, has_image: torch.Tensor | None) -> str | None:
         """The batch key holding the images; None for a batch of text-only samples."""
         key = self.args.vd_pixel_key
@@ -256,28 +270,6 @@ class VDTrainer(Trainer):
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
         self._signature_columns = list(dict.fromkeys([*self._signature_columns, *EXTRA_KEYS]))
-
-    # ------------------------------------------------------------------------------------------ checkpoints
-    def _loads_full_weights(self, model: torch.nn.Module, folder: str) -> bool:
-        """Whether `folder` is a full-model checkpoint that the Trainer's own loader would load under wrong names."""
-        return not (self.is_deepspeed_enabled or self.is_fsdp_enabled or hasattr(model, "peft_config")) and bool(
-            full_weight_files(folder)
-        )
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
-        """Full fine-tunes load by their saved names (`vdtrain.checkpoints`); LoRA, DeepSpeed, FSDP as `Trainer`."""
-        target = model if model is not None else self.model
-        while hasattr(target, "module"):  # DDP
-            target = target.module
-        if not self._loads_full_weights(target, resume_from_checkpoint):
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        load_full_checkpoint(target, resume_from_checkpoint)
-
-    def _load_best_model(self) -> None:
-        """`load_best_model_at_end` for full fine-tunes, by saved names; everything else as `Trainer`."""
-        if not self._loads_full_weights(self.model, self.state.best_model_checkpoint):
-            return super()._load_best_model()
-        load_full_checkpoint(self.model, self.state.best_model_checkpoint)
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         """The default optimizer, with the projector's parameters in their own group at `args.projector_lr`."""

@@ -242,6 +242,8 @@ def test_missing_nltk_data(monkeypatch, tmp_path, coco, capsys):
     message = str(err.value)
     assert "punkt_tab, averaged_perceptron_tagger_eng, wordnet" in message
     assert "python -m nltk.downloader punkt_tab averaged_perceptron_tagger_eng wordnet" in message
+    with pytest.raises(MissingNLTKDataError, match=r"missing NLTK data: punkt_tab \(searched"):
+        require_nltk_data(lemmatizer="pattern")  # the pattern singulariser only tokenises with NLTK
     captions = tmp_path / "captions.jsonl"
     captions.write_text(json.dumps({"image_id": 1, "caption": "A dog."}) + "\n")
     argv = ["--captions", str(captions), "--coco-dir", str(coco[0].parent), "--output", str(tmp_path / "o.json")]

@@ -242,3 +242,13 @@ def test_drop_in_with_plain_training_arguments(setup):
     assert not trainer.vd_active()
     with pytest.raises(ValueError, match="label_smoothing_factor"):
         VDTrainer(model=model, args=vd_args(tmp_path, label_smoothing_factor=0.1))
+
+
+def test_vd_metrics_of_the_last_steps_reach_the_final_log(setup):
+    model, _, dataset, collator, tmp_path = setup
+    args = vd_args(tmp_path, max_steps=3, logging_steps=2, per_device_train_batch_size=2, learning_rate=1e-3)
+    trainer = VDTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "vd_mean" in entry]
+    assert [("loss" in entry, "train_loss" in entry) for entry in logged] == [(True, False), (False, True)]
+    assert logged[0]["step"] == 2 and logged[1]["step"] == 3

@@ -254,8 +254,9 @@ class VDTrainer(FullCheckpointLoading, Trainer):
         self._vd_metrics["vd_weight_max"].append(weights.max().item() if mask.any() else 0.0)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the `vd_*` metrics of the steps since the last log, averaged over steps and processes."""
-        if self._vd_metrics and "loss" in logs:
+        """Add the `vd_*` metrics of the steps since the last log, averaged over steps and processes (the steps after
+        the last logging step go with the end-of-training summary)."""
+        if self._vd_metrics and ("loss" in logs or "train_loss" in logs):
             names = sorted(self._vd_metrics)
             values = [self._vd_metrics[name] for name in names]
             local = [max(v) if n == "vd_weight_max" else sum(v) / len(v) for n, v in zip(names, values)]

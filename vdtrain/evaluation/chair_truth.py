@@ -102,7 +102,7 @@ def build_ground_truth(
         progress (`bool`, defaults to `False`): show a progress bar while building.
     """
     synonyms = synonyms or load_synonyms()
-    require_nltk_data(nltk_data)
+    require_nltk_data(nltk_data, lemmatizer)
     cache = None
     if cache_dir is not None:
         key = ground_truth_key(instances_files, captions_files, synonyms, lemmatizer)

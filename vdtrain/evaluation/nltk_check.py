@@ -30,12 +30,14 @@ def add_nltk_data_path(nltk_data: str | os.PathLike | None) -> None:
     nltk.data.path.insert(0, path)
 
 
-def require_nltk_data(nltk_data: str | os.PathLike | None = None) -> None:
-    """Check that punkt_tab, the English perceptron tagger and WordNet are installed; raise one clear error if not.
+def require_nltk_data(nltk_data: str | os.PathLike | None = None, lemmatizer: str = "nltk") -> None:
+    """Check that the NLTK data of `lemmatizer` is installed; raise one clear error if not.
 
     Args:
         nltk_data (`str` or `os.PathLike`, *optional*): a data directory to search first; otherwise `NLTK_DATA` and
             NLTK's default locations are searched.
+        lemmatizer (`str`, defaults to `"nltk"`): `"nltk"` needs punkt_tab, the English perceptron tagger and
+            WordNet; `"pattern"` tokenises with punkt_tab only.
     """
     try:
         import nltk
@@ -43,14 +45,16 @@ def require_nltk_data(nltk_data: str | os.PathLike | None = None) -> None:
         raise MissingNLTKDataError("CHAIR needs nltk: pip install 'vdtrain[eval]' (or pip install nltk)") from err
     add_nltk_data_path(nltk_data)
     missing = []
-    for name, resource in NLTK_RESOURCES.items():
+    needed = NLTK_RESOURCES if lemmatizer == "nltk" else {"punkt_tab": NLTK_RESOURCES["punkt_tab"]}
+    for name, resource in needed.items():
         try:
             nltk.data.find(resource)
         except LookupError:
             missing.append(name)
     if missing:
         searched = ", ".join(nltk.data.path[:4]) + (", ..." if len(nltk.data.path) > 4 else "")
+        download = "python -m nltk.downloader " + " ".join(missing)
         raise MissingNLTKDataError(
-            f"missing NLTK data: {', '.join(missing)} (searched {searched}). Install it with `{DOWNLOAD_COMMAND}`, "
+            f"missing NLTK data: {', '.join(missing)} (searched {searched}). Install it with `{download}`, "
             "or point NLTK_DATA / --nltk-data at a directory that has it."
         )

@@ -3,13 +3,22 @@
 The last one is the physical limit of the method (SPEC section 7). All three run in one process on the same
 batches, interleaved, and the medians are compared. Default model: a LLaVA with a 4-layer, 256-wide Llama,
 vocabulary 32000, sequence 512, on CPU. Usage: `python scripts/bench_overhead.py [--device cuda --dtype bfloat16]`.
+
+Peak memory of one step of each variant (SPEC: an active step peaks no higher than the vanilla step), `--memory`:
+on CUDA `torch.cuda.max_memory_allocated` above the memory held before the step; on CPU each variant runs in a fresh
+process whose resident set is sampled every millisecond during the step, with glibc's mmap threshold pinned at
+64 KiB so that every tensor is mapped and unmapped on its own and the resident set follows the live tensors.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 
 import torch
@@ -57,6 +66,33 @@ def make_batch(batch: int, length: int, vocab: int, response: int, device: str) 
     }
 
 
+class PeakResidentSet:
+    """Largest resident-set growth (bytes) over the `with` block, sampled every millisecond from /proc/self/statm."""
+
+    def __enter__(self) -> PeakResidentSet:
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.baseline = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+        self.growth = self.peak - self.baseline
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hidden", type=int, default=256)
@@ -68,7 +104,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=12)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--memory", action="store_true", help="measure the peak memory of one step of each variant")
+    parser.add_argument("--memory-variant", help=argparse.SUPPRESS)  # internal: one variant in this process (CPU)
     args = parser.parse_args()
+    if args.memory and args.device == "cpu" and args.memory_variant is None:
+        return cpu_memory(args)
 
     torch.manual_seed(0)
     model = build_model(args.hidden, args.layers, args.vocab).to(args.device, getattr(torch, args.dtype)).train()
@@ -102,6 +142,26 @@ def main() -> None:
             model.train()
 
     variants = {"vanilla": vanilla_step, "vd active": active_step, "vanilla + 1 no-grad forward": vanilla_plus_forward}
+    if args.memory_variant is not None:  # CPU, fresh process: one warm-up step, then one measured step
+        variants[args.memory_variant]()
+        model.zero_grad(set_to_none=True)
+        with PeakResidentSet() as peak:
+            variants[args.memory_variant]()
+        print(f"PEAK {peak.growth}")
+        return
+    if args.memory:  # CUDA: the allocator's own peak
+        for name, fn in variants.items():
+            fn()
+            model.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+            held = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            fn()
+            torch.cuda.synchronize()
+            growth = torch.cuda.max_memory_allocated() - held
+            print(f"{name:<30} peak +{growth / 2**20:9.1f} MiB above the {held / 2**20:.0f} MiB held before the step")
+            model.zero_grad(set_to_none=True)
+        return
     times: dict[str, list[float]] = {name: [] for name in variants}
     for fn in variants.values():  # warm-up
         fn()
@@ -120,6 +180,22 @@ def main() -> None:
     for name, values in times.items():
         median = statistics.median(values)
         print(f"{name:<30} {median * 1000:8.1f} ms   x{median / base:.3f} of vanilla   x{median / limit:.3f} of limit")
+
+
+def cpu_memory(args: argparse.Namespace) -> None:
+    """Each variant in its own process (no allocator state carried over); prints the peaks and their ratios."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+    names = ("hidden", "layers", "vocab", "length", "response", "batch")
+    shape = [f"--{name}={getattr(args, name)}" for name in names] + [f"--dtype={args.dtype}", "--device=cpu"]
+    peaks = {}
+    for name in ("vanilla", "vd active", "vanilla + 1 no-grad forward"):
+        command = [sys.executable, __file__, *shape, f"--memory-variant={name}"]
+        out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+        peaks[name] = int(next(line for line in out.splitlines() if line.startswith("PEAK")).split()[1])
+    print(f"cpu, {args.dtype}, batch {args.batch} x {args.length} tokens ({args.response} supervised), "
+          f"Llama {args.layers}x{args.hidden}, vocab {args.vocab}: resident-set growth during one step")  # fmt: skip
+    for name, growth in peaks.items():
+        print(f"{name:<30} +{growth / 2**20:9.1f} MiB   x{growth / peaks['vanilla']:.3f} of vanilla")
 
 
 if __name__ == "__main__":

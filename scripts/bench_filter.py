@@ -75,10 +75,14 @@ def main() -> None:
     parser.add_argument("--words", type=int, default=150, help="words per conversation (~2 tokens per word)")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds; paired ratios are summarised")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for the end-to-end run")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
 
     torch.manual_seed(0)
     model, processor = tiny_llava(hidden=args.hidden, layers=args.layers, vocab=32000)
+    model = model.to(args.device, getattr(torch, args.dtype)).eval()
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     adapter = get_adapter(model, processor)
     work = Path(tempfile.mkdtemp(prefix="bench_filter_"))
     names = write_images(work / "images", args.samples)
@@ -94,7 +98,8 @@ def main() -> None:
     batches = [collate_samples(prepared[i : i + size], pad) for i in range(0, len(prepared), size)]
     lengths = [len(e.input_ids) for s in prepared for e in s["examples"]]
     supervised = [e.num_supervised for s in prepared for e in s["examples"]]
-    print(f"tiny LLaVA hidden {args.hidden}, {args.layers} layers, vocab 32000; {args.samples} samples, "
+    print(f"tiny LLaVA hidden {args.hidden}, {args.layers} layers, vocab 32000, {args.device} {args.dtype}; "
+          f"{args.samples} samples, "
           f"batch {args.batch_size}; tokens/sample {sum(lengths) / len(lengths):.0f} "
           f"({sum(supervised) / len(supervised):.0f} supervised); {torch.get_num_threads()} threads")  # fmt: skip
 
@@ -102,13 +107,17 @@ def main() -> None:
         @torch.no_grad()
         def run():
             for batch in batches:
-                inputs = {k: v for k, v in batch["inputs"].items() if k != "labels"}
-                labels = batch["inputs"]["labels"]
+                inputs = {k: v.to(device) for k, v in batch["inputs"].items() if k != "labels"}
+                inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+                labels = batch["inputs"]["labels"].to(device)
                 mask = torch.nn.functional.pad(labels[:, 1:] != IGNORE_INDEX, (0, 1), value=False)
                 keep = {} if full_logits else {"logits_to_keep": mask}
                 model(**inputs, **keep)
-                inputs["pixel_values"] = add_diffusion_noise(inputs["pixel_values"], 900, noise=batch["noise"])
+                noise = batch["noise"].to(device)
+                inputs["pixel_values"] = add_diffusion_noise(inputs["pixel_values"], 900, noise=noise)
                 model(**inputs, **keep)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
 
         return run
 

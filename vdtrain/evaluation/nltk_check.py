@@ -42,7 +42,7 @@ def require_nltk_data(nltk_data: str | os.PathLike | None = None, lemmatizer: st
     try:
         import nltk
     except ImportError as err:
-        raise MissingNLTKDataError("CHAIR needs nltk: pip install 'vdtrain[eval]' (or pip install nltk)") from err
+        raise MissingNLTKDataError("CHAIR needs nltk: pip install nltk") from err
     add_nltk_data_path(nltk_data)
     missing = []
     needed = NLTK_RESOURCES if lemmatizer == "nltk" else {"punkt_tab": NLTK_RESOURCES["punkt_tab"]}

@@ -7,7 +7,8 @@ Builds a tiny LLaVA (vocab 32000, ~380-token conversations), then times `--repea
              nothing else: the least work any scorer must do;
   limit-full the same with full `(B, L, V)` logits (what a naive scorer pays);
   hot path   `score_batch` on the same collated batches (forwards + log-probs + d + per-sample sums);
-  end-to-end `score_dataset` from the JSON file (tokenising, image loading, noise, JSONL writing, resume checks).
+  end-to-end `score_dataset` from the JSON file (tokenising, image loading, noise, JSONL writing, resume checks),
+             batching samples of similar length (with `--spread`, also in file order, the limit's batches).
   end-to-end minus fixed cost: the same without the per-run work a rerun on a finished directory does (run checks,
              merging, summary.json, the histogram), which a 150k-sample run pays once.
 Prints samples/s (median round) and each one's ratio to `limit` within the same round (median [min, max] over rounds;
@@ -37,13 +38,15 @@ from vdtrain.models import get_adapter  # noqa: E402
 from vdtrain.noise import add_diffusion_noise  # noqa: E402
 
 
-def make_records(names: list[str], words_per_sample: int, seed: int = 0) -> list[dict]:
-    """Multi-turn conversations of about `words_per_sample` words, a third of them in human turns."""
+def make_records(names: list[str], words_per_sample: int, spread: float = 0.0, seed: int = 0) -> list[dict]:
+    """Multi-turn conversations of about `words_per_sample` words (times 1 +- `spread`, uniform), a third of them in
+    human turns."""
     rng = random.Random(seed)
     records = []
     for index, name in enumerate(names):
         turns, total = [], 0
-        while total < words_per_sample:
+        target = words_per_sample * rng.uniform(1 - spread, 1 + spread)
+        while total < target:
             question = " ".join(rng.choices(WORDS, k=12)) + "?"
             answer = " ".join(rng.choices(WORDS, k=28)) + "."
             turns += [{"from": "human", "value": ("<image>\n" if not turns else "") + question},
@@ -73,6 +76,9 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256, help="hidden size of the tiny Llama")
     parser.add_argument("--layers", type=int, default=4, help="decoder layers of the tiny Llama")
     parser.add_argument("--words", type=int, default=150, help="words per conversation (~2 tokens per word)")
+    parser.add_argument("--spread", type=float, default=0.0,
+                        help="conversation lengths vary by this factor (0.8: 0.2x to 1.8x --words); shows what "
+                             "grouping batches by length saves over the file-order limit")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds; paired ratios are summarised")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for the end-to-end run")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -86,7 +92,7 @@ def main() -> None:
     adapter = get_adapter(model, processor)
     work = Path(tempfile.mkdtemp(prefix="bench_filter_"))
     names = write_images(work / "images", args.samples)
-    records = make_records(names, args.words)
+    records = make_records(names, args.words, args.spread)
     (work / "data.json").write_text(json.dumps(records))
 
     prepared = [
@@ -127,10 +133,11 @@ def main() -> None:
 
     counter = iter(range(10**6))
 
-    def end_to_end():
+    def end_to_end(group_by_length: bool = True):
         out = work / f"out{next(counter)}"
         score_dataset(model, processor, work / "data.json", out, image_folder=work / "images",
-                      batch_size=args.batch_size, num_workers=args.num_workers, progress=False)  # fmt: skip
+                      batch_size=args.batch_size, num_workers=args.num_workers, progress=False,
+                      group_by_length=group_by_length)  # fmt: skip
 
     def fixed_cost():  # a rerun on a finished directory: run checks, merging, summary.json and the histogram
         score_dataset(model, processor, work / "data.json", work / "out0", image_folder=work / "images",
@@ -143,6 +150,8 @@ def main() -> None:
         "end-to-end (score_dataset)": end_to_end,
         "per-run fixed cost": fixed_cost,
     }
+    if args.spread:
+        variants["end-to-end, file order"] = lambda: end_to_end(group_by_length=False)
     for fn in variants.values():  # warm-up (also leaves out0 finished for `fixed_cost`)
         fn()
     times = interleaved(args.repeats, variants)

@@ -14,6 +14,7 @@ from tiny import tiny_llava, write_conversations, write_images
 from vdtrain import add_diffusion_noise, target_logprobs, visual_dependence
 from vdtrain.data import SupervisedDataset, VDDataCollator
 from vdtrain.filtering import RunMismatchError, sample_generator, score_dataset, select_dataset, select_removed
+from vdtrain.filtering.scoring import approximate_length
 from vdtrain.filtering_cli import main as filter_main
 from vdtrain.modeling import load_for_inference
 
@@ -136,14 +137,19 @@ def test_interrupted_run_resumes_without_recomputing(workdir, loaded, tmp_path):
     assert not (out / "scores.jsonl").exists()
     partial = out / "scores.rank0.jsonl"
     first = rows(partial)
-    assert [r["index"] for r in first] == [0, 1, 2]
+    records = json.loads((workdir / "data.json").read_text())
+    scorable = {r["index"] for r in rows(tmp_path / "full" / "scores.jsonl")}
+    longest_first = sorted(range(len(records)), key=lambda i: -approximate_length(records[i]))  # stable: ties by index
+    assert [r["index"] for r in first] == [i for i in longest_first if i in scorable][:3]
     first[1]["score"] = 123.0  # a marker: a recomputed sample would lose it
-    partial.write_text("".join(json.dumps(r) + "\n" for r in first) + '{"id": "s3", "index": 3, "sco')  # torn line
+    torn = next(i for i in longest_first if i in scorable and i not in {r["index"] for r in first})
+    partial.write_text("".join(json.dumps(r) + "\n" for r in first) + f'{{"id": "s{torn}", "index": {torn}, "sco')
     score(workdir, loaded, out, batch_size=1)
     resumed, full = rows(out / "scores.jsonl"), rows(tmp_path / "full" / "scores.jsonl")
-    assert resumed[1]["score"] == 123.0
-    resumed[1]["score"] = full[1]["score"]
-    assert resumed == full
+    marked = next(k for k, r in enumerate(resumed) if r["index"] == first[1]["index"])
+    assert resumed[marked]["score"] == 123.0
+    resumed[marked]["score"] = full[marked]["score"]
+    assert resumed == full  # merged in index order, nothing duplicated, nothing lost
     assert rows(out / "errors.jsonl") == rows(tmp_path / "full" / "errors.jsonl")
 
 

@@ -60,6 +60,10 @@ def _add_score_options(parser: argparse.ArgumentParser) -> None:
         "--stop-after", type=int, default=None,
         help="stop after scoring this many samples per process (time-limited jobs); rerun to continue",
     )  # fmt: skip
+    group.add_argument(
+        "--no-group-by-length", dest="group_by_length", action="store_false",
+        help="score in file order instead of batching samples of similar length together (longest first)",
+    )  # fmt: skip
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -126,7 +130,7 @@ def run_score(args: argparse.Namespace) -> dict | None:
         noise_step=args.noise_step, batch_size=args.batch_size, seed=args.seed, max_length=args.max_length,
         num_workers=num_workers, model_name=_identity(args.model),
         adapter_name=_identity(args.adapter) if args.adapter else None,
-        stop_after=args.stop_after, progress=not args.no_progress,
+        stop_after=args.stop_after, progress=not args.no_progress, group_by_length=args.group_by_length,
     )  # fmt: skip
 
 

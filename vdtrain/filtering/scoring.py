@@ -130,6 +130,14 @@ def collate_samples(samples: list[dict[str, Any]], pad_token_id: int) -> dict[st
     return batch
 
 
+def approximate_length(record: Any) -> int:
+    """Characters of a record's turns: a tokenizer-free proxy of its token count, for grouping batches by length."""
+    turns = record.get("conversations") if isinstance(record, dict) else None
+    if not isinstance(turns, list):
+        return 0
+    return sum(len(str(turn.get("value", turn.get("content", "")))) for turn in turns if isinstance(turn, dict))
+
+
 # ---------------------------------------------------------------------------------------------- the hot path
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     while hasattr(model, "module"):
@@ -236,6 +244,7 @@ def score_dataset(
     adapter_name: str | None = None,
     stop_after: int | None = None,
     progress: bool = True,
+    group_by_length: bool = True,
 ) -> dict[str, Any] | None:
     """Score every sample of `data` by visual dependence into `output_dir`, resuming what an earlier run left.
 
@@ -259,6 +268,8 @@ def score_dataset(
             (defaults: the model's `name_or_path`, no adapter).
         stop_after (`int`, *optional*): stop after scoring this many samples in this process (time-limited jobs).
         progress (`bool`, defaults to `True`): show a progress bar on the main process.
+        group_by_length (`bool`, defaults to `True`): batch samples of similar text length together, longest first
+            (scores do not depend on batching; rows are merged by index).
 
     Returns:
         The summary dict (main process, all samples done), else None.
@@ -295,6 +306,8 @@ def score_dataset(
     done = scored_indices(output_dir)
     barrier(world)  # every process has read the same `done` before anyone appends
     todo = [index for index in range(len(records)) if index not in done]
+    if group_by_length:  # longest first: similar lengths share a batch (less padding), and an OOM shows at once
+        todo.sort(key=lambda index: -approximate_length(records[index]))
     mine = todo[rank::world]
     if is_main:
         logger.info("vdtrain filter: %d samples, %d already scored, %d to score", len(records), len(done), len(todo))

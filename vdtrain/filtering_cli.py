@@ -29,7 +29,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         text = action.help or ""
         if (
             action.default is not None
-            and action.default is not False
+            and action.nargs != 0  # flags: their name says what they do
             and action.default != argparse.SUPPRESS
             and ("default" not in text)
         ):

@@ -252,3 +252,15 @@ def test_vd_metrics_of_the_last_steps_reach_the_final_log(setup):
     logged = [entry for entry in trainer.state.log_history if "vd_mean" in entry]
     assert [("loss" in entry, "train_loss" in entry) for entry in logged] == [(True, False), (False, True)]
     assert logged[0]["step"] == 2 and logged[1]["step"] == 3
+
+
+def test_group_by_length_uses_the_dataset_lengths_without_reading_items(setup, monkeypatch):
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    model, _, dataset, collator, tmp_path = setup
+    args = vd_args(tmp_path, train_sampling_strategy="group_by_length", per_device_train_batch_size=2)
+    trainer = VDTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
+    monkeypatch.setattr(type(dataset), "__getitem__", lambda self, i: pytest.fail("an item was read"))
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, LengthGroupedSampler) and sampler.lengths == dataset.lengths
+    assert sorted(sampler) == list(range(len(dataset))) and len(set(dataset.lengths)) > 1

@@ -268,6 +268,18 @@ class VDTrainer(FullCheckpointLoading, Trainer):
             self._vd_metrics.clear()
         super().log(logs, start_time)
 
+    def _get_train_sampler(self, train_dataset=None) -> torch.utils.data.Sampler | None:
+        """`group_by_length` from the dataset's own `lengths` when it has them (`SupervisedDataset`): the Trainer
+        would otherwise read every item, decoding every image, before the first step."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        lengths = getattr(dataset, "lengths", None)
+        if getattr(self.args, "train_sampling_strategy", None) != "group_by_length" or lengths is None:
+            return super()._get_train_sampler(train_dataset)
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        group = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        return LengthGroupedSampler(group, lengths=lengths)
+
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
         self._signature_columns = list(dict.fromkeys([*self._signature_columns, *EXTRA_KEYS]))

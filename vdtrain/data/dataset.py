@@ -83,6 +83,11 @@ class SupervisedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens per training sequence (after image expansion), for length-grouped sampling without loading images."""
+        return [len(example.input_ids) for _, example in self.items]
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         record, example = self.items[index]
         item: dict[str, Any] = {

@@ -7,7 +7,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from vdtrain import add_diffusion_noise, register_weighting, target_logprobs, token_weights, visual_dependence
-from vdtrain.dependence import row_logprobs
+from vdtrain.dependence import dependence_stats, row_logprobs
 from vdtrain.losses import per_token_nll
 
 
@@ -80,6 +80,15 @@ def test_visual_dependence_hand_values():
     assert torch.allclose(d, torch.tensor([0.5, -0.5, 0.0, -1.0, 1.0]), atol=1e-6)
     d_random = visual_dependence(torch.randn(1000) * 20, torch.randn(1000) * 20)
     assert d_random.min() >= -1 and d_random.max() <= 1
+
+
+def test_dependence_stats_hand_values():
+    d = torch.tensor([[0.5, -0.5, 0.1, 0.9], [0.3, 0.0, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, True, False], [True, False, False, False]])
+    stats = dependence_stats(d, mask)  # supervised: 0.5, -0.5, 0.1, 0.3
+    assert math.isclose(stats["vd_mean"], 0.1, abs_tol=1e-6)
+    assert (stats["vd_frac_pos"], stats["vd_frac_neg"], stats["vd_frac_inv"]) == (0.5, 0.25, 0.25)
+    assert dependence_stats(d, torch.zeros_like(mask)) == dict.fromkeys(stats, 0.0)  # nothing supervised: no NaN
 
 
 def test_token_weights_hand_values():

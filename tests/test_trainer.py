@@ -1,6 +1,7 @@
 """VDTrainer against the vanilla Trainer, the forward-pass budget, accumulation and the weighted loss by hand."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -156,6 +157,13 @@ def test_weighted_loss_equals_hand_computation(setup):
     text_only = trainer.weights[2][mask[2]]
     assert (d_seen[2] == 0).all() and torch.equal(text_only, torch.where(eot[2][mask[2]], 1.2, 1.0))
     assert eot.sum() == 5 and (trainer.weights[eot] >= 1.2).all()  # 2 + 2 turns + 1 text-only turn
+    logs = {"loss": 1.0}  # the step's vd_* metrics, as the next log line carries them
+    trainer.log(logs)
+    values = d[mask]
+    assert math.isclose(logs["vd_mean"], round(values.mean().item(), 4), abs_tol=1e-4)
+    assert math.isclose(logs["vd_frac_pos"], round((values > 0.25).float().mean().item(), 4), abs_tol=1e-4)
+    assert math.isclose(logs["vd_frac_neg"], round((values < -0.25).float().mean().item(), 4), abs_tol=1e-4)
+    assert math.isclose(logs["vd_weight_max"], round(w[mask].max().item(), 4), abs_tol=1e-4)
 
     # a collator without `has_image` (the user's own): the image rows come from the config's image token
     plain = Capture(model=model, args=vd_args(tmp_path, vd_temperature=1.5, vd_eos_min_weight=1.2))

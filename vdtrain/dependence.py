@@ -82,13 +82,20 @@ def visual_dependence(logp_clean: torch.Tensor, logp_noisy: torch.Tensor) -> tor
 
 
 def dependence_stats(d: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-    """Mean `d` and the shares of image-positive / -negative / -invariant tokens over `mask`."""
-    values = d[mask].float()
-    if values.numel() == 0:
-        return {"vd_mean": 0.0, "vd_frac_pos": 0.0, "vd_frac_neg": 0.0, "vd_frac_inv": 0.0}
-    pos = (values > POSITIVE_THRESHOLD).float().mean().item()
-    neg = (values < -POSITIVE_THRESHOLD).float().mean().item()
-    return {"vd_mean": values.mean().item(), "vd_frac_pos": pos, "vd_frac_neg": neg, "vd_frac_inv": 1.0 - pos - neg}
+    """Mean `d` and the shares of image-positive / -negative / -invariant tokens over `mask` (all 0 if it is empty)."""
+    mean, pos, neg, inv = dependence_stats_tensor(d, mask).tolist()
+    return {"vd_mean": mean, "vd_frac_pos": pos, "vd_frac_neg": neg, "vd_frac_inv": inv}
+
+
+def dependence_stats_tensor(d: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`dependence_stats` as a `(4,)` float32 tensor on `d`'s device, computed without a host sync."""
+    mask = mask.bool()
+    count = mask.sum().clamp_min(1).float()
+    values = d.float() * mask
+    pos = ((d > POSITIVE_THRESHOLD) & mask).sum() / count
+    neg = ((d < -POSITIVE_THRESHOLD) & mask).sum() / count
+    inv = (mask.any().float() - pos - neg).clamp_min(0)
+    return torch.stack([values.sum() / count, pos, neg, inv])
 
 
 def sample_scores(d: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,13 @@ from transformers.utils import logging
 
 from vdtrain.checkpoints import FullCheckpointLoading
 from vdtrain.config import as_vd_arguments
-from vdtrain.dependence import IGNORE_INDEX, dependence_stats, row_logprobs, target_logprobs, visual_dependence
+from vdtrain.dependence import (
+    IGNORE_INDEX,
+    dependence_stats_tensor,
+    row_logprobs,
+    target_logprobs,
+    visual_dependence,
+)
 from vdtrain.losses import per_token_nll
 from vdtrain.noise import add_diffusion_noise, noise_scales
 from vdtrain.weighting import token_weights
@@ -25,6 +31,7 @@ END_OF_TURN_KEY = "end_of_turn_mask"
 HAS_IMAGE_KEY = "has_image"
 EXTRA_KEYS = (END_OF_TURN_KEY, HAS_IMAGE_KEY)
 PIXEL_KEYS = ("pixel_values", "images", "pixel_values_images")
+VD_METRICS = ("vd_mean", "vd_frac_pos", "vd_frac_neg", "vd_frac_inv", "vd_weight_max")
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -66,7 +73,7 @@ class VDTrainer(FullCheckpointLoading, Trainer):
         self.end_of_turn_id = end_of_turn_id
         if self.args.eos_selective and end_of_turn_id is None:
             raise ValueError("eos_selective=True needs VDTrainer(end_of_turn_id=...) from the model's adapter")
-        self._vd_metrics: dict[str, list[float]] = defaultdict(list)
+        self._vd_metrics: list[torch.Tensor] = []  # one (5,) device tensor per active micro-batch: VD_METRICS
         self._noise_counter = (-1, -1)  # (global_step, micro-batch index within that step)
         self._logits_mask_ok: bool | None = None
         vanilla_weights = self.args.vd_weighting == "none" or self.args.vd_temperature == 0
@@ -249,22 +256,19 @@ class VDTrainer(FullCheckpointLoading, Trainer):
 
     # ------------------------------------------------------------------ logging and bookkeeping
     def _record(self, d: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor) -> None:
-        for name, value in dependence_stats(d, mask).items():
-            self._vd_metrics[name].append(value)
-        self._vd_metrics["vd_weight_max"].append(weights.max().item() if mask.any() else 0.0)
+        """This micro-batch's `VD_METRICS`, kept on the device: the training step never waits for the GPU here."""
+        weight_max = (weights * mask).max().reshape(1).float()
+        self._vd_metrics.append(torch.cat([dependence_stats_tensor(d, mask), weight_max]))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the `vd_*` metrics of the steps since the last log, averaged over steps and processes (the steps after
-        the last logging step go with the end-of-training summary)."""
+        the last logging step go with the end-of-training summary); `vd_weight_max` is the maximum."""
         if self._vd_metrics and ("loss" in logs or "train_loss" in logs):
-            names = sorted(self._vd_metrics)
-            values = [self._vd_metrics[name] for name in names]
-            local = [max(v) if n == "vd_weight_max" else sum(v) / len(v) for n, v in zip(names, values)]
-            local = torch.tensor(local, dtype=torch.float64)
-            gathered = self.accelerator.gather(local.to(self.args.device)[None]).cpu()  # (world, metrics)
-            for index, name in enumerate(names):
-                column = gathered[:, index]
-                logs[name] = round((column.max() if name == "vd_weight_max" else column.mean()).item(), 4)
+            steps = torch.stack(self._vd_metrics).double()  # (micro-batches, 5)
+            local = torch.cat([steps[:, :-1].mean(dim=0), steps[:, -1:].amax(dim=0)])
+            gathered = self.accelerator.gather(local.to(self.args.device)[None]).cpu()  # (world, 5)
+            merged = torch.cat([gathered[:, :-1].mean(dim=0), gathered[:, -1:].amax(dim=0)])
+            logs.update({name: round(value, 4) for name, value in zip(VD_METRICS, merged.tolist())})
             self._vd_metrics.clear()
         super().log(logs, start_time)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 
 import torch
 
@@ -63,3 +64,10 @@ def add_diffusion_noise(
     timesteps = torch.full((x0.shape[0],), step, dtype=torch.long, device=x0.device)
     noised = _scheduler().add_noise(x0, noise.float().to(x0.device), timesteps)
     return noised.to(pixel_values.dtype)
+
+
+def seeded_generator(*key: object, device: str | torch.device = "cpu") -> torch.Generator:
+    """A generator seeded from a hash of `key` (its parts joined by ':'): a draw depends on what it is for (seed,
+    step, sample), not on how many draws came before it, so batching, sharding and resuming cannot change it."""
+    digest = hashlib.sha256(":".join(map(str, key)).encode()).digest()
+    return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import math
 from collections import defaultdict
@@ -21,7 +20,7 @@ from vdtrain.dependence import (
     visual_dependence,
 )
 from vdtrain.losses import per_token_nll
-from vdtrain.noise import add_diffusion_noise, noise_scales
+from vdtrain.noise import add_diffusion_noise, noise_scales, seeded_generator
 from vdtrain.weighting import token_weights
 
 logger = logging.get_logger(__name__)
@@ -134,9 +133,7 @@ class VDTrainer(FullCheckpointLoading, Trainer):
         return self._randn(pixels.shape, step, f"micro{first}", pixels.device)
 
     def _randn(self, shape: torch.Size, step: int, key: int | str, device: torch.device) -> torch.Tensor:
-        digest = hashlib.sha256(f"{self.args.seed}:{step}:{key}".encode()).digest()
-        generator = torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-        return torch.randn(shape, generator=generator, device=device)
+        return torch.randn(shape, generator=seeded_generator(self.args.seed, step, key, device=device), device=device)
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

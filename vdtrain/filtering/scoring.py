@@ -8,7 +8,6 @@ index) once every sample is scored or failed. The noise of sample `i` comes from
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 import os
@@ -31,15 +30,14 @@ from vdtrain.filtering.runs import (
     scored_indices,
 )
 from vdtrain.models.base import ModelAdapter, _tokenizer, get_adapter
-from vdtrain.noise import add_diffusion_noise
+from vdtrain.noise import add_diffusion_noise, seeded_generator
 
 logger = logging.getLogger(__name__)
 
 
 def sample_generator(seed: int, index: int) -> torch.Generator:
     """CPU generator for the noise of sample `index`, seeded from `(seed, index)` so batching cannot change it."""
-    digest = hashlib.sha256(f"vdtrain-filter:{seed}:{index}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    return seeded_generator("vdtrain-filter", seed, index)
 
 
 # ---------------------------------------------------------------------------------------------- samples and batches

@@ -20,29 +20,10 @@ PATCH = 8
 
 def tiny_tokenizer(extra_special: tuple[str, ...] = ()):
     """A byte-level BPE trained on the fly, with Llama-style special tokens and `<image>`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    from vdtrain.demo.model import SPECIAL_TOKENS, bpe_tokenizer
 
-    specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>", *extra_special]
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
     corpus = [" ".join(random.Random(i).sample(WORDS, 12)) + "." for i in range(200)]
-    tokenizer.train_from_iterator(corpus, trainer=trainer)
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s>:0 $A:0", pair="<s>:0 $A:0 $B:1", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        extra_special_tokens={"image_token": "<image>"},
-    )
+    return bpe_tokenizer(corpus, 400, (*SPECIAL_TOKENS, *extra_special))
 
 
 def tiny_llava(hidden: int = 64, layers: int = 2, vocab: int | None = None, seed: int = 0):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections import defaultdict
 
@@ -20,6 +19,7 @@ from vdtrain.dependence import (
     visual_dependence,
 )
 from vdtrain.losses import per_token_nll
+from vdtrain.models.base import accepts_logits_mask, unwrap_model
 from vdtrain.noise import add_diffusion_noise, noise_scales, seeded_generator
 from vdtrain.weighting import token_weights
 
@@ -31,15 +31,6 @@ HAS_IMAGE_KEY = "has_image"
 EXTRA_KEYS = (END_OF_TURN_KEY, HAS_IMAGE_KEY)
 PIXEL_KEYS = ("pixel_values", "images", "pixel_values_images")
 VD_METRICS = ("vd_mean", "vd_frac_pos", "vd_frac_neg", "vd_frac_inv", "vd_weight_max")
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The innermost transformers model under DDP/DeepSpeed and PEFT wrappers."""
-    while hasattr(model, "module"):
-        model = model.module
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return model
 
 
 class VDTrainer(FullCheckpointLoading, Trainer):
@@ -215,8 +206,7 @@ class VDTrainer(FullCheckpointLoading, Trainer):
     def _logits_kwargs(self, model, targets_at: torch.Tensor) -> dict:
         """`logits_to_keep=<bool mask>` when the model's forward supports it (transformers 5 models do)."""
         if self._logits_mask_ok is None:
-            params = inspect.signature(_unwrap(model).forward).parameters
-            self._logits_mask_ok = "logits_to_keep" in params
+            self._logits_mask_ok = accepts_logits_mask(model)
         return {"logits_to_keep": targets_at} if self._logits_mask_ok else {}
 
     @staticmethod
@@ -226,21 +216,23 @@ class VDTrainer(FullCheckpointLoading, Trainer):
 
     def _rows_with_image(self, model, inputs: dict) -> torch.Tensor | None:
         """`(B,)` rows holding the config's image token, if that accounts for every image in the batch, else None."""
-        config = _unwrap(model).config
+        config = unwrap_model(model).config
         token = getattr(config, "image_token_id", None)
         token = getattr(config, "image_token_index", None) if token is None else token
         if token is None or "input_ids" not in inputs:
             return None
         rows = (inputs["input_ids"] == token).any(dim=-1)
-        pixels = next((inputs[key] for key in (self.args.vd_pixel_key, *PIXEL_KEYS) if key in inputs), None)
-        images = 0 if pixels is None else pixels.shape[0]
+        key = self._find_pixel_key(inputs)
+        images = inputs[key].shape[0] if key in inputs else 0
         return rows if int(rows.sum()) == images else None  # e.g. flattened patches: rows cannot be told apart
+
+    def _find_pixel_key(self, inputs: dict) -> str | None:
+        """`vd_pixel_key` when set, else the first of `PIXEL_KEYS` in the batch (it may be absent from the batch)."""
+        return self.args.vd_pixel_key or next((name for name in PIXEL_KEYS if name in inputs), None)
 
     def _pixel_key(self, inputs: dict, has_image: torch.Tensor | None) -> str | None:
         """The batch key holding the images; None for a batch of text-only samples."""
-        key = self.args.vd_pixel_key
-        if key is None:
-            key = next((name for name in PIXEL_KEYS if name in inputs), None)
+        key = self._find_pixel_key(inputs)
         if key in inputs:
             return key
         if has_image is not None and not has_image.any():

@@ -51,7 +51,15 @@ def demo_corpus(train_json: str | Path, extra: Iterable[str] = ()) -> list[str]:
 
 def demo_tokenizer(corpus: Iterable[str], vocab_size: int = 1024) -> Any:
     """A byte-level BPE trained on `corpus`, with Llama-style `<s>`/`</s>`, `<pad>`, `<image>`, and the Vicuna
-    system prompt as a single (non-special) token."""
+    system prompt as a single (non-special) token: one token instead of ~28 makes training and decoding ~35% faster."""
+    return bpe_tokenizer(corpus, vocab_size, SPECIAL_TOKENS, added=(VICUNA_SYSTEM,))
+
+
+def bpe_tokenizer(
+    corpus: Iterable[str], vocab_size: int, special_tokens: Iterable[str], added: Iterable[str] = ()
+) -> Any:
+    """A Llama-style fast tokenizer (`<s>` prepended; `</s>`, `<pad>`, `<unk>`, `<image>`) over a byte-level BPE
+    trained on `corpus`, plus `added` as whole (non-special) tokens. Also builds the test suite's tokenizers."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -60,13 +68,12 @@ def demo_tokenizer(corpus: Iterable[str], vocab_size: int = 1024) -> Any:
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(list(corpus), trainer=trainer)
-    # The Vicuna system prompt opens every sequence: one token instead of ~28 makes training and decoding ~35% faster.
-    tokenizer.add_tokens([AddedToken(VICUNA_SYSTEM, normalized=False, single_word=False)])
+    tokenizer.add_tokens([AddedToken(text, normalized=False, single_word=False) for text in added])
     tokenizer.post_processor = processors.TemplateProcessing(
         single="<s>:0 $A:0", pair="<s>:0 $A:0 $B:1", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))]
     )

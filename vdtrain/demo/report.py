@@ -22,24 +22,25 @@ class Column:
     percent: bool = True
 
 
+def caption_columns(split: str) -> tuple[Column, ...]:
+    """The caption metrics of one eval split: partner rate, CHAIR_s, CHAIR_i, recall, length."""
+    return (
+        Column(f"{split}/partner_rate", "Partner ↓"),
+        Column(f"{split}/CHAIRs", "CHAIR_s ↓"),
+        Column(f"{split}/CHAIRi", "CHAIR_i ↓"),
+        Column(f"{split}/Recall", "Recall ↑"),
+        Column(f"{split}/length", "Len", percent=False),
+    )
+
+
 MAIN_COLUMNS = (
-    Column("counterfactual/partner_rate", "Partner ↓"),
-    Column("counterfactual/CHAIRs", "CHAIR_s ↓"),
-    Column("counterfactual/CHAIRi", "CHAIR_i ↓"),
-    Column("counterfactual/Recall", "Recall ↑"),
-    Column("counterfactual/length", "Len", percent=False),
+    *caption_columns("counterfactual"),
     Column("test/pope_accuracy", "POPE acc test"),
     Column("test/pope_f1", "POPE F1 test"),
     Column("counterfactual/pope_accuracy", "POPE acc cf"),
     Column("counterfactual/pope_f1", "POPE F1 cf"),
 )
-TEST_COLUMNS = (
-    Column("test/partner_rate", "Partner ↓"),
-    Column("test/CHAIRs", "CHAIR_s ↓"),
-    Column("test/CHAIRi", "CHAIR_i ↓"),
-    Column("test/Recall", "Recall ↑"),
-    Column("test/length", "Len", percent=False),
-)
+TEST_COLUMNS = caption_columns("test")
 POPE_COLUMNS = tuple(
     Column(f"{split}/pope_{variant}_{metric}", f"{split[:4]} {variant[:3]} {metric[:3]}")
     for split in ("test", "counterfactual")

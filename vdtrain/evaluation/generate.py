@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from vdtrain.data.conversations import load_image
 from vdtrain.evaluation.questions import answer_record, read_answers, resolve_image
-from vdtrain.models.base import ModelAdapter, get_adapter
+from vdtrain.models.base import ModelAdapter, get_adapter, unwrap_model
 
 
 @dataclass
@@ -42,10 +42,6 @@ class DecodingOptions:
             raise ValueError(f"decoding must be 'greedy' or 'vcd', got {self.decoding!r}")
         if self.decoding == "vcd" and self.num_beams != 1:
             raise ValueError("VCD decodes greedily or by sampling; it does not support --num-beams > 1")
-
-
-def _unwrap(model: Any) -> Any:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: LoRA layers stay active
 
 
 def _tokenizer(processor: Any) -> Any:
@@ -73,7 +69,7 @@ def generate_batch(
     """
     from vdtrain.evaluation.vcd import noise_like, sample_seeds, vcd_generate
 
-    model = _unwrap(model)
+    model = unwrap_model(model)
     tokenizer = _tokenizer(processor)
     prompts = [adapter.prompt(question, processor, has_image=True) for question in questions]
     batch = adapter.generation_inputs(processor, prompts, list(images))

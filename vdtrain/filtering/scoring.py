@@ -8,7 +8,6 @@ index) once every sample is scored or failed. The noise of sample `i` comes from
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from pathlib import Path
@@ -29,7 +28,7 @@ from vdtrain.filtering.runs import (
     merge_rank_files,
     scored_indices,
 )
-from vdtrain.models.base import ModelAdapter, _tokenizer, get_adapter
+from vdtrain.models.base import ModelAdapter, _tokenizer, accepts_logits_mask, get_adapter, unwrap_model
 from vdtrain.noise import add_diffusion_noise, seeded_generator
 
 logger = logging.getLogger(__name__)
@@ -137,17 +136,6 @@ def approximate_length(record: Any) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- the hot path
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(model, "module"):
-        model = model.module
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def accepts_logits_mask(model: torch.nn.Module) -> bool:
-    """Whether the model's forward takes `logits_to_keep`, so the lm_head runs at supervised positions only."""
-    return "logits_to_keep" in inspect.signature(_unwrap(model).forward).parameters
-
-
 @torch.no_grad()
 def supervised_logprobs(model: torch.nn.Module, inputs: dict[str, torch.Tensor], logits_mask: bool) -> torch.Tensor:
     """`(N,)` float32 log-probabilities of the supervised targets of `inputs` (with `labels`), in row-major order."""
@@ -279,7 +267,7 @@ def score_dataset(
     output_dir, data = Path(output_dir), Path(data)
     adapter = adapter or get_adapter(model, processor)
     info = {
-        "model": model_name or str(getattr(_unwrap(model).config, "_name_or_path", "") or type(model).__name__),
+        "model": model_name or str(getattr(unwrap_model(model).config, "_name_or_path", "") or type(model).__name__),
         "adapter": adapter_name,
         "data": str(data.resolve()),
         "data_sha256": file_sha256(data),

@@ -168,3 +168,17 @@ def tokenize_spans(
     if add_bos and tokenizer.bos_token_id is not None:
         ids, flags = [tokenizer.bos_token_id, *ids], [False, *flags]
     return ids, flags
+
+
+def unwrap_model(model: Any) -> Any:
+    """The transformers model under DDP/DeepSpeed (`.module`) and PEFT wrappers (its LoRA layers stay active)."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def accepts_logits_mask(model: Any) -> bool:
+    """Whether the model's forward takes `logits_to_keep`, so its lm_head can run at chosen positions only."""
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(unwrap_model(model).forward).parameters

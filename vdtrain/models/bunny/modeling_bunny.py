@@ -17,11 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
-from transformers.cache_utils import Cache
-from transformers.modeling_outputs import CausalLMOutputWithPast
-from transformers.modeling_utils import slice_logits_to_keep
-from transformers.utils import ModelOutput, logging
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils import logging
 
+from ...compat import output_fields
 from .configuration_bunny import BunnyConfig
 
 logger = logging.get_logger(__name__)
@@ -92,14 +91,27 @@ def build_projector(projector_type: str, in_features: int, hidden_size: int) -> 
     return nn.Sequential(*layers)
 
 
-@dataclass
-class BunnyModelOutputWithPast(ModelOutput):
-    """Language-model outputs plus the projected image features `(n_images, image_seq_length, hidden)`."""
+def keep_positions(hidden_states: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
+    """The positions of `hidden_states` `(B, L, D)` the LM head scores, as transformers' `logits_to_keep` means it:
+    an int keeps the last `n` (0 = all), a 1-D tensor these positions, a 2-D boolean mask its `True` positions
+    flattened to `(N, D)`, a 2-D integer tensor these positions per row."""
+    if isinstance(logits_to_keep, int):
+        return hidden_states[:, -logits_to_keep:] if logits_to_keep else hidden_states
+    if logits_to_keep.ndim == 2:
+        if logits_to_keep.dtype == torch.bool:
+            return hidden_states[logits_to_keep]  # (N, D)
+        return torch.take_along_dim(hidden_states, logits_to_keep[..., None], dim=1)
+    return hidden_states[:, logits_to_keep]
 
-    last_hidden_state: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+@dataclass
+class BunnyModelOutputWithPast(BaseModelOutputWithPast):
+    """The language model's outputs plus the projected image features `(n_images, image_seq_length, hidden)`.
+
+    The cache field is inherited from the installed transformers (`past_key_values` before 5.24, `cache` since), and
+    the forward fills this output from the language model's own, so no field name is spelled here.
+    """
+
     image_hidden_states: torch.FloatTensor | None = None
 
 
@@ -112,7 +124,7 @@ class BunnyPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["LlamaDecoderLayer", "SiglipEncoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]  # the KV-cache keyword, before/after 5.24
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -157,11 +169,13 @@ class BunnyModel(BunnyPreTrainedModel):
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         **kwargs,
     ) -> BunnyModelOutputWithPast:
-        """Embed the text, scatter the image features onto the image-token positions, run the decoder."""
+        """Embed the text, scatter the image features onto the image-token positions, run the decoder.
+
+        The KV cache and every other decoder keyword travel in `kwargs` under the language model's own names.
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Bunny: pass exactly one of `input_ids` and `inputs_embeds`.")
         if inputs_embeds is None:
@@ -188,18 +202,10 @@ class BunnyModel(BunnyPreTrainedModel):
             inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1), image_features)
 
         outputs = self.language_model(
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            **kwargs,
+            attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs
         )
         return BunnyModelOutputWithPast(
-            last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            image_hidden_states=image_features,
+            **output_fields(BunnyModelOutputWithPast, outputs), image_hidden_states=image_features
         )
 
     def _image_token_mask(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
@@ -242,7 +248,6 @@ class BunnyForConditionalGeneration(BunnyPreTrainedModel, GenerationMixin):
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
@@ -255,30 +260,24 @@ class BunnyForConditionalGeneration(BunnyPreTrainedModel, GenerationMixin):
             pixel_values (`torch.FloatTensor` of shape `(n_images, 3, H, H)`): images, in token order.
             labels (`torch.LongTensor` of shape `(B, L)`, *optional*): targets; the loss shifts them itself.
             logits_to_keep (`int` or `torch.Tensor`): keep the last `n` positions (0 = all) or these indices.
+            kwargs: passed to the language model as they are (the KV cache under its own keyword, `use_cache`, ...).
         """
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             **kwargs,
         )
-        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)  # (B, L', D)
+        hidden_states = keep_positions(outputs.last_hidden_state, logits_to_keep)  # (B, L', D) or (N, D)
         logits = self.lm_head(hidden_states)  # (B, L', V)
         loss = None
         if labels is not None:
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
             )
-        return CausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **output_fields(CausalLMOutputWithPast, outputs))
 
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs) -> dict:
         """Pass `pixel_values` on the prefill step only when decoding with a cache (the image is in the cache then)."""

@@ -1,0 +1,35 @@
+"""Names that move between transformers releases, read from the installed library instead of hard-coded.
+
+transformers 5.24 renamed the KV-cache keyword of every decoder forward and `prepare_inputs_for_generation`, and the
+cache field of the model outputs, from `past_key_values` to `cache`. vdtrain asks the objects it is given which name
+they use. docs/compatibility.md lists every such dependency and the test that guards it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+_CACHE_NAMES = ("cache", "past_key_values")  # newest first
+
+
+def cache_keyword(fn: Callable[..., Any]) -> str:
+    """The keyword `fn` takes its KV cache under: `cache` (transformers >= 5.24) or `past_key_values` (earlier)."""
+    parameters = inspect.signature(fn).parameters
+    return next((name for name in _CACHE_NAMES if name in parameters), _CACHE_NAMES[-1])
+
+
+def output_cache(outputs: Any) -> Any:
+    """The KV cache held by a model output, whatever its field is called (None when it holds none)."""
+    from transformers.cache_utils import Cache
+
+    return next((value for value in outputs.values() if isinstance(value, Cache)), None)
+
+
+def output_fields(output_class: type, outputs: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The entries of `outputs` that `output_class` declares, to build one output from another without naming them."""
+    import dataclasses
+
+    names = {field.name for field in dataclasses.fields(output_class)} - set(drop)
+    return {key: value for key, value in outputs.items() if key in names}

@@ -30,20 +30,29 @@ def tiny_llava_dir(tmp_path_factory) -> Path:
 
 # ---------------------------------------------------------------- VDTRAIN_STRICT_DEPRECATIONS=1
 # Turns FutureWarning/DeprecationWarning (and transformers' "deprecated" log lines) into errors when the deprecated
-# call was made by vdtrain itself: the first stack frame outside the warning's library and its helpers lies in
-# vdtrain/. Calls that peft, accelerate or a test make are left alone. Used to keep vdtrain off deprecated API as the
-# stack moves (docs/compatibility.md).
+# call was made by vdtrain itself: the first stack frame outside the library that warns (and torch's module call and
+# the stdlib's wrappers) lies in vdtrain/. Deprecated calls that peft, accelerate or a test make are left alone. Keeps
+# vdtrain off deprecated API as the stack moves (docs/compatibility.md).
 _PACKAGE = str(Path(__file__).resolve().parents[1] / "vdtrain")
-_PASS_THROUGH = ("/transformers/", "/torch/", "/warnings.py", "/logging/", "/functools.py", "/contextlib.py")
-_PASS_THROUGH += ("conftest.py",)
+_PASS_THROUGH = ("/torch/", "/warnings.py", "/logging/", "/functools.py", "/contextlib.py", "conftest.py")
+
+
+def _library_of(filename: str) -> str | None:
+    """`.../site-packages/<library>/` of a frame's file, or None outside site-packages."""
+    marker = "site-packages/"
+    if marker not in filename:
+        return None
+    return marker + filename.split(marker, 1)[1].split("/", 1)[0] + "/"
 
 
 def _called_from_vdtrain() -> bool:
     import inspect as _inspect
 
-    for frame in _inspect.stack()[2:]:
-        filename = frame.filename
-        if any(part in filename for part in _PASS_THROUGH):
+    frames = [frame.filename for frame in _inspect.stack()[2:]]
+    origin = next((name for name in frames if not any(part in name for part in _PASS_THROUGH)), "")
+    library = _library_of(origin)
+    for filename in frames:
+        if any(part in filename for part in _PASS_THROUGH) or (library and library in filename):
             continue
         return filename.startswith(_PACKAGE)
     return False

@@ -141,11 +141,9 @@ def train_batch(shape: Shape, config: Any, device: str, dtype: torch.dtype) -> d
         end_of_turn[:, start + size - 1] = True
         start += size + gap
     pixels = torch.randn(batch, 3, shape.image, shape.image, generator=generator)
-    return {
-        "input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids).to(device),
-        "labels": labels.to(device), "pixel_values": pixels.to(device, dtype), "end_of_turn_mask": end_of_turn.to(device),
-        "has_image": torch.ones(batch, dtype=torch.bool, device=device),
-    }  # fmt: skip
+    tensors = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels,
+               "end_of_turn_mask": end_of_turn, "has_image": torch.ones(batch, dtype=torch.bool)}  # fmt: skip
+    return {**{k: v.to(device) for k, v in tensors.items()}, "pixel_values": pixels.to(device, dtype)}
 
 
 def make_records(names: list[str], words: int) -> list[dict]:
@@ -220,8 +218,8 @@ def part_step(shape: Shape, model: Any, processor: Any, device: str, work: Path)
     """(a) vanilla step, active VD step and vanilla + one no-grad forward, LoRA + activation checkpointing."""
     from vdtrain import VDTrainer, VDTrainingArguments
     from vdtrain.config import ModelArguments
-    from vdtrain.models import get_adapter
     from vdtrain.modeling import prepare_for_training
+    from vdtrain.models import get_adapter
     from vdtrain.trainer import EXTRA_KEYS
 
     adapter = get_adapter(model, processor)
@@ -261,7 +259,11 @@ def part_step(shape: Shape, model: Any, processor: Any, device: str, work: Path)
             model(**plain, logits_to_keep=targets_at)
             model.train()
 
-    variants = {"vanilla": step("vanilla"), "vd_active": step("vd_active"), "vanilla_plus_forward": vanilla_plus_forward}
+    variants = {
+        "vanilla": step("vanilla"),
+        "vd_active": step("vd_active"),
+        "vanilla_plus_forward": vanilla_plus_forward,
+    }
     meter = Meter(device)
     clear = lambda: model.zero_grad(set_to_none=True)  # noqa: E731
     seconds = interleaved(meter, variants, shape.repeats, before=clear)
@@ -345,8 +347,10 @@ def part_generate(shape: Shape, model: Any, processor: Any, device: str, work: P
     model.eval()
     folder = work / "generate"
     names = write_images(folder / "images", shape.gen_samples, seed=1, size=shape.image)
-    questions = [{"question_id": f"q{i}", "image": name, "text": "describe this image " + " ".join(WORDS[: 3 * i])}
-                 for i, name in enumerate(names)]  # fmt: skip  (different lengths: the batch is left-padded)
+    questions = [
+        {"question_id": f"q{i}", "image": name, "text": "describe this image " + " ".join(WORDS[: 3 * i])}
+        for i, name in enumerate(names)
+    ]  # fmt: skip  (different lengths: the batch is left-padded)
     options = DecodingOptions(max_new_tokens=shape.gen_new_tokens)
 
     def run(batch_size: int) -> float:
@@ -400,8 +404,8 @@ def part_zero(stage: int, shape: Shape, device: str, dtype: torch.dtype, work: P
 
     from vdtrain import VDTrainer, VDTrainingArguments
     from vdtrain.config import ModelArguments
-    from vdtrain.models import get_adapter
     from vdtrain.modeling import prepare_for_training
+    from vdtrain.models import get_adapter
 
     processor = build_processor(shape)
     model = build_model(build_config(shape, processor.tokenizer), device, dtype)
@@ -425,14 +429,17 @@ def part_zero(stage: int, shape: Shape, device: str, dtype: torch.dtype, work: P
     if meter.cuda:
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
-    peak = torch.cuda.max_memory_allocated() / 2**20 if meter.cuda else resource.getrusage(resource.RUSAGE_SELF)[2] / 1024
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20 if meter.cuda else resource.getrusage(resource.RUSAGE_SELF)[2] / 1024
+    )
     trainer.save_model(str(out))
     trainer.accelerator.wait_for_everyone()
     weights = load_file(out / "adapter_model.safetensors")
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     trainer.accelerator.end_training()
     return {
-        "zero_stage": stage, "steps": trainer.state.global_step, "step_s": statistics.median(steps.times[1:] or steps.times),
+        "zero_stage": stage, "steps": trainer.state.global_step,
+        "step_s": statistics.median(steps.times[1:] or steps.times),
         "peak_total_mib": peak, "losses": [entry["loss"] for entry in logs],
         "vd_active_steps": sum("vd_mean" in entry for entry in logs), "adapter_tensors": len(weights),
         "adapter_mib": (out / "adapter_model.safetensors").stat().st_size / 2**20,
@@ -481,7 +488,7 @@ def zero_subprocess(stage: int, tiny: bool, work: Path, timeout: int) -> dict:
 
 def markdown(report: dict) -> str:
     """The Markdown table of a report."""
-    parts, f = report["parts"], lambda x: f"{x:.3g}" if isinstance(x, float) else str(x)  # noqa: E731
+    parts = report["parts"]
     lines = [f"vdtrain gpu_check ({report['mode']}) on {report['device']}, torch {report['versions']['torch']}, "
              f"{report['total_s']:.0f} s", "", "| part | status | result |", "| --- | --- | --- |"]  # fmt: skip
     for name in PARTS:
@@ -491,30 +498,49 @@ def markdown(report: dict) -> str:
         if part["status"] != "ok":
             lines.append(f"| {name} | **error** | {part['error'].splitlines()[0][:300]} |")
             continue
-        if name == "step":
-            s, m = part["step_s"], part["peak_mib"]
-            text = (f"vanilla {s['vanilla']:.3f} s / +{m['vanilla']:.0f} MiB; VD active {s['vd_active']:.3f} s / "
-                    f"+{m['vd_active']:.0f} MiB; vanilla + 1 forward {s['vanilla_plus_forward']:.3f} s / "
-                    f"+{m['vanilla_plus_forward']:.0f} MiB. VD/vanilla time **{part['vd_vs_vanilla_time']:.2f}**, "
-                    f"VD/limit **{part['vd_vs_limit_time']:.2f}**, VD/vanilla memory "
-                    f"**{part['vd_vs_vanilla_memory']:.2f}** (peak total {part['peak_total_mib']['vd_active']:.0f} MiB)")
-        elif name.startswith("zero"):
-            text = (f"{part['steps']} steps, {part['step_s']:.3f} s/step, peak {part['peak_total_mib']:.0f} MiB, "
-                    f"VD active on {part['vd_active_steps']} logged steps, adapter {part['adapter_tensors']} "
-                    f"tensors / {part['adapter_mib']:.0f} MiB, empty {part['adapter_empty_tensors']}, "
-                    f"projector {part['projector_saved']}, LoRA B trained {part['lora_b_trained']}")
-        elif name == "filter":
-            sps = part["samples_per_s"]
-            text = (f"limit {sps['limit']:.2f} samples/s; score_batch **{part['score_batch_vs_limit']:.2f}** of it, "
-                    f"score_dataset **{part['score_dataset_vs_limit']:.2f}** ({part['tokens_per_sample']:.0f} "
-                    f"tokens/sample, batch {part['batch_size']})")
-        else:
-            sps = part["samples_per_s"]
-            text = (f"batch {part['batch_size']}: {sps['batched']:.2f} samples/s, one by one {sps['one_by_one']:.2f}: "
-                    f"**x{part['speedup']:.1f}** ({part['max_new_tokens']} new tokens; same answers "
-                    f"{part['same_answers_as_one_by_one']:.0%})")
-        lines.append(f"| {name} | ok ({f(part['seconds'])} s) | {text} |")
+        try:
+            text = _row(name, part)
+        except (KeyError, TypeError, ValueError) as error:  # a report from another version: show what is there
+            text = f"(cannot render: {error!r}) " + json.dumps({k: v for k, v in part.items() if k != "traceback"})
+        lines.append(f"| {name} | ok ({part['seconds']:.0f} s) | {text} |")
     return "\n".join(lines) + "\n"
+
+
+def num(value: float | None, spec: str) -> str:
+    """`value` formatted by `spec`, or n/a for a ratio that could not be taken."""
+    return "n/a" if value is None else format(value, spec)
+
+
+def _row(name: str, part: dict) -> str:
+    """The result cell of one part."""
+    if name == "step":
+        s, m, total = part["step_s"], part["peak_mib"], part["peak_total_mib"]["vd_active"]
+        return (
+            f"vanilla {s['vanilla']:.3f} s / +{m['vanilla']:.0f} MiB; VD active {s['vd_active']:.3f} s / "
+            f"+{m['vd_active']:.0f} MiB; vanilla + 1 forward {s['vanilla_plus_forward']:.3f} s / "
+            f"+{m['vanilla_plus_forward']:.0f} MiB. VD/vanilla time **{num(part['vd_vs_vanilla_time'], '.2f')}**, "
+            f"VD/limit **{num(part['vd_vs_limit_time'], '.2f')}**, VD/vanilla memory "
+            f"**{num(part['vd_vs_vanilla_memory'], '.2f')}** (VD peak {total:.0f} MiB in all)"
+        )
+    if name.startswith("zero"):
+        return (
+            f"{part['steps']} steps, {part['step_s']:.3f} s/step, peak {part['peak_total_mib']:.0f} MiB, "
+            f"VD active on {part['vd_active_steps']} logged steps, adapter {part['adapter_tensors']} "
+            f"tensors / {part['adapter_mib']:.0f} MiB, empty {part['adapter_empty_tensors']}, "
+            f"projector {part['projector_saved']}, LoRA B trained {part['lora_b_trained']}"
+        )
+    sps = part["samples_per_s"]
+    if name == "filter":
+        return (
+            f"limit {sps['limit']:.2f} samples/s; score_batch **{num(part['score_batch_vs_limit'], '.2f')}** of it, "
+            f"score_dataset **{num(part['score_dataset_vs_limit'], '.2f')}** ({part['tokens_per_sample']:.0f} "
+            f"tokens/sample, batch {part['batch_size']})"
+        )
+    return (
+        f"batch {part['batch_size']}: {sps['batched']:.2f} samples/s, one by one {sps['one_by_one']:.2f}: "
+        f"**x{num(part['speedup'], '.1f')}** ({part['max_new_tokens']} new tokens; same answers "
+        f"{part['same_answers_as_one_by_one']:.0%})"
+    )
 
 
 def main() -> None:
@@ -549,11 +575,11 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"gpu_check: unknown part(s) {unknown}; choose from {PARTS}")
     started = time.perf_counter()
-    report: dict[str, Any] = {
-        "mode": "tiny" if args.tiny else "full", "device": torch.cuda.get_device_name() if device == "cuda" else
-        platform.processor() or "cpu", "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-        "peft": peft.__version__, "python": platform.python_version()}, "shape": asdict(shape), "parts": {},
-    }  # fmt: skip
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+                "python": platform.python_version()}  # fmt: skip
+    name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
+    report: dict[str, Any] = {"mode": "tiny" if args.tiny else "full", "device": name, "versions": versions,
+                              "shape": asdict(shape), "parts": {}}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         work = Path(tmp)
         model_info = guarded(lambda: _build(shape, device, dtype))

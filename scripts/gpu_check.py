@@ -67,7 +67,7 @@ class Shape:
     gen_samples: int = 16
     gen_batch: int = 16
     gen_new_tokens: int = 32
-    zero_timeout: int = 240
+    zero_timeout: int = 210  # seconds per ZeRO process; also bounded by what is left of --budget
     extra: dict = field(default_factory=dict)
 
 
@@ -549,6 +549,9 @@ def main() -> None:
     parser.add_argument("--dry", action="store_true", help="only count the full model's parameters on meta")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--output", default="gpu_check.json", help="JSON report; the Markdown table goes beside it")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds the whole check may take (default: 460 full, none --tiny); the ZeRO processes "
+                             "are stopped when it runs out and recorded as errors")  # fmt: skip
     parser.add_argument("--zero-stage", type=int, help=argparse.SUPPRESS)  # internal: one ZeRO run in this process
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -575,6 +578,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"gpu_check: unknown part(s) {unknown}; choose from {PARTS}")
     started = time.perf_counter()
+    budget = args.budget if args.budget is not None else (float("inf") if args.tiny else 460.0)
     versions = {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
                 "python": platform.python_version()}  # fmt: skip
     name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
@@ -597,7 +601,9 @@ def main() -> None:
             torch.cuda.empty_cache()
         for stage in (2, 3):
             if f"zero{stage}" in wanted:
-                report["parts"][f"zero{stage}"] = guarded(zero_subprocess, stage, args.tiny, work, shape.zero_timeout)
+                left = budget - (time.perf_counter() - started)
+                timeout = int(max(30, min(shape.zero_timeout, left)))
+                report["parts"][f"zero{stage}"] = guarded(zero_subprocess, stage, args.tiny, work, timeout)
                 print(f"gpu_check: zero{stage}: {report['parts'][f'zero{stage}']['status']}", flush=True)
     report["total_s"] = time.perf_counter() - started
     output = Path(args.output)

@@ -51,18 +51,16 @@ def _env() -> dict[str, str]:
     return env
 
 
-@pytest.mark.slow
-def test_two_nodes_train_like_one_node_with_two_processes(tiny_llava_dir: Path, data_dir: Path):  # noqa: F811
-    same = dict(use_cpu=True, vd_weighting="neg", vd_temperature=1.0, per_device_train_batch_size=2)
-    one = _launch(_torchrun(2), _config(tiny_llava_dir, data_dir, "one-node", **same), data_dir, timeout=TIMEOUT)
-    config = _config(tiny_llava_dir, data_dir, "two-nodes", **same)
+SAME = dict(use_cpu=True, vd_weighting="neg", vd_temperature=1.0, per_device_train_batch_size=2)
 
-    def node(launcher: list[str], rank: int) -> Path:
-        folder = data_dir / f"node{rank}"  # each node its own recipe file; the output directory is shared
-        folder.mkdir(exist_ok=True)
-        return _launch(launcher, config, folder, timeout=TIMEOUT)
 
-    two = _on_nodes(node, _node_launchers())[0]
+@pytest.fixture(scope="module")
+def one_node(tiny_llava_dir: Path, data_dir: Path) -> Path:  # noqa: F811
+    """One node, two processes, batch 2 each, re-weighting on every step: the reference run."""
+    return _launch(_torchrun(2), _config(tiny_llava_dir, data_dir, "one-node", **SAME), data_dir, timeout=TIMEOUT)
+
+
+def _assert_same_training(one: Path, two: Path) -> None:
     logs_one, logs_two = _logs(one), _logs(two)
     assert [entry["step"] for entry in logs_two] == [entry["step"] for entry in logs_one] == [1, 2, 3, 4]
     for a, b in zip(logs_one, logs_two):
@@ -72,6 +70,62 @@ def test_two_nodes_train_like_one_node_with_two_processes(tiny_llava_dir: Path, 
     for name in weights_one:
         assert torch.equal(weights_one[name], weights_two[name]), name
     assert any("lora_B" in name and weights_one[name].abs().sum() > 0 for name in weights_one)  # it trained
+
+
+@pytest.mark.slow
+def test_two_nodes_train_like_one_node_with_two_processes(tiny_llava_dir: Path, data_dir: Path, one_node: Path):  # noqa: F811
+    config = _config(tiny_llava_dir, data_dir, "two-nodes", **SAME)
+
+    def node(launcher: list[str], rank: int) -> Path:
+        folder = data_dir / f"node{rank}"  # each node its own recipe file; the output directory is shared
+        folder.mkdir(exist_ok=True)
+        return _launch(launcher, config, folder, timeout=TIMEOUT)
+
+    _assert_same_training(one_node, _on_nodes(node, _node_launchers())[0])
+
+
+SRUN = """#!/bin/bash
+# srun stand-in for a 1-machine test: the command once per node of the job, at once, each with its SLURM_NODEID
+while [[ "$1" == --* ]]; do shift; done
+pids=()
+for node in $(seq 0 $((SLURM_NNODES - 1))); do SLURM_NODEID=$node "$@" & pids+=($!); done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+exit $status
+"""
+CPU_ACCELERATE = """compute_environment: LOCAL_MACHINE
+distributed_type: MULTI_GPU
+mixed_precision: 'no'
+machine_rank: 0
+num_machines: 1
+num_processes: 1
+rdzv_backend: static
+same_network: true
+use_cpu: false
+"""
+
+
+@pytest.mark.slow
+def test_sbatch_script_launches_two_nodes(tiny_llava_dir: Path, data_dir: Path, one_node: Path, tmp_path: Path):  # noqa: F811
+    # The script itself, with `srun` replaced by a loop over the nodes and 1 "GPU" (a CPU process) per node: its
+    # accelerate command lines start a 2-node run that equals the one-node reference (global batch 4 = 2 x 2 x 1).
+    import yaml
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text(SRUN)
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    (tmp_path / "accelerate.yaml").write_text(CPU_ACCELERATE)
+    config = _config(tiny_llava_dir, data_dir, "sbatch", **SAME)
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(config))
+    path = os.pathsep.join([str(tmp_path / "bin"), str(Path(sys.executable).parent), os.environ["PATH"]])
+    env = {**_env(), "SLURM_NNODES": "2", "SLURM_JOB_ID": "7", "GPUS_PER_NODE": "1", "GLOBAL_BATCH": "4",
+           "MAIN_ADDR": "127.0.0.1", "MAIN_PORT": str(_free_port()), "PATH": path,
+           "ACCELERATE_CONFIG": str(tmp_path / "accelerate.yaml")}  # fmt: skip
+    run = subprocess.run(["bash", str(SBATCH), str(tmp_path / "recipe.yaml")], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    assert "2 nodes x 1 GPUs, global batch 4 = 2 per device x 2 processes x 1 accumulation" in run.stdout
+    _assert_same_training(one_node, Path(config["output_dir"]))
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ themselves are in `gpu_check_parts.py`; this file runs them, guards them and wri
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -189,22 +190,24 @@ def main() -> None:
     budget = args.budget if args.budget is not None else (float("inf") if args.tiny else 460.0)
     versions = {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
                 "python": platform.python_version()}  # fmt: skip
-    name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
-    report: dict[str, Any] = {"mode": "tiny" if args.tiny else "full", "device": name, "versions": versions,
+    device_name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
+    report: dict[str, Any] = {"mode": "tiny" if args.tiny else "full", "device": device_name, "versions": versions,
                               "shape": asdict(shape), "parts": {}}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         work = Path(tmp)
-        model_info = guarded(lambda: _build(shape, device, dtype))
+        in_process = [name for name in ("filter", "generate", "step") if name in wanted]  # step wraps LoRA: last
+        model_info = guarded(lambda: _build(shape, device, dtype)) if in_process else {"status": "not built"}
         report["model"] = {k: v for k, v in model_info.items() if k not in ("model", "processor")}
         model, processor = model_info.get("model"), model_info.get("processor")
-        for name, fn in (("filter", part_filter), ("generate", part_generate), ("step", part_step)):
-            if name in wanted:  # the step part wraps the model with LoRA in place: it goes last
-                if model is None:
-                    report["parts"][name] = {"status": "error", "error": "model build failed", "seconds": 0.0}
-                    continue
-                report["parts"][name] = guarded(fn, shape, model, processor, device, work)
-                print(f"gpu_check: {name}: {report['parts'][name]['status']}", flush=True)
+        for name in in_process:
+            fn = {"filter": part_filter, "generate": part_generate, "step": part_step}[name]
+            if model is None:
+                report["parts"][name] = {"status": "error", "error": "model build failed", "seconds": 0.0}
+                continue
+            report["parts"][name] = guarded(fn, shape, model, processor, device, work)
+            print(f"gpu_check: {name}: {report['parts'][name]['status']}", flush=True)
         del model, model_info
+        gc.collect()  # the trainers of the step part hold the model in reference cycles
         if device == "cuda":
             torch.cuda.empty_cache()
         for stage in (2, 3):

@@ -202,7 +202,6 @@ def part_step(shape: Shape, model: Any, processor: Any, device: str, work: Path)
     from vdtrain.config import ModelArguments
     from vdtrain.modeling import prepare_for_training
     from vdtrain.models import get_adapter
-    from vdtrain.trainer import EXTRA_KEYS
 
     adapter = get_adapter(model, processor)
     lora = ModelArguments(model_name_or_path="random", lora_r=shape.lora_r, lora_alpha=2 * shape.lora_r)
@@ -216,7 +215,7 @@ def part_step(shape: Shape, model: Any, processor: Any, device: str, work: Path)
     batch = train_batch(shape, model.config, device, model.dtype)
     n_items = batch["labels"][:, 1:].ne(-100).sum()
     targets_at = torch.nn.functional.pad(batch["labels"][:, 1:] != -100, (0, 1), value=False)
-    plain = {k: v for k, v in batch.items() if k not in (*EXTRA_KEYS, "labels")}
+    plain = {k: v for k, v in batch.items() if k not in ("end_of_turn_mask", "has_image", "labels")}  # model inputs
     common = dict(output_dir=str(work / "step"), report_to="none", use_cpu=device == "cpu", seed=42)
     trainers = {}
     for name, start in (("vanilla", 1.0), ("vd_active", 0.0)):

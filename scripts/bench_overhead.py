@@ -1,8 +1,17 @@
 """Step time of the vanilla step, the active VD step, and the vanilla step plus one standalone no-grad forward.
 
 The last one is the physical limit of the method (SPEC section 7). All three run in one process on the same
-batches, interleaved, and the medians are compared. Default model: a LLaVA with a 4-layer, 256-wide Llama,
-vocabulary 32000, sequence 512, on CPU. Usage: `python scripts/bench_overhead.py [--device cuda --dtype bfloat16]`.
+batches, interleaved, and the medians are compared. Usage:
+`python scripts/bench_overhead.py [--preset lm-head-heavy] [--device cuda --dtype bfloat16]`.
+
+Presets (explicit `--hidden/--layers/--vocab` override them):
+  7b-share (default)  Llama 8x512, vocabulary 4096, batch 2 x 512 (half supervised): the lm_head is ~5% of the
+                      language model's forward FLOPs, near Llama-2-7B's ~2% at 1024 tokens, so the ratios are the
+                      ones a 7B user sees (the method saves lm_head work at unsupervised positions; a large share
+                      flatters it).
+  lm-head-heavy       Llama 4x256, vocabulary 32000 (the earlier default): the lm_head is ~60% of the FLOPs.
+The lm_head share printed is `h V / (layers (4 h^2 + 3 h i + L h) + h V)` per token (attention projections, MLP,
+causal attention scores averaged over positions, lm_head), grouped-query savings ignored.
 
 Peak memory of one step of each variant (SPEC: an active step peaks no higher than the vanilla step), `--memory`:
 on CUDA `torch.cuda.max_memory_allocated` above the memory held before the step; on CPU each variant runs in a fresh
@@ -33,6 +42,15 @@ from vdtrain import VDTrainer, VDTrainingArguments
 from vdtrain.trainer import EXTRA_KEYS
 
 IMAGE, PATCH = 64, 16
+PRESETS = {"7b-share": {"hidden": 512, "layers": 8, "vocab": 4096},
+           "lm-head-heavy": {"hidden": 256, "layers": 4, "vocab": 32000}}  # fmt: skip
+
+
+def lm_head_share(hidden: int, layers: int, vocab: int, length: int, intermediate: int | None = None) -> float:
+    """Share of the lm_head in a Llama's forward multiply-adds per token (see the module docstring)."""
+    intermediate = intermediate or 4 * hidden
+    body = layers * (4 * hidden**2 + 3 * hidden * intermediate + length * hidden)
+    return hidden * vocab / (body + hidden * vocab)
 
 
 def build_model(hidden: int, layers: int, vocab: int) -> LlavaForConditionalGeneration:
@@ -95,9 +113,10 @@ class PeakResidentSet:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--preset", default="7b-share", choices=sorted(PRESETS), help="model shape (see above)")
+    parser.add_argument("--hidden", type=int, help="Llama width (default: the preset's)")
+    parser.add_argument("--layers", type=int, help="Llama layers (default: the preset's)")
+    parser.add_argument("--vocab", type=int, help="vocabulary size (default: the preset's)")
     parser.add_argument("--length", type=int, default=512)
     parser.add_argument("--response", type=int, default=256, help="supervised tokens per sequence")
     parser.add_argument("--batch", type=int, default=2)
@@ -107,6 +126,9 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="measure the peak memory of one step of each variant")
     parser.add_argument("--memory-variant", help=argparse.SUPPRESS)  # internal: one variant in this process (CPU)
     args = parser.parse_args()
+    for name, value in PRESETS[args.preset].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if args.memory and args.device == "cpu" and args.memory_variant is None:
         return cpu_memory(args)
 
@@ -176,7 +198,9 @@ def main() -> None:
     base = statistics.median(times["vanilla"])
     limit = statistics.median(times["vanilla + 1 no-grad forward"])
     print(f"device {args.device}, {args.dtype}, batch {args.batch} x {args.length} tokens "
-          f"({args.response} supervised), Llama {args.layers}x{args.hidden}, vocab {args.vocab}")  # fmt: skip
+          f"({args.response} supervised), Llama {args.layers}x{args.hidden}, vocab {args.vocab}; lm_head "
+          f"{lm_head_share(args.hidden, args.layers, args.vocab, args.length):.1%} of the forward FLOPs "
+          f"(Llama-2-7B at 1024 tokens: {lm_head_share(4096, 32, 32064, 1024, 11008):.1%})")  # fmt: skip
     for name, values in times.items():
         median = statistics.median(values)
         print(f"{name:<30} {median * 1000:8.1f} ms   x{median / base:.3f} of vanilla   x{median / limit:.3f} of limit")

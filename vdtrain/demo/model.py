@@ -4,12 +4,12 @@ Llama; random weights, built from configs, no downloads) and how it is trained w
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vdtrain.io import read_json
 from vdtrain.models.llava import VICUNA_SYSTEM
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
@@ -44,7 +44,7 @@ class DemoModelConfig:
 def demo_corpus(train_json: str | Path, extra: Iterable[str] = ()) -> list[str]:
     """Every text the model will read or write: the Vicuna frame, the training turns, and `extra` (eval prompts)."""
     texts = [VICUNA_SYSTEM, "USER: ASSISTANT:"]
-    for record in json.loads(Path(train_json).read_text()):
+    for record in read_json(train_json):
         texts += [turn["value"].replace("<image>", "").strip() for turn in record["conversations"]]
     return texts + list(extra)
 

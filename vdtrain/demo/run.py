@@ -84,8 +84,9 @@ def train_variant(ctx: Context, seed: int, variant: str, checkpoint: str) -> tup
     """Resume `checkpoint` with `variant`'s loss to the end; returns the model and its training log summary."""
     s, out = ctx.settings, ctx.run_dir(seed, variant)
     options = {"vd_temperature": s.temperature, "vd_noise_step": s.noise_step, **VARIANTS[variant]}
+    model = demo_model(load_processor(ctx), s.model, seed=seed)  # its weights come from `checkpoint` on resume
     trainer = train_demo_model(
-        load_checkpoint_model(checkpoint), load_processor(ctx), ctx.paths.train_json, ctx.paths.image_folder, out,
+        model, load_processor(ctx), ctx.paths.train_json, ctx.paths.image_folder, out,
         seed=seed, steps=s.steps, batch_size=s.batch_size, learning_rate=s.learning_rate, resume_from=checkpoint,
         progress=ctx.progress, **options,
     )  # fmt: skip

@@ -1,6 +1,6 @@
 """Step time of the vanilla step, the active VD step, and the vanilla step plus one standalone no-grad forward.
 
-The last one is the physical limit of the method (SPEC section 7). All three run in one process on the same
+The last one is the method's physical limit (docs/method.md, section 9). All three run in one process on the same
 batches, interleaved, and the medians are compared. Usage:
 `python scripts/bench_overhead.py [--preset lm-head-heavy] [--device cuda --dtype bfloat16]`.
 
@@ -13,7 +13,7 @@ Presets (explicit `--hidden/--layers/--vocab` override them):
 The lm_head share printed is `h V / (layers (4 h^2 + 3 h i + L h) + h V)` per token (attention projections, MLP,
 causal attention scores averaged over positions, lm_head), grouped-query savings ignored.
 
-Peak memory of one step of each variant (SPEC: an active step peaks no higher than the vanilla step), `--memory`:
+Peak memory of one step of each variant (docs/method.md: an active step peaks no higher than vanilla), `--memory`:
 on CUDA `torch.cuda.max_memory_allocated` above the memory held before the step; on CPU each variant runs in a fresh
 process whose resident set is sampled every millisecond during the step, with glibc's mmap threshold pinned at
 64 KiB so that every tensor is mapped and unmapped on its own and the resident set follows the live tensors.

@@ -7,7 +7,7 @@
 Parts, each guarded (a failing part records its error and the others still run):
   step      LoRA r128 on the language model, projector trained, activation checkpointing, batch 8 x 1024 tokens
             (576 image tokens, 350 supervised): step time and peak memory of the vanilla step, the active VD step
-            and the vanilla step plus one no-grad forward (the method's limit, SPEC section 7), with ratios.
+            and the vanilla step plus one no-grad forward (the method's limit, docs/method.md section 9), with ratios.
   zero2/3   `VDTrainer.train()` under DeepSpeed ZeRO-2 / ZeRO-3 (recipes/deepspeed/*.json) on one GPU, the noisy
             pass active from step 0; checks the saved adapter is non-empty and trained. Each in a fresh process.
   filter    `score_batch` and `score_dataset` (the `vdtrain filter score` path) against two bare no-grad forwards.

@@ -12,7 +12,7 @@ import pytest
 from vdtrain.evaluation import pope, pope_build
 from vdtrain.evaluation.pope import evaluate_pope, parse_answer, pope_metrics
 from vdtrain.evaluation.pope_build import build_pope, question_text
-from vdtrain.evaluation.questions import read_records
+from vdtrain.io import read_objects
 
 RELEASED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "pope"
 
@@ -272,7 +272,7 @@ def test_build_seeds_and_cli(tmp_path, capsys):
         runs[name] = {s: (tmp_path / name / f"coco_pope_{s}.json").read_bytes() for s in pope_build.STRATEGIES}
     assert runs["a"] == runs["b"]
     assert runs["a"]["random"] != runs["c"]["random"]
-    assert len(read_records(tmp_path / "a" / "coco_pope_random.json")) == 18
+    assert len(read_objects(tmp_path / "a" / "coco_pope_random.json")) == 18
     assert (
         pope_build.main(["--instances", str(path), "--num-images", "7", "--seed", "0", "--output-dir", str(tmp_path)])
         == 1
@@ -287,7 +287,7 @@ def test_build_categories_from(tmp_path):
     allowed.write_text("person, man\ncar\nbus\ntruck\nbottle\ntv\n")  # synonyms format: first item per line
     argv = ["--instances", str(path), "--num-images", "3", "--seed", "0", "--output-dir", str(tmp_path)]
     assert pope_build.main([*argv, "--categories-from", str(allowed)]) == 0
-    images = per_image(read_records(tmp_path / "coco_pope_random.json"))
+    images = per_image(read_objects(tmp_path / "coco_pope_random.json"))
     assert set(images) == {2, 3, 5}
     # image 3 lacks only bus and bottle among the sampled objects: its third negative comes from the category list
     assert {name for name, label in images[3] if label == "no"} == {"bus", "bottle", "tv"}
@@ -300,7 +300,7 @@ def test_released_random_split(tmp_path):
     path = RELEASED / "coco_pope_random.json"
     if not path.exists():
         pytest.skip(f"{path} not found")
-    questions = read_records(path)
+    questions = read_objects(path)
     assert len(questions) == 3000 and len({q["image"] for q in questions}) == 500
     assert [q["label"] for q in questions] == ["yes", "no"] * 1500
     assert all(re.fullmatch(r"Is there an? [a-z ]+ in the image\?", q["text"]) for q in questions)

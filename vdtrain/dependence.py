@@ -96,8 +96,3 @@ def dependence_stats_tensor(d: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     neg = ((d < -POSITIVE_THRESHOLD) & mask).sum() / count
     inv = (mask.any().float() - pos - neg).clamp_min(0)
     return torch.stack([values.sum() / count, pos, neg, inv])
-
-
-def sample_scores(d: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-sample total visual dependence `sum_t d(y_t)` over supervised tokens (data filtering, section 5.4.5)."""
-    return (d.float() * mask).sum(dim=-1)

@@ -25,6 +25,7 @@ def load_model_and_processor(
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     import vdtrain.models  # noqa: F401  (registers vdtrain's own architectures with the Auto classes)
+    from vdtrain.models.generic import allow_processors_without_torchvision
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -37,6 +38,7 @@ def load_model_and_processor(
     else:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForImageTextToText.from_pretrained(path, config=config, **kwargs)
+    allow_processors_without_torchvision()  # Qwen2-VL's processor would refuse to load without torchvision
     try:
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError, KeyError) as error:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from PIL import Image
 from tqdm.auto import tqdm
 
+from vdtrain.io import read_records
 from vdtrain.models.base import ConversationError
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
@@ -25,17 +25,8 @@ def load_conversations(path: str | os.PathLike, max_samples: int | None = None) 
     try:
         split = "train" if max_samples is None else f"train[:{max_samples}]"
         records = datasets.load_dataset("json", data_files=str(path), split=split).to_list()
-    except Exception as error:  # heterogeneous records that datasets cannot type: plain JSON keeps them as they are
-        with open(path) as handle:
-            text = handle.read()
-        try:
-            records = (
-                json.loads(text)
-                if text.lstrip().startswith("[")
-                else [json.loads(x) for x in text.splitlines() if x.strip()]
-            )
-        except json.JSONDecodeError as json_error:
-            raise ValueError(f"{path} is neither a JSON list nor JSONL: {json_error}") from error
+    except Exception:  # heterogeneous records that datasets cannot type: plain JSON keeps them as they are
+        records = read_records(path)  # a parse error names the file and line
         records = records[:max_samples] if max_samples is not None else records
     for index, record in enumerate(records):
         record.setdefault("id", str(index))

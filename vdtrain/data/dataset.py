@@ -1,19 +1,88 @@
-"""Supervised dataset (text tokenised up front, images loaded lazily) and the right-padding collator."""
+"""One data path for training and filtering: a record becomes `Example`s (`encode_record`), an example a feature
+dict (`example_features`), features a batch (`VDDataCollator`); `SupervisedDataset` is the training dataset."""
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from vdtrain.data.conversations import image_path, load_image, to_messages
-from vdtrain.models.base import IGNORE_INDEX, ConversationError, Example, ModelAdapter, _tokenizer
+from vdtrain.data.keys import END_OF_TURN_MASK, HAS_IMAGE
+from vdtrain.dependence import IGNORE_INDEX
+from vdtrain.models.base import ConversationError, Example, ModelAdapter, pad_token_id
 
 logger = logging.getLogger(__name__)
+IMAGE_INPUTS = "image_inputs"  # feature entry holding the adapter's image inputs of the one image
+
+
+@dataclass
+class EncodedRecord:
+    """What truncation to `max_length` leaves of one record's examples.
+
+    `examples` keep every image token and at least one supervised token; `dropped` holds, per example truncation
+    spoiled, `(tokens before truncation, no supervised token left, image tokens cut)`.
+    """
+
+    examples: list[Example]
+    dropped: list[tuple[int, bool, bool]] = field(default_factory=list)
+
+
+def encode_record(
+    record: dict[str, Any],
+    adapter: ModelAdapter,
+    processor: Any,
+    image_folder: str | os.PathLike | None,
+    max_length: int,
+    source: str = "data",
+    image: Image.Image | None = None,
+) -> EncodedRecord:
+    """Tokenise one LLaVA-format record into the adapter's examples, truncated to `max_length` and checked.
+
+    Args:
+        image (`PIL.Image`, *optional*): the record's image when the caller has loaded it already; otherwise the
+            file is opened only if the adapter's image token count depends on the image size.
+    """
+    sample_id = str(record["id"])
+    messages = to_messages(record, source)
+    path = image_path(record, image_folder)
+    num_tokens = 0
+    if path is not None:
+        size = (64, 64)
+        if image is not None:
+            size = image.size
+        elif adapter.image_tokens_depend_on_size:
+            size = load_image(path, sample_id).size
+        num_tokens = adapter.num_image_tokens(processor, size)
+    image_id = adapter.image_token_id(processor)
+    encoded = EncodedRecord([])
+    for example in adapter.encode(messages, processor, num_tokens, sample_id=sample_id):
+        truncated = example.truncate(max_length)
+        kept_image_tokens = sum(token == image_id for token in truncated.input_ids) if path is not None else 0
+        no_supervised, cuts_image = truncated.num_supervised == 0, kept_image_tokens != num_tokens
+        if no_supervised or cuts_image:
+            encoded.dropped.append((len(example.input_ids), no_supervised, cuts_image))
+        else:
+            encoded.examples.append(truncated)
+    return encoded
+
+
+def example_features(example: Example, image_inputs: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """The collator's input for one example: its token fields, plus its sample's image inputs if it has an image."""
+    features: dict[str, Any] = {
+        "input_ids": example.input_ids,
+        "labels": example.labels,
+        END_OF_TURN_MASK: example.end_of_turn_mask,
+        **example.extra,
+    }
+    if image_inputs is not None:
+        features[IMAGE_INPUTS] = image_inputs
+    return features
 
 
 class SupervisedDataset(torch.utils.data.Dataset):
@@ -47,27 +116,13 @@ class SupervisedDataset(torch.utils.data.Dataset):
         self.items: list[tuple[dict[str, Any], Example]] = []
         self.dropped: list[str] = []
         too_long: list[str] = []
-        image_id = adapter.image_token_id(processor)
         for record in tqdm(records, desc="tokenizing", unit="sample", leave=False):
-            messages = to_messages(record, source)
-            path = image_path(record, image_folder)
-            num_tokens = 0
-            if path is not None:
-                size = (64, 64)
-                if adapter.image_tokens_depend_on_size:
-                    size = load_image(path, str(record["id"])).size
-                num_tokens = adapter.num_image_tokens(processor, size)
-            for example in adapter.encode(messages, processor, num_tokens, sample_id=str(record["id"])):
-                truncated = example.truncate(max_length)
-                kept_image_tokens = sum(token == image_id for token in truncated.input_ids) if path else 0
-                if truncated.num_supervised == 0 or kept_image_tokens != num_tokens:
-                    reason = "no supervised token" if truncated.num_supervised == 0 else "its image tokens"
-                    self.dropped.append(str(record["id"]))
-                    too_long.append(
-                        f"sample {record['id']!r}: {len(example.input_ids)} tokens, truncation cuts {reason}"
-                    )
-                    continue
-                self.items.append((record, truncated))
+            encoded = encode_record(record, adapter, processor, image_folder, max_length, source)
+            for tokens, no_supervised, _ in encoded.dropped:
+                reason = "no supervised token" if no_supervised else "its image tokens"
+                self.dropped.append(str(record["id"]))
+                too_long.append(f"sample {record['id']!r}: {tokens} tokens, truncation cuts {reason}")
+            self.items += [(record, example) for example in encoded.examples]
         if too_long and not drop_truncated:
             listed = "\n".join(f"  {line}" for line in too_long[:20])
             more = f"\n  ... and {len(too_long) - 20} more" if len(too_long) > 20 else ""
@@ -90,30 +145,22 @@ class SupervisedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record, example = self.items[index]
-        item: dict[str, Any] = {
-            "input_ids": example.input_ids,
-            "labels": example.labels,
-            END_OF_TURN: example.end_of_turn_mask,
-            **example.extra,
-        }
         path = image_path(record, self.image_folder)
-        if path is not None:
-            try:
-                image = load_image(path, str(record["id"]))
-            except (OSError, ConversationError) as error:  # name the data file too
-                raise type(error)(f"{self.source}: {error}") from error
-            item["image_inputs"] = self.adapter.image_inputs(self.processor, [image])
-        return item
-
-
-END_OF_TURN = "end_of_turn_mask"
+        if path is None:
+            return example_features(example)
+        try:
+            image = load_image(path, str(record["id"]))
+        except (OSError, ConversationError) as error:  # name the data file too
+            raise type(error)(f"{self.source}: {error}") from error
+        return example_features(example, self.adapter.image_inputs(self.processor, [image]))
 
 
 @dataclass
 class VDDataCollator:
     """Right-pads token fields and concatenates per-image tensors along dim 0 (text-only samples add none).
 
-    Adds `end_of_turn_mask` (B, L) and `has_image` (B,), which `VDTrainer` takes out before the forward.
+    Adds `END_OF_TURN_MASK` (B, L) and `HAS_IMAGE` (B,) (`vdtrain.data.keys`), which the loss takes out before the
+    forward.
     """
 
     pad_token_id: int
@@ -121,27 +168,25 @@ class VDDataCollator:
 
     @classmethod
     def for_processor(cls, processor: Any, **kwargs: Any) -> VDDataCollator:
-        tokenizer = _tokenizer(processor)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        return cls(pad_token_id=pad, **kwargs)
+        return cls(pad_token_id=pad_token_id(processor), **kwargs)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         length = max(len(feature["input_ids"]) for feature in features)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        pads = {"input_ids": self.pad_token_id, "labels": IGNORE_INDEX, END_OF_TURN: False}
-        token_keys = [key for key in features[0] if key != "image_inputs"]
+        pads = {"input_ids": self.pad_token_id, "labels": IGNORE_INDEX, END_OF_TURN_MASK: False}
+        token_keys = [key for key in features[0] if key != IMAGE_INPUTS]
         batch: dict[str, torch.Tensor] = {}
         for key in token_keys:
             pad = pads.get(key, 0)
             rows = [list(feature[key]) + [pad] * (length - len(feature[key])) for feature in features]
-            batch[key] = torch.tensor(rows, dtype=torch.bool if key == END_OF_TURN else torch.long)
+            batch[key] = torch.tensor(rows, dtype=torch.bool if key == END_OF_TURN_MASK else torch.long)
         # Attention comes from lengths, never from pad_token_id (pad == eos for Llama-3 models).
         batch["attention_mask"] = torch.tensor(
             [[1] * len(f["input_ids"]) + [0] * (length - len(f["input_ids"])) for f in features], dtype=torch.long
         )
-        images = [feature["image_inputs"] for feature in features if "image_inputs" in feature]
+        images = [feature[IMAGE_INPUTS] for feature in features if IMAGE_INPUTS in feature]
         for key in images[0] if images else ():
             batch[key] = torch.cat([image[key] for image in images], dim=0)
-        batch["has_image"] = torch.tensor(["image_inputs" in f for f in features], dtype=torch.bool)
+        batch[HAS_IMAGE] = torch.tensor([IMAGE_INPUTS in f for f in features], dtype=torch.bool)
         return batch

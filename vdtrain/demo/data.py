@@ -14,7 +14,6 @@ co-occurrence is counted on the train images, the prior the model learned); `que
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,6 +32,7 @@ from vdtrain.demo.shapes import (
     read_synonyms,
     render_scene,
 )
+from vdtrain.io import atomic_write_json, atomic_write_jsonl, read_json, read_records
 
 PAIRS: tuple[tuple[str, str], ...] = (("cup", "cake"), ("boat", "flag"), ("tree", "leaf"), ("clock", "book"))
 SPLITS = ("train", "test", "counterfactual")
@@ -221,14 +221,6 @@ def _pope(records: list[dict[str, Any]], variant: str, cooccur: Counter, rng: np
     return questions
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=1) + "\n")
-
-
-def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-
-
 def build_demo_dataset(output_dir: str | Path, config: DemoConfig | None = None) -> DemoPaths:
     """Draw the train / test / counterfactual images and write every file the demo trains and evaluates on.
 
@@ -250,7 +242,7 @@ def build_demo_dataset(output_dir: str | Path, config: DemoConfig | None = None)
         {"id": f"train-{i:06d}", "image": r["file_name"], "conversations": r["conversations"]}
         for i, r in enumerate(records["train"])
     ]
-    _write_json(paths.train_json, convs)
+    atomic_write_json(paths.train_json, convs, indent=1)
     cooccur: Counter = Counter()  # (a, b) -> number of train images holding both: the prior POPE-adversarial probes
     for r in records["train"]:
         names = {o["name"] for o in r["objects"]}
@@ -259,20 +251,20 @@ def build_demo_dataset(output_dir: str | Path, config: DemoConfig | None = None)
         instances, captions = _coco(records[split], cfg)
         paths.instances[split] = root / "annotations" / f"instances_{split}.json"
         paths.captions[split] = root / "annotations" / f"captions_{split}.json"
-        _write_json(paths.instances[split], instances)
-        _write_json(paths.captions[split], captions)
+        atomic_write_json(paths.instances[split], instances, indent=1)
+        atomic_write_json(paths.captions[split], captions, indent=1)
     for k, split in enumerate(EVAL_SPLITS):
         paths.pope[split] = {}
         for variant in POPE_VARIANTS:
             rng = np.random.default_rng([cfg.seed, 100 + k, POPE_VARIANTS.index(variant)])
             paths.pope[split][variant] = root / "pope" / f"{split}_pope_{variant}.jsonl"
-            _write_jsonl(paths.pope[split][variant], _pope(records[split], variant, cooccur, rng))
+            atomic_write_jsonl(paths.pope[split][variant], _pope(records[split], variant, cooccur, rng))
         paths.caption_questions[split] = root / "questions" / f"{split}_captions.jsonl"
         rows = (
             {"question_id": i + 1, "image": r["file_name"], "image_id": r["image_id"], "text": CAPTION_PROMPT}
             for i, r in enumerate(records[split])
         )
-        _write_jsonl(paths.caption_questions[split], rows)
+        atomic_write_jsonl(paths.caption_questions[split], rows)
     paths.synonyms.write_text("".join(", ".join((c.name, *c.synonyms)) + "\n" for c in CLASSES))
     meta = {
         "config": asdict(cfg),
@@ -283,7 +275,7 @@ def build_demo_dataset(output_dir: str | Path, config: DemoConfig | None = None)
             for s, rs in records.items()
         },
     }
-    _write_json(paths.meta, meta)
+    atomic_write_json(paths.meta, meta, indent=1)
     return paths
 
 
@@ -318,18 +310,13 @@ def dataset_stats(records: Mapping[str, list[dict[str, Any]]], pairs: Sequence[t
 
 def _load_records(records: str | Path | Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     if isinstance(records, (str, Path)):
-        text = Path(records).read_text()
-        return (
-            json.loads(text)
-            if text.lstrip().startswith("[")
-            else [json.loads(x) for x in text.splitlines() if x.strip()]
-        )
+        return read_records(records)
     return list(records)
 
 
 def _load_objects(objects: str | Path | Mapping[str, Any] | Mapping[int, Iterable[str]]) -> dict[int, set[str]]:
     if isinstance(objects, (str, Path)):
-        objects = json.loads(Path(objects).read_text())
+        objects = read_json(objects)
     if "annotations" in objects and "categories" in objects:  # COCO instances
         names = {c["id"]: c["name"] for c in objects["categories"]}
         out: dict[int, set[str]] = {int(im["id"]): set() for im in objects.get("images", [])}

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from vdtrain.demo.data import PAIRS
-from vdtrain.demo.settings import EVAL_SPLITS, POPE_VARIANTS, Context, load_processor, read_jsonl
+from vdtrain.demo.settings import EVAL_SPLITS, POPE_VARIANTS, Context, load_processor
+from vdtrain.io import read_jsonl
 
 
 def _caption_questions(ctx: Context, split: str, limit: int | None = None) -> list[dict]:

@@ -4,12 +4,12 @@ Llama; random weights, built from configs, no downloads) and how it is trained w
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vdtrain.io import read_json
 from vdtrain.models.llava import VICUNA_SYSTEM
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
@@ -44,7 +44,7 @@ class DemoModelConfig:
 def demo_corpus(train_json: str | Path, extra: Iterable[str] = ()) -> list[str]:
     """Every text the model will read or write: the Vicuna frame, the training turns, and `extra` (eval prompts)."""
     texts = [VICUNA_SYSTEM, "USER: ASSISTANT:"]
-    for record in json.loads(Path(train_json).read_text()):
+    for record in read_json(train_json):
         texts += [turn["value"].replace("<image>", "").strip() for turn in record["conversations"]]
     return texts + list(extra)
 
@@ -218,8 +218,8 @@ def train_demo_model(
 
     Args:
         stop_at (`int`, *optional*): stop after this step and save a checkpoint there (`output_dir/checkpoint-N`).
-        resume_from (`str`, *optional*): checkpoint to continue (optimizer, schedule, data order and RNG state);
-            `model` must already hold its weights (see `load_checkpoint_model`).
+        resume_from (`str`, *optional*): checkpoint to continue (weights, optimizer, schedule, data order and RNG
+            state); `VDTrainer` loads the full-model weights into `model` by their saved names.
         freeze_vision (`bool`, defaults to `True`): keep the vision tower fixed, as LLaVA keeps CLIP.
         vd_options: `VDTrainingArguments` fields of the variant (`vd_weighting`, `vd_temperature`, `vd_start`, ...).
     """
@@ -256,11 +256,7 @@ def train_demo_model(
 
 
 def load_checkpoint_model(checkpoint: str | Path) -> Any:
-    """The LLaVA weights of a Trainer checkpoint, loaded with `from_pretrained`.
-
-    Trainer's own resume loads the state dict by module names, but transformers 5 saves LLaVA under its published
-    names (`language_model.model.*`): a full-fine-tuning resume would silently keep the weights it was given.
-    """
+    """A saved demo model (`save_pretrained` directory or Trainer checkpoint), loaded with `from_pretrained`."""
     from transformers import LlavaForConditionalGeneration
 
     return LlavaForConditionalGeneration.from_pretrained(checkpoint)

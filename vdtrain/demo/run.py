@@ -9,7 +9,6 @@ point). The data are drawn once (data seed 0); seeds change the model's initiali
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -43,8 +42,8 @@ from vdtrain.demo.settings import (
     demo_settings,
     length_row,
     load_processor,
-    read_jsonl,
 )
+from vdtrain.io import atomic_write_json, read_json, read_jsonl
 
 
 def _init_worker(threads: int, nltk_data: str | None) -> None:
@@ -68,7 +67,7 @@ def train_trunk(ctx: Context, seed: int) -> str:
     """Plain MLE from a random initialisation to the branch point; returns the checkpoint directory."""
     s, out, branch = ctx.settings, ctx.run_dir(seed, "trunk"), ctx.settings.steps // 2
     model = demo_model(load_processor(ctx), s.model, seed=seed)
-    train = json.loads(ctx.paths.meta.read_text())["images"]["train"]
+    train = read_json(ctx.paths.meta)["images"]["train"]
     labels = [sorted({CLASS_INDEX[o["name"]] for o in r["objects"]}) for r in train]
     images = [ctx.paths.image_folder / r["file_name"] for r in train]
     pretrain_vision_tower(
@@ -85,8 +84,9 @@ def train_variant(ctx: Context, seed: int, variant: str, checkpoint: str) -> tup
     """Resume `checkpoint` with `variant`'s loss to the end; returns the model and its training log summary."""
     s, out = ctx.settings, ctx.run_dir(seed, variant)
     options = {"vd_temperature": s.temperature, "vd_noise_step": s.noise_step, **VARIANTS[variant]}
+    model = demo_model(load_processor(ctx), s.model, seed=seed)  # its weights come from `checkpoint` on resume
     trainer = train_demo_model(
-        load_checkpoint_model(checkpoint), load_processor(ctx), ctx.paths.train_json, ctx.paths.image_folder, out,
+        model, load_processor(ctx), ctx.paths.train_json, ctx.paths.image_folder, out,
         seed=seed, steps=s.steps, batch_size=s.batch_size, learning_rate=s.learning_rate, resume_from=checkpoint,
         progress=ctx.progress, **options,
     )  # fmt: skip
@@ -179,7 +179,7 @@ def prepare(root: Path, settings: DemoSettings, nltk_data: str | None) -> Contex
 def _inspect_example(ctx: Context, seed: int) -> tuple[Any, Path, str] | None:
     """Seed's MLE model and its first counterfactual caption that names an absent partner (else the first one)."""
     captions = read_jsonl(ctx.run_dir(seed, "mle") / "captions_counterfactual.jsonl")
-    images = json.loads(ctx.paths.meta.read_text())["images"]["counterfactual"]
+    images = read_json(ctx.paths.meta)["images"]["counterfactual"]
     objects = {r["file_name"]: {o["name"] for o in r["objects"]} for r in images}
     absent = {name: {b for a, b in PAIRS if a in objs and b not in objs} for name, objs in objects.items()}
     named = [c for c in captions if any(b in c["caption"].lower() for b in absent[c["image"]])]
@@ -221,14 +221,14 @@ def run_demo(
             "model": settings.model.describe(),
             "parameters": count_parameters(demo_model(load_processor(ctx), settings.model)),
             "epochs": settings.steps * settings.batch_size / settings.data.n_train,
-            "data_stats": json.loads(ctx.paths.meta.read_text())["stats"],
+            "data_stats": read_json(ctx.paths.meta)["stats"],
         },
         "runs": runs,
     }  # fmt: skip
     example = _inspect_example(ctx, seeds[0])
     figure, note = inspect_figure(root / "figures" / "inspect.png", load_processor(ctx), example, settings.noise_step)
     results["setup"] |= {"wall_time_s": time.time() - start, "load_end": _load()}
-    (root / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    atomic_write_json(root / "results.json", results, indent=1, default=str)
     results["table"] = write_report(root, results, figure, note)
     return results
 

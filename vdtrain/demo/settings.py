@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,8 +87,3 @@ def load_processor(ctx: Context) -> Any:
 
         _PROCESSOR[ctx.root] = LlavaProcessor.from_pretrained(Path(ctx.root) / "processor")
     return _PROCESSOR[ctx.root]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The records of a JSON-lines file."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,6 +1,6 @@
 """Hallucination evaluators the field reports, computed as the papers do: CHAIR (captions) and POPE (yes/no probes).
 
-The library behind `vdtrain eval chair | pope | pope-build`; the exact rules are in the project docs (EVALUATORS.md).
+The library behind `vdtrain eval chair | pope | pope-build`; the exact rules are in docs/evaluators.md.
 """
 
 from .chair import CaptionObjects, Synonyms, evaluate_chair, extract_objects, load_synonyms

@@ -2,7 +2,7 @@
 
 A caption's objects are the COCO synonyms it mentions after lemmatizing and merging double words; an object is
 hallucinated when its category is absent from the image's ground truth (instance annotations plus the objects of the
-reference captions). The reference implementation's quirks are kept on purpose (see EVALUATORS.md, project docs).
+reference captions). The reference implementation's quirks are kept on purpose (see docs/evaluators.md).
 """
 
 from __future__ import annotations

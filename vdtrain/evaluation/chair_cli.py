@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
+
+from vdtrain.io import atomic_write_json
 
 from .chair import evaluate_chair, format_summary, load_synonyms
 from .chair_truth import build_ground_truth, coco_annotation_files
@@ -75,10 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vdtrain eval chair: error: {err}", file=sys.stderr)
         return 1
     output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, output)
+    atomic_write_json(output, result, indent=1)
     unknown = result["overall_metrics"]["num_unknown_images"]
     if unknown:
         print(f"warning: {unknown} image ids are not in the annotations (all their mentions count as hallucinated)")

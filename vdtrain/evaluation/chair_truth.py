@@ -8,6 +8,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from vdtrain.io import atomic_write_json
+
 from .chair import Synonyms, extract_objects, load_synonyms
 from .nltk_check import add_nltk_data_path, require_nltk_data
 
@@ -158,9 +160,6 @@ def build_ground_truth(
         ground_truth.setdefault(image_id, set()).update(categories)
 
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
         payload = {"key": key, "ground_truth": {str(k): sorted(v) for k, v in ground_truth.items()}}
-        tmp = cache.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(payload))
-        os.replace(tmp, cache)
+        atomic_write_json(cache, payload, indent=None)
     return ground_truth

@@ -7,13 +7,11 @@ refused here instead). Parsers other than the default are named after the code b
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .questions import read_records
+from vdtrain.io import atomic_write_json, read_objects
 
 PARSERS = ("pope", "vcd", "opera")
 RATE_METRICS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
@@ -205,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         for questions, answers in _pairs(args):
             name = questions.stem if questions.stem not in splits else str(questions)
             result = evaluate_pope(
-                read_records(questions),
-                read_records(answers),
+                read_objects(questions),
+                read_objects(answers),
                 args.parser,
                 args.answer_key,
                 str(questions),
@@ -223,10 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     report["splits"] = splits
     report["average"] = average_metrics(splits)
     output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, output)
+    atomic_write_json(output, report, indent=1)
     print(format_table(splits, report["average"] if len(splits) > 1 else None))
     print(f"-> {output}")
     return 0

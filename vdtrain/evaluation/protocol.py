@@ -8,7 +8,6 @@ scoring reuses the standalone `vdtrain eval chair | pope` commands, so their out
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from dataclasses import asdict
@@ -20,6 +19,7 @@ import yaml
 from vdtrain.evaluation.generate import DecodingOptions, generate_answers, run_settings
 from vdtrain.evaluation.generate_cli import add_decoding_arguments, decoding_options, load_model
 from vdtrain.evaluation.questions import load_questions, read_answers
+from vdtrain.io import atomic_write_json, atomic_write_jsonl, read_json
 from vdtrain.models.base import ConversationError
 
 CONFIG_KEYS = {
@@ -110,7 +110,7 @@ def _score(config: dict, args: argparse.Namespace, pairs: dict[str, tuple[Path, 
         argv += ["--cache-dir", args.cache_dir] if args.cache_dir else []
         if chair_cli.main(argv):
             raise RuntimeError("CHAIR scoring failed (see the error above)")
-        return json.loads(report.read_text())["overall_metrics"]
+        return read_json(report)["overall_metrics"]
     from vdtrain.evaluation import pope
 
     report = out / "pope.json"
@@ -119,7 +119,7 @@ def _score(config: dict, args: argparse.Namespace, pairs: dict[str, tuple[Path, 
         argv += ["--questions", str(questions), "--answers", str(answers)]
     if pope.main(argv):
         raise RuntimeError("POPE scoring failed (see the error above)")
-    result = json.loads(report.read_text())
+    result = read_json(report)
     names = {str(Path(q).stem): name for name, (q, _) in pairs.items()}
     metrics = {names.get(key, key): split["metrics"] for key, split in result["splits"].items()}
     return {**metrics, "average": result["average"]}
@@ -154,7 +154,7 @@ def run_protocol(config: dict, args: argparse.Namespace) -> dict:
             questions = questions[: args.limit]
             question_path = out / "questions" / f"{Path(question_file).stem}.jsonl"
             question_path.parent.mkdir(exist_ok=True)
-            question_path.write_text("".join(json.dumps(q) + "\n" for q in questions))
+            atomic_write_jsonl(question_path, questions)
         answers = out / "answers" / f"{Path(question_file).stem}.jsonl"
         answered = {str(a.get("question_id")) for a in read_answers(answers)}
         if args.overwrite or any(str(q["question_id"]) not in answered for q in questions):
@@ -181,9 +181,7 @@ def run_protocol(config: dict, args: argparse.Namespace) -> dict:
         "answers": {name: str(answers) for name, (_, answers) in pairs.items()},
         "metrics": metrics,
     }
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, out / "summary.json")
+    atomic_write_json(out / "summary.json", summary, indent=1)
     return summary
 
 

@@ -2,38 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from vdtrain.io import read_objects, resume_jsonl
+
 FORMATS = ("pope", "chair", "images")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _COCO_NAME = re.compile(r"^(?:COCO_[A-Za-z]+\d{4}_)?(\d+)\.(?:jpg|jpeg|png)$", re.IGNORECASE)
-
-
-def read_records(path: str | os.PathLike) -> list[dict]:
-    """Read a `.jsonl` file or a `.json` list of objects (POPE's `.json` files are jsonl)."""
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not a JSON list ({error})") from None
-    else:
-        records = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{number}: not a JSON line ({err.msg})") from None
-    if not all(isinstance(r, dict) for r in records):
-        raise ValueError(f"{path}: expected JSON objects, one per line or in a list")
-    return records
 
 
 _IMAGE_FILE_ID = re.compile(r"(\d+)\.[A-Za-z]+$")
@@ -67,9 +46,9 @@ def load_captions(
         questions (`str` or `os.PathLike`, *optional*): a question file mapping `question_id` to `image`, for answer
             files (LLaVA's `model_vqa`) that carry neither an image id nor an image name.
     """
-    image_of = {str(q["question_id"]): q.get("image") for q in read_records(questions)} if questions else {}
+    image_of = {str(q["question_id"]): q.get("image") for q in read_objects(questions)} if questions else {}
     captions = []
-    for number, record in enumerate(read_records(path), 1):
+    for number, record in enumerate(read_objects(path), 1):
         where = f"{path}: record {number}" + (
             f" (question_id {record['question_id']})" if "question_id" in record else ""
         )
@@ -121,7 +100,7 @@ def load_questions(
         records = [{"question_id": name, "image": name} for name in names]
         fmt = fmt or "images"
     else:
-        records = read_records(path)
+        records = read_objects(path)
         fmt = fmt or ("pope" if any("label" in record for record in records) else "chair")
     if fmt not in FORMATS:
         raise ValueError(f"question format must be one of {FORMATS}, got {fmt!r}")
@@ -161,28 +140,7 @@ def resolve_image(image_folder: str | os.PathLike, name: str) -> Path:
 
 def read_answers(path: str | os.PathLike) -> list[dict]:
     """Answers already in `path`; a truncated last line (a run killed mid-write) is cut off the file."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    records, offset = [], 0
-    lines = data.split(b"\n")
-    for number, line in enumerate(lines, 1):
-        complete = number < len(lines)  # the last piece has no newline after it
-        try:
-            record = json.loads(line) if line.strip() else None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            record = ...
-        if record is ... or (record is not None and not complete):
-            if complete and any(rest.strip() for rest in lines[number:]):
-                raise ValueError(f"{path}:{number}: not a JSON line; the answers file is damaged before its end")
-            with open(path, "r+b") as handle:  # drop the unfinished record; it is generated again
-                handle.truncate(offset)
-            break
-        if record is not None:
-            records.append(record)
-        offset += len(line) + 1
-    return records
+    return resume_jsonl(path)
 
 
 def answer_record(question: Mapping[str, Any], fmt: str, question_text: str, text: str) -> dict:

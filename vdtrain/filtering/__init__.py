@@ -1,6 +1,5 @@
 """Offline data filtering by visual dependence (thesis 5.4.5): score every sample, remove a fraction, report."""
 
-from vdtrain.filtering.io import read_records, write_records
 from vdtrain.filtering.report import plot_histogram, score_quantiles, write_report
 from vdtrain.filtering.runs import RunMismatchError
 from vdtrain.filtering.scoring import (
@@ -18,7 +17,6 @@ __all__ = [
     "collate_samples",
     "plot_histogram",
     "prepare_sample",
-    "read_records",
     "removal_count",
     "sample_generator",
     "score_batch",
@@ -26,6 +24,5 @@ __all__ = [
     "score_quantiles",
     "select_dataset",
     "select_removed",
-    "write_records",
     "write_report",
 ]

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from vdtrain.data.conversations import ROLES
-from vdtrain.filtering.io import atomic_write_json
+from vdtrain.io import atomic_write_json
 
 SUMMARY_FILE = "summary.json"
 HISTOGRAM_FILE = "score_hist.png"

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vdtrain.filtering.io import atomic_write_json, read_jsonl
+from vdtrain.io import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
 
 SCORES_FILE = "scores.jsonl"
 ERRORS_FILE = "errors.jsonl"
@@ -55,7 +54,7 @@ def barrier(world_size: int) -> None:
 def scored_indices(output_dir: Path) -> set[int]:
     """Indices already scored in `output_dir` (merged file and per-rank files; a truncated last line is ignored)."""
     paths = [output_dir / SCORES_FILE, *sorted(output_dir.glob("scores.rank*.jsonl"))]
-    return {int(row["index"]) for path in paths for row in read_jsonl(path)}
+    return {int(row["index"]) for path in paths for row in read_jsonl(path, missing_ok=True, skip_bad_lines=True)}
 
 
 def merge_rank_files(output_dir: Path, stem: str) -> list[dict[str, Any]]:
@@ -63,13 +62,10 @@ def merge_rank_files(output_dir: Path, stem: str) -> list[dict[str, Any]]:
     rank_paths = sorted(output_dir.glob(f"{stem}.rank*.jsonl"))
     rows: dict[int, dict[str, Any]] = {}
     for path in [output_dir / f"{stem}.jsonl", *rank_paths]:
-        for row in read_jsonl(path):
+        for row in read_jsonl(path, missing_ok=True, skip_bad_lines=True):
             rows.setdefault(int(row["index"]), row)
     merged = [rows[index] for index in sorted(rows)]
-    tmp = output_dir / f".{stem}.jsonl.tmp"
-    with open(tmp, "w") as handle:
-        handle.writelines(json.dumps(row) + "\n" for row in merged)
-    os.replace(tmp, output_dir / f"{stem}.jsonl")
+    atomic_write_jsonl(output_dir / f"{stem}.jsonl", merged)
     for path in rank_paths:
         path.unlink()
     return merged
@@ -79,7 +75,7 @@ def check_run(output_dir: Path, info: dict[str, Any], is_main: bool) -> None:
     """Refuse an output directory scored by another run; the main process records this run in `run.json`."""
     path = output_dir / RUN_FILE
     if path.is_file():
-        previous = json.loads(path.read_text())
+        previous = read_json(path)
         changed = [
             f"{field}: {previous.get(field)!r} there, {info.get(field)!r} now"
             for field in CHECKED_FIELDS

@@ -16,9 +16,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from vdtrain.data.conversations import image_path, load_image, to_messages
-from vdtrain.dependence import IGNORE_INDEX, POSITIVE_THRESHOLD, row_logprobs, visual_dependence
-from vdtrain.filtering.io import append_jsonl, read_records, repair_jsonl
+from vdtrain.data.conversations import image_path, load_image
+from vdtrain.data.dataset import VDDataCollator, encode_record, example_features
+from vdtrain.data.keys import HAS_IMAGE, LOSS_ONLY_KEYS
+from vdtrain.dependence import IGNORE_INDEX, POSITIVE_THRESHOLD, visual_dependence
 from vdtrain.filtering.runs import (
     ERRORS_FILE,
     barrier,
@@ -28,7 +29,9 @@ from vdtrain.filtering.runs import (
     merge_rank_files,
     scored_indices,
 )
-from vdtrain.models.base import ModelAdapter, _tokenizer, accepts_logits_mask, get_adapter, unwrap_model
+from vdtrain.forward import no_grad_logprobs
+from vdtrain.io import append_jsonl, read_records, repair_jsonl
+from vdtrain.models.base import ModelAdapter, accepts_logits_mask, get_adapter, pad_token_id, unwrap_model
 from vdtrain.noise import add_diffusion_noise, seeded_generator
 
 logger = logging.getLogger(__name__)
@@ -54,23 +57,17 @@ def prepare_sample(
     try:
         if not isinstance(record, dict):
             raise ValueError(f"{source}: record {index} is a {type(record).__name__}, not a JSON object")
-        messages = to_messages(record, source)
+        record = {**record, "id": sample_id}
         path = image_path(record, image_folder)
-        image, num_image_tokens = None, 0
-        if path is not None:
-            image = load_image(path, sample_id)
-            num_image_tokens = adapter.num_image_tokens(processor, image.size)
-        image_id = adapter.image_token_id(processor)
-        examples = []
-        for example in adapter.encode(messages, processor, num_image_tokens, sample_id=sample_id):
-            truncated = example.truncate(max_length)
-            if path is not None and sum(token == image_id for token in truncated.input_ids) != num_image_tokens:
-                raise ValueError(
-                    f"{source}: sample {sample_id!r}: truncation to max_length={max_length} cuts its image tokens "
-                    f"({len(example.input_ids)} tokens); raise --max-length"
-                )
-            if truncated.num_supervised:
-                examples.append(truncated)
+        image = load_image(path, sample_id) if path is not None else None
+        encoded = encode_record(record, adapter, processor, image_folder, max_length, source, image=image)
+        cut_image = next((tokens for tokens, _, cuts_image in encoded.dropped if cuts_image), None)
+        if cut_image is not None:
+            raise ValueError(
+                f"{source}: sample {sample_id!r}: truncation to max_length={max_length} cuts its image tokens "
+                f"({cut_image} tokens); raise --max-length"
+            )
+        examples = encoded.examples
         if not examples:
             raise ValueError(
                 f"{source}: sample {sample_id!r}: nothing supervised after truncation to max_length={max_length}; "
@@ -88,42 +85,31 @@ def prepare_sample(
 
 
 def collate_samples(samples: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
-    """Right-pad every example of the scorable samples into one batch; each example gets its sample's image.
+    """Collate every example of the scorable samples with the training collator; each example gets its sample's image.
 
     Returns `{"inputs": model inputs with labels, "noise", "owner": (E,) sample position of each example,
-    "has_image": (E,), "samples": the scorable samples, "errors": the failed ones}`.
+    HAS_IMAGE: (E,), "samples": the scorable samples, "errors": the failed ones}`.
     """
     ok = [sample for sample in samples if "error" not in sample]
     errors = [sample for sample in samples if "error" in sample]
-    examples, owner, has_image, images, noises = [], [], [], [], []
+    features, owner, noises = [], [], []
     for position, sample in enumerate(ok):
         for example in sample["examples"]:
-            examples.append(example)
+            features.append(example_features(example, sample["image_inputs"]))
             owner.append(position)
-            has_image.append(sample["image_inputs"] is not None)
             if sample["image_inputs"] is not None:
-                images.append(sample["image_inputs"])
                 noises.append(sample["noise"])
     batch: dict[str, Any] = {"samples": ok, "errors": errors, "inputs": {}, "noise": None}
-    if not examples:
+    if not features:
         return batch
-    length = max(len(example.input_ids) for example in examples)
-
-    def padded(rows: list[list[int]], pad: int) -> torch.Tensor:
-        return torch.tensor([row + [pad] * (length - len(row)) for row in rows], dtype=torch.long)
-
-    inputs = {
-        "input_ids": padded([e.input_ids for e in examples], pad_token_id),
-        "attention_mask": padded([[1] * len(e.input_ids) for e in examples], 0),
-        "labels": padded([e.labels for e in examples], IGNORE_INDEX),
-    }
-    for key in examples[0].extra:
-        inputs[key] = padded([e.extra[key] for e in examples], 0)
-    for key in images[0] if images else ():
-        inputs[key] = torch.cat([image[key] for image in images], dim=0)
+    inputs = VDDataCollator(pad_token_id)(features)
+    has_image = inputs[HAS_IMAGE]
+    for key in LOSS_ONLY_KEYS:  # the scorer's forward takes model inputs only
+        inputs.pop(key)
     if noises and all(noise is not None for noise in noises):
         batch["noise"] = torch.cat(noises, dim=0)
-    batch.update(inputs=inputs, owner=torch.tensor(owner), has_image=torch.tensor(has_image))
+    batch.update(inputs=inputs, owner=torch.tensor(owner))
+    batch[HAS_IMAGE] = has_image
     return batch
 
 
@@ -136,18 +122,6 @@ def approximate_length(record: Any) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- the hot path
-@torch.no_grad()
-def supervised_logprobs(model: torch.nn.Module, inputs: dict[str, torch.Tensor], logits_mask: bool) -> torch.Tensor:
-    """`(N,)` float32 log-probabilities of the supervised targets of `inputs` (with `labels`), in row-major order."""
-    labels = inputs["labels"]
-    targets_at = torch.nn.functional.pad(labels[:, 1:] != IGNORE_INDEX, (0, 1), value=False)  # (E, L)
-    model_inputs = {key: value for key, value in inputs.items() if key != "labels"}
-    logits = model(**model_inputs, **({"logits_to_keep": targets_at} if logits_mask else {})).logits
-    if logits.dim() == 3:  # the model ignored the mask
-        logits = logits[targets_at]  # (N, V)
-    return row_logprobs(logits, labels[:, 1:][targets_at[:, :-1]])
-
-
 @torch.no_grad()
 def score_batch(
     model: torch.nn.Module, batch: dict[str, Any], *, noise_step: int, pixel_key: str, logits_mask: bool = True
@@ -162,16 +136,16 @@ def score_batch(
     pixels = inputs.get(pixel_key)
     if pixels is not None and pixels.is_floating_point():
         inputs[pixel_key] = pixels.to(dtype)
-    logp_clean = supervised_logprobs(model, inputs, logits_mask)  # (N,)
+    labels = inputs.pop("labels")
+    logp_clean = no_grad_logprobs(model, inputs, labels, logits_mask)  # (N,)
     if pixels is None:
         d = torch.zeros_like(logp_clean)
     else:
         noise = batch["noise"].to(device, non_blocking=True)
         inputs[pixel_key] = add_diffusion_noise(pixels.float(), noise_step, noise=noise).to(dtype)  # f32 math
-        d = visual_dependence(logp_clean, supervised_logprobs(model, inputs, logits_mask))
-    labels = inputs["labels"]
+        d = visual_dependence(logp_clean, no_grad_logprobs(model, inputs, labels, logits_mask))
     rows = (labels[:, 1:] != IGNORE_INDEX).nonzero()[:, 0]  # (N,) example of each target, row-major
-    d = d * batch["has_image"].to(device)[rows]
+    d = d * batch[HAS_IMAGE].to(device)[rows]
     values = torch.stack([d, torch.ones_like(d), d > POSITIVE_THRESHOLD, d < -POSITIVE_THRESHOLD], dim=1)
     stats = torch.zeros(len(batch["samples"]), 4, dtype=torch.float64, device=device)
     return stats.index_add_(0, batch["owner"].to(device)[rows], values.double())  # (S, 4)
@@ -288,7 +262,7 @@ def score_dataset(
         for path in [output_dir / ERRORS_FILE, *output_dir.glob("errors.rank*.jsonl")]:
             path.unlink(missing_ok=True)
     barrier(world)
-    records, _ = read_records(data)
+    records = read_records(data)
     done = scored_indices(output_dir)
     barrier(world)  # every process has read the same `done` before anyone appends
     todo = [index for index in range(len(records)) if index not in done]
@@ -298,8 +272,7 @@ def score_dataset(
     if is_main:
         logger.info("vdtrain filter: %d samples, %d already scored, %d to score", len(records), len(done), len(todo))
 
-    tokenizer = _tokenizer(processor)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(processor)
     dataset = _Samples(records, mine, adapter, processor, image_folder, max_length, seed, str(data))
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, collate_fn=_Collate(pad), num_workers=num_workers,

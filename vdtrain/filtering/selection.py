@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
 from pathlib import Path
 from typing import Any
 
-from vdtrain.filtering.io import read_jsonl, read_records, write_records
 from vdtrain.filtering.runs import ERRORS_FILE, RUN_FILE, file_sha256
+from vdtrain.io import read_json, read_jsonl, read_records, records_format, write_records
 
 STRATEGIES = ("lowest", "highest", "random")
 
@@ -44,7 +43,7 @@ def _check_scores_match(
 ) -> None:
     run_file = scores_path.parent / RUN_FILE
     if run_file.is_file():
-        recorded = json.loads(run_file.read_text()).get("data_sha256")
+        recorded = read_json(run_file).get("data_sha256")
         if recorded and recorded != file_sha256(data):
             raise ValueError(
                 f"{scores_path} scores another data file than {data} ({run_file} records sha256 {recorded[:12]}..., "
@@ -104,9 +103,9 @@ def select_dataset(
         raise FileNotFoundError(f"scores file {scores_path} does not exist; run `vdtrain filter score` first")
     if output.resolve() == data.resolve() or removed_path.resolve() in (data.resolve(), output.resolve()):
         raise ValueError(f"--output {output} / removed {removed_path} would overwrite {data}; choose other paths")
-    rows = read_jsonl(scores_path)
-    errors = read_jsonl(scores_path.parent / ERRORS_FILE)
-    records, fmt = read_records(data)
+    rows = read_jsonl(scores_path, skip_bad_lines=True)
+    errors = read_jsonl(scores_path.parent / ERRORS_FILE, missing_ok=True, skip_bad_lines=True)
+    records, fmt = read_records(data), records_format(data)
     _check_scores_match(rows, errors, records, scores_path, data)
     removed_indices = select_removed(rows, strategy, fraction, seed)
     removed_set = set(removed_indices)

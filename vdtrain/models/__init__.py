@@ -7,7 +7,6 @@ from vdtrain.models.base import (
     ModelAdapter,
     get_adapter,
     register_adapter,
-    registered_adapters,
 )
 from vdtrain.models.bunny_adapter import BunnyAdapter
 from vdtrain.models.generic import ChatTemplateAdapter, Gemma3Adapter, Qwen2VLAdapter
@@ -26,5 +25,4 @@ __all__ = [
     "Qwen2VLAdapter",
     "get_adapter",
     "register_adapter",
-    "registered_adapters",
 ]

@@ -1,4 +1,8 @@
-"""The adapter interface: everything vdtrain needs to know about one model family, and a registry by model_type."""
+"""The adapter interface: everything vdtrain needs to know about one model family, and a registry by model_type.
+
+The registry is filled by the adapter modules themselves (`register_adapter`, `register_fallback_adapter`), which
+`vdtrain/models/__init__.py` imports; this module imports none of them.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,10 @@ from typing import Any
 import torch
 from PIL import Image
 
-IGNORE_INDEX = -100
+from vdtrain.dependence import IGNORE_INDEX
+
 _ADAPTERS: dict[str, type[ModelAdapter]] = {}
+_FALLBACK: list[type[ModelAdapter]] = []  # the adapter for processors with a chat template (models/generic.py)
 
 
 class ConversationError(ValueError):
@@ -49,15 +55,18 @@ def register_adapter(*model_types: str) -> Callable[[type[ModelAdapter]], type[M
     return decorator
 
 
-def registered_adapters() -> dict[str, type[ModelAdapter]]:
-    """model_type -> adapter class."""
-    return dict(_ADAPTERS)
+def register_fallback_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
+    """Class decorator: use this adapter for unregistered model types whose processor has a chat template."""
+    _FALLBACK[:] = [cls]
+    return cls
 
 
 def get_adapter(model_or_config: Any, processor: Any = None) -> ModelAdapter:
-    """The adapter of a model (or config, or model_type string); the generic chat-template one as a fallback."""
-    import vdtrain.models  # noqa: F401  (registers the built-in adapters)
+    """The adapter of a model (or config, or model_type string); the generic chat-template one as a fallback.
 
+    The built-in adapters are registered by the time this runs: importing `vdtrain.models.base` imports the
+    `vdtrain.models` package first, and that imports every adapter module.
+    """
     config = getattr(model_or_config, "config", model_or_config)
     model_type = config if isinstance(config, str) else getattr(config, "model_type", None)
     if model_type in _ADAPTERS:
@@ -65,10 +74,8 @@ def get_adapter(model_or_config: Any, processor: Any = None) -> ModelAdapter:
     template = getattr(processor, "chat_template", None) or getattr(
         getattr(processor, "tokenizer", None), "chat_template", None
     )
-    if processor is not None and template:
-        from vdtrain.models.generic import ChatTemplateAdapter
-
-        return ChatTemplateAdapter()
+    if processor is not None and template and _FALLBACK:
+        return _FALLBACK[0]()
     raise ValueError(
         f"vdtrain has no adapter for model_type {model_type!r} and its processor has no chat template. "
         "Register one: subclass vdtrain.models.ModelAdapter and decorate it with "
@@ -96,10 +103,10 @@ class ModelAdapter:
 
     def end_of_turn_id(self, processor: Any) -> int:
         """Token id that closes an assistant turn (supervised and flagged)."""
-        return _tokenizer(processor).eos_token_id
+        return tokenizer_of(processor).eos_token_id
 
     def image_token_id(self, processor: Any) -> int | None:
-        tokenizer = _tokenizer(processor)
+        tokenizer = tokenizer_of(processor)
         token = getattr(processor, "image_token", None) or getattr(tokenizer, "image_token", None) or "<image>"
         token_id = tokenizer.convert_tokens_to_ids(token)
         return None if token_id == tokenizer.unk_token_id else token_id
@@ -135,9 +142,7 @@ class ModelAdapter:
 
     def generation_inputs(self, processor: Any, prompts: list[str], images: list[Image.Image]) -> dict:
         """Left-padded generation batch of prompts (from `prompt`) and their images."""
-        tokenizer = _tokenizer(processor)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+        tokenizer = tokenizer_of(processor, ensure_pad=True)
         side, tokenizer.padding_side = tokenizer.padding_side, "left"
         try:
             return dict(processor(text=prompts, images=images or None, return_tensors="pt", padding=True))
@@ -145,8 +150,26 @@ class ModelAdapter:
             tokenizer.padding_side = side
 
 
-def _tokenizer(processor: Any) -> Any:
-    return getattr(processor, "tokenizer", processor)
+def tokenizer_of(processor: Any, *, ensure_pad: bool = False) -> Any:
+    """The tokenizer inside a processor (or the tokenizer itself).
+
+    Args:
+        ensure_pad (`bool`, defaults to `False`): give a tokenizer without a pad token its unk (else eos) token as
+            one, as batched generation needs (Llama-style tokenizers ship none; left padding masks it anyway).
+    """
+    tokenizer = getattr(processor, "tokenizer", processor)
+    if ensure_pad and tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
+
+
+def pad_token_id(processor: Any) -> int:
+    """The id batches are right-padded with: the pad token's, else eos (attention masks come from lengths)."""
+    tokenizer = tokenizer_of(processor)
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+_tokenizer = tokenizer_of  # old private name, imported by vdtrain/inspect.py until it imports tokenizer_of
 
 
 def tokenize_spans(

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vdtrain.models.base import Example, ModelAdapter, _tokenizer, register_adapter, tokenize_spans
+from vdtrain.models.base import Example, ModelAdapter, pad_token_id, register_adapter, tokenize_spans, tokenizer_of
 from vdtrain.models.llava import VICUNA_SYSTEM, examples_from_pieces, vicuna_pieces
 
 BUNNY_MODEL_TYPE = "vdtrain_bunny"
@@ -52,13 +52,13 @@ class BunnyAdapter(ModelAdapter):
 
     def end_of_turn_id(self, processor: Any) -> int:
         """`<|end_of_text|>` (128001), Bunny's `sep2`; not `<|eot_id|>`, which Bunny never trains."""
-        return _tokenizer(processor).convert_tokens_to_ids(END_OF_TEXT)
+        return tokenizer_of(processor).convert_tokens_to_ids(END_OF_TEXT)
 
     def image_placeholder(self, processor: Any) -> str:
         return getattr(processor, "image_token", None) or IMAGE_TOKEN
 
     def image_token_id(self, processor: Any) -> int | None:
-        return _tokenizer(processor).convert_tokens_to_ids(self.image_placeholder(processor))
+        return tokenizer_of(processor).convert_tokens_to_ids(self.image_placeholder(processor))
 
     def num_image_tokens(self, processor: Any, image_size: tuple[int, int]) -> int:
         """`image_seq_length` when the processor states it, else measured on the processor."""
@@ -86,14 +86,14 @@ class BunnyAdapter(ModelAdapter):
     def generation_inputs(self, processor: Any, prompts: list[str], images: list[Image.Image]) -> dict:
         """Left-padded prompts tokenised as in training (explicit BOS, image token expanded here, not by the
         processor, so any image processor serves) plus the images' pixels."""
-        tokenizer, image_id = _tokenizer(processor), self.image_token_id(processor)
+        tokenizer, image_id = tokenizer_of(processor), self.image_token_id(processor)
         count = self.num_image_tokens(processor, images[0].size) if images else 0
         rows = []
         for prompt in prompts:
             ids, _ = tokenize_spans(tokenizer, [(prompt, False)])
             rows.append([t for token in ids for t in ([token] * count if token == image_id else [token])])
         length = max(map(len, rows))
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad = pad_token_id(processor)
         batch: dict[str, torch.Tensor] = {
             "input_ids": torch.tensor([[pad] * (length - len(row)) + row for row in rows]),
             "attention_mask": torch.tensor([[0] * (length - len(row)) + [1] * len(row) for row in rows]),

@@ -7,7 +7,15 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vdtrain.models.base import IGNORE_INDEX, ConversationError, Example, ModelAdapter, _tokenizer, register_adapter
+from vdtrain.dependence import IGNORE_INDEX
+from vdtrain.models.base import (
+    ConversationError,
+    Example,
+    ModelAdapter,
+    register_adapter,
+    register_fallback_adapter,
+    tokenizer_of,
+)
 
 _SENTINEL = "VDTRAINSENTINEL"
 # Per-model_type defaults (PEFT-style table); unknown model types get the ModelAdapter defaults.
@@ -33,6 +41,9 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
 def allow_processors_without_torchvision() -> None:
     """Let processors with a video slot (Qwen2-VL's) be built and loaded when torchvision is not installed.
 
+    Call it before constructing or loading such a processor (`load_model_and_processor` does); it changes
+    transformers' module state for the whole process, so it is never run as a side effect of an import.
+
     transformers exports `VideoProcessorMixin`, which `ProcessorMixin` checks every video processor against, only
     when torchvision imports; torchvision from PyPI does not import beside torch 2.13, so Qwen2-VL processors would
     fail to construct. Registering the (torchvision-free) mixin where the check looks for it is enough.
@@ -48,9 +59,7 @@ def allow_processors_without_torchvision() -> None:
     module.VideoProcessorMixin = VideoProcessorMixin
 
 
-allow_processors_without_torchvision()
-
-
+@register_fallback_adapter
 class ChatTemplateAdapter(ModelAdapter):
     """The model's own chat template, with only assistant turns (and their closing token) supervised.
 
@@ -72,11 +81,11 @@ class ChatTemplateAdapter(ModelAdapter):
 
     # ------------------------------------------------------------------ template probing
     def _render(self, processor: Any, chat: list[dict], add_generation_prompt: bool = False) -> str:
-        owner = processor if getattr(processor, "chat_template", None) else _tokenizer(processor)
+        owner = processor if getattr(processor, "chat_template", None) else tokenizer_of(processor)
         return owner.apply_chat_template(chat, tokenize=False, add_generation_prompt=add_generation_prompt)
 
     def _template(self, processor: Any) -> str:
-        template = getattr(processor, "chat_template", None) or _tokenizer(processor).chat_template
+        template = getattr(processor, "chat_template", None) or tokenizer_of(processor).chat_template
         if isinstance(template, dict):
             template = template.get("default", next(iter(template.values())))
         return template
@@ -91,9 +100,9 @@ class ChatTemplateAdapter(ModelAdapter):
             image_text = with_image[start : len(with_image) - end]
             rendered = self._render(processor, [_user("Q"), _assistant(_SENTINEL)])
             after = rendered[rendered.index(_SENTINEL) + len(_SENTINEL) :]
-            closer, closer_id = "", _tokenizer(processor).eos_token_id
+            closer, closer_id = "", tokenizer_of(processor).eos_token_id
             if after:
-                encoded = _tokenizer(processor)(after, add_special_tokens=False, return_offsets_mapping=True)
+                encoded = tokenizer_of(processor)(after, add_special_tokens=False, return_offsets_mapping=True)
                 closer, closer_id = after[: encoded["offset_mapping"][0][1]], encoded["input_ids"][0]
             self.__dict__["_probed"] = {"image_text": image_text, "closer": closer, "closer_id": closer_id}
         return self.__dict__["_probed"]
@@ -104,9 +113,9 @@ class ChatTemplateAdapter(ModelAdapter):
 
     def image_token_id(self, processor: Any) -> int | None:
         """The id the processor repeats per image (Gemma-3: `<image_soft_token>`, not its `image_token` `<boi>`)."""
-        for owner in (_tokenizer(processor), processor):  # Gemma3Processor.image_token_id is the <boi> id
+        for owner in (tokenizer_of(processor), processor):  # Gemma3Processor.image_token_id is the <boi> id
             token_id = getattr(owner, "image_token_id", None)
-            if isinstance(token_id, int) and token_id != _tokenizer(processor).unk_token_id:
+            if isinstance(token_id, int) and token_id != tokenizer_of(processor).unk_token_id:
                 return token_id
         return super().image_token_id(processor)
 
@@ -120,7 +129,7 @@ class ChatTemplateAdapter(ModelAdapter):
         if not self.image_tokens_depend_on_size:
             image_size = (64, 64) if not cache else next(iter(cache))
         if image_size not in cache:
-            tokenizer = _tokenizer(processor)
+            tokenizer = tokenizer_of(processor)
             batch = processor(
                 text=self.image_placeholder(processor), images=Image.new("RGB", image_size),
                 add_special_tokens=False, return_tensors="pt",
@@ -140,7 +149,7 @@ class ChatTemplateAdapter(ModelAdapter):
         if count in self._expansions:
             return self._expansions[count]
         image_text = self.image_placeholder(processor)
-        token = _tokenizer(processor).convert_ids_to_tokens(self.image_token_id(processor))
+        token = tokenizer_of(processor).convert_ids_to_tokens(self.image_token_id(processor))
         if token and token in image_text:
             return image_text.replace(token, token * count)
         raise ConversationError(
@@ -167,7 +176,7 @@ class ChatTemplateAdapter(ModelAdapter):
             shift = len(expanded) - len(probe["image_text"])
             text = text[:at] + expanded + text[at + len(probe["image_text"]) :]
             spans = [(start + shift, end + shift) if start >= at else (start, end) for start, end in spans]
-        tokenizer = _tokenizer(processor)
+        tokenizer = tokenizer_of(processor)
         encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         eot_id, image_id = probe["closer_id"], self.image_token_id(processor)
         input_ids, labels, eot = list(encoded["input_ids"]), [], []
@@ -185,7 +194,7 @@ class ChatTemplateAdapter(ModelAdapter):
         if "{% generation %}" in template or "{%- generation %}" in template:
             from transformers.utils.chat_template_utils import render_jinja_template
 
-            tokenizer = _tokenizer(processor)
+            tokenizer = tokenizer_of(processor)
             rendered, generation = render_jinja_template(
                 conversations=[chat], chat_template=template, return_assistant_tokens_mask=True,
                 **tokenizer.special_tokens_map,
@@ -223,7 +232,7 @@ class ChatTemplateAdapter(ModelAdapter):
 
     def generation_inputs(self, processor: Any, prompts: list[str], images: list[Image.Image]) -> dict:
         """Left-padded prompts (already holding the template's BOS, so none is added) and their images."""
-        _tokenizer(processor).padding_side = "left"
+        tokenizer_of(processor).padding_side = "left"
         return dict(
             processor(text=prompts, images=images or None, return_tensors="pt", padding=True, add_special_tokens=False)
         )

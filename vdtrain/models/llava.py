@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from vdtrain.dependence import IGNORE_INDEX
 from vdtrain.models.base import (
-    IGNORE_INDEX,
     ConversationError,
     Example,
     ModelAdapter,
-    _tokenizer,
     register_adapter,
     tokenize_spans,
+    tokenizer_of,
 )
 
 VICUNA_SYSTEM = (
@@ -48,7 +48,7 @@ def examples_from_pieces(
     processor: Any, pieces: list[tuple[str, bool]], eot_id: int, image_id: int | None, num_image_tokens: int
 ) -> Example:
     """Tokenise pieces once, expand each image token to `num_image_tokens` copies, mask and flag end-of-turn."""
-    ids, supervised = tokenize_spans(_tokenizer(processor), pieces)
+    ids, supervised = tokenize_spans(tokenizer_of(processor), pieces)
     input_ids, labels, eot = [], [], []
     for token, is_supervised in zip(ids, supervised):
         repeat = num_image_tokens if image_id is not None and token == image_id else 1
@@ -71,7 +71,7 @@ class LlavaAdapter(ModelAdapter):
     image_tokens_depend_on_size = False
 
     def encode(self, messages, processor, num_image_tokens, sample_id="?"):
-        tokenizer = _tokenizer(processor)
+        tokenizer = tokenizer_of(processor)
         pieces = vicuna_pieces(messages, self.image_placeholder(processor), tokenizer.eos_token, sample_id=sample_id)
         eot_id = self.end_of_turn_id(processor)
         return [examples_from_pieces(processor, pieces, eot_id, self.image_token_id(processor), num_image_tokens)]

@@ -7,7 +7,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vdtrain.models.base import IGNORE_INDEX, ConversationError, Example, ModelAdapter, _tokenizer, register_adapter
+from vdtrain.dependence import IGNORE_INDEX
+from vdtrain.models.base import ConversationError, Example, ModelAdapter, register_adapter, tokenizer_of
 
 TOKEN_TYPE_IDS = "token_type_ids"
 
@@ -37,7 +38,7 @@ class PaliGemmaAdapter(ModelAdapter):
         self, messages: list[dict[str, str]], processor: Any, num_image_tokens: int, sample_id: str = "?"
     ) -> list[Example]:
         """One prefix/suffix example per assistant turn (see the class docstring)."""
-        tokenizer = _tokenizer(processor)
+        tokenizer = tokenizer_of(processor)
         image_token = self.image_placeholder(processor)
         has_image = any("<image>" in message["content"] for message in messages)
         examples, question = [], None
@@ -74,7 +75,7 @@ class PaliGemmaAdapter(ModelAdapter):
 
     def generation_inputs(self, processor: Any, prompts: list[str], images: list[Image.Image]) -> dict:
         """Left-padded prefixes (no suffix) with `token_type_ids` all 0, as PaliGemma generates."""
-        tokenizer = _tokenizer(processor)
+        tokenizer = tokenizer_of(processor)
         tokenizer.padding_side = "left"
         batch = dict(processor(text=prompts, images=images, return_tensors="pt", padding=True))
         batch.pop("labels", None)

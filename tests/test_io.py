@@ -1,0 +1,75 @@
+"""vdtrain.io: errors that name the file and line, atomic writes, and resuming a JSONL file a killed run left."""
+
+import json
+
+import pytest
+
+from vdtrain.io import (
+    append_jsonl,
+    atomic_write_json,
+    read_json,
+    read_jsonl,
+    read_objects,
+    read_records,
+    records_format,
+    repair_jsonl,
+    resume_jsonl,
+    write_records,
+)
+
+
+def test_read_errors_name_the_file_and_line(tmp_path):
+    bad_list = tmp_path / "list.json"
+    bad_list.write_text('[\n  {"a": 1},\n  {"a": 2,}\n]')
+    with pytest.raises(ValueError, match=r"list\.json, line 3: not valid JSON"):
+        read_records(bad_list)
+    bad_lines = tmp_path / "rows.jsonl"
+    bad_lines.write_text('{"a": 1}\n\n{"a": \n')
+    with pytest.raises(ValueError, match=r"rows\.jsonl, line 3: not a JSON line"):
+        read_jsonl(bad_lines)
+    assert read_jsonl(bad_lines, skip_bad_lines=True) == [{"a": 1}]
+    assert read_jsonl(tmp_path / "absent.jsonl", missing_ok=True) == []
+    with pytest.raises(FileNotFoundError, match="absent.json does not exist"):
+        read_records(tmp_path / "absent.json")
+    scalars = tmp_path / "scalars.jsonl"
+    scalars.write_text('{"a": 1}\n3\n')
+    with pytest.raises(ValueError, match=r"scalars\.jsonl: record 2 is a int; expected JSON objects"):
+        read_objects(scalars)
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_write_records_round_trips_in_its_format(tmp_path, fmt):
+    records = [{"id": "0", "text": "caf\u00e9"}, {"id": "1", "text": "x"}]
+    path = tmp_path / "sub" / f"data.{fmt}"
+    write_records(path, records, fmt)
+    assert records_format(path) == fmt and read_records(path) == records
+    assert "caf\u00e9" in path.read_text(encoding="utf-8")  # non-ASCII kept as is
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temporary file left behind
+
+
+def test_atomic_write_json_replaces_the_whole_file(tmp_path):
+    path = tmp_path / "report.json"
+    path.write_text("old content that is longer than the new one")
+    atomic_write_json(path, {"b": [1, 2]}, indent=1)
+    assert path.read_text() == json.dumps({"b": [1, 2]}, indent=1) + "\n"
+    assert read_json(path) == {"b": [1, 2]}
+
+
+def test_append_then_resume_after_a_killed_writer(tmp_path):
+    path = tmp_path / "answers.jsonl"
+    with open(path, "a") as handle:
+        append_jsonl(handle, [{"i": 0}, {"i": 1}])
+        handle.write('{"i": 2, "te')  # the process died mid-line
+    assert resume_jsonl(path) == [{"i": 0}, {"i": 1}]
+    assert path.read_text() == '{"i": 0}\n{"i": 1}\n'  # the torn line is cut, appending starts on a fresh line
+    path.write_text('{"i": 0}\nnot json\n{"i": 2}\n')
+    with pytest.raises(ValueError, match=r"answers\.jsonl:2: not a JSON line"):
+        resume_jsonl(path)  # damage before the end is not an interrupted append
+    assert resume_jsonl(tmp_path / "new.jsonl") == []
+
+
+def test_repair_cuts_back_to_the_last_complete_line(tmp_path):
+    path = tmp_path / "scores.rank0.jsonl"
+    path.write_text('{"index": 0}\n{"index": 1}\n{"ind')
+    repair_jsonl(path)
+    assert path.read_text() == '{"index": 0}\n{"index": 1}\n'

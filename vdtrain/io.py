@@ -1,0 +1,163 @@
+"""JSON and JSONL files: reads whose errors name the file and line, atomic writes, append-and-resume for JSONL.
+
+Every file vdtrain reads or writes (conversation data, score and answer files, reports, caches) goes through here,
+so a half-written file is never left for a reader and a damaged one is reported as `path, line N: ...`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("json", "jsonl")
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def read_json(path: str | os.PathLike) -> Any:
+    """The value of a JSON file; a parse error names the file, line and column."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}, line {error.lineno}: not valid JSON ({error.msg})") from None
+
+
+def read_jsonl(path: str | os.PathLike, *, missing_ok: bool = False, skip_bad_lines: bool = False) -> list[Any]:
+    """The rows of a JSONL file (blank lines skipped).
+
+    Args:
+        missing_ok (`bool`, defaults to `False`): a missing file reads as no rows instead of raising.
+        skip_bad_lines (`bool`, defaults to `False`): log and skip an unparsable line (a killed writer's last)
+            instead of raising an error that names the file and the line.
+    """
+    path = Path(path)
+    if missing_ok and not path.is_file():
+        return []
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                if not skip_bad_lines:
+                    raise ValueError(f"{path}, line {number}: not a JSON line ({error.msg})") from None
+                logger.warning("%s, line %d: unreadable (an interrupted write?), ignored", path, number)
+    return rows
+
+
+def records_format(path: str | os.PathLike) -> str:
+    """`"json"` for a file holding one JSON list, else `"jsonl"` (one value per line), from its first character."""
+    with open(path, encoding="utf-8") as handle:
+        while chunk := handle.read(4096):
+            if chunk.strip():
+                return "json" if chunk.lstrip().startswith("[") else "jsonl"
+    return "jsonl"
+
+
+def read_records(path: str | os.PathLike) -> list[Any]:
+    """The records of a JSON list or a JSONL file exactly as stored, so record `i` is element/line `i` of the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} does not exist")
+    if records_format(path) == "jsonl":
+        return read_jsonl(path)
+    records = read_json(path)
+    if not isinstance(records, list):
+        raise ValueError(f"{path}: expected a JSON list or JSONL, got a JSON {type(records).__name__}")
+    return records
+
+
+def read_objects(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """`read_records` for files whose every record must be a JSON object (questions, answers, captions)."""
+    records = read_records(path)
+    for number, record in enumerate(records, start=1):
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: record {number} is a {type(record).__name__}; expected JSON objects")
+    return records
+
+
+# ---------------------------------------------------------------------------------------------- writing
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, then rename it over `path`: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_json(path: str | os.PathLike, value: Any, *, indent: int | None = 2, **dump_kwargs: Any) -> None:
+    """`json.dumps(value)` and a final newline, written atomically."""
+    atomic_write_text(path, json.dumps(value, indent=indent, **dump_kwargs) + "\n")
+
+
+def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[Any], **dump_kwargs: Any) -> None:
+    """One JSON line per row, written atomically."""
+    atomic_write_text(path, "".join(json.dumps(row, **dump_kwargs) + "\n" for row in rows))
+
+
+def write_records(path: str | os.PathLike, records: list[Any], fmt: str) -> None:
+    """Records as a JSON list (`fmt="json"`, one-space indent) or JSONL, atomically, keeping non-ASCII text as is."""
+    if fmt not in FORMATS:
+        raise ValueError(f"record format must be one of {FORMATS}, got {fmt!r}")
+    if fmt == "json":
+        atomic_write_text(path, json.dumps(records, ensure_ascii=False, indent=1))
+    else:
+        atomic_write_jsonl(path, records, ensure_ascii=False)
+
+
+# ---------------------------------------------------------------------------------------------- append and resume
+def append_jsonl(handle: IO[str], rows: Iterable[Any]) -> None:
+    """Append rows to an open JSONL file and flush, so a killed process loses at most the rows in flight."""
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    if text:
+        handle.write(text)
+        handle.flush()
+
+
+def repair_jsonl(path: str | os.PathLike) -> None:
+    """Cut a JSONL file back to its last complete line, so appending after a killed run starts on a fresh line."""
+    with open(path, "rb+") as handle:
+        data = handle.read()
+        if data and not data.endswith(b"\n"):
+            handle.truncate(data.rfind(b"\n") + 1)
+
+
+def resume_jsonl(path: str | os.PathLike) -> list[Any]:
+    """The complete rows of a JSONL file being appended to; an unfinished last row is cut off the file.
+
+    A missing file has no rows. A damaged line followed by more rows is not an interrupted append, so it raises,
+    naming the file and the line.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_bytes().split(b"\n")
+    rows, offset = [], 0
+    for number, line in enumerate(lines, start=1):
+        complete = number < len(lines)  # the last piece has no newline after it
+        try:
+            row = json.loads(line) if line.strip() else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            row = ...
+        if row is ... or (row is not None and not complete):
+            if complete and any(rest.strip() for rest in lines[number:]):
+                raise ValueError(f"{path}:{number}: not a JSON line; the file is damaged before its end")
+            with open(path, "r+b") as handle:  # drop the unfinished row; the writer produces it again
+                handle.truncate(offset)
+            break
+        if row is not None:
+            rows.append(row)
+        offset += len(line) + 1
+    return rows

@@ -118,12 +118,15 @@ def write_records(path: str | os.PathLike, records: list[Any], fmt: str) -> None
 
 
 # ---------------------------------------------------------------------------------------------- append and resume
-def append_jsonl(handle: IO[str], rows: Iterable[Any]) -> None:
-    """Append rows to an open JSONL file and flush, so a killed process loses at most the rows in flight."""
-    text = "".join(json.dumps(row) + "\n" for row in rows)
+def append_jsonl(handle: IO[str], rows: Iterable[Any], *, fsync: bool = False, **dump_kwargs: Any) -> None:
+    """Append rows to an open JSONL file and flush (and `fsync`, for results that took minutes to compute), so a
+    killed process loses at most the rows in flight."""
+    text = "".join(json.dumps(row, **dump_kwargs) + "\n" for row in rows)
     if text:
         handle.write(text)
         handle.flush()
+        if fsync:
+            os.fsync(handle.fileno())
 
 
 def repair_jsonl(path: str | os.PathLike) -> None:

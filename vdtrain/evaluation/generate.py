@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from vdtrain.data.conversations import load_image
 from vdtrain.evaluation.questions import answer_record, read_answers, resolve_image
-from vdtrain.models.base import ModelAdapter, get_adapter, unwrap_model
+from vdtrain.io import append_jsonl, atomic_write_json
+from vdtrain.models.base import ModelAdapter, get_adapter, tokenizer_of, unwrap_model
 
 
 @dataclass
@@ -44,13 +45,6 @@ class DecodingOptions:
             raise ValueError("VCD decodes greedily or by sampling; it does not support --num-beams > 1")
 
 
-def _tokenizer(processor: Any) -> Any:
-    tokenizer = getattr(processor, "tokenizer", processor)
-    if tokenizer.pad_token is None:  # Llama-style tokenizers: padding needs a token, and left padding masks it
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    return tokenizer
-
-
 @torch.no_grad()
 def generate_batch(
     model: Any,
@@ -70,7 +64,7 @@ def generate_batch(
     from vdtrain.evaluation.vcd import noise_like, sample_seeds, vcd_generate
 
     model = unwrap_model(model)
-    tokenizer = _tokenizer(processor)
+    tokenizer = tokenizer_of(processor, ensure_pad=True)
     prompts = [adapter.prompt(question, processor, has_image=True) for question in questions]
     batch = adapter.generation_inputs(processor, prompts, list(images))
     dtype = next(model.parameters()).dtype
@@ -112,7 +106,7 @@ def _check_settings(output: Path, settings: dict, overwrite: bool) -> None:
                 f"{output} was started with other settings ({details}); pass another --output, or --overwrite"
             )
     output.parent.mkdir(parents=True, exist_ok=True)
-    meta.write_text(json.dumps(settings, indent=1, sort_keys=True, default=str))
+    atomic_write_json(meta, settings, indent=1, sort_keys=True, default=str)
 
 
 def _batches(
@@ -193,12 +187,8 @@ def generate_answers(
             texts = [q["text"] + prompt_suffix for q in chunk]
             keys = [q["question_id"] for q in chunk]
             answers = generate_batch(model, processor, adapter, texts, images, options, keys)
-            lines = [
-                json.dumps(answer_record(q, fmt, t, a), ensure_ascii=False) for q, t, a in zip(chunk, texts, answers)
-            ]
-            handle.write("".join(line + "\n" for line in lines))
-            handle.flush()
-            os.fsync(handle.fileno())
+            records = [answer_record(q, fmt, t, a) for q, t, a in zip(chunk, texts, answers)]
+            append_jsonl(handle, records, fsync=True, ensure_ascii=False)
             written += len(chunk)
             bar.update(len(chunk))
     bar.close()

@@ -3,7 +3,7 @@
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText
 
 from .configuration_bunny import LLAMA3_IMAGE_TOKEN_ID, BunnyConfig
-from .convert import PUBLISHED_KEY_MAPPING, convert_published_state_dict, to_published_state_dict
+from .convert import PUBLISHED_KEY_MAPPING
 from .modeling_bunny import (
     BunnyForConditionalGeneration,
     BunnyModel,
@@ -25,9 +25,7 @@ __all__ = [
     "BunnyForConditionalGeneration",
     "BunnyModel",
     "BunnyPreTrainedModel",
-    "convert_published_state_dict",
     "merge_chessboard",
     "s2_forward",
     "split_chessboard",
-    "to_published_state_dict",
 ]

@@ -55,16 +55,6 @@ def port_to_published_key(key: str) -> str:
     return key
 
 
-def convert_published_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a published state dict to the port layout (for `load_state_dict`)."""
-    return {published_to_port_key(k): v for k, v in state_dict.items()}
-
-
-def to_published_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a port state dict to the published layout (e.g. to hand weights back to the original code base)."""
-    return {port_to_published_key(k): v for k, v in state_dict.items()}
-
-
 def checkpoint_tensor_names(path: str, **hub_kwargs: Any) -> list[str]:
     """Tensor names of a safetensors checkpoint (sharded via its index, or a single `model.safetensors`)."""
     index = cached_file(
@@ -136,10 +126,8 @@ def drop_published_renamings(model: torch.nn.Module) -> None:
 __all__ = [
     "PUBLISHED_KEY_MAPPING",
     "checkpoint_tensor_names",
-    "convert_published_state_dict",
     "published_config",
     "published_config_or_none",
     "published_to_port_key",
     "port_to_published_key",
-    "to_published_state_dict",
 ]

@@ -10,7 +10,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from vdtrain.data.conversations import image_path, load_image, to_messages
+from vdtrain.data.conversations import (
+    image_path,
+    load_image,
+    special_token_pattern,
+    special_token_problem,
+    to_messages,
+)
 from vdtrain.models.base import IGNORE_INDEX, ConversationError, Example, ModelAdapter, _tokenizer
 
 logger = logging.getLogger(__name__)
@@ -19,9 +25,12 @@ logger = logging.getLogger(__name__)
 class SupervisedDataset(torch.utils.data.Dataset):
     """Training examples of LLaVA-format records for one model family.
 
-    Every conversation is tokenised once at construction, so a sample that truncation to `max_length` leaves
-    without supervised tokens (or cuts into its image tokens) stops the run before training starts, with one error
-    listing every such sample; `drop_truncated=True` drops them with a warning instead. Images are read per item.
+    Every conversation is checked and tokenised once at construction, so bad samples stop the run before training
+    starts, with one error listing every such sample: turns out of order, special-token text in a turn (a literal
+    `</s>` would become the real token), a wrong `<image>` count (`drop_invalid=True` drops these with a warning
+    instead), an image outside `image_folder` (refused unless `allow_external_images=True`), and samples that
+    truncation to `max_length` leaves without supervised tokens or cuts into their image tokens
+    (`drop_truncated=True` drops those). Images are read per item.
 
     Args:
         records: LLaVA-format records (`load_conversations`).
@@ -31,6 +40,8 @@ class SupervisedDataset(torch.utils.data.Dataset):
         max_length: tokens per sequence after image expansion.
         source: name of the data file, for error messages.
         drop_truncated: drop over-long samples (with a warning) instead of refusing them.
+        drop_invalid: drop samples with bad turns or special-token text (with a warning) instead of refusing them.
+        allow_external_images: accept image paths that resolve outside `image_folder`.
     """
 
     def __init__(
@@ -42,15 +53,40 @@ class SupervisedDataset(torch.utils.data.Dataset):
         max_length: int = 2048,
         source: str = "data",
         drop_truncated: bool = False,
+        drop_invalid: bool = False,
+        allow_external_images: bool = False,
     ) -> None:
         self.adapter, self.processor, self.image_folder, self.source = adapter, processor, image_folder, source
+        self.allow_external_images = allow_external_images
         self.items: list[tuple[dict[str, Any], Example]] = []
         self.dropped: list[str] = []
         too_long: list[str] = []
         image_id = adapter.image_token_id(processor)
-        for record in tqdm(records, desc="tokenizing", unit="sample", leave=False):
-            messages = to_messages(record, source)
-            path = image_path(record, image_folder)
+        special = special_token_pattern(_tokenizer(processor), allowed=(adapter.image_placeholder(processor),))
+        checked = []
+        invalid: list[str] = []
+        for record in records:
+            try:
+                messages = to_messages(record, source)
+                problem = special_token_problem(messages, special, f"{source}: sample {record.get('id')!r}")
+                if problem is not None:
+                    raise ConversationError(problem)
+            except ConversationError as error:
+                invalid.append(str(error).removeprefix(f"{source}: "))
+                continue
+            checked.append((record, messages))
+        if invalid and not drop_invalid:
+            listed = "\n".join(f"  {line}" for line in invalid[:20])
+            more = f"\n  ... and {len(invalid) - 20} more" if len(invalid) > 20 else ""
+            raise ConversationError(
+                f"{source}: {len(invalid)} of {len(records)} sample(s) cannot be trained on:\n{listed}{more}\n"
+                "Fix them, or set drop_invalid: true to train without them."
+            )
+        for line in invalid:
+            logger.warning("%s: dropped %s", source, line)
+        self.dropped += [line.split("'")[1] if "'" in line else line for line in invalid]
+        for record, messages in tqdm(checked, desc="tokenizing", unit="sample", leave=False):
+            path = image_path(record, image_folder, allow_external_images)
             num_tokens = 0
             if path is not None:
                 size = (64, 64)
@@ -96,7 +132,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
             END_OF_TURN: example.end_of_turn_mask,
             **example.extra,
         }
-        path = image_path(record, self.image_folder)
+        path = image_path(record, self.image_folder, self.allow_external_images)
         if path is not None:
             try:
                 image = load_image(path, str(record["id"]))

@@ -332,3 +332,20 @@ def test_released_random_split(tmp_path):
             "FN": 0,
         }
     )
+
+
+def test_empty_answers_counted_listed_and_warned(tmp_path, capsys):
+    questions = [{"question_id": i, "image": "a.jpg", "text": "Is there a dog?", "label": lab}
+                 for i, lab in enumerate(["yes", "no", "no", "yes"])]  # fmt: skip
+    answers = [{"question_id": 0, "text": "Yes."}, {"question_id": 1, "text": ""}, {"question_id": 2, "text": "  "},
+               {"question_id": 3, "text": "No."}]  # fmt: skip
+    q, a = write_jsonl(tmp_path / "q.jsonl", questions), write_jsonl(tmp_path / "a.jsonl", answers)
+    result = evaluate_pope(questions, answers)
+    assert result["empty_answers"] == [1, 2] and result["predictions"] == ["yes", "yes", "yes", "no"]  # POPE's rule
+    out = tmp_path / "pope.json"
+    assert pope_main(["--questions", str(q), "--answers", str(a), "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: q: 2 empty answer(s), scored by the pope parser's rule (question_id 1, 2)" in err
+    report = json.loads(out.read_text())
+    assert report["num_empty_answers"] == 2 and report["splits"]["q"]["empty_answers"] == [1, 2]
+    assert report["metrics"]["accuracy"] == 1 / 4  # 0 right; 1, 2 wrong ("yes" for "no"); 3 wrong

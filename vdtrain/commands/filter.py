@@ -56,7 +56,9 @@ def _add_select_options(parser: argparse.ArgumentParser, *, standalone: bool) ->
         group.add_argument("--data", required=True, help="the data file that was scored")
     group.add_argument("--strategy", required=True, choices=STRATEGIES, help="which samples to remove by score")
     group.add_argument("--fraction", type=float, required=True, help="share of the scored samples to remove, e.g. 0.1")
-    options.add_seed(group, 0, "the random strategy", flag="--seed" if standalone else "--select-seed")
+    options.add_seed(
+        group, 0, "the random strategy", flag="--seed" if standalone else "--select-seed", dest="select_seed"
+    )
     group.add_argument(
         "--force", action="store_true",
         help="select even when the scores' run.json (the data file's fingerprint) is missing or names another file",

@@ -61,9 +61,15 @@ def add_model_options(
         parser.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
-def add_seed(parser: argparse.ArgumentParser | Any, default: int, what: str, flag: str = "--seed") -> None:
+def add_seed(
+    parser: argparse.ArgumentParser | Any,
+    default: int | None,
+    what: str,
+    flag: str = "--seed",
+    dest: str | None = None,
+) -> None:
     """`--seed`: one meaning everywhere; `what` says which draws this command makes."""
-    parser.add_argument(flag, type=int, default=default, help=f"{SEED_HELP} ({what})")
+    parser.add_argument(flag, type=int, default=default, dest=dest, help=f"{SEED_HELP} ({what})")
 
 
 def add_batch_size(parser: argparse.ArgumentParser | Any, default: int | None, what: str = "samples") -> None:

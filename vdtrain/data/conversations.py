@@ -53,9 +53,18 @@ def _check_is_sample_list(path: Path) -> None:
     """Refuse a file that is one JSON object or value instead of a list (or JSONL) of samples, saying what it is."""
     with open(path, encoding="utf-8", errors="replace") as handle:
         head = handle.read(1 << 16).lstrip()
-    if not head or head[0] == "[":
-        if not head:
-            raise ConversationError(f"{path} is empty; expected a JSON list of samples (or JSONL)")
+    if not head:
+        raise ConversationError(f"{path} is empty; expected a JSON list of samples (or JSONL)")
+    if head[0] == "[":
+        rest = head[1:].lstrip()
+        try:  # the first element only (datasets would turn a list of strings into {"text": ...} rows)
+            first, _ = json.JSONDecoder().raw_decode(rest) if rest[:1] not in ("", "]") else ({}, 0)
+        except json.JSONDecodeError:
+            return  # an element longer than the peek, or bad JSON: the full read says which
+        if not isinstance(first, dict):
+            raise ConversationError(
+                f"{path}: sample 0 is a JSON {type(first).__name__}, not an object with 'conversations'"
+            )
         return
     if head[0] != "{":
         raise ConversationError(f"{path} is not a JSON list of samples (or JSONL): it starts with {head[:20]!r}")

@@ -221,7 +221,7 @@ def machine_description() -> str:
 def inspect_figure(
     output: Path, processor: Any, example: tuple[Any, Path, str] | None, noise_step: int = 900
 ) -> tuple[Path | None, str]:
-    """The thesis Fig. 5.1 view (`vdtrain inspect`) of `(model, image path, caption)`, when `vdtrain.probs_figure` exists.
+    """The thesis Fig. 5.1 view (`vdtrain inspect`) of `(model, image path, caption)`.
 
     Returns `(figure or None, a line for the report)`; a failure is reported, never raised.
     """

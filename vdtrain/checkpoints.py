@@ -160,6 +160,8 @@ def checkpoint_problems(
             return [*problems, f"{MANIFEST_NAME} (unreadable: {type(error).__name__})"]
         for name, size in recorded.items():
             path = folder / name
+            if any(problem.startswith(f"{name} (") for problem in problems):
+                continue  # already named, by what its header says
             if not path.is_file():
                 problems.append(f"{name} (missing)")
             elif path.stat().st_size != size:

@@ -163,3 +163,49 @@ def test_a_new_command_plugs_in_with_one_entry(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err == "vdtrain eval hello: error: x.json: sample 3: no answer; add one\n"
     assert main(["eval", "hello", "--stop"]) == 130
     assert capsys.readouterr().err.strip() == "vdtrain eval hello: interrupted: half of it is in out/; rerun to finish"
+
+
+def _readme_commands() -> list[list[str]]:
+    """Every `vdtrain ...` command line of the README's bash blocks (loops expanded; elided `...` ones left out)."""
+    import re
+    import shlex
+
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S):
+        text = block.replace("\\\n", " ")
+        loop = re.search(r"for (\w+) in ([^;]+); do", text)
+        for line in text.splitlines():
+            tokens = shlex.split(line, comments=True)
+            if "vdtrain" not in tokens or "..." in tokens:
+                continue
+            argv = tokens[tokens.index("vdtrain") + 1 :]
+            values = loop.group(2).split() if loop and f"${loop.group(1)}" in line else [None]
+            commands += [[arg.replace(f"${loop.group(1)}", v) if v else arg for arg in argv] for v in values]
+    return commands
+
+
+def test_readme_commands_parse():
+    """The README's examples name real commands, real options and real recipe files (models and data are the
+    user's: they are not downloaded here)."""
+    import importlib
+
+    from vdtrain.commands.train import load_config, parse_overrides
+
+    commands = _readme_commands()
+    assert len(commands) >= 12
+    for argv in commands:
+        if argv[0] == "demo":
+            continue
+        target = COMMANDS[argv[0]]
+        rest = argv[1:]
+        if isinstance(target, dict):
+            target, rest = target[argv[1]], argv[2:]
+        if argv[0] == "train":
+            overrides = {**parse_overrides(rest[1:]), "use_cpu": "true"}  # bf16 recipes on a CPU-only machine
+            _, _, args = load_config(ROOT / rest[0], overrides)
+            assert args.output_dir
+            continue
+        module = importlib.import_module(target)
+        if argv[0] == "filter":
+            rest = argv[1:]
+        module.build_parser().parse_args(rest)

@@ -62,7 +62,8 @@ class SupervisedDataset(torch.utils.data.Dataset):
         self.dropped: list[str] = []
         too_long: list[str] = []
         image_id = adapter.image_token_id(processor)
-        special = special_token_pattern(_tokenizer(processor), allowed=(adapter.image_placeholder(processor),))
+        placeholders = ("<image>", adapter.image_placeholder(processor))  # the data's image marker is no misuse
+        special = special_token_pattern(_tokenizer(processor), allowed=placeholders)
         checked = []
         invalid: list[str] = []
         for record in records:
@@ -73,6 +74,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
                     raise ConversationError(problem)
             except ConversationError as error:
                 invalid.append(str(error).removeprefix(f"{source}: "))
+                self.dropped.append(str(record.get("id")))
                 continue
             checked.append((record, messages))
         if invalid and not drop_invalid:
@@ -84,7 +86,6 @@ class SupervisedDataset(torch.utils.data.Dataset):
             )
         for line in invalid:
             logger.warning("%s: dropped %s", source, line)
-        self.dropped += [line.split("'")[1] if "'" in line else line for line in invalid]
         for record, messages in tqdm(checked, desc="tokenizing", unit="sample", leave=False):
             path = image_path(record, image_folder, allow_external_images)
             num_tokens = 0

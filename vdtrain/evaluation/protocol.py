@@ -87,6 +87,7 @@ def _score(config: dict, args: argparse.Namespace, pairs: dict[str, tuple[Path, 
         argv += ["--lemmatizer", (config.get("chair") or {}).get("lemmatizer", "nltk")]
         argv += ["--nltk-data", args.nltk_data] if args.nltk_data else []
         argv += ["--cache-dir", args.cache_dir] if args.cache_dir else []
+        argv += ["--skip-unknown-ids"] if (config.get("chair") or {}).get("skip_unknown_ids") else []
         eval_chair.main(argv)
         return json.loads(report.read_text())["overall_metrics"]
     from vdtrain.commands import eval_pope

@@ -10,7 +10,8 @@ import pytest
 
 nltk = pytest.importorskip("nltk")
 
-from vdtrain.evaluation import chair_cli, chair_truth  # noqa: E402
+from vdtrain.cli import main as cli_main  # noqa: E402
+from vdtrain.evaluation import chair_truth  # noqa: E402
 from vdtrain.evaluation.chair import Synonyms, evaluate_chair, extract_objects, load_synonyms  # noqa: E402
 from vdtrain.evaluation.chair_truth import build_ground_truth, coco_annotation_files  # noqa: E402
 from vdtrain.evaluation.lemmatize import singularize  # noqa: E402
@@ -146,6 +147,10 @@ def test_toilet_seat_keeps_seat_in_tokens(synonyms):
     ]
 
 
+def chair_main(argv: list[str]) -> int:
+    return cli_main(["eval", "chair", *argv])
+
+
 def test_ground_truth(coco, synonyms):
     assert build_ground_truth([coco[0]], [coco[1]], synonyms) == GROUND_TRUTH
 
@@ -153,7 +158,7 @@ def test_ground_truth(coco, synonyms):
 def test_evaluate_chair_hand_computed(coco, synonyms):
     ground_truth = build_ground_truth([coco[0]], [coco[1]], synonyms)
     captions = [{"image_id": i, "caption": c} for i, c, *_ in CASES]
-    result = evaluate_chair(captions, ground_truth, synonyms)
+    result = evaluate_chair(captions, ground_truth, synonyms, unknown_ids="count")  # image 999: no annotation
     overall = result["overall_metrics"]
     for key, value in EXPECTED.items():
         assert overall[key] == pytest.approx(value, abs=1e-12)
@@ -247,7 +252,7 @@ def test_missing_nltk_data(monkeypatch, tmp_path, coco, capsys):
     captions = tmp_path / "captions.jsonl"
     captions.write_text(json.dumps({"image_id": 1, "caption": "A dog."}) + "\n")
     argv = ["--captions", str(captions), "--coco-dir", str(coco[0].parent), "--output", str(tmp_path / "o.json")]
-    assert chair_cli.main([*argv, "--no-cache"]) == 1
+    assert chair_main([*argv, "--no-cache"]) == 1
     assert "python -m nltk.downloader" in capsys.readouterr().err
 
 
@@ -281,20 +286,28 @@ def test_cli(tmp_path, coco, capsys):
     captions.write_text("".join(json.dumps({"image_id": i, "caption": c}) + "\n" for i, c, *_ in CASES))
     out = tmp_path / "out" / "chair.json"
     argv = ["--captions", str(captions), "--coco-dir", str(coco[0].parent), "--output", str(out)]
-    assert chair_cli.main([*argv, "--cache-dir", str(tmp_path / "cache"), "--workers", "1"]) == 0
+    argv += ["--cache-dir", str(tmp_path / "cache"), "--workers", "1"]
+    # image 999 is not annotated: an error naming it and the way out, no traceback, nothing written
+    assert chair_main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("vdtrain eval chair: error: ") and str(captions) in err and "Traceback" not in err
+    assert "not in the annotations: 999" in err and "--skip-unknown-ids" in err and not out.exists()
+
+    assert chair_main([*argv, "--skip-unknown-ids"]) == 0
     printed = capsys.readouterr().out
-    assert f"CHAIRs {100 * 5 / 7:.1f}  CHAIRi {100 * 10 / 17:.1f}  Recall {100 * 6 / 10:.1f}" in printed
+    # without caption 999 (1 mention, hallucinated): 4 of 6 captions, 9 of 16 mentions hallucinate
+    assert f"CHAIRs {100 * 4 / 6:.1f}  CHAIRi {100 * 9 / 16:.1f}  Recall {100 * 6 / 10:.1f}" in printed
+    assert "left out the captions of 1 image id(s) not in the annotations: 999" in printed
     report = json.loads(out.read_text())
-    assert report["overall_metrics"]["CHAIRi"] == pytest.approx(10 / 17)
-    assert len(report["sentences"]) == 7
+    assert report["overall_metrics"]["CHAIRi"] == pytest.approx(9 / 16)
+    assert report["overall_metrics"]["skipped_unknown_ids"] == [999]
+    assert len(report["sentences"]) == 6 and 999 not in {s["image_id"] for s in report["sentences"]}
     # explicit annotation files instead of a directory (a synthetic benchmark's own names)
     argv = ["--captions", str(captions), "--instances", str(coco[0]), "--coco-captions", str(coco[1])]
-    assert chair_cli.main([*argv, "--output", str(out), "--no-cache"]) == 0
+    assert chair_main([*argv, "--output", str(out), "--no-cache", "--skip-unknown-ids"]) == 0
     assert json.loads(out.read_text())["overall_metrics"]["Recall"] == pytest.approx(6 / 10)
 
 
 def test_cli_help(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        chair_cli.main(["--help"])
-    assert exit_info.value.code == 0
+    assert chair_main(["--help"]) == 0
     assert "vdtrain eval chair" in capsys.readouterr().out

@@ -164,3 +164,100 @@ def test_config_types_and_overrides(tmp_path):
     assert data_args.data_path == "d.json" and args.vd_weighting == "neg" and args.vd_noise_step == 900
     with pytest.raises(ValueError, match="vd_weighting"):
         load_config(config, {"vd_weighting": "sideways"})
+
+
+# ------------------------------------------------------------------------------------ validation before training
+def _record(sample_id, turns, image="img_000.png"):
+    return {"id": sample_id, "image": image, "conversations": [{"from": f, "value": v} for f, v in turns]}
+
+
+def test_turn_order_named_per_sample_in_one_error(tmp_path, llava):
+    _, processor, adapter = llava
+    names = write_images(tmp_path / "img", 1)
+    good = _record("good", [("human", "<image>\nhi"), ("gpt", "a cat.")], names[0])
+    records = [
+        good,
+        _record("gpt-first", [("gpt", "hello"), ("human", "<image>\nhi"), ("gpt", "a cat.")], names[0]),
+        _record("two-humans", [("human", "<image>\nhi"), ("human", "and?"), ("gpt", "a cat.")], names[0]),
+        _record("ends-human", [("human", "<image>\nhi"), ("gpt", "a cat."), ("human", "more?")], names[0]),
+    ]
+    with pytest.raises(ConversationError) as error:
+        SupervisedDataset(records, adapter, processor, tmp_path / "img", source="d.json")
+    message = str(error.value)
+    assert message.startswith("d.json: 3 of 4 sample(s) cannot be trained on:")
+    assert "sample 'gpt-first': turn 1 is a 'gpt' turn; a conversation starts with a 'human' turn" in message
+    assert "sample 'two-humans': turns 1 and 2 are both 'human'" in message
+    assert "sample 'ends-human': the last turn (3) is a 'human' turn" in message
+    assert "'<image>' must be in the first human turn" not in message  # the old, misleading report
+    assert "'good'" not in message and "drop_invalid: true" in message
+
+
+def test_special_token_text_refused_or_dropped(tmp_path, llava, caplog):
+    _, processor, adapter = llava
+    names = write_images(tmp_path / "img", 1)
+    records = [
+        _record("ok", [("human", "<image>\nhi"), ("gpt", "a cat.")], names[0]),
+        _record("eos", [("human", "<image>\nhi"), ("gpt", "a cat.</s> and more")], names[0]),
+    ]
+    with pytest.raises(ConversationError, match=r"sample 'eos': turn 2 \(assistant\) contains the special-token "
+                                                r"text '</s>'"):  # fmt: skip
+        SupervisedDataset(records, adapter, processor, tmp_path / "img", source="d.json")
+    with caplog.at_level(logging.WARNING):
+        dataset = SupervisedDataset(records, adapter, processor, tmp_path / "img", source="d.json", drop_invalid=True)
+    assert len(dataset) == 1 and dataset.items[0][0]["id"] == "ok" and dataset.dropped == ["eos"]
+    assert "dropped sample 'eos'" in caplog.text
+    eos = processor.tokenizer.eos_token_id
+    example = dataset.items[0][1]
+    assert [t for t, flag in zip(example.input_ids, example.end_of_turn_mask) if flag] == [eos]  # one, at the end
+
+
+def test_image_outside_the_folder_refused_unless_allowed(tmp_path, llava):
+    _, processor, adapter = llava
+    write_images(tmp_path / "outside", 1)
+    (tmp_path / "img").mkdir()
+    records = [_record("up", [("human", "<image>\nhi"), ("gpt", "a cat.")], "../outside/img_000.png")]
+    outside = str(tmp_path / "outside" / "img_000.png")
+    records.append(_record("abs", [("human", "<image>\nhi"), ("gpt", "a dog.")], outside))
+    with pytest.raises(FileNotFoundError) as error:
+        check_images(records, tmp_path / "img", source="d.json")
+    message = str(error.value)
+    assert "2 of 2 images" in message and "'../outside/img_000.png' resolves outside the image folder" in message
+    assert "allow_external_images: true" in message and "sample 'abs'" in message
+    with pytest.raises(ConversationError, match="sample 'up'.*resolves outside"):
+        SupervisedDataset(records, adapter, processor, tmp_path / "img")
+    check_images(records, tmp_path / "img", allow_external=True)
+    dataset = SupervisedDataset(records, adapter, processor, tmp_path / "img", allow_external_images=True)
+    assert len(dataset) == 2 and dataset[0]["image_inputs"]["pixel_values"].shape == (1, 3, 32, 32)
+
+
+def test_json_object_instead_of_a_list(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps({"info": "v1", "data": [{"id": "a", "conversations": []}]}))
+    with pytest.raises(ConversationError) as error:
+        load_conversations(path)
+    message = str(error.value)
+    assert f"{path} holds one JSON object (keys 'info', 'data'), not a list of samples" in message
+    assert "the samples may be the list under 'data'" in message
+    path.write_text(json.dumps(["just text"]))
+    with pytest.raises(ConversationError, match="sample 0 is a JSON str, not an object"):
+        load_conversations(path)
+    path.write_text("")
+    with pytest.raises(ConversationError, match="is empty"):
+        load_conversations(path)
+
+
+def test_train_cli_reports_bad_data_in_one_line(tmp_path, tiny_llava_dir, capsys):
+    from vdtrain.cli import main
+
+    names = write_images(tmp_path / "img", 2)
+    records = write_conversations(tmp_path / "d.json", names)
+    records[1]["conversations"].insert(0, {"from": "gpt", "value": "hello"})
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    argv = ["train", "--model", str(tiny_llava_dir), "--data", str(tmp_path / "d.json"), "--image-folder",
+            str(tmp_path / "img"), "--output-dir", str(tmp_path / "o"), "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    line = next(line for line in err.splitlines() if "error:" in line)  # datasets' progress bars come first
+    assert line == f"vdtrain train: error: {tmp_path / 'd.json'}: 1 of 2 sample(s) cannot be trained on:"
+    assert f"sample {records[1]['id']!r}: turn 1 is a 'gpt' turn" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()

@@ -12,10 +12,10 @@ import torch
 from tiny import tiny_llava, write_conversations, write_images
 
 from vdtrain import add_diffusion_noise, target_logprobs, visual_dependence
+from vdtrain.cli import main as cli_main
 from vdtrain.data import SupervisedDataset, VDDataCollator
 from vdtrain.filtering import RunMismatchError, sample_generator, score_dataset, select_dataset, select_removed
 from vdtrain.filtering.scoring import approximate_length
-from vdtrain.filtering_cli import main as filter_main
 from vdtrain.modeling import load_for_inference
 
 NUM_IMAGES = 6
@@ -231,6 +231,10 @@ def test_select_refuses_unfinished_scores(workdir, loaded, tmp_path):
                        strategy="highest", fraction=0.1)  # fmt: skip
 
 
+def filter_main(argv: list[str]) -> int:
+    return cli_main(["filter", *argv])
+
+
 def test_cli_run_scores_and_selects(workdir, tmp_path, capsys):
     argv = ["run", "--model", str(workdir / "model"), "--data", str(workdir / "data.json"), "--image-folder",
             str(workdir / "images"), "--output-dir", str(tmp_path / "out"), "--batch-size", "3", "--no-progress",
@@ -242,6 +246,42 @@ def test_cli_run_scores_and_selects(workdir, tmp_path, capsys):
     assert len(json.loads((tmp_path / "kept" / "removed.json").read_text())) == 2
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run["model"] == str((workdir / "model").resolve()) and run["noise_step"] == 900
-    with pytest.raises(SystemExit):
-        filter_main(["select", "--help"])
+    assert filter_main(["select", "--help"]) == 0
     assert "--fraction" in capsys.readouterr().out
+
+
+def test_select_refuses_scores_without_a_matching_fingerprint(workdir, loaded, tmp_path, capsys):
+    score(workdir, loaded, tmp_path / "out")
+    copied = tmp_path / "copied"  # scores.jsonl moved away from its run.json
+    copied.mkdir()
+    for name in ("scores.jsonl", "errors.jsonl"):
+        (copied / name).write_bytes((tmp_path / "out" / name).read_bytes())
+    argv = ["filter", "select", "--data", str(workdir / "data.json"), "--strategy", "lowest", "--fraction", "0.3",
+            "--output", str(tmp_path / "kept.json")]  # fmt: skip
+    assert cli_main([*argv, "--scores", str(copied / "scores.jsonl")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"vdtrain filter: error: {copied / 'scores.jsonl'}: no run.json") and "--force" in err
+    assert "Traceback" not in err and not (tmp_path / "kept.json").exists()
+    # another dataset whose ids match (one answer edited): its fingerprint differs
+    records = json.loads((workdir / "data.json").read_text())
+    records[0]["conversations"][1]["value"] += " edited"
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(records))
+    other_argv = [*argv[:3], str(other), *argv[4:], "--scores", str(tmp_path / "out" / "scores.jsonl")]
+    assert cli_main(other_argv) == 1
+    assert "scores another data file than" in capsys.readouterr().err
+    assert cli_main([*argv, "--scores", str(copied / "scores.jsonl"), "--force"]) == 0
+    assert len(json.loads((tmp_path / "kept.json").read_text())) == 5
+
+
+def test_cli_shared_constants_match_the_library():
+    from vdtrain.commands import eval_chair, eval_generate, eval_pope
+    from vdtrain.commands import filter as filter_command
+    from vdtrain.evaluation import generate, lemmatize, pope, questions
+    from vdtrain.filtering import STRATEGIES
+
+    assert filter_command.STRATEGIES == STRATEGIES and eval_pope.PARSERS == pope.PARSERS
+    assert eval_generate.FORMATS == questions.FORMATS and eval_chair.LEMMATIZERS == lemmatize.LEMMATIZERS
+    from dataclasses import asdict
+
+    assert eval_generate.DECODING_DEFAULTS == asdict(generate.DecodingOptions())

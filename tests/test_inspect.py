@@ -8,9 +8,9 @@ from PIL import Image
 from tiny import write_images
 
 from vdtrain.cli import main
-from vdtrain.inspect import token_class, token_dependence
 from vdtrain.modeling import load_for_inference
 from vdtrain.noise import add_diffusion_noise
+from vdtrain.probs_figure import token_class, token_dependence
 
 
 def test_token_dependence_matches_direct_computation(tmp_path, tiny_llava_dir):

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from vdtrain.evaluation import pope, pope_build
+from vdtrain.cli import main as cli_main
+from vdtrain.evaluation import pope_build
 from vdtrain.evaluation.pope import evaluate_pope, parse_answer, pope_metrics
 from vdtrain.evaluation.pope_build import build_pope, question_text
 from vdtrain.io import read_objects
@@ -59,6 +60,14 @@ def test_opera_parser(answer, expected):
 )
 def test_vcd_parser(answer, label, expected):
     assert parse_answer(answer, "vcd", label) == expected
+
+
+def pope_main(argv: list[str]) -> int:
+    return cli_main(["eval", "pope", *argv])
+
+
+def pope_build_main(argv: list[str]) -> int:
+    return cli_main(["eval", "pope-build", *argv])
 
 
 def test_vcd_parser_needs_label():
@@ -143,13 +152,13 @@ def test_cli_single_and_multi_split(tmp_path, capsys):
         write_jsonl(adir / "coco_pope_popular.jsonl", a2),
     ]
     out = tmp_path / "pope.json"
-    assert pope.main(["--questions", str(files[0]), "--answers", str(files[1]), "--output", str(out)]) == 0
+    assert pope_main(["--questions", str(files[0]), "--answers", str(files[1]), "--output", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["metrics"] == pytest.approx(EXPECTED)
     assert len(report["predictions"]) == 8
 
     argv = ["--questions", str(files[0]), "--answers", str(files[1]), "--questions", str(files[2])]
-    assert pope.main([*argv, "--answers", str(files[3]), "--output", str(out)]) == 0
+    assert pope_main([*argv, "--answers", str(files[3]), "--output", str(out)]) == 0
     report = json.loads(out.read_text())
     assert set(report["splits"]) == {"coco_pope_random", "coco_pope_popular"}
     assert report["splits"]["coco_pope_popular"]["metrics"]["accuracy"] == 0.5
@@ -158,7 +167,7 @@ def test_cli_single_and_multi_split(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "average" in table and f"{100 * (5 / 8 + 1 / 2) / 2:.1f}" in table
 
-    assert pope.main(["--questions-dir", str(qdir), "--answers-dir", str(adir), "--output", str(out)]) == 0
+    assert pope_main(["--questions-dir", str(qdir), "--answers-dir", str(adir), "--output", str(out)]) == 0
     assert json.loads(out.read_text())["average"]["accuracy"] == pytest.approx((5 / 8 + 1 / 2) / 2)
 
 
@@ -166,7 +175,7 @@ def test_cli_refuses_mismatched_files(tmp_path, capsys):
     questions, answers = split()
     q = write_jsonl(tmp_path / "q.jsonl", questions)
     a = write_jsonl(tmp_path / "a.jsonl", answers[:3])
-    assert pope.main(["--questions", str(q), "--answers", str(a), "--output", str(tmp_path / "o.json")]) == 1
+    assert pope_main(["--questions", str(q), "--answers", str(a), "--output", str(tmp_path / "o.json")]) == 1
     err = capsys.readouterr().err
     assert str(a) in err and "question_id 3, 4, 5, 6, 7" in err
 
@@ -268,13 +277,13 @@ def test_build_seeds_and_cli(tmp_path, capsys):
             "--output-dir",
             str(tmp_path / name),
         ]
-        assert pope_build.main(argv) == 0
+        assert pope_build_main(argv) == 0
         runs[name] = {s: (tmp_path / name / f"coco_pope_{s}.json").read_bytes() for s in pope_build.STRATEGIES}
     assert runs["a"] == runs["b"]
     assert runs["a"]["random"] != runs["c"]["random"]
     assert len(read_objects(tmp_path / "a" / "coco_pope_random.json")) == 18
     assert (
-        pope_build.main(["--instances", str(path), "--num-images", "7", "--seed", "0", "--output-dir", str(tmp_path)])
+        pope_build_main(["--instances", str(path), "--num-images", "7", "--seed", "0", "--output-dir", str(tmp_path)])
         == 1
     )
     assert "only 6 have 3+ categories" in capsys.readouterr().err
@@ -286,7 +295,7 @@ def test_build_categories_from(tmp_path):
     allowed = tmp_path / "categories.txt"
     allowed.write_text("person, man\ncar\nbus\ntruck\nbottle\ntv\n")  # synonyms format: first item per line
     argv = ["--instances", str(path), "--num-images", "3", "--seed", "0", "--output-dir", str(tmp_path)]
-    assert pope_build.main([*argv, "--categories-from", str(allowed)]) == 0
+    assert pope_build_main([*argv, "--categories-from", str(allowed)]) == 0
     images = per_image(read_objects(tmp_path / "coco_pope_random.json"))
     assert set(images) == {2, 3, 5}
     # image 3 lacks only bus and bottle among the sampled objects: its third negative comes from the category list
@@ -308,7 +317,7 @@ def test_released_random_split(tmp_path):
         tmp_path / "answers.jsonl", [{"question_id": q["question_id"], "text": "Yes"} for q in questions]
     )
     out = tmp_path / "out.json"
-    assert pope.main(["--questions", str(path), "--answers", str(answers), "--output", str(out)]) == 0
+    assert pope_main(["--questions", str(path), "--answers", str(answers), "--output", str(out)]) == 0
     metrics = json.loads(out.read_text())["metrics"]
     assert metrics == pytest.approx(
         {
@@ -323,3 +332,20 @@ def test_released_random_split(tmp_path):
             "FN": 0,
         }
     )
+
+
+def test_empty_answers_counted_listed_and_warned(tmp_path, capsys):
+    questions = [{"question_id": i, "image": "a.jpg", "text": "Is there a dog?", "label": lab}
+                 for i, lab in enumerate(["yes", "no", "no", "yes"])]  # fmt: skip
+    answers = [{"question_id": 0, "text": "Yes."}, {"question_id": 1, "text": ""}, {"question_id": 2, "text": "  "},
+               {"question_id": 3, "text": "No."}]  # fmt: skip
+    q, a = write_jsonl(tmp_path / "q.jsonl", questions), write_jsonl(tmp_path / "a.jsonl", answers)
+    result = evaluate_pope(questions, answers)
+    assert result["empty_answers"] == [1, 2] and result["predictions"] == ["yes", "yes", "yes", "no"]  # POPE's rule
+    out = tmp_path / "pope.json"
+    assert pope_main(["--questions", str(q), "--answers", str(a), "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: q: 2 empty answer(s), scored by the pope parser's rule (question_id 1, 2)" in err
+    report = json.loads(out.read_text())
+    assert report["num_empty_answers"] == 2 and report["splits"]["q"]["empty_answers"] == [1, 2]
+    assert report["metrics"]["accuracy"] == 1 / 4  # 0 right; 1, 2 wrong ("yes" for "no"); 3 wrong

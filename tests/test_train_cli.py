@@ -53,12 +53,29 @@ def test_train_cli_help_lists_fields():
         assert field in result.stdout
 
 
-def test_train_cli_missing_image_stops_before_training(tmp_path, tiny_llava_dir):
+def test_train_cli_missing_image_stops_before_training(tmp_path, tiny_llava_dir, capsys):
     names = write_images(tmp_path / "images", 2)
     write_conversations(tmp_path / "data.json", names)
     (tmp_path / "images" / names[0]).unlink()
-    with pytest.raises(FileNotFoundError, match="1 of 2 images are missing"):
-        main(["train", "--model_name_or_path", str(tiny_llava_dir), "--data_path", str(tmp_path / "data.json"),
-              "--image_folder", str(tmp_path / "images"), "--output_dir", str(tmp_path / "o"),
-              "--use_cpu", "true"])  # fmt: skip
+    argv = ["train", "--model_name_or_path", str(tiny_llava_dir), "--data_path", str(tmp_path / "data.json"),
+            "--image_folder", str(tmp_path / "images"), "--output_dir", str(tmp_path / "o"), "--use_cpu", "true"]
+    assert main(argv) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "vdtrain train: error: " in err and "1 of 2 images are missing" in err and names[0] in err
+    assert "Traceback" not in err
     assert not (tmp_path / "o").exists()
+    with pytest.raises(FileNotFoundError, match="1 of 2 images are missing"):  # --debug: the exception itself
+        main([*argv, "--debug"])
+
+
+def test_train_cli_bad_recipe_value_names_the_recipe(tmp_path, tiny_llava_dir, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"model_name_or_path: {tiny_llava_dir}\ndata_path: d.json\nlearning_rate: fast\n")
+    assert main(["train", str(recipe)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"vdtrain train: error: {recipe}: argument --learning_rate") and "'fast'" in err
+    assert len(err.splitlines()) == 1
+    assert main(["train", "--model", str(tmp_path / "no" / "such" / "model"), "--data", "d.json"]) == 1
+    assert "no such directory; give a model directory or a hub id" in capsys.readouterr().err
+    assert main(["train", str(recipe), "stray"]) == 2  # a usage error
+    assert "expected --field value, got 'stray'" in capsys.readouterr().err

@@ -1,19 +1,42 @@
 """vdtrain: fine-tune vision-language models to hallucinate fewer objects by re-weighting the loss with each
-token's visual dependence (thesis chapter 5, Eq. 5.1-5.5)."""
+token's visual dependence (thesis chapter 5, Eq. 5.1-5.5).
 
-from vdtrain.config import VDTrainingArguments
-from vdtrain.dependence import target_logprobs, visual_dependence
-from vdtrain.noise import add_diffusion_noise
-from vdtrain.trainer import VDTrainer
-from vdtrain.weighting import register_weighting, token_weights
+The names below load on first use (PEP 562), so `import vdtrain` and `vdtrain --help` do not import torch or
+transformers; `from vdtrain import VDTrainer` works as usual.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = [
-    "VDTrainer",
-    "VDTrainingArguments",
-    "add_diffusion_noise",
-    "register_weighting",
-    "target_logprobs",
-    "token_weights",
-    "visual_dependence",
-]
+_LAZY = {
+    "VDTrainer": "vdtrain.trainer",
+    "VDTrainingArguments": "vdtrain.config",
+    "add_diffusion_noise": "vdtrain.noise",
+    "register_weighting": "vdtrain.weighting",
+    "target_logprobs": "vdtrain.dependence",
+    "token_weights": "vdtrain.weighting",
+    "visual_dependence": "vdtrain.dependence",
+}
+__all__ = sorted(_LAZY)
+
+if TYPE_CHECKING:  # names for type checkers and IDEs
+    from vdtrain.config import VDTrainingArguments  # noqa: F401
+    from vdtrain.dependence import target_logprobs, visual_dependence  # noqa: F401
+    from vdtrain.noise import add_diffusion_noise  # noqa: F401
+    from vdtrain.trainer import VDTrainer  # noqa: F401
+    from vdtrain.weighting import register_weighting, token_weights  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'vdtrain' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

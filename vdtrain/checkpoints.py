@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -82,9 +85,192 @@ def load_full_checkpoint(model: torch.nn.Module, folder: str | os.PathLike) -> N
     logger.info("vdtrain: loaded %d full-model weights from %s", len(targets), folder)
 
 
-class FullCheckpointLoading:
-    """`Trainer` mixin: resume (and `load_best_model_at_end`) of full fine-tunes by saved names; LoRA, DeepSpeed and
-    FSDP checkpoints go to the `Trainer`'s own loaders, which handle them."""
+# ------------------------------------------------------------------------------------ complete checkpoints only
+MANIFEST_NAME = "vdtrain_checkpoint.json"  # written last by `CheckpointIntegrity`: every file and its size
+_STEP = re.compile(r"^checkpoint-(\d+)$")
+
+
+def _file_problem(path: Path) -> str | None:
+    """Why `path` cannot be read as what its name says (None: its header/structure parses)."""
+    try:
+        if path.suffix == ".safetensors":
+            with open(path, "rb") as handle:
+                size = int.from_bytes(handle.read(8), "little")
+                header = json.loads(handle.read(size))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+            if path.stat().st_size != 8 + size + end:
+                return f"{path.name} (truncated: {path.stat().st_size} bytes, its header needs {8 + size + end})"
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix in (".pt", ".pth", ".bin"):
+            with zipfile.ZipFile(path):  # torch.save's zip: a cut file has no central directory at its end
+                pass
+    except (OSError, ValueError, KeyError, TypeError, IndexError, zipfile.BadZipFile) as error:
+        return f"{path.name} (unreadable: {type(error).__name__})"
+    return None
+
+
+def _required_files(folder: Path, world_size: int, deepspeed: bool, save_only_model: bool) -> list[str]:
+    """Files the Trainer loads on resume, as alternatives `a|b` where either will do."""
+    if deepspeed:
+        required = ["latest"]
+    elif (folder / "adapter_config.json").is_file():
+        required = ["adapter_model.safetensors|adapter_model.bin"]
+    elif (folder / SAFE_WEIGHTS_INDEX_NAME).is_file():
+        index = json.loads((folder / SAFE_WEIGHTS_INDEX_NAME).read_text())
+        required = sorted(set(index.get("weight_map", {}).values()))
+    else:
+        required = [f"adapter_model.safetensors|{SAFE_WEIGHTS_NAME}|pytorch_model.bin"]
+    required.append("trainer_state.json")
+    if not save_only_model:
+        required += [] if deepspeed else ["optimizer.pt", "scheduler.pt"]
+        required += ["rng_state.pth"] if world_size <= 1 else [f"rng_state_{rank}.pth" for rank in range(world_size)]
+    return required
+
+
+def checkpoint_problems(
+    folder: str | os.PathLike, *, world_size: int = 1, deepspeed: bool = False, save_only_model: bool = False
+) -> list[str]:
+    """Every missing or damaged file of a checkpoint that `Trainer.train(resume_from_checkpoint=...)` would load
+    (empty: it can be resumed). Checks headers only (safetensors, JSON, torch zip) and the sizes recorded in
+    `vdtrain_checkpoint.json` when there is one, so it reads kilobytes, not the weights."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return [f"{folder} is not a directory"]
+    problems = []
+    try:
+        required = _required_files(folder, world_size, deepspeed, save_only_model)
+    except (OSError, ValueError) as error:
+        return [f"{SAFE_WEIGHTS_INDEX_NAME} (unreadable: {type(error).__name__})"]
+    for names in required:
+        present = [folder / name for name in names.split("|") if (folder / name).is_file()]
+        if not present:
+            problems.append(f"{names.replace('|', ' or ')} (missing)")
+        elif (problem := _file_problem(present[0])) is not None:
+            problems.append(problem)
+    if deepspeed and (folder / "latest").is_file():
+        tag = (folder / "latest").read_text().strip()
+        if not (folder / tag).is_dir() or not any((folder / tag).iterdir()):
+            problems.append(f"{tag}/ (the DeepSpeed state named by `latest`: missing or empty)")
+    manifest = folder / MANIFEST_NAME
+    if manifest.is_file():
+        try:
+            recorded = json.loads(manifest.read_text())["files"]
+        except (OSError, ValueError, KeyError) as error:
+            return [*problems, f"{MANIFEST_NAME} (unreadable: {type(error).__name__})"]
+        for name, size in recorded.items():
+            path = folder / name
+            if any(problem.startswith(f"{name} (") for problem in problems):
+                continue  # already named, by what its header says
+            if not path.is_file():
+                problems.append(f"{name} (missing)")
+            elif path.stat().st_size != size:
+                problems.append(f"{name} ({path.stat().st_size} bytes, {size} when saved)")
+    return sorted(set(problems), key=problems.index)
+
+
+def checkpoint_folders(output_dir: str | os.PathLike) -> list[Path]:
+    """`checkpoint-N` folders of `output_dir`, oldest step first."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _STEP.match(p.name))]
+    return [path for _, path in sorted(found)]
+
+
+def complete_checkpoints(output_dir: str | os.PathLike, **checks: Any) -> list[Path]:
+    """The checkpoints of `output_dir` that `checkpoint_problems` finds nothing wrong with, oldest first."""
+    return [path for path in checkpoint_folders(output_dir) if not checkpoint_problems(path, **checks)]
+
+
+def resolve_resume(value: str | bool | None, output_dir: str | os.PathLike, **checks: Any) -> str | None:
+    """The checkpoint to resume from: `True`/`"true"`/`"last"` is the newest complete one in `output_dir` (newer
+    incomplete ones are skipped with a warning naming their files); a path is checked and refused if incomplete.
+
+    Raises:
+        CheckpointError: no complete checkpoint to take, or the named one has missing or damaged files.
+    """
+    from vdtrain.errors import CheckpointError
+
+    if value is None or value is False or str(value).strip().lower() in ("", "false", "none", "no"):
+        return None
+    if value is True or str(value).strip().lower() in ("true", "last", "latest", "yes"):
+        folders = checkpoint_folders(output_dir)
+        if not folders:
+            raise CheckpointError(
+                f"{output_dir}: no checkpoint-N folder to resume from; drop --resume_from_checkpoint to start anew"
+            )
+        skipped = []
+        for folder in reversed(folders):
+            problems = checkpoint_problems(folder, **checks)
+            if not problems:
+                for name, why in skipped:
+                    logger.warning("vdtrain: skipping %s (incomplete: %s)", name, why)
+                logger.warning("vdtrain: resuming from %s, the newest complete checkpoint", folder)
+                return str(folder)
+            skipped.append((folder.name, "; ".join(problems)))
+        listed = "\n".join(f"  {name}: {why}" for name, why in skipped)
+        raise CheckpointError(f"{output_dir}: no complete checkpoint to resume from:\n{listed}")
+    folder = Path(value)
+    problems = checkpoint_problems(folder, **checks)
+    if problems:
+        complete = complete_checkpoints(folder.parent, **checks) if folder.parent.is_dir() else []
+        hint = (
+            f"{complete[-1]} is complete: resume from it, or pass --resume_from_checkpoint last"
+            if complete
+            else "no other checkpoint beside it is complete: start anew without --resume_from_checkpoint"
+        )
+        raise CheckpointError(f"{folder} cannot be resumed from: {'; '.join(problems)}. {hint}")
+    return str(folder)
+
+
+def write_manifest(folder: str | os.PathLike) -> Path:
+    """Record every file of a saved checkpoint with its size, atomically; its presence means saving finished."""
+    folder = Path(folder)
+    files = {
+        str(path.relative_to(folder)): path.stat().st_size
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != MANIFEST_NAME and not path.name.startswith(".")
+    }
+    target = folder / MANIFEST_NAME
+    tmp = folder / f".{MANIFEST_NAME}.tmp"
+    with open(tmp, "w") as handle:
+        json.dump({"format": 1, "files": files}, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, target)
+    return target
+
+
+class CheckpointIntegrity:
+    """`Trainer` mixin: resume only from complete checkpoints (`"last"`/`True`: the newest complete one), and mark
+    each saved checkpoint complete with `vdtrain_checkpoint.json`, written after every process finished saving."""
+
+    def _checkpoint_checks(self) -> dict[str, Any]:
+        return {
+            "world_size": self.args.world_size,
+            "deepspeed": bool(self.is_deepspeed_enabled),
+            "save_only_model": bool(self.args.save_only_model),
+        }
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        checks = self._checkpoint_checks()
+        resume_from_checkpoint = resolve_resume(resume_from_checkpoint, self.args.output_dir, **checks)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        self.accelerator.wait_for_everyone()  # every rank's RNG state and shards are on disk
+        folder = Path(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save and folder.is_dir():
+            write_manifest(folder)
+
+
+class FullCheckpointLoading(CheckpointIntegrity):
+    """`Trainer` mixin: complete checkpoints only (`CheckpointIntegrity`), and resume (and `load_best_model_at_end`)
+    of full fine-tunes by saved names; LoRA, DeepSpeed and FSDP checkpoints go to the `Trainer`'s own loaders."""
 
     def _loads_full_weights(self, model: torch.nn.Module, folder: str) -> bool:
         """Whether `folder` is a full-model checkpoint that the Trainer's own loader would load under wrong names."""

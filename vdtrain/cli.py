@@ -1,23 +1,37 @@
-"""`vdtrain` command line: dispatches `vdtrain <command> [<subcommand>] ...` to each module's `main(argv)`."""
+"""`vdtrain` command line: dispatches `vdtrain <command> [<subcommand>] ...` to a module's `main(argv)` inside one
+error boundary (bad input: one `vdtrain <command>: error: ...` line and exit 1; usage errors exit 2; Ctrl-C: one
+line saying what was kept and how to resume, exit 130; `--debug` or `VDTRAIN_DEBUG=1`: the full traceback).
+
+A command is a module with `main(argv: list[str]) -> int` (and optionally `on_interrupt(argv) -> str`, the line
+printed on Ctrl-C); it plugs in with one entry in `COMMANDS` and one in `HELP`. Nothing heavy is imported here, so
+`vdtrain --help` answers at once.
+"""
 
 from __future__ import annotations
 
-import importlib
+import os
 import sys
 
-# command -> module with `main(argv: list[str]) -> int`; nested groups map a subcommand the same way.
+if __package__ in (None, ""):  # `python vdtrain/cli.py`: import vdtrain as a package, never its files as top-level
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+    sys.path.insert(0, os.path.dirname(_here))
+
+import importlib  # noqa: E402
+
+# command -> module with `main(argv: list[str]) -> int`; a nested mapping is a command group.
 COMMANDS: dict[str, str | dict[str, str]] = {
-    "train": "vdtrain.train_cli",
-    "merge": "vdtrain.merge",
-    "filter": "vdtrain.filtering_cli",
-    "inspect": "vdtrain.inspect",
+    "train": "vdtrain.commands.train",
+    "merge": "vdtrain.commands.merge",
+    "filter": "vdtrain.commands.filter",
+    "inspect": "vdtrain.commands.inspect_tokens",
     "demo": "vdtrain.demo.run",
     "eval": {
-        "chair": "vdtrain.evaluation.chair_cli",
-        "pope": "vdtrain.evaluation.pope",
-        "pope-build": "vdtrain.evaluation.pope_build",
-        "generate": "vdtrain.evaluation.generate_cli",
-        "run": "vdtrain.evaluation.protocol",
+        "chair": "vdtrain.commands.eval_chair",
+        "pope": "vdtrain.commands.eval_pope",
+        "pope-build": "vdtrain.commands.eval_pope_build",
+        "generate": "vdtrain.commands.eval_generate",
+        "run": "vdtrain.commands.eval_run",
     },
 }
 
@@ -28,16 +42,88 @@ HELP = {
     "inspect": "plot per-token probabilities with the clean and the noised image (thesis Fig. 5.1)",
     "demo": "end-to-end synthetic hallucination benchmark on a tiny model (CPU, minutes)",
     "eval": "evaluation: chair | pope | pope-build | generate | run",
+    "chair": "CHAIR object hallucination of captions against COCO annotations",
+    "pope": "POPE yes/no probing metrics of answers files",
+    "pope-build": "build POPE question sets from COCO instances",
+    "generate": "answer a question file with a model (batched, resumable)",
+    "run": "a benchmark protocol (eval/*.yaml) end to end: generate, then score",
 }
+
+EXIT_INPUT, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
 def _usage(group: dict[str, str | dict[str, str]], prefix: str) -> str:
     lines = [f"usage: {prefix} <command> [options]", "", "commands:"]
     for name in group:
         lines.append(f"  {name:<12} {HELP.get(name, '')}".rstrip())
-    lines.append("")
-    lines.append(f"Run `{prefix} <command> --help` for the options of one command.")
+    lines += ["", f"Run `{prefix} <command> --help` for the options of one command; add --debug (or set"]
+    lines.append("VDTRAIN_DEBUG=1) to any command to see the full traceback of an error.")
     return "\n".join(lines)
+
+
+def _debug_requested(argv: list[str]) -> tuple[bool, list[str]]:
+    """Whether `--debug` (bare; `train --debug <mode>` is TrainingArguments') or VDTRAIN_DEBUG asks for tracebacks."""
+    rest, debug = [], os.environ.get("VDTRAIN_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+    for index, arg in enumerate(argv):
+        bare = index + 1 == len(argv) or argv[index + 1].startswith("-")
+        if arg == "--debug" and bare:
+            debug = True
+        else:
+            rest.append(arg)
+    return debug, rest
+
+
+def _is_input_error(error: BaseException) -> bool:
+    """vdtrain's input errors and the library errors bad input causes (not bugs: those keep their traceback)."""
+    from vdtrain.errors import InputError
+
+    if isinstance(error, (InputError, ValueError, OSError, ImportError)):
+        return True
+    name = type(error).__name__
+    return name in ("SafetensorError", "YAMLError", "ScannerError", "ParserError", "MissingNLTKDataError")
+
+
+def error_message(error: BaseException) -> str:
+    """The error's own text, without a DataLoader worker's embedded traceback, with a hint where a library's is
+    misleading."""
+    text = str(error) or type(error).__name__
+    if "Original Traceback (most recent call last)" in text:  # re-raised from a DataLoader worker
+        lines = [line for line in text.splitlines() if line.strip()]
+        last = lines[-1]
+        text = last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].isidentifier() else last
+    if type(error).__name__ == "HFValidationError":
+        text += " (a local path that does not exist is read as a hub id: check the path)"
+    if isinstance(error, OSError) and not isinstance(error, FileNotFoundError) and error.filename and not text:
+        text = f"{error.filename}: {error.strerror}"
+    return text
+
+
+def run_command(prog: str, module_name: str, argv: list[str]) -> int:
+    """Run `module_name.main(argv)` inside the error boundary; `prog` (e.g. `vdtrain eval chair`) prefixes messages."""
+    from vdtrain.errors import UsageError
+
+    debug, argv = _debug_requested(argv)
+    module = None
+    try:
+        module = importlib.import_module(module_name)
+        return int(module.main(argv) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        kept = getattr(module, "on_interrupt", None)
+        detail = kept(argv) if kept is not None else "results written so far are kept; rerun the command to go on"
+        print(f"\n{prog}: interrupted: {detail}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SystemExit as stop:  # argparse's usage errors (already printed) and `--help`
+        if isinstance(stop.code, str):
+            print(f"{prog}: error: {stop.code}", file=sys.stderr)
+            return EXIT_USAGE
+        return int(stop.code or 0)
+    except Exception as error:
+        if debug or not _is_input_error(error):
+            raise
+        print(f"{prog}: error: {error_message(error)}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(error, UsageError) else EXIT_INPUT
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,19 +133,18 @@ def main(argv: list[str] | None = None) -> int:
     prefix = "vdtrain"
     while True:
         if not argv or argv[0] in ("-h", "--help"):
-            print(_usage(group, prefix))
-            return 0 if argv else 2
+            print(_usage(group, prefix), file=sys.stdout if argv else sys.stderr)
+            return 0 if argv else EXIT_USAGE
         name = argv.pop(0)
         if name not in group:
-            print(f"{prefix}: unknown command {name!r}\n\n{_usage(group, prefix)}", file=sys.stderr)
-            return 2
+            print(f"{prefix}: error: unknown command {name!r}\n\n{_usage(group, prefix)}", file=sys.stderr)
+            return EXIT_USAGE
         target = group[name]
         prefix = f"{prefix} {name}"
         if isinstance(target, dict):
             group = target
             continue
-        module = importlib.import_module(target)
-        return int(module.main(argv) or 0)
+        return run_command(prefix, target, argv)
 
 
 if __name__ == "__main__":

@@ -93,7 +93,11 @@ class ModelArguments:
     """Which model to fine-tune and how it is wrapped."""
 
     model_name_or_path: str = field(metadata={"help": "Hub id or local directory of the base model."})
-    dtype: str = field(default="auto", metadata={"help": "Weights dtype: auto, bfloat16, float16 or float32."})
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "Weights dtype: auto (bfloat16 on a GPU that supports it, else float32), bfloat16, "
+                  "float16 or float32."},
+    )  # fmt: skip
     attn_implementation: str | None = field(default=None, metadata={"help": "e.g. sdpa, eager, flash_attention_2."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Never needed by a supported family."})
     lora: bool = field(default=True, metadata={"help": "Train LoRA adapters on the language model (else full)."})
@@ -121,4 +125,12 @@ class DataArguments:
     drop_truncated: bool = field(
         default=False,
         metadata={"help": "Drop samples that do not fit max_length (warning) instead of stopping with an error."},
+    )
+    drop_invalid: bool = field(
+        default=False,
+        metadata={"help": "Drop samples with bad turns or special-token text (warning) instead of stopping."},
+    )
+    allow_external_images: bool = field(
+        default=False,
+        metadata={"help": "Allow image paths that resolve outside image_folder (absolute paths, '../')."},
     )

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
 logger = logging.getLogger("vdtrain")
@@ -48,7 +46,7 @@ def merge_adapter(
     if not (adapter_dir / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json; is this a LoRA adapter directory?")
     if output_dir.resolve() == adapter_dir.resolve() or (output_dir.is_dir() and any(output_dir.iterdir())):
-        raise FileExistsError(f"{output_dir}: the output directory must be new or empty")
+        raise FileExistsError(f"{output_dir}: the output directory must be new or empty; pass another --output")
     base = str(base) if base is not None else base_model_of(adapter_dir)
     model, processor, _ = load_model_and_processor(base, dtype=dtype)
     model = PeftModel.from_pretrained(model, adapter_dir)
@@ -67,19 +65,3 @@ def merge_adapter(
     logger.info("vdtrain merge: %s + %s -> %s", base, adapter_dir, output_dir)
     return output_dir
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `vdtrain merge`."""
-    parser = argparse.ArgumentParser(
-        prog="vdtrain merge",
-        description="Merge a LoRA adapter and its trained projector into the base model; the output loads with "
-        "AutoModelForImageTextToText.from_pretrained (import vdtrain.models first for vdtrain's native ports).",
-    )
-    parser.add_argument("--adapter", required=True, help="adapter directory (training output or checkpoint-N)")
-    parser.add_argument("--output", required=True, help="new directory for the merged model and processor")
-    parser.add_argument("--base", default=None, help="base model (default: the adapter's vdtrain_base_model.txt)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    merge_adapter(args.adapter, args.output, base=args.base, dtype=args.dtype)
-    return 0

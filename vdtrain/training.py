@@ -23,7 +23,7 @@ def build_trainer(
     transformers.set_seed(training_args.seed)
     records = load_conversations(data_args.data_path, data_args.max_samples)
     if data_args.check_images:
-        check_images(records, data_args.image_folder, source=data_args.data_path)
+        check_images(records, data_args.image_folder, data_args.data_path, data_args.allow_external_images)
     model, processor, adapter = load_model_and_processor(
         model_args.model_name_or_path,
         dtype=model_args.dtype,
@@ -37,7 +37,8 @@ def build_trainer(
         )
     dataset = SupervisedDataset(
         records, adapter, processor, data_args.image_folder, data_args.max_length, source=data_args.data_path,
-        drop_truncated=data_args.drop_truncated,
+        drop_truncated=data_args.drop_truncated, drop_invalid=data_args.drop_invalid,
+        allow_external_images=data_args.allow_external_images,
     )  # fmt: skip
     logger.info("vdtrain: %d training sequences (%d samples dropped)", len(dataset), len(dataset.dropped))
     model = prepare_for_training(model, adapter, model_args, training_args.gradient_checkpointing)

@@ -12,10 +12,16 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from vdtrain.data.conversations import image_path, load_image, to_messages
+from vdtrain.data.conversations import (
+    image_path,
+    load_image,
+    special_token_pattern,
+    special_token_problem,
+    to_messages,
+)
 from vdtrain.data.keys import END_OF_TURN_MASK, HAS_IMAGE
 from vdtrain.dependence import IGNORE_INDEX
-from vdtrain.models.base import ConversationError, Example, ModelAdapter, pad_token_id
+from vdtrain.models.base import ConversationError, Example, ModelAdapter, pad_token_id, tokenizer_of
 
 logger = logging.getLogger(__name__)
 IMAGE_INPUTS = "image_inputs"  # feature entry holding the adapter's image inputs of the one image
@@ -41,16 +47,20 @@ def encode_record(
     max_length: int,
     source: str = "data",
     image: Image.Image | None = None,
+    messages: list[dict[str, str]] | None = None,
+    allow_external_images: bool = False,
 ) -> EncodedRecord:
     """Tokenise one LLaVA-format record into the adapter's examples, truncated to `max_length` and checked.
 
     Args:
         image (`PIL.Image`, *optional*): the record's image when the caller has loaded it already; otherwise the
             file is opened only if the adapter's image token count depends on the image size.
+        messages (`list[dict]`, *optional*): the record's turns when the caller has checked them already.
+        allow_external_images (`bool`): accept an image path that resolves outside `image_folder`.
     """
     sample_id = str(record["id"])
-    messages = to_messages(record, source)
-    path = image_path(record, image_folder)
+    messages = to_messages(record, source) if messages is None else messages
+    path = image_path(record, image_folder, allow_external_images)
     num_tokens = 0
     if path is not None:
         size = (64, 64)
@@ -88,9 +98,12 @@ def example_features(example: Example, image_inputs: dict[str, torch.Tensor] | N
 class SupervisedDataset(torch.utils.data.Dataset):
     """Training examples of LLaVA-format records for one model family.
 
-    Every conversation is tokenised once at construction, so a sample that truncation to `max_length` leaves
-    without supervised tokens (or cuts into its image tokens) stops the run before training starts, with one error
-    listing every such sample; `drop_truncated=True` drops them with a warning instead. Images are read per item.
+    Every conversation is checked and tokenised once at construction, so bad samples stop the run before training
+    starts, with one error listing every such sample: turns out of order, special-token text in a turn (a literal
+    `</s>` would become the real token), a wrong `<image>` count (`drop_invalid=True` drops these with a warning
+    instead), an image outside `image_folder` (refused unless `allow_external_images=True`), and samples that
+    truncation to `max_length` leaves without supervised tokens or cuts into their image tokens
+    (`drop_truncated=True` drops those). Images are read per item.
 
     Args:
         records: LLaVA-format records (`load_conversations`).
@@ -100,6 +113,8 @@ class SupervisedDataset(torch.utils.data.Dataset):
         max_length: tokens per sequence after image expansion.
         source: name of the data file, for error messages.
         drop_truncated: drop over-long samples (with a warning) instead of refusing them.
+        drop_invalid: drop samples with bad turns or special-token text (with a warning) instead of refusing them.
+        allow_external_images: accept image paths that resolve outside `image_folder`.
     """
 
     def __init__(
@@ -111,13 +126,49 @@ class SupervisedDataset(torch.utils.data.Dataset):
         max_length: int = 2048,
         source: str = "data",
         drop_truncated: bool = False,
+        drop_invalid: bool = False,
+        allow_external_images: bool = False,
     ) -> None:
         self.adapter, self.processor, self.image_folder, self.source = adapter, processor, image_folder, source
+        self.allow_external_images = allow_external_images
         self.items: list[tuple[dict[str, Any], Example]] = []
         self.dropped: list[str] = []
         too_long: list[str] = []
-        for record in tqdm(records, desc="tokenizing", unit="sample", leave=False):
-            encoded = encode_record(record, adapter, processor, image_folder, max_length, source)
+        placeholders = ("<image>", adapter.image_placeholder(processor))  # the data's image marker is no misuse
+        special = special_token_pattern(tokenizer_of(processor), allowed=placeholders)
+        checked = []
+        invalid: list[str] = []
+        for record in records:
+            try:
+                messages = to_messages(record, source)
+                problem = special_token_problem(messages, special, f"{source}: sample {record.get('id')!r}")
+                if problem is not None:
+                    raise ConversationError(problem)
+            except ConversationError as error:
+                invalid.append(str(error).removeprefix(f"{source}: "))
+                self.dropped.append(str(record.get("id")))
+                continue
+            checked.append((record, messages))
+        if invalid and not drop_invalid:
+            listed = "\n".join(f"  {line}" for line in invalid[:20])
+            more = f"\n  ... and {len(invalid) - 20} more" if len(invalid) > 20 else ""
+            raise ConversationError(
+                f"{source}: {len(invalid)} of {len(records)} sample(s) cannot be trained on:\n{listed}{more}\n"
+                "Fix them, or set drop_invalid: true to train without them."
+            )
+        for line in invalid:
+            logger.warning("%s: dropped %s", source, line)
+        for record, messages in tqdm(checked, desc="tokenizing", unit="sample", leave=False):
+            encoded = encode_record(
+                record,
+                adapter,
+                processor,
+                image_folder,
+                max_length,
+                source,
+                messages=messages,
+                allow_external_images=allow_external_images,
+            )
             for tokens, no_supervised, _ in encoded.dropped:
                 reason = "no supervised token" if no_supervised else "its image tokens"
                 self.dropped.append(str(record["id"]))
@@ -145,7 +196,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record, example = self.items[index]
-        path = image_path(record, self.image_folder)
+        path = image_path(record, self.image_folder, self.allow_external_images)
         if path is None:
             return example_features(example)
         try:

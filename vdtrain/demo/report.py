@@ -221,14 +221,14 @@ def machine_description() -> str:
 def inspect_figure(
     output: Path, processor: Any, example: tuple[Any, Path, str] | None, noise_step: int = 900
 ) -> tuple[Path | None, str]:
-    """The thesis Fig. 5.1 view (`vdtrain inspect`) of `(model, image path, caption)`, when `vdtrain.inspect` exists.
+    """The thesis Fig. 5.1 view (`vdtrain inspect`) of `(model, image path, caption)`.
 
     Returns `(figure or None, a line for the report)`; a failure is reported, never raised.
     """
     try:
-        from vdtrain.inspect import plot_token_dependence, token_dependence
+        from vdtrain.probs_figure import plot_token_dependence, token_dependence
     except ImportError:
-        return None, "_No per-token dependence figure: `vdtrain.inspect` is not in this install._"
+        return None, "_No per-token dependence figure: `vdtrain.probs_figure` is not in this install._"
     if example is None:
         return None, "_No per-token dependence figure: no caption to inspect._"
     from PIL import Image

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from vdtrain.errors import InputError
+
 from .lemmatize import caption_lemmas
 
 DEFAULT_SYNONYMS = Path(__file__).with_name("data") / "coco_synonyms.txt"
@@ -106,21 +108,38 @@ def evaluate_chair(
     ground_truth: Mapping[int, set[str]],
     synonyms: Synonyms | None = None,
     lemmatizer: str = "nltk",
+    unknown_ids: str = "error",
 ) -> dict:
     """CHAIR_s, CHAIR_i and Recall (fractions) of generated captions, with OPERA-style per-caption details.
 
     Args:
         captions (`Iterable[Mapping]`): records with an integer `image_id` and a `caption` (see `load_captions`).
-        ground_truth (`Mapping[int, set[str]]`): categories per image, from `build_ground_truth`. An image missing
-            from it has no ground truth: all its mentions are hallucinations.
+        ground_truth (`Mapping[int, set[str]]`): categories per image, from `build_ground_truth`.
         synonyms (`Synonyms`, *optional*): the vocabulary the ground truth was built with; defaults to COCO's.
         lemmatizer (`str`, defaults to `"nltk"`): the lemmatizer the ground truth was built with.
+        unknown_ids (`str`, defaults to `"error"`): captions of images that are not in `ground_truth` (wrong ids, or
+            another split): `"error"` refuses them, listing the ids (as the original CHAIR code fails on them);
+            `"skip"` leaves them out and lists them in `overall_metrics["skipped_unknown_ids"]`; `"count"` scores
+            them against an empty ground truth (every mention a hallucination).
 
     Returns:
         `dict` with `overall_metrics` (`CHAIRs`, `CHAIRi`, `Recall`, `mean_length`, `num_captions`, ...) and
         `sentences`, one entry per caption in input order.
     """
     synonyms = synonyms or load_synonyms()
+    captions = list(captions)
+    if unknown_ids not in ("error", "skip", "count"):
+        raise ValueError(f"unknown_ids must be 'error', 'skip' or 'count', got {unknown_ids!r}")
+    unknown = sorted({record["image_id"] for record in captions if record["image_id"] not in ground_truth}, key=str)
+    if unknown and unknown_ids == "error":
+        shown = ", ".join(map(str, unknown[:10])) + (f", ... ({len(unknown)} in all)" if len(unknown) > 10 else "")
+        raise InputError(
+            f"{len(unknown)} image id(s) of the captions are not in the annotations: {shown}. Are these the ids of "
+            "the annotated split? Pass --skip-unknown-ids to leave those captions out (recorded in the output)."
+        )
+    if unknown_ids == "skip":
+        skipped = set(unknown)
+        captions = [record for record in captions if record["image_id"] not in skipped]
     sentences = []
     hallucinated_captions = mentions = hallucinations = recalled = gt_total = words = 0
     unknown_images = set()
@@ -177,6 +196,8 @@ def evaluate_chair(
         "num_unknown_images": len(unknown_images),
         "lemmatizer": lemmatizer,
     }
+    if unknown_ids == "skip":
+        overall["skipped_unknown_ids"] = unknown
     return {"overall_metrics": overall, "sentences": sentences}
 
 

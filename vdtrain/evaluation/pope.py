@@ -6,12 +6,8 @@ refused here instead). Parsers other than the default are named after the code b
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-
-from vdtrain.io import atomic_write_json, read_objects
 
 PARSERS = ("pope", "vcd", "opera")
 RATE_METRICS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
@@ -97,7 +93,9 @@ def evaluate_pope(
         questions_name, answers_name (`str`): file names for error messages.
 
     Returns:
-        `dict` with `metrics` and `predictions` ("yes"/"no" in question order).
+        `dict` with `metrics`, `predictions` ("yes"/"no" in question order) and `empty_answers`, the question ids
+        whose answer is empty or blank (scored as the parser reads "": "yes" for POPE's own rule; listed so a run
+        of empty generations cannot pass unnoticed).
     """
     by_id: dict[str, Mapping] = {}
     for number, answer in enumerate(answers, 1):
@@ -117,7 +115,7 @@ def evaluate_pope(
         if extra:
             problems.append(f"{answers_name} answers question_id {_few(extra)}, which {questions_name} does not ask")
         raise ValueError("; ".join(problems) + ": are these the answers to these questions?")
-    labels, predictions = [], []
+    labels, predictions, empty = [], [], []
     for question in questions:
         label = str(question.get("label", "")).strip().lower()
         if label not in ("yes", "no"):
@@ -131,9 +129,11 @@ def evaluate_pope(
                 f"{answers_name}: question_id {question['question_id']} has no answer text under "
                 f"{answer_key!r} (or 'text'): pass --answer-key"
             )
+        if not text.strip():
+            empty.append(question["question_id"])
         labels.append(label)
         predictions.append(parse_answer(text, parser, label))
-    return {"metrics": pope_metrics(labels, predictions), "predictions": predictions}
+    return {"metrics": pope_metrics(labels, predictions), "predictions": predictions, "empty_answers": empty}
 
 
 def average_metrics(splits: Mapping[str, Mapping]) -> dict:
@@ -141,7 +141,8 @@ def average_metrics(splits: Mapping[str, Mapping]) -> dict:
     return {k: sum(s["metrics"][k] for s in splits.values()) / len(splits) for k in RATE_METRICS}
 
 
-def _answers_for(questions: Path, answers_dir: Path) -> Path:
+def answers_for(questions: Path, answers_dir: Path) -> Path:
+    """The answers file in `answers_dir` for a question file (same stem, or the same `*_<split>` suffix)."""
     files = sorted(p for p in answers_dir.iterdir() if p.suffix in (".json", ".jsonl"))
     exact = [p for p in files if p.stem == questions.stem]
     if len(exact) == 1:
@@ -156,20 +157,6 @@ def _answers_for(questions: Path, answers_dir: Path) -> Path:
     )
 
 
-def _pairs(args: argparse.Namespace) -> list[tuple[Path, Path]]:
-    if args.questions_dir or args.answers_dir:
-        if not (args.questions_dir and args.answers_dir):
-            raise ValueError("--questions-dir and --answers-dir go together")
-        qdir, adir = Path(args.questions_dir), Path(args.answers_dir)
-        questions = sorted(p for p in qdir.iterdir() if p.suffix in (".json", ".jsonl"))
-        if not questions:
-            raise ValueError(f"{qdir}: no .json or .jsonl question files")
-        return [(q, _answers_for(q, adir)) for q in questions]
-    if len(args.questions) != len(args.answers) or not args.questions:
-        raise ValueError("give --questions and --answers in pairs (as many of each), or --questions-dir/--answers-dir")
-    return [(Path(q), Path(a)) for q, a in zip(args.questions, args.answers)]
-
-
 def format_table(splits: Mapping[str, Mapping], average: Mapping | None) -> str:
     """Per-split table in percent, the papers' layout."""
     head = f"{'split':<24}{'acc':>7}{'prec':>7}{'rec':>7}{'f1':>7}{'yes%':>7}"
@@ -179,49 +166,3 @@ def format_table(splits: Mapping[str, Mapping], average: Mapping | None) -> str:
         rows.append(f"{name:<24}" + "".join(f"{100 * m[k]:>7.1f}" for k in RATE_METRICS))
     return "\n".join(rows)
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="vdtrain eval pope",
-        description="POPE accuracy/precision/recall/F1/yes-ratio of yes/no answers, per split and averaged.",
-    )
-    p.add_argument("--questions", action="append", default=[], help="question file (jsonl; repeat per split)")
-    p.add_argument("--answers", action="append", default=[], help="answers file, paired with --questions in order")
-    p.add_argument("--questions-dir", help="directory of question files, one per split")
-    p.add_argument("--answers-dir", help="directory of answers files named like the question files")
-    p.add_argument("--output", required=True, help="where to write the JSON result")
-    p.add_argument("--parser", choices=PARSERS, default="pope", help="answer parser (default: %(default)s)")
-    p.add_argument("--answer-key", default="answer", help="key of the answer text; `text` when absent")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`vdtrain eval pope`: score answers files against POPE question files and write the report."""
-    args = build_parser().parse_args(argv)
-    splits: dict[str, dict] = {}
-    try:
-        for questions, answers in _pairs(args):
-            name = questions.stem if questions.stem not in splits else str(questions)
-            result = evaluate_pope(
-                read_objects(questions),
-                read_objects(answers),
-                args.parser,
-                args.answer_key,
-                str(questions),
-                str(answers),
-            )
-            splits[name] = {"questions": str(questions), "answers": str(answers), **result}
-    except (ValueError, FileNotFoundError) as err:
-        print(f"vdtrain eval pope: error: {err}", file=sys.stderr)
-        return 1
-    report: dict = {"parser": args.parser}
-    if len(splits) == 1:
-        only = next(iter(splits.values()))
-        report |= {"metrics": only["metrics"], "predictions": only["predictions"]}
-    report["splits"] = splits
-    report["average"] = average_metrics(splits)
-    output = Path(args.output)
-    atomic_write_json(output, report, indent=1)
-    print(format_table(splits, report["average"] if len(splits) > 1 else None))
-    print(f"-> {output}")
-    return 0

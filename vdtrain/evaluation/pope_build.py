@@ -7,11 +7,9 @@ how that negative is chosen. Deterministic for a given seed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
-import sys
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -114,53 +112,20 @@ def build_pope(
     return splits
 
 
+def load_instances(path: str | os.PathLike) -> dict:
+    """A COCO-format instances file, checked to hold images, annotations and categories."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            instances = json.load(f)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not a COCO instances file: not JSON ({error})") from None
+    if not isinstance(instances, dict) or not {"annotations", "categories", "images"} <= instances.keys():
+        raise ValueError(f"{path} is not a COCO instances file (needs images, annotations, categories)")
+    return instances
+
+
 def read_categories(path: str | os.PathLike) -> list[str]:
     """Category names from a list file: one per line, or a synonyms file (the first item of each line)."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     return [line.strip().split(", ")[0] for line in lines if line.strip()]
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="vdtrain eval pope-build",
-        description="Write coco_pope_{random,popular,adversarial}.json (jsonl) question sets from COCO instances.",
-    )
-    p.add_argument("--instances", required=True, help="COCO-format instances file, e.g. instances_val2014.json")
-    p.add_argument("--num-images", type=int, required=True, help="images to sample (the released sets use 500)")
-    p.add_argument("--seed", type=int, required=True, help="seed of the image sample and the random negatives")
-    p.add_argument("--output-dir", required=True, help="directory for the three question files")
-    p.add_argument("--categories-from", help="restrict objects to the categories listed in this file")
-    p.add_argument("--prefix", default="coco_pope", help="file name prefix (default: %(default)s)")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`vdtrain eval pope-build`: build the three POPE question files."""
-    args = build_parser().parse_args(argv)
-    try:
-        with open(args.instances, encoding="utf-8") as f:
-            try:
-                instances = json.load(f)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{args.instances} is not a COCO instances file: not JSON ({error})") from None
-        if not isinstance(instances, dict) or not {"annotations", "categories", "images"} <= instances.keys():
-            raise ValueError(f"{args.instances} is not a COCO instances file (needs images, annotations, categories)")
-        categories = None
-        if args.categories_from:
-            categories = read_categories(args.categories_from)
-            unknown = sorted(set(categories) - {c["name"] for c in instances["categories"]})
-            if unknown:
-                raise ValueError(
-                    f"{args.categories_from}: categories not in {args.instances}: {', '.join(unknown[:5])}"
-                )
-        splits = build_pope(instances, args.num_images, args.seed, categories)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"vdtrain eval pope-build: error: {err}", file=sys.stderr)
-        return 1
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for strategy, questions in splits.items():
-        path = out / f"{args.prefix}_{strategy}.json"
-        path.write_text("".join(json.dumps(q) + "\n" for q in questions))
-        print(f"{path}: {len(questions)} questions on {args.num_images} images")
-    return 0

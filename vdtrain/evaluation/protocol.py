@@ -1,4 +1,4 @@
-"""`vdtrain eval run CONFIG.yaml`: a benchmark protocol (eval/*.yaml) end to end, generation then scoring.
+"""The library behind `vdtrain eval run CONFIG.yaml`: a benchmark protocol (eval/*.yaml), generation then scoring.
 
 A config names the benchmark (`chair` or `pope`), its question files, the prompt and the decoding; the command line
 adds the model, the data folders and where results go, and may override the decoding. Generation resumes, and
@@ -16,11 +16,10 @@ from typing import Any
 
 import yaml
 
+from vdtrain.commands.eval_generate import decoding_options, load_model
 from vdtrain.evaluation.generate import DecodingOptions, generate_answers, run_settings
-from vdtrain.evaluation.generate_cli import add_decoding_arguments, decoding_options, load_model
 from vdtrain.evaluation.questions import load_questions, read_answers
 from vdtrain.io import atomic_write_json, atomic_write_jsonl, read_json
-from vdtrain.models.base import ConversationError
 
 CONFIG_KEYS = {
     "benchmark",
@@ -65,26 +64,6 @@ def load_protocol(path: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="vdtrain eval run",
-        description="Run an evaluation protocol (eval/*.yaml): generate answers, score them, print the summary.",
-    )
-    p.add_argument("config", help="protocol config, e.g. eval/chair-coco500.yaml or eval/pope-coco.yaml")
-    p.add_argument("--model", required=True, help="model directory (or a LoRA adapter's base model)")
-    p.add_argument("--adapter", help="LoRA adapter directory, applied without merging")
-    p.add_argument("--image-folder", required=True, help="folder of the benchmark's images (COCO val2014)")
-    p.add_argument("--output-dir", required=True, help="answers, scores and summary.json go here (resumed)")
-    p.add_argument("--coco-dir", help="CHAIR: folder with instances_val2014.json and captions_val2014.json")
-    p.add_argument("--nltk-data", help="CHAIR: NLTK data directory")
-    p.add_argument("--cache-dir", help="CHAIR: ground-truth cache directory")
-    p.add_argument("--limit", type=int, help="only the first N questions of each file (smoke runs; not comparable)")
-    p.add_argument("--overwrite", action="store_true", help="regenerate instead of resuming")
-    p.add_argument("--no-progress", action="store_true")
-    add_decoding_arguments(p, defaults={})
-    return p
-
-
 def _check_scorer_inputs(config: dict, args: argparse.Namespace) -> None:
     """Fail before hours of generation, not after: CHAIR's annotation files and NLTK data must be there."""
     if config["benchmark"] != "chair":
@@ -101,24 +80,23 @@ def _check_scorer_inputs(config: dict, args: argparse.Namespace) -> None:
 def _score(config: dict, args: argparse.Namespace, pairs: dict[str, tuple[Path, Path]], out: Path) -> dict:
     """Run the benchmark's scorer on (questions, answers) pairs; returns its metrics."""
     if config["benchmark"] == "chair":
-        from vdtrain.evaluation import chair_cli
+        from vdtrain.commands import eval_chair
 
         report = out / "chair.json"
         argv = ["--captions", str(pairs["chair"][1]), "--coco-dir", args.coco_dir, "--output", str(report)]
         argv += ["--lemmatizer", (config.get("chair") or {}).get("lemmatizer", "nltk")]
         argv += ["--nltk-data", args.nltk_data] if args.nltk_data else []
         argv += ["--cache-dir", args.cache_dir] if args.cache_dir else []
-        if chair_cli.main(argv):
-            raise RuntimeError("CHAIR scoring failed (see the error above)")
+        argv += ["--skip-unknown-ids"] if (config.get("chair") or {}).get("skip_unknown_ids") else []
+        eval_chair.main(argv)
         return read_json(report)["overall_metrics"]
-    from vdtrain.evaluation import pope
+    from vdtrain.commands import eval_pope
 
     report = out / "pope.json"
     argv = ["--output", str(report), "--parser", (config.get("pope") or {}).get("parser", "pope")]
     for questions, answers in pairs.values():
         argv += ["--questions", str(questions), "--answers", str(answers)]
-    if pope.main(argv):
-        raise RuntimeError("POPE scoring failed (see the error above)")
+    eval_pope.main(argv)
     result = read_json(report)
     names = {str(Path(q).stem): name for name, (q, _) in pairs.items()}
     metrics = {names.get(key, key): split["metrics"] for key, split in result["splits"].items()}
@@ -158,7 +136,7 @@ def run_protocol(config: dict, args: argparse.Namespace) -> dict:
         answers = out / "answers" / f"{Path(question_file).stem}.jsonl"
         answered = {str(a.get("question_id")) for a in read_answers(answers)}
         if args.overwrite or any(str(q["question_id"]) not in answered for q in questions):
-            loaded = loaded or load_model(args.model, args.adapter, args.dtype)
+            loaded = loaded or load_model(args.model, args.adapter, args.dtype, getattr(args, "device", "auto"))
             model, processor, adapter = loaded
             print(f"{name}: {len(questions)} questions -> {answers}", file=sys.stderr)
             settings = run_settings(args.model, args.adapter, question_file, prompt, args.dtype)
@@ -184,21 +162,3 @@ def run_protocol(config: dict, args: argparse.Namespace) -> dict:
     atomic_write_json(out / "summary.json", summary, indent=1)
     return summary
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`vdtrain eval run`: run one protocol config for a model and print its metrics."""
-    args = build_parser().parse_args(argv)
-    try:
-        config = load_protocol(args.config)
-        summary = run_protocol(config, args)
-    except (ValueError, FileNotFoundError, ConversationError, RuntimeError) as error:  # RuntimeError: NLTK data
-        print(f"vdtrain eval run: error: {error}", file=sys.stderr)
-        return 1
-    decoding = summary["decoding"]
-    limit = f", limit {args.limit}" if args.limit else ""
-    line = _summary_line(summary["benchmark"], summary["metrics"])
-    print(
-        f"{summary['benchmark']} ({decoding['decoding']}, max_new_tokens {decoding['max_new_tokens']}{limit}): {line}"
-    )
-    print(f"-> {Path(args.output_dir) / 'summary.json'}")
-    return 0

@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from vdtrain.errors import InputError
 from vdtrain.filtering.runs import ERRORS_FILE, RUN_FILE, file_sha256
 from vdtrain.io import read_json, read_jsonl, read_records, records_format, write_records
 
@@ -38,17 +39,35 @@ def select_removed(scores: list[dict[str, Any]], strategy: str, fraction: float,
     return sorted(int(row["index"]) for row in order[:count])
 
 
+def check_fingerprint(scores_path: Path, data: Path, force: bool = False) -> None:
+    """Refuse scores whose `run.json` is missing or records another data file's SHA-256, unless `force`: ids can
+    match across datasets (`0`, `1`, ...), fingerprints do not."""
+    run_file = scores_path.parent / RUN_FILE
+    recorded = None
+    if run_file.is_file():
+        try:
+            recorded = read_json(run_file).get("data_sha256")
+        except (ValueError, AttributeError) as error:
+            raise InputError(f"{run_file}: unreadable ({error}); pass --force to select without it") from None
+    if force:
+        return
+    if recorded is None:
+        raise InputError(
+            f"{scores_path}: no {RUN_FILE} with the scored data file's fingerprint beside it, so nothing shows these "
+            f"scores belong to {data}. Keep scores.jsonl in its `vdtrain filter score` output directory, or pass "
+            "--force if you know they do."
+        )
+    actual = file_sha256(data)
+    if recorded != actual:
+        raise InputError(
+            f"{scores_path} scores another data file than {data} ({run_file} records sha256 {recorded[:12]}..., "
+            f"{data} has {actual[:12]}...); pass the file that was scored (or --force)"
+        )
+
+
 def _check_scores_match(
     scores: list[dict[str, Any]], errors: list[dict[str, Any]], records: list[Any], scores_path: Path, data: Path
 ) -> None:
-    run_file = scores_path.parent / RUN_FILE
-    if run_file.is_file():
-        recorded = read_json(run_file).get("data_sha256")
-        if recorded and recorded != file_sha256(data):
-            raise ValueError(
-                f"{scores_path} scores another data file than {data} ({run_file} records sha256 {recorded[:12]}..., "
-                f"{data} has {file_sha256(data)[:12]}...); pass the file that was scored"
-            )
     for row in scores:
         index = int(row["index"])
         record = records[index] if index < len(records) else None
@@ -76,6 +95,7 @@ def select_dataset(
     fraction: float,
     seed: int = 0,
     removed: str | os.PathLike | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Write `data` without the removed samples to `output` (original order and format) and the removed ones.
 
@@ -91,6 +111,7 @@ def select_dataset(
         seed (`int`, defaults to 0): seed of the `random` strategy.
         removed (`str`, *optional*): where the removed records go (JSON list); defaults to `removed.json` beside
             `output`.
+        force (`bool`, defaults to `False`): select even without a matching data fingerprint in `run.json`.
 
     Returns:
         The summary dict.
@@ -103,6 +124,7 @@ def select_dataset(
         raise FileNotFoundError(f"scores file {scores_path} does not exist; run `vdtrain filter score` first")
     if output.resolve() == data.resolve() or removed_path.resolve() in (data.resolve(), output.resolve()):
         raise ValueError(f"--output {output} / removed {removed_path} would overwrite {data}; choose other paths")
+    check_fingerprint(scores_path, data, force)
     rows = read_jsonl(scores_path, skip_bad_lines=True)
     errors = read_jsonl(scores_path.parent / ERRORS_FILE, missing_ok=True, skip_bad_lines=True)
     records, fmt = read_records(data), records_format(data)

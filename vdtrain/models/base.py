@@ -169,9 +169,6 @@ def pad_token_id(processor: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-_tokenizer = tokenizer_of  # old private name, imported by vdtrain/inspect.py until it imports tokenizer_of
-
-
 def tokenize_spans(
     tokenizer: Any, pieces: list[tuple[str, bool]], *, add_bos: bool = True
 ) -> tuple[list[int], list[bool]]:

@@ -1,9 +1,8 @@
-"""`vdtrain inspect`: per-token probabilities with the clean and the noised image (thesis Figure 5.1)."""
+"""Per-token probabilities with the clean and the noised image, and their figure (thesis Figure 5.1); the library
+behind `vdtrain inspect`."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import textwrap
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 from PIL import Image
 
 from vdtrain.dependence import POSITIVE_THRESHOLD, target_logprobs, visual_dependence
-from vdtrain.models.base import _tokenizer
+from vdtrain.models.base import tokenizer_of
 from vdtrain.noise import add_diffusion_noise
 
 COLOURS = {"image-positive": "#2a9d4b", "image-invariant": "#8c8c8c", "image-negative": "#d1495b"}
@@ -35,7 +34,7 @@ def greedy_response(
     inputs = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
     output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     new = output[0, inputs["input_ids"].shape[1] :]
-    return _tokenizer(processor).decode(new, skip_special_tokens=True).strip()
+    return tokenizer_of(processor).decode(new, skip_special_tokens=True).strip()
 
 
 @torch.no_grad()
@@ -60,7 +59,7 @@ def token_dependence(
     lc = target_logprobs(model(**clean).logits, labels)[0]
     ln = target_logprobs(model(**noised).logits, labels)[0]
     d = visual_dependence(lc, ln)
-    tokenizer = _tokenizer(processor)
+    tokenizer = tokenizer_of(processor)
     rows = []
     for position, label in enumerate(example.labels):
         if label == -100 or position == 0:
@@ -115,41 +114,3 @@ def plot_token_dependence(
     plt.close(fig)
     return output
 
-
-def build_parser() -> argparse.ArgumentParser:
-    """Options of `vdtrain inspect`."""
-    parser = argparse.ArgumentParser(
-        prog="vdtrain inspect",
-        description="Plot each response token's probability with the clean and with the diffusion-noised image, "
-        "coloured as image-positive (d > 0.25), invariant or image-negative (d < -0.25): the thesis' Figure 5.1.",
-    )
-    parser.add_argument("--model", required=True, help="model directory (full model, or the base of --adapter)")
-    parser.add_argument("--adapter", help="LoRA adapter directory applied on --model without merging")
-    parser.add_argument("--image", required=True, help="image file")
-    parser.add_argument("--prompt", required=True, help="the user's question")
-    parser.add_argument("--response", help="response to score (default: the model's greedy answer)")
-    parser.add_argument("--output", required=True, help="figure path (.png); the numbers go to the same name .json")
-    parser.add_argument("--noise-step", type=int, default=900, help="diffusion step of the noised image (0-999)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the noise")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="length limit of a generated response")
-    parser.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `vdtrain inspect`."""
-    args = build_parser().parse_args(argv)
-    from vdtrain.data.conversations import load_image
-    from vdtrain.modeling import load_for_inference
-
-    model, processor, adapter = load_for_inference(args.model, args.adapter, dtype=args.dtype)
-    if torch.cuda.is_available():
-        model = model.cuda()
-    image = load_image(Path(args.image), args.image)
-    response = args.response or greedy_response(model, processor, adapter, image, args.prompt, args.max_new_tokens)
-    rows = token_dependence(model, processor, adapter, image, args.prompt, response, args.noise_step, args.seed)
-    figure = plot_token_dependence(rows, args.output, image, title=f"Q: {args.prompt}   A: {response}")
-    figure.with_suffix(".json").write_text(json.dumps({"prompt": args.prompt, "response": response, "tokens": rows}))
-    counts = {name: sum(r["class"] == name for r in rows) for name in COLOURS}
-    print(f"{len(rows)} tokens: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + f" -> {figure}")
-    return 0

@@ -8,7 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from vdtrain.filtering.selection import STRATEGIES
+from vdtrain.commands import options
+
+STRATEGIES = ("lowest", "highest", "random")  # vdtrain.filtering.selection.STRATEGIES (not imported: torch)
 
 DESCRIPTION = """Offline data filtering by visual dependence (thesis section 5.4.5).
 
@@ -22,36 +24,16 @@ DESCRIPTION = """Offline data filtering by visual dependence (thesis section 5.4
 """
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the description's layout and shows the default of each option that has one."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if (
-            action.default is not None
-            and action.nargs != 0  # flags: their name says what they do
-            and action.default != argparse.SUPPRESS
-            and ("default" not in text)
-        ):
-            text += " (default: %(default)s)"
-        return text
-
-
 def _add_score_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("scoring")
-    group.add_argument("--model", required=True, help="model directory or hub id (the fine-tuned scoring model)")
-    group.add_argument("--adapter", default=None, help="LoRA adapter directory applied on top of --model")
+    options.add_model_options(group, model_help="model directory or hub id (the fine-tuned scoring model)")
     group.add_argument("--data", required=True, help="LLaVA-format conversation data: a JSON list or JSONL")
     group.add_argument("--image-folder", default=None, help="folder the records' 'image' paths are relative to")
     group.add_argument("--output-dir", required=True, help="where scores go; the same directory again resumes")
     group.add_argument("--noise-step", type=int, default=900, help="diffusion step of the noised image (0-999)")
-    group.add_argument("--batch-size", type=int, default=8, help="samples per forward pass")
-    group.add_argument("--seed", type=int, default=42, help="noise seed; sample i's noise is seeded from (seed, i)")
+    options.add_batch_size(group, 8)
+    options.add_seed(group, 42, "the noise: sample i's noise is seeded from (seed, i)")
     group.add_argument("--max-length", type=int, default=2048, help="tokens per sequence after image expansion")
-    group.add_argument(
-        "--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
-        help="model dtype; auto: bfloat16 on a GPU that supports it, else float32",
-    )  # fmt: skip
     group.add_argument(
         "--num-workers", type=int, default=None,
         help="DataLoader workers that tokenise and load images (default: 4 on GPU, 0 on CPU)",
@@ -74,9 +56,12 @@ def _add_select_options(parser: argparse.ArgumentParser, *, standalone: bool) ->
         group.add_argument("--data", required=True, help="the data file that was scored")
     group.add_argument("--strategy", required=True, choices=STRATEGIES, help="which samples to remove by score")
     group.add_argument("--fraction", type=float, required=True, help="share of the scored samples to remove, e.g. 0.1")
+    options.add_seed(
+        group, 0, "the random strategy", flag="--seed" if standalone else "--select-seed", dest="select_seed"
+    )
     group.add_argument(
-        "--seed" if standalone else "--select-seed", dest="select_seed", type=int, default=0,
-        help="seed of the random strategy",
+        "--force", action="store_true",
+        help="select even when the scores' run.json (the data file's fingerprint) is missing or names another file",
     )  # fmt: skip
     group.add_argument("--output", required=True, help="filtered data file, written in the input's format")
     group.add_argument(
@@ -86,45 +71,35 @@ def _add_select_options(parser: argparse.ArgumentParser, *, standalone: bool) ->
 
 def build_parser() -> argparse.ArgumentParser:
     """The `vdtrain filter` parser with its three subcommands."""
-    parser = argparse.ArgumentParser(prog="vdtrain filter", description=DESCRIPTION, formatter_class=_HelpFormatter)
+    parser = options.parser("vdtrain filter", DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True, metavar="{score,select,run}")
     score = commands.add_parser("score", help="score every sample by visual dependence", description=DESCRIPTION,
-                                formatter_class=_HelpFormatter)  # fmt: skip
+                                formatter_class=options.HelpFormatter)  # fmt: skip
     _add_score_options(score)
+    options.add_debug(score)
     select = commands.add_parser("select", help="remove a fraction of the scored samples", description=DESCRIPTION,
-                                 formatter_class=_HelpFormatter)  # fmt: skip
+                                 formatter_class=options.HelpFormatter)  # fmt: skip
     _add_select_options(select, standalone=True)
+    options.add_debug(select)
     run = commands.add_parser("run", help="score, then select", description=DESCRIPTION,
-                              formatter_class=_HelpFormatter)  # fmt: skip
+                              formatter_class=options.HelpFormatter)  # fmt: skip
     _add_score_options(run)
+    options.add_debug(run)
     _add_select_options(run, standalone=False)
     return parser
 
 
-def _resolve_dtype(dtype: str) -> str:
-    import torch
-
-    if dtype != "auto":
-        return dtype
-    return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
-
-
 def run_score(args: argparse.Namespace) -> dict | None:
     """Load the model on this process's device and score `args.data` into `args.output_dir`."""
-    import torch
-
     from vdtrain.filtering.scoring import score_dataset
-    from vdtrain.modeling import load_for_inference
 
-    device = torch.device("cpu")
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
+    if not Path(args.data).is_file():
+        raise FileNotFoundError(f"--data {args.data}: no such file")
+    model, processor, adapter = options.load_model(args)
+    device = model.device
     num_workers = args.num_workers if args.num_workers is not None else (4 if device.type == "cuda" else 0)
     if num_workers:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    model, processor, adapter = load_for_inference(args.model, args.adapter, dtype=_resolve_dtype(args.dtype))
-    model.to(device)
     return score_dataset(
         model, processor, args.data, args.output_dir, image_folder=args.image_folder, adapter=adapter,
         noise_step=args.noise_step, batch_size=args.batch_size, seed=args.seed, max_length=args.max_length,
@@ -145,7 +120,7 @@ def run_select(args: argparse.Namespace, scores: str) -> dict:
 
     return select_dataset(
         scores, args.data, args.output, strategy=args.strategy, fraction=args.fraction,
-        seed=args.select_seed, removed=args.removed,
+        seed=args.select_seed, removed=args.removed, force=args.force,
     )  # fmt: skip
 
 
@@ -160,6 +135,14 @@ def _print_summary(summary: dict) -> None:
             print(f"  {group:<8} data length {lengths['data_len_words']:.1f} words, "
                   f"response length {lengths['response_len_words']:.1f} words")  # fmt: skip
     print(f"  histogram: {summary['histogram']}")
+
+
+def on_interrupt(argv: list[str]) -> str:
+    """What Ctrl-C leaves: the scores appended so far, which the same command resumes from."""
+    output_dir = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--output-dir"), None)
+    if output_dir is None:
+        return "nothing was written"
+    return f"the scores written so far are kept in {output_dir}; rerun the same command to resume"
 
 
 def main(argv: list[str] | None = None) -> int:

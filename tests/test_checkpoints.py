@@ -1,0 +1,171 @@
+"""Checkpoints you can trust: each saved one is marked complete, damaged ones are refused by name, and
+`--resume_from_checkpoint last` takes the newest complete one and ends where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from tiny import write_conversations, write_images
+from transformers import TrainerCallback
+
+from vdtrain.checkpoints import MANIFEST_NAME, checkpoint_problems, complete_checkpoints, resolve_resume
+from vdtrain.cli import main as cli_main
+from vdtrain.commands.train import load_config
+from vdtrain.errors import CheckpointError
+from vdtrain.training import build_trainer, run_training
+
+MAX_STEPS = 6  # 12 samples, batch 2 x accumulation 2; checkpoints at steps 2, 4, 6; vd active from step 3
+TRAINER_FILES = ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json")
+
+
+class StopAt(TrainerCallback):
+    """Ends training after optimizer step `step`, as a crash right after that step's checkpoint would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+        return control
+
+
+def _overrides(tiny_dir: Path, data: Path, output_dir: Path) -> dict:
+    return dict(
+        model_name_or_path=str(tiny_dir), data_path=str(data / "data.json"), image_folder=str(data / "images"),
+        output_dir=str(output_dir), use_cpu=True, report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+        max_length=128, seed=7, lora_r=8, lora_alpha=16, lora_dropout=0.1, max_steps=MAX_STEPS,
+        per_device_train_batch_size=2, gradient_accumulation_steps=2, learning_rate=1e-2, warmup_steps=1,
+        save_strategy="steps", save_steps=2, logging_steps=1, vd_weighting="neg", vd_temperature=1.0, vd_start=0.5,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("checkpoint-data")
+    write_conversations(path / "data.json", write_images(path / "images", 12), turns=2)
+    return path
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_llava_dir: Path, data_dir: Path) -> Path:
+    output_dir = data_dir / "full"
+    run_training(*load_config(None, _overrides(tiny_llava_dir, data_dir, output_dir)))
+    return output_dir
+
+
+def test_every_saved_checkpoint_is_marked_complete(uninterrupted: Path):
+    assert [p.name for p in complete_checkpoints(uninterrupted)] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    for folder in complete_checkpoints(uninterrupted):
+        recorded = json.loads((folder / MANIFEST_NAME).read_text())["files"]
+        assert set(TRAINER_FILES) <= set(recorded)
+        assert all(recorded[name] == (folder / name).stat().st_size for name in recorded)
+        assert checkpoint_problems(folder) == []
+
+
+def test_missing_and_damaged_files_are_named(uninterrupted: Path, tmp_path: Path):
+    def damaged(change) -> list[str]:
+        folder = tmp_path / f"c{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(uninterrupted / "checkpoint-2", folder)
+        change(folder)
+        return checkpoint_problems(folder)
+
+    def cut(path: Path, keep: float = 0.5) -> None:
+        data = path.read_bytes()
+        path.write_bytes(data[: int(len(data) * keep)])
+
+    assert damaged(lambda f: (f / "optimizer.pt").unlink()) == ["optimizer.pt (missing)"]
+    assert damaged(lambda f: [(f / n).unlink() for n in ("scheduler.pt", "rng_state.pth")]) == [
+        "scheduler.pt (missing)",
+        "rng_state.pth (missing)",
+    ]
+    (weights,) = damaged(lambda f: cut(f / "adapter_model.safetensors"))
+    assert weights.startswith("adapter_model.safetensors (truncated: ") and "its header needs" in weights
+    assert damaged(lambda f: cut(f / "trainer_state.json")) == ["trainer_state.json (unreadable: JSONDecodeError)"]
+    assert damaged(lambda f: cut(f / "optimizer.pt", 0.9))[0] == "optimizer.pt (unreadable: BadZipFile)"
+    # bytes added to a zip still open; the sizes recorded when it was saved do not match
+    grown = damaged(lambda f: (f / "rng_state.pth").write_bytes((f / "rng_state.pth").read_bytes() + b"\0" * 10))
+    size = (uninterrupted / "checkpoint-2" / "rng_state.pth").stat().st_size
+    assert grown == [f"rng_state.pth ({size + 10} bytes, {size} when saved)"]
+    # a checkpoint saved by a plain Trainer (no manifest) is checked file by file
+    assert damaged(lambda f: (f / MANIFEST_NAME).unlink()) == []
+    assert damaged(lambda f: (f / "rng_state.pth").rename(f / "rng_state_0.pth")) == ["rng_state.pth (missing)"]
+    assert checkpoint_problems(tmp_path / "c1", world_size=2) == [
+        "rng_state_0.pth (missing)",
+        "rng_state_1.pth (missing)",
+    ]
+
+
+def test_resume_true_without_checkpoints_says_so(tmp_path: Path):
+    with pytest.raises(CheckpointError, match="no checkpoint-N folder to resume from"):
+        resolve_resume("true", tmp_path)
+    assert resolve_resume("false", tmp_path) is None and resolve_resume(None, tmp_path) is None
+
+
+def test_incomplete_checkpoint_refused_and_last_takes_the_previous(
+    uninterrupted: Path, tiny_llava_dir: Path, data_dir: Path, tmp_path: Path, capsys, caplog
+):
+    output_dir = tmp_path / "killed"
+    overrides = _overrides(tiny_llava_dir, data_dir, output_dir)
+    trainer = build_trainer(*load_config(None, overrides))
+    trainer.add_callback(StopAt(4))
+    trainer.train()
+    del trainer
+    # a kill while checkpoint-4 was written: the Trainer writes trainer_state.json last, vdtrain its manifest after
+    for name in ("trainer_state.json", MANIFEST_NAME):
+        (output_dir / "checkpoint-4" / name).unlink()
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(overrides))
+
+    assert cli_main(["train", str(recipe), "--resume_from_checkpoint", str(output_dir / "checkpoint-4")]) == 1
+    err = capsys.readouterr().err
+    assert (
+        f"vdtrain train: error: {output_dir / 'checkpoint-4'} cannot be resumed from: trainer_state.json (missing). "
+        f"{output_dir / 'checkpoint-2'} is complete: resume from it, or pass --resume_from_checkpoint last"
+    ) in err
+    assert "Traceback" not in err and not (output_dir / "checkpoint-6").exists()
+
+    assert cli_main(["train", str(recipe), "--resume_from_checkpoint", "last"]) == 0
+    assert "skipping checkpoint-4 (incomplete: trainer_state.json (missing))" in caplog.text
+    assert f"resuming from {output_dir / 'checkpoint-2'}, the newest complete checkpoint" in caplog.text
+    state = json.loads((output_dir / f"checkpoint-{MAX_STEPS}" / "trainer_state.json").read_text())
+    expected = json.loads((uninterrupted / f"checkpoint-{MAX_STEPS}" / "trainer_state.json").read_text())
+    assert [e for e in state["log_history"] if "loss" in e] == [e for e in expected["log_history"] if "loss" in e]
+    final, resumed = (load_file(p / f"checkpoint-{MAX_STEPS}" / "adapter_model.safetensors")
+                      for p in (uninterrupted, output_dir))  # fmt: skip
+    assert final.keys() == resumed.keys()
+    for name, tensor in final.items():
+        assert torch.equal(tensor, resumed[name]), name
+    assert [p.name for p in complete_checkpoints(output_dir)] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+
+
+def test_ctrl_c_says_what_was_kept(tiny_llava_dir: Path, data_dir: Path, tmp_path: Path):
+    output_dir = tmp_path / "interrupted"
+    overrides = {**_overrides(tiny_llava_dir, data_dir, output_dir), "max_steps": 10_000}
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(overrides))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vdtrain", "train", str(recipe)], stderr=subprocess.PIPE, text=True, env=env
+    )
+    deadline = time.monotonic() + 300
+    while not (output_dir / "checkpoint-2" / MANIFEST_NAME).is_file() and process.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint within 5 minutes"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("vdtrain train: interrupted: ") and f"complete checkpoint(s) kept in {output_dir}" in last
+    assert "rerun the same command with --resume_from_checkpoint last" in last and "Traceback" not in err

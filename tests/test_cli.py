@@ -1,0 +1,211 @@
+"""The command layer: every command's help shows the shared options alike, one error boundary (one line, exit
+codes, --debug), Ctrl-C, plug-in commands, and a `vdtrain` that imports no torch until it needs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import vdtrain
+from vdtrain.cli import COMMANDS, error_message, main
+from vdtrain.commands import options
+
+ROOT = Path(__file__).resolve().parents[1]
+# command -> the shared options its help must show
+SHARED = {
+    ("filter", "score"): ("--model", "--adapter", "--dtype", "--device", "--seed", "--batch-size", "--output-dir"),
+    ("filter", "run"): ("--model", "--adapter", "--dtype", "--device", "--seed", "--batch-size", "--output-dir"),
+    ("filter", "select"): ("--seed",),
+    ("inspect",): ("--model", "--adapter", "--dtype", "--device", "--seed", "--output"),
+    ("merge",): ("--model", "--adapter", "--dtype", "--output"),
+    ("eval", "generate"): ("--model", "--adapter", "--dtype", "--device", "--seed", "--batch-size", "--output"),
+    ("eval", "run"): ("--model", "--adapter", "--dtype", "--device", "--seed", "--batch-size", "--output-dir"),
+    ("eval", "chair"): ("--output",),
+    ("eval", "pope"): ("--output",),
+    ("eval", "pope-build"): ("--seed", "--output-dir"),
+}
+
+
+def _run(*args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=environment, cwd=cwd)
+
+
+@pytest.mark.parametrize("command", list(SHARED), ids=" ".join)
+def test_help_shows_the_shared_options_alike(command, capsys):
+    assert main([*command, "--help"]) == 0
+    text = capsys.readouterr().out
+    flat = " ".join(text.split())
+    for flag in (*SHARED[command], "--debug"):
+        assert f"{flag} " in text or f"{flag}\n" in text, (command, flag)
+    if "--dtype" in SHARED[command]:
+        assert options.DTYPE_HELP in flat  # the same words, so the same meaning
+    if "--device" in SHARED[command]:
+        assert " ".join(options.DEVICE_HELP.split()) in flat
+    if "--seed" in SHARED[command]:
+        assert options.SEED_HELP in flat
+
+
+def test_train_help_and_every_entry_point(tmp_path):
+    cold = {"XDG_CACHE_HOME": str(tmp_path / "cache")}  # renders it (imports transformers), then caches it
+    for args in (["vdtrain/cli.py", "train", "--help"], ["-m", "vdtrain", "train", "--help"]):
+        result = _run(*args, env=cold)
+        assert result.returncode == 0, result.stderr[-2000:]
+        for field in ("--output_dir OUTPUT_DIR, --output-dir", "--vd_weighting", "--lora_r", "--dtype", "--seed",
+                      "--resume_from_checkpoint true|last", "--model (model_name_or_path)"):  # fmt: skip
+            assert field in result.stdout, field
+    assert len(list((tmp_path / "cache" / "vdtrain" / "help").iterdir())) == 1
+    for args in (["vdtrain/cli.py", "--help"], ["-m", "vdtrain", "--help"], ["vdtrain/cli.py", "eval", "--help"]):
+        result = _run(*args)
+        assert result.returncode == 0 and "commands:" in result.stdout, result.stderr
+    console = Path(sys.executable).with_name("vdtrain")
+    if console.is_file():
+        result = subprocess.run([str(console), "--help"], capture_output=True, text=True,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+        assert result.returncode == 0 and "train" in result.stdout
+
+
+def test_import_vdtrain_is_lazy():
+    code = (
+        "import sys, vdtrain, vdtrain.cli, vdtrain.commands.filter, vdtrain.commands.eval_generate\n"
+        "heavy = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "from vdtrain import VDTrainer, token_weights\n"
+        "assert 'torch' in sys.modules and VDTrainer.__name__ == 'VDTrainer'\n"
+    )
+    result = _run("-c", code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert vdtrain.__all__ == [
+        "VDTrainer", "VDTrainingArguments", "add_diffusion_noise", "register_weighting", "target_logprobs",
+        "token_weights", "visual_dependence",
+    ]  # fmt: skip
+    from vdtrain.trainer import VDTrainer
+
+    assert vdtrain.VDTrainer is VDTrainer and "VDTrainer" in dir(vdtrain)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        vdtrain.nope  # noqa: B018
+
+
+def test_input_errors_are_one_line_with_exit_codes(tmp_path, capsys, monkeypatch):
+    missing = tmp_path / "q.jsonl"
+    argv = ["eval", "pope", "--questions", str(missing), "--answers", str(missing), "--output", str(tmp_path / "o")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("vdtrain eval pope: error: ") and str(missing) in err and len(err.splitlines()) == 1
+    with pytest.raises(FileNotFoundError):
+        main([*argv, "--debug"])
+    monkeypatch.setenv("VDTRAIN_DEBUG", "1")
+    with pytest.raises(FileNotFoundError):
+        main(argv)
+    monkeypatch.delenv("VDTRAIN_DEBUG")
+    assert main(["eval", "pope", "--output", str(tmp_path / "o")]) == 2  # no --questions: a usage error
+    assert "give --questions and --answers in pairs" in capsys.readouterr().err
+    assert main(["eval", "pope"]) == 2  # argparse's own usage error
+    assert "the following arguments are required: --output" in capsys.readouterr().err
+    assert main(["nope"]) == 2 and "unknown command 'nope'" in capsys.readouterr().err
+    image = tmp_path / "a.png"
+    image.write_bytes(b"")
+    argv = ["inspect", "--model", "./no/such/model", "--image", str(image), "--prompt", "p", "--output", "o.png"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        "vdtrain inspect: error: --model ./no/such/model: no such directory; give a model directory or a hub id "
+        "such as org/name"
+    )
+
+
+def test_a_subprocess_error_has_no_traceback(tmp_path):
+    result = _run("-m", "vdtrain", "merge", "--adapter", str(tmp_path), "--output", str(tmp_path / "m"))
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"vdtrain merge: error: --adapter {tmp_path}: no adapter_config.json there; is this a LoRA adapter directory?"
+    )
+
+
+class _Broken(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int):
+        raise ValueError(f"data.json: sample 's{index}': cannot decode image a.png")
+
+
+def test_dataloader_worker_errors_lose_their_embedded_traceback():
+    loader = torch.utils.data.DataLoader(_Broken(), num_workers=1)
+    with pytest.raises(ValueError) as error:
+        next(iter(loader))
+    assert "Original Traceback" in str(error.value)  # what torch re-raises in the main process
+    assert error_message(error.value) == "data.json: sample 's0': cannot decode image a.png"
+
+
+def test_a_new_command_plugs_in_with_one_entry(tmp_path, capsys, monkeypatch):
+    (tmp_path / "hello_command.py").write_text(
+        "def main(argv):\n"
+        "    if argv == ['--stop']:\n"
+        "        raise KeyboardInterrupt\n"
+        "    if argv == ['--bad']:\n"
+        "        from vdtrain.errors import InputError\n"
+        "        raise InputError('x.json: sample 3: no answer; add one')\n"
+        "    print('hello', *argv)\n"
+        "    return 0\n"
+        "def on_interrupt(argv):\n"
+        "    return 'half of it is in out/; rerun to finish'\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(COMMANDS["eval"], "hello", "hello_command")
+    assert main(["eval", "hello", "world"]) == 0 and capsys.readouterr().out == "hello world\n"
+    assert main(["eval", "hello", "--bad"]) == 1
+    assert capsys.readouterr().err == "vdtrain eval hello: error: x.json: sample 3: no answer; add one\n"
+    assert main(["eval", "hello", "--stop"]) == 130
+    assert capsys.readouterr().err.strip() == "vdtrain eval hello: interrupted: half of it is in out/; rerun to finish"
+
+
+def _readme_commands() -> list[list[str]]:
+    """Every `vdtrain ...` command line of the README's bash blocks (loops expanded; elided `...` ones left out)."""
+    import re
+    import shlex
+
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S):
+        text = block.replace("\\\n", " ")
+        loop = re.search(r"for (\w+) in ([^;]+); do", text)
+        for line in text.splitlines():
+            tokens = shlex.split(line, comments=True)
+            if "vdtrain" not in tokens or "..." in tokens:
+                continue
+            argv = tokens[tokens.index("vdtrain") + 1 :]
+            values = loop.group(2).split() if loop and f"${loop.group(1)}" in line else [None]
+            commands += [[arg.replace(f"${loop.group(1)}", v) if v else arg for arg in argv] for v in values]
+    return commands
+
+
+def test_readme_commands_parse():
+    """The README's examples name real commands, real options and real recipe files (models and data are the
+    user's: they are not downloaded here)."""
+    import importlib
+
+    from vdtrain.commands.train import load_config, parse_overrides
+
+    commands = _readme_commands()
+    assert len(commands) >= 12
+    for argv in commands:
+        if argv[0] == "demo":
+            continue
+        target = COMMANDS[argv[0]]
+        rest = argv[1:]
+        if isinstance(target, dict):
+            target, rest = target[argv[1]], argv[2:]
+        if argv[0] == "train":
+            overrides = {**parse_overrides(rest[1:]), "use_cpu": "true"}  # bf16 recipes on a CPU-only machine
+            _, _, args = load_config(ROOT / rest[0], overrides)
+            assert args.output_dir
+            continue
+        module = importlib.import_module(target)
+        if argv[0] == "filter":
+            rest = argv[1:]
+        module.build_parser().parse_args(rest)

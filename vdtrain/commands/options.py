@@ -1,0 +1,141 @@
+"""Options every command shares, defined once: the same spelling, the same meaning, the same help text.
+
+`--model`, `--adapter`, `--dtype`, `--device`, `--seed`, `--batch-size`, `--output-dir` / `--output`, `--debug`.
+Nothing heavy is imported at module level, so building a parser (and `--help`) stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from vdtrain.errors import InputError
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+DTYPE_HELP = "weights dtype: auto (bfloat16 on a GPU that supports it, else float32), bfloat16, float16 or float32"
+DEVICE_HELP = "auto (the GPU of this process when there is one, else cpu), cpu, cuda or cuda:N"
+SEED_HELP = "seed of every random draw the command makes"
+DEBUG_HELP = "show the full traceback of an error (also: VDTRAIN_DEBUG=1)"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps a description's layout and shows the default of each option that has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            action.default is not None
+            and action.nargs != 0  # flags: their name says what they do
+            and action.default != argparse.SUPPRESS
+            and "default" not in text
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+def parser(prog: str, description: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """An `ArgumentParser` with vdtrain's formatter and the shared `--debug` flag."""
+    result = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter, **kwargs)
+    add_debug(result)
+    return result
+
+
+def add_debug(parser: argparse.ArgumentParser) -> None:
+    """`--debug` (read by the error boundary in `vdtrain.cli`; listed here so every `--help` shows it)."""
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+
+
+def add_model_options(
+    parser: argparse.ArgumentParser | Any, *, adapter: bool = True, device: bool = True, model_help: str | None = None
+) -> None:
+    """`--model`, `--adapter`, `--dtype` and `--device`."""
+    parser.add_argument(
+        "--model", required=True, help=model_help or "model directory or hub id (the base model of --adapter)"
+    )
+    if adapter:
+        parser.add_argument("--adapter", default=None, help="LoRA adapter directory, applied on --model unmerged")
+    parser.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE_HELP)
+    if device:
+        parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+
+
+def add_seed(
+    parser: argparse.ArgumentParser | Any,
+    default: int | None,
+    what: str,
+    flag: str = "--seed",
+    dest: str | None = None,
+) -> None:
+    """`--seed`: one meaning everywhere; `what` says which draws this command makes."""
+    parser.add_argument(flag, type=int, default=default, dest=dest, help=f"{SEED_HELP} ({what})")
+
+
+def add_batch_size(parser: argparse.ArgumentParser | Any, default: int | None, what: str = "samples") -> None:
+    """`--batch-size`: how many samples (prompts) go through the model at once."""
+    parser.add_argument("--batch-size", type=int, default=default, help=f"{what} per forward pass")
+
+
+def resolve_dtype(dtype: str, device: str = "auto") -> str:
+    """`auto` as one rule for every command: bfloat16 on a CUDA device that supports it, else float32."""
+    if dtype not in DTYPES:
+        raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    on_gpu = torch.cuda.is_available() and not str(device).startswith("cpu")
+    return "bfloat16" if on_gpu and torch.cuda.is_bf16_supported() else "float32"
+
+
+def resolve_device(device: str = "auto") -> Any:
+    """`auto`: `cuda:LOCAL_RANK` when there is a GPU (one per launched process), else cpu; else as given."""
+    import torch
+
+    if device == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise InputError(f"--device {device!r}: {error}; use {DEVICE_HELP}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    if resolved.type == "cuda":
+        torch.cuda.set_device(resolved)
+    return resolved
+
+
+def check_model_path(path: str | os.PathLike, flag: str = "--model") -> str:
+    """Refuse a local-looking path that does not exist (transformers would read it as a malformed hub id)."""
+    text = str(path)
+    local = text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text
+    if local and not Path(text).expanduser().exists():
+        raise InputError(f"{flag} {text}: no such directory; give a model directory or a hub id such as org/name")
+    return text
+
+
+def check_adapter_path(path: str | os.PathLike | None, flag: str = "--adapter") -> str | None:
+    """An adapter is a local directory with `adapter_config.json`."""
+    if path is None:
+        return None
+    folder = Path(path)
+    if not folder.is_dir():
+        raise InputError(f"{flag} {folder}: no such directory")
+    if not (folder / "adapter_config.json").is_file():
+        raise InputError(f"{flag} {folder}: no adapter_config.json there; is this a LoRA adapter directory?")
+    return str(folder)
+
+
+def load_model(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """`(model, processor, adapter)` for inference from `--model/--adapter/--dtype/--device`, on its device."""
+    from vdtrain.modeling import load_for_inference
+
+    device = resolve_device(getattr(args, "device", "auto"))
+    dtype = resolve_dtype(args.dtype, str(device))
+    model_path = check_model_path(args.model)
+    adapter_path = check_adapter_path(getattr(args, "adapter", None))
+    model, processor, adapter = load_for_inference(model_path, adapter_path, dtype=dtype)
+    return model.to(device), processor, adapter

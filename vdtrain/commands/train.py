@@ -1,0 +1,177 @@
+"""`vdtrain train CONFIG.yaml [--field value ...]`: fine-tune with the visual-dependence loss from a recipe."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from vdtrain.errors import InputError, UsageError
+
+USAGE = """vdtrain train [CONFIG.yaml] [--field value ...]
+
+Fine-tune a vision-language model with LoRA and the visual-dependence loss. CONFIG.yaml holds any of the fields
+below; `--field value` on the command line overrides it (dashes or underscores: --output-dir = --output_dir).
+Shared spellings: --model (model_name_or_path), --data (data_path), --batch-size (per_device_train_batch_size),
+--device cpu (use_cpu), --dtype, --seed, --output-dir. --resume_from_checkpoint true|last takes the newest
+complete checkpoint in output_dir; a checkpoint with missing or damaged files is refused. --debug (bare) shows
+tracebacks. Runs under `accelerate launch -m vdtrain train ...` too.
+"""
+# the shared option names of `vdtrain.commands.options`, as the dataclass fields they stand for
+ALIASES = {"model": "model_name_or_path", "data": "data_path", "batch_size": "per_device_train_batch_size"}
+_state: dict[str, Any] = {}
+
+
+def parser() -> Any:
+    """The `HfArgumentParser` over the model, data and training dataclasses; argparse errors become `InputError`."""
+    from transformers import HfArgumentParser
+
+    from vdtrain.config import DataArguments, ModelArguments, VDTrainingArguments
+
+    class Parser(HfArgumentParser):
+        def error(self, message: str) -> None:  # type: ignore[override]
+            raise InputError(message)
+
+    return Parser((ModelArguments, DataArguments, VDTrainingArguments), usage=USAGE)
+
+
+def help_text() -> str:
+    """`vdtrain train --help`, cached per (vdtrain config, transformers version, width): rendering it imports
+    transformers and torch (seconds), reading the cache does not."""
+    from importlib.metadata import version
+
+    root = Path(__file__).resolve().parents[1]
+    key = hashlib.sha256()
+    for path in (root / "config.py", Path(__file__).resolve()):
+        key.update(path.read_bytes())
+    key.update(f"{version('transformers')} {shutil.get_terminal_size().columns}".encode())
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vdtrain" / "help"
+    path = cache / f"train-{key.hexdigest()[:20]}.txt"
+    if path.is_file():
+        return path.read_text()
+    text = parser().format_help()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError:  # a read-only home: print it all the same
+        pass
+    return text
+
+
+def parse_overrides(argv: list[str]) -> dict[str, Any]:
+    """`--field value`, `--field=value` and bare `--flag` (true) as `{field: value}`; dashes become underscores."""
+    overrides: dict[str, Any] = {}
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        if not token.startswith("--"):
+            raise UsageError(f"expected --field value, got {token!r} (the recipe, if any, goes first)")
+        key, has_value, value = token[2:].partition("=")
+        if not has_value:
+            if index + 1 < len(argv) and not argv[index + 1].startswith("--"):
+                value, index = argv[index + 1], index + 1
+            else:
+                value = "true"  # a bare flag
+        key = key.replace("-", "_")
+        if key == "device":
+            key, value = "use_cpu", str(value == "cpu").lower()
+        overrides[ALIASES.get(key, key)] = value
+        index += 1
+    return overrides
+
+
+def load_config(
+    config_path: str | os.PathLike | None, overrides: dict[str, Any] | None = None
+) -> tuple[Any, Any, Any]:
+    """Parse a YAML recipe plus overrides into `(ModelArguments, DataArguments, VDTrainingArguments)`; unknown
+    fields and bad values stop with the recipe's name."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    source = "command line"
+    if config_path is not None:
+        source = str(config_path)
+        if not Path(config_path).is_file():
+            raise InputError(f"recipe {config_path} does not exist")
+        try:
+            values = yaml.safe_load(Path(config_path).read_text()) or {}
+        except yaml.YAMLError as error:
+            raise InputError(f"{config_path}: not valid YAML: {error}") from None
+        if not isinstance(values, dict):
+            raise InputError(f"{config_path}: a recipe is a mapping of field: value, got {type(values).__name__}")
+        values = {ALIASES.get(key, key): value for key, value in values.items()}
+        if overrides:
+            source += " (with command-line overrides)"
+    values.update(overrides or {})
+    hf_parser = parser()
+    known = {action.dest for action in hf_parser._actions}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=2)
+            hints.append(f"{key} (did you mean {', '.join(close)}?)" if close else key)
+        raise InputError(f"{source}: unknown field(s): {'; '.join(hints)}. `vdtrain train --help` lists them.")
+    try:
+        return hf_parser.parse_args_into_dataclasses(args=_to_argv(values), look_for_args_file=False)
+    except ValueError as error:  # argparse's type checks and the fields' own (`vd_start: 2`): name the recipe
+        raise InputError(f"{source}: {error}") from error
+
+
+def _to_argv(values: dict[str, Any]) -> list[str]:
+    """Fields as command-line tokens, so argparse applies each field's type (YAML reads `2e-4` as a string)."""
+    argv: list[str] = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            argv += [f"--{key}", *map(str, value)]
+        elif isinstance(value, dict):
+            argv += [f"--{key}", json.dumps(value)]
+        elif isinstance(value, bool):
+            argv += [f"--{key}", str(value).lower()]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `vdtrain train`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(help_text())
+        return 0
+    config_path = argv.pop(0) if argv and not argv[0].startswith("--") else None
+    model_args, data_args, training_args = load_config(config_path, parse_overrides(argv))
+    from vdtrain.commands.options import check_model_path, resolve_dtype
+
+    check_model_path(model_args.model_name_or_path, "model_name_or_path")
+    model_args.dtype = resolve_dtype(model_args.dtype, "cpu" if training_args.use_cpu else "auto")
+    _state["output_dir"] = training_args.output_dir
+    from vdtrain.training import run_training
+
+    run_training(model_args, data_args, training_args)
+    return 0
+
+
+def on_interrupt(argv: list[str]) -> str:
+    """What Ctrl-C leaves: the complete checkpoints in output_dir, and how to go on from the newest."""
+    output_dir = _state.get("output_dir")
+    if output_dir is None:
+        return "nothing was trained yet"
+    from vdtrain.checkpoints import complete_checkpoints
+
+    kept = complete_checkpoints(output_dir)
+    if not kept:
+        return f"no complete checkpoint in {output_dir} yet; rerun the command to start over"
+    return (
+        f"{len(kept)} complete checkpoint(s) kept in {output_dir} (newest: {kept[-1].name}); "
+        "rerun the same command with --resume_from_checkpoint last to go on from it"
+    )

@@ -1,0 +1,18 @@
+"""vdtrain's own input errors: what the command line prints as one `vdtrain <command>: error: ...` line."""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Bad input a user can fix (a file, a sample, an option); the message names the file, the sample and the fix.
+
+    A `ValueError`, so code that caught `ValueError` before keeps working.
+    """
+
+
+class CheckpointError(InputError):
+    """A checkpoint that cannot be resumed from: missing or damaged files (each one named in the message)."""
+
+
+class UsageError(InputError):
+    """A command line that cannot be parsed (exit code 2, as argparse's own usage errors)."""

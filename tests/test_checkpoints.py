@@ -101,7 +101,9 @@ def test_missing_and_damaged_files_are_named(uninterrupted: Path, tmp_path: Path
     # a checkpoint saved by a plain Trainer (no manifest) is checked file by file
     assert damaged(lambda f: (f / MANIFEST_NAME).unlink()) == []
     assert damaged(lambda f: (f / "rng_state.pth").rename(f / "rng_state_0.pth")) == ["rng_state.pth (missing)"]
-    assert checkpoint_problems(tmp_path / "c1", world_size=2) == [
+    no_manifest = tmp_path / "c6"  # the copy whose manifest was removed above: every file there, one RNG state
+    assert not (no_manifest / MANIFEST_NAME).exists()
+    assert checkpoint_problems(no_manifest, world_size=2) == [
         "rng_state_0.pth (missing)",
         "rng_state_1.pth (missing)",
     ]

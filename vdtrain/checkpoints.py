@@ -20,6 +20,8 @@ import torch
 from safetensors import safe_open
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, logging
 
+from vdtrain.io import atomic_write_json
+
 logger = logging.get_logger(__name__)
 
 
@@ -233,12 +235,7 @@ def write_manifest(folder: str | os.PathLike) -> Path:
         if path.is_file() and path.name != MANIFEST_NAME and not path.name.startswith(".")
     }
     target = folder / MANIFEST_NAME
-    tmp = folder / f".{MANIFEST_NAME}.tmp"
-    with open(tmp, "w") as handle:
-        json.dump({"format": 1, "files": files}, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, target)
+    atomic_write_json(target, {"format": 1, "files": files}, indent=1, fsync=True)
     return target
 
 

@@ -85,21 +85,28 @@ def read_objects(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------- writing
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, then rename it over `path`: readers never see half a file."""
+def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = False) -> None:
+    """Write `text` to a temporary file beside `path`, then rename it over `path`: readers never see half a file.
+    `fsync` also forces the bytes to disk before the rename (a completion marker must not outlive a crash alone)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def atomic_write_json(path: str | os.PathLike, value: Any, *, indent: int | None = 2, **dump_kwargs: Any) -> None:
+def atomic_write_json(
+    path: str | os.PathLike, value: Any, *, indent: int | None = 2, fsync: bool = False, **dump_kwargs: Any
+) -> None:
     """`json.dumps(value)` and a final newline, written atomically."""
-    atomic_write_text(path, json.dumps(value, indent=indent, **dump_kwargs) + "\n")
+    atomic_write_text(path, json.dumps(value, indent=indent, **dump_kwargs) + "\n", fsync=fsync)
 
 
 def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[Any], **dump_kwargs: Any) -> None:

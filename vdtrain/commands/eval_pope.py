@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -51,13 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     """`vdtrain eval pope`: score answers files against POPE question files and write the report."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     from vdtrain.evaluation.pope import average_metrics, evaluate_pope, format_table
-    from vdtrain.evaluation.questions import read_records
+    from vdtrain.io import atomic_write_json, read_objects
 
     splits: dict[str, dict] = {}
     for questions, answers in _pairs(args):
         name = questions.stem if questions.stem not in splits else str(questions)
         result = evaluate_pope(
-            read_records(questions), read_records(answers), args.parser, args.answer_key, str(questions), str(answers)
+            read_objects(questions), read_objects(answers), args.parser, args.answer_key, str(questions), str(answers)
         )
         result["num_empty_answers"] = len(result["empty_answers"])
         splits[name] = {"questions": str(questions), "answers": str(answers), **result}
@@ -70,9 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     report["num_empty_answers"] = sum(split["num_empty_answers"] for split in splits.values())
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, output)
+    atomic_write_json(output, report, indent=1)
     for name, split in splits.items():
         if split["empty_answers"]:
             ids = split["empty_answers"]

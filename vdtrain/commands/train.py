@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vdtrain.errors import InputError, UsageError
+from vdtrain.io import atomic_write_text
 
 USAGE = """vdtrain train [CONFIG.yaml] [--field value ...]
 
@@ -56,10 +57,7 @@ def help_text() -> str:
         return path.read_text()
     text = parser().format_help()
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
     except OSError:  # a read-only home: print it all the same
         pass
     return text

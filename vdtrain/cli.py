@@ -18,6 +18,11 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "pope-build": "vdtrain.evaluation.pope_build",
         "generate": "vdtrain.evaluation.generate_cli",
         "run": "vdtrain.evaluation.protocol",
+        "mme": "vdtrain.evaluation.mme_cli",
+    },
+    "analyze": {
+        "dependence": "vdtrain.analysis.dependence_cli",
+        "saliency": "vdtrain.analysis.saliency_cli",
     },
 }
 
@@ -27,7 +32,11 @@ HELP = {
     "filter": "score a dataset by visual dependence and remove a fraction (score | select | run)",
     "inspect": "plot per-token probabilities with the clean and the noised image (thesis Fig. 5.1)",
     "demo": "end-to-end synthetic hallucination benchmark on a tiny model (CPU, minutes)",
-    "eval": "evaluation: chair | pope | pope-build | generate | run",
+    "eval": "evaluation: chair | pope | pope-build | generate | run | mme",
+    "analyze": "the thesis' analysis of a model: dependence (Fig. 5.2, 5.5) | saliency (Fig. 5.3, 5.4)",
+    "dependence": "objects of generated captions by visual dependence (thesis Fig. 5.2, 5.5)",
+    "saliency": "image and text information flow to each kind of token (Eq. 5.2, Fig. 5.3, 5.4; eager attention)",
+    "mme": "score MME answers exactly as the benchmark's calculation.py (perception, cognition)",
 }
 
 

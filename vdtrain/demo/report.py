@@ -41,6 +41,14 @@ MAIN_COLUMNS = (
     Column("counterfactual/pope_f1", "POPE F1 cf"),
 )
 TEST_COLUMNS = caption_columns("test")
+# The paired differences the report also words in sentences.
+HEADLINE_COLUMNS = (
+    Column("counterfactual/partner_rate", "partner rate"),
+    Column("counterfactual/CHAIRi", "CHAIR_i"),
+    Column("counterfactual/Recall", "recall"),
+    Column("counterfactual/length", "caption length", percent=False),
+    Column("counterfactual/pope_f1", "POPE F1 (cf)"),
+)
 POPE_COLUMNS = tuple(
     Column(f"{split}/pope_{variant}_{metric}", f"{split[:4]} {variant[:3]} {metric[:3]}")
     for split in ("test", "counterfactual")
@@ -89,6 +97,49 @@ def paired_differences(runs: Runs, pairs: Sequence[tuple[str, str]]) -> dict[str
     return out
 
 
+# t quantiles t_{0.975, df} for df = 1..30 (two-sided 95%); beyond 30 the normal 1.96 is within 2%.
+_T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+    2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)
+
+
+def confidence_interval(stat: Stat | None) -> tuple[float, float] | None:
+    """95% interval of a mean over seeds, `mean ± t_{0.975, n-1} std / sqrt(n)`; None for fewer than two seeds."""
+    if stat is None or stat[1] is None or stat[2] < 2:
+        return None
+    mean, std, n = stat
+    half = (_T975[n - 2] if n - 1 <= len(_T975) else 1.96) * std / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def format_difference(stat: Stat | None, percent: bool = True) -> str:
+    """`-1.0 [-3.5, +1.5]`: a paired difference's mean and 95% interval over seeds (the mean alone for one seed)."""
+    if stat is None:
+        return "—"
+    scale = 100.0 if percent else 1.0
+    interval = confidence_interval(stat)
+    text = f"{stat[0] * scale:+.1f}"
+    return text if interval is None else f"{text} [{interval[0] * scale:+.1f}, {interval[1] * scale:+.1f}]"
+
+
+def describe_difference(label: str, name: str, stat: Stat | None, percent: bool = True) -> str:
+    """One sentence on a paired difference: its size and 95% interval, or "no detectable difference" when the
+    interval contains 0 (or cannot be computed from one seed)."""
+    if stat is None:
+        return f"`{label}`: {name} not measured."
+    unit = " points" if percent else " words"
+    scale = 100.0 if percent else 1.0
+    interval = confidence_interval(stat)
+    if interval is None:
+        return f"`{label}`: {name} {stat[0] * scale:+.1f}{unit} (one seed: no interval, nothing can be concluded)."
+    span = f"95% interval {interval[0] * scale:+.1f} to {interval[1] * scale:+.1f} over {stat[2]} seeds"
+    if interval[0] <= 0.0 <= interval[1]:
+        return f"`{label}`: {name} {stat[0] * scale:+.1f}{unit} ({span}): no detectable difference."
+    direction = "lower" if stat[0] < 0 else "higher"
+    return f"`{label}`: {name} {direction} by {abs(stat[0]) * scale:.1f}{unit} ({span})."
+
+
 def format_cell(stat: Stat | None, percent: bool = True, signed: bool = False) -> str:
     """`12.3 ± 1.4` (percent points for rates), `+0.8 ± 0.5` when `signed`, just the mean for one seed."""
     if stat is None:
@@ -105,15 +156,22 @@ def format_table(
     rows: Sequence[str] | None = None,
     signed: bool = False,
     first: str = "variant",
+    interval: bool = False,
 ) -> str:
-    """A markdown table, one row per entry of `stats` (or `rows`), one column per `Column`."""
+    """A markdown table, one row per entry of `stats` (or `rows`), one column per `Column`; `interval`: cells are
+    paired differences with their 95% interval (`format_difference`)."""
     rows = list(stats) if rows is None else [r for r in rows if r in stats]
     lines = [
         "| " + " | ".join([first, *(c.header for c in columns)]) + " |",
         "|" + "---|" * (len(columns) + 1),
     ]
     for row in rows:
-        cells = [format_cell(stats[row].get(c.key), c.percent, signed) for c in columns]
+        cells = [
+            format_difference(stats[row].get(c.key), c.percent)
+            if interval
+            else format_cell(stats[row].get(c.key), c.percent, signed)
+            for c in columns
+        ]
         lines.append("| " + " | ".join([row, *cells]) + " |")
     return "\n".join(lines)
 
@@ -167,11 +225,17 @@ def result_tables(results: Mapping[str, Any]) -> dict[str, str]:
     runs = {s: {row: r["metrics"] for row, r in per_seed.items()} for s, per_seed in results["runs"].items()}
     rows, pairs = results["rows"], [tuple(p) for p in results["pairs"]]
     stats = summarize(runs)
+    differences = paired_differences(runs, pairs)
     return {
         "main": format_table(stats, MAIN_COLUMNS, rows),
         "test": format_table(stats, TEST_COLUMNS, rows),
         "pope": format_table(stats, POPE_COLUMNS, rows),
-        "differences": format_table(paired_differences(runs, pairs), MAIN_COLUMNS, signed=True, first="paired"),
+        "differences": format_table(differences, MAIN_COLUMNS, first="paired", interval=True),
+        "difference_lines": "\n".join(
+            "- " + describe_difference(label, column.header, stat.get(column.key), column.percent)
+            for label, stat in differences.items()
+            for column in HEADLINE_COLUMNS
+        ),
     }
 
 
@@ -286,7 +350,12 @@ def write_report(
         "",
         "## Paired differences from the same seed's baseline (percentage points; words for Len)",
         "",
+        "Mean of the per-seed differences and its 95% interval over seeds (t distribution), in brackets; a "
+        "difference whose interval contains 0 is not detectable with this many seeds.",
+        "",
         tables["differences"],
+        "",
+        tables["difference_lines"],
         "",
         "## Test-split captions",
         "",
@@ -315,5 +384,17 @@ def write_report(
         lines += [f"![token dependence]({Path(inspect_figure).relative_to(root).as_posix()})", ""]
     if inspect_note:
         lines += [inspect_note, ""]
+    if results.get("analysis"):  # thesis Fig. 5.2 and 5.5 on the MLE model (`vdtrain analyze dependence`)
+        from vdtrain.analysis.dependence import summary_lines
+
+        analysis = results["analysis"]
+        lines += ["## Objects by visual dependence (thesis Fig. 5.2, 5.5)", "", analysis["note"], ""]
+        if analysis.get("totals"):
+            lines += [*summary_lines(analysis["totals"]), ""]
+            lines += [f"![{Path(f).stem}]({Path(f).relative_to(root).as_posix()})" for f in analysis["figures"]]
+            lines += [""]
     (root / "report.md").write_text("\n".join(lines))
-    return f"{tables['main']}\n\nPaired differences (same seed):\n\n{tables['differences']}"
+    return (
+        f"{tables['main']}\n\nPaired differences (same seed; mean [95% interval over seeds]):\n\n"
+        f"{tables['differences']}\n\n{tables['difference_lines']}"
+    )

@@ -158,3 +158,31 @@ def test_intervals_and_wording_by_hand():
     assert confidence_interval((0.1, None, 1)) is None and format_difference((0.1, None, 1)) == "+10.0"
     table = format_table({"vd − mle": diff}, [Column("a", "A")], first="paired", interval=True)
     assert table.splitlines()[-1] == "| vd − mle | -10.0 [-22.4, +2.4] |"
+
+
+def test_readme_block_from_results():
+    from vdtrain.demo.readme import readme_block
+
+    runs = {
+        seed: {
+            "mle": {"metrics": {"counterfactual/partner_rate": 0.5 + 0.1 * k, "counterfactual/length": 10.0}},
+            "vd-pos": {"metrics": {"counterfactual/partner_rate": 0.4 + 0.1 * k, "counterfactual/length": 10.0}},
+        }
+        for k, seed in enumerate("012")
+    }
+    results = {
+        "setup": {"command": "vdtrain demo", "date": "2026-12-01 16:00 UTC", "wall_time_s": 600.0,
+                  "machine": "Linux, 2 CPU cores, Python 3.11, torch 2.13.0 (2 threads), transformers 5.24.0",
+                  "load_start": "1.0/1.0/1.0"},  # fmt: skip
+        "settings": {"seeds": 3},
+        "rows": ["mle", "vd-pos"],
+        "pairs": [["vd-pos", "mle"]],
+        "runs": runs,
+    }
+    block = readme_block(results).splitlines()
+    assert block[0].startswith("From a default run (`vdtrain demo`, 2026-12-01 16:00 UTC, 10.0 min; Linux")
+    assert "| mle | 60.0 ± 10.0 | — | — | — | 10.0 ± 0.0 | — |" in block
+    # every seed's difference is exactly -10 points: std 0, the interval is the point and excludes 0
+    assert block[-1] == (
+        "- `vd-pos − mle`: partner rate lower by 10.0 points (95% interval -10.0 to -10.0 over 3 seeds)."
+    )

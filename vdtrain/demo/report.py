@@ -272,14 +272,18 @@ def _setup_lines(results: Mapping[str, Any]) -> list[str]:
 
 
 def machine_description() -> str:
-    """Platform, cores and torch threads, for the report."""
+    """Platform, cores, Python, torch (threads) and transformers, for the report."""
     import os
     import platform
 
     import torch
+    import transformers
 
     threads = torch.get_num_threads()
-    return f"{platform.platform()}, {os.cpu_count()} CPU cores, torch {torch.__version__} ({threads} threads)"
+    return (
+        f"{platform.platform()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
+        f"torch {torch.__version__} ({threads} threads), transformers {transformers.__version__}"
+    )
 
 
 def inspect_figure(

@@ -10,12 +10,10 @@ import pytest
 from PIL import Image
 
 from vdtrain.cli import main as cli_main
+from vdtrain.demo.intervals import confidence_interval, describe_difference, format_difference
 from vdtrain.demo.report import (
     Column,
-    confidence_interval,
-    describe_difference,
     format_cell,
-    format_difference,
     format_table,
     paired_differences,
     summarize,

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vdtrain.demo.report import Column, describe_difference, format_table, paired_differences, summarize
+from vdtrain.demo.intervals import describe_difference
+from vdtrain.demo.report import Column, format_table, paired_differences, summarize
 
 README_COLUMNS = (
     Column("counterfactual/partner_rate", "Partner ↓"),

@@ -13,10 +13,10 @@ from typing import Any
 import torch
 
 from vdtrain.analysis.spans import mention_tokens, object_mentions, token_char_spans
-from vdtrain.dependence import IGNORE_INDEX, POSITIVE_THRESHOLD, visual_dependence
+from vdtrain.dependence import IGNORE_INDEX, POSITIVE_THRESHOLD, target_logprobs, visual_dependence
 from vdtrain.evaluation.chair import Synonyms, load_synonyms
-from vdtrain.filtering.scoring import collate_samples, prepare_sample, supervised_logprobs
-from vdtrain.models.base import ModelAdapter, _tokenizer, accepts_logits_mask, get_adapter
+from vdtrain.filtering.scoring import collate_samples, prepare_sample
+from vdtrain.models.base import ModelAdapter, _tokenizer, get_adapter
 from vdtrain.noise import add_diffusion_noise
 
 GROUPS = ("pos", "inv", "neg")
@@ -56,30 +56,27 @@ def teacher_forced_dependence(
     """Per example of a collated batch (`collate_samples`): its supervised target positions and ids, their d and
     end-of-turn flags.
 
-    One clean and one noised no-grad pass with the filter's code (`supervised_logprobs`), the noise being the
-    batch's per-sample `eps`.
+    One clean and one noised no-grad pass (`target_logprobs` of each), the noise being the batch's per-sample `eps`.
     """
     device = next(model.parameters()).device
     dtype = getattr(model, "dtype", torch.float32)
     inputs = {key: value.to(device) for key, value in batch["inputs"].items()}
+    labels = inputs.pop("labels")
     pixels = inputs[pixel_key]
     if pixels.is_floating_point():
         inputs[pixel_key] = pixels.to(dtype)
-    logits_mask = accepts_logits_mask(model)
-    clean = supervised_logprobs(model, inputs, logits_mask)  # (N,)
+    clean = target_logprobs(model(**inputs).logits, labels)  # (E, L)
     inputs[pixel_key] = add_diffusion_noise(pixels.float(), noise_step, noise=batch["noise"].to(device)).to(dtype)
-    d = visual_dependence(clean, supervised_logprobs(model, inputs, logits_mask)).tolist()
-    labels = batch["inputs"]["labels"]
-    out, cursor = [], 0
+    d = visual_dependence(clean, target_logprobs(model(**inputs).logits, labels)).cpu()  # (E, L)
+    labels = labels.cpu()
+    out = []
     examples = [example for sample in batch["samples"] for example in sample["examples"]]
     for row, example in enumerate(examples):
-        positions = (labels[row, 1:] != IGNORE_INDEX).nonzero().squeeze(-1) + 1  # target positions
-        n = positions.numel()
+        positions = ((labels[row, 1:] != IGNORE_INDEX).nonzero().squeeze(-1) + 1).tolist()  # target positions
         out.append({
-            "positions": positions.tolist(), "ids": labels[row, positions].tolist(), "d": d[cursor : cursor + n],
-            "end_of_turn": [bool(example.end_of_turn_mask[p]) for p in positions.tolist()],
+            "positions": positions, "ids": labels[row, positions].tolist(), "d": d[row, positions].tolist(),
+            "end_of_turn": [bool(example.end_of_turn_mask[p]) for p in positions],
         })  # fmt: skip
-        cursor += n
     return out
 
 

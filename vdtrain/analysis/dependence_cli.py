@@ -11,7 +11,12 @@ from typing import Any
 
 from vdtrain.analysis.dependence import DEFAULT_PROMPT, analyze_dependence
 from vdtrain.evaluation.lemmatize import LEMMATIZERS
-from vdtrain.evaluation.questions import _image_id, read_records
+from vdtrain.evaluation.questions import _image_id
+
+try:  # the JSON/JSONL readers are moving to vdtrain.io
+    from vdtrain.io import read_objects as read_records
+except ImportError:
+    from vdtrain.evaluation.questions import read_records
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

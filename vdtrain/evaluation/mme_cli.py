@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from vdtrain.evaluation.mme import format_mme, load_mme_questions, score_mme
-from vdtrain.evaluation.questions import read_answers, read_records
+from vdtrain.evaluation.questions import read_answers
+
+try:  # the JSON/JSONL readers are moving to vdtrain.io
+    from vdtrain.io import read_objects as read_records
+except ImportError:
+    from vdtrain.evaluation.questions import read_records
 
 
 def _write_json(path: Path, value: Any) -> None:

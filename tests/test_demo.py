@@ -178,7 +178,8 @@ def test_readme_block_from_results():
         "runs": runs,
     }
     block = readme_block(results).splitlines()
-    assert block[0].startswith("From a default run (`vdtrain demo`, 2026-12-01 16:00 UTC, 10.0 min; Linux")
+    assert block[0].startswith("From a run of `vdtrain demo` (2026-12-01 16:00 UTC, 10.0 min; Linux")
+    assert block[0].endswith("at start), 3 seeds, mean ± std; counterfactual split, percent:")
     assert "| mle | 60.0 ± 10.0 | — | — | — | 10.0 ± 0.0 | — |" in block
     # every seed's difference is exactly -10 points: std 0, the interval is the point and excludes 0
     assert block[-1] == (

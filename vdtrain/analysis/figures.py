@@ -99,7 +99,9 @@ def plot_saliency_by_layer(layers: Mapping[str, Mapping[str, Sequence[float]]], 
     share.set_ylabel("image share of the flow (%)")
     share.set_ylim(0, 100)
     share.legend(frameon=False, fontsize=8)
+    layers_n = max((len(v["image"]) for v in layers.values()), default=0)
     for ax in (flows, share):
+        ax.set_xticks(range(layers_n))
         ax.spines[["top", "right"]].set_visible(False)
     return _save(fig, path)
 

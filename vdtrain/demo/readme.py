@@ -43,9 +43,9 @@ def readme_block(results: Mapping[str, Any]) -> str:
     rows = [r for r in results["rows"] if not r.startswith("mle @")]
     differences = paired_differences(runs, [tuple(p) for p in results["pairs"]])
     lines = [
-        f"From a default run (`{setup['command']}`, {setup['date']}, {setup['wall_time_s'] / 60:.1f} min; "
-        f"{_stack(setup)}; load average {setup['load_start']} at start, the machine shared with other jobs), "
-        f"{settings['seeds']} seeds, mean ± std; counterfactual split, percent:",
+        f"From a run of `{setup['command']}` ({setup['date']}, {setup['wall_time_s'] / 60:.1f} min; "
+        f"{_stack(setup)}; load average {setup['load_start']} at start), {settings['seeds']} "
+        f"seed{'s' * (settings['seeds'] > 1)}, mean ± std; counterfactual split, percent:",
         "",
         format_table(summarize(runs), README_COLUMNS, rows),
         "",

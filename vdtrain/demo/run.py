@@ -199,6 +199,7 @@ def _analysis(ctx: Context, root: Path, seed: int) -> dict[str, Any] | None:
         analysis = analyze_captions(ctx, model, ctx.run_dir(seed, "mle"), root / "figures" / "analysis", seed)
     except Exception as error:  # an analysis must not cost the whole run
         return {"note": f"_The dependence analysis failed: {type(error).__name__}: {error}_", "totals": None}
+    analysis["figures"] = [Path(f).relative_to(root).as_posix() for f in analysis["figures"]]  # relocatable
     analysis["note"] = (
         f"Seed {seed}'s MLE captions of the counterfactual images teacher-forced with the clean and the noised image "
         f"(noise step {ctx.settings.noise_step}); each CHAIR object mention is mapped to the tokens that spell it "

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from vdtrain.cli import main as cli_main
+from vdtrain.demo.intervals import confidence_interval, describe_difference, format_difference
 from vdtrain.demo.report import (
     Column,
     format_cell,
@@ -113,3 +114,74 @@ def test_cells_and_table_format():
         "| mle | 60.0 ± 10.0 | 11.0 ± 1.0 |",
         "| only | 10.0 | — |",
     ]
+
+
+def test_quick_demo_reports_the_dependence_analysis_and_intervals(quick_run):
+    report = (quick_run / "report.md").read_text()
+    assert "## Objects by visual dependence (thesis Fig. 5.2, 5.5)" in report
+    assert "failed" not in report.split("## Objects by visual dependence")[1]
+    analysis = json.loads((quick_run / "figures" / "analysis" / "dependence.json").read_text())
+    totals = analysis["totals"]
+    results = json.loads((quick_run / "results.json").read_text())
+    assert results["analysis"]["totals"] == totals
+    # every mention of every caption is counted once, by its category and CHAIR's ground truth
+    mentions = [m for c in analysis["captions"] for m in c["mentions"]]
+    assert sum(totals["mentions"].values()) == len(mentions) > 0
+    chair = results["runs"]["0"]["mle"]["metrics"]["counterfactual/CHAIRi"]
+    assert totals["mentions"]["hallucinated"] / len(mentions) == pytest.approx(chair)
+    for name in ("objects_by_dependence", "hallucination_distance"):
+        assert (quick_run / "figures" / "analysis" / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
+        assert f"figures/analysis/{name}.png" in report
+    # one seed: the differences carry no interval, and the sentences say nothing can be concluded
+    assert "(one seed: no interval, nothing can be concluded)" in report
+
+
+def test_intervals_and_wording_by_hand():
+    # a: -0.10, -0.15, -0.05 -> mean -0.10, std 0.05; t(0.975, 2) = 4.303; half-width 4.303 * 0.05 / sqrt(3)
+    diff = paired_differences(RUNS, [("vd", "mle")])["vd − mle"]
+    low, high = confidence_interval(diff["a"])
+    half = 4.303 * 0.05 / math.sqrt(3)
+    assert (low, high) == (pytest.approx(-0.10 - half), pytest.approx(-0.10 + half))
+    assert format_difference(diff["a"]) == "-10.0 [-22.4, +2.4]"
+    assert describe_difference("vd − mle", "A", diff["a"]) == (
+        "`vd − mle`: A -10.0 points (95% interval -22.4 to +2.4 over 3 seeds): no detectable difference."
+    )
+    clear = (-0.10, 0.01, 3)  # half-width 0.0248: the interval excludes 0
+    assert describe_difference("x − y", "A", clear) == (
+        "`x − y`: A lower by 10.0 points (95% interval -12.5 to -7.5 over 3 seeds)."
+    )
+    assert describe_difference("x − y", "Len", (0.5, 0.1, 5), percent=False) == (
+        "`x − y`: Len higher by 0.5 words (95% interval +0.4 to +0.6 over 5 seeds)."
+    )
+    assert confidence_interval((0.1, None, 1)) is None and format_difference((0.1, None, 1)) == "+10.0"
+    table = format_table({"vd − mle": diff}, [Column("a", "A")], first="paired", interval=True)
+    assert table.splitlines()[-1] == "| vd − mle | -10.0 [-22.4, +2.4] |"
+
+
+def test_readme_block_from_results():
+    from vdtrain.demo.readme import readme_block
+
+    runs = {
+        seed: {
+            "mle": {"metrics": {"counterfactual/partner_rate": 0.5 + 0.1 * k, "counterfactual/length": 10.0}},
+            "vd-pos": {"metrics": {"counterfactual/partner_rate": 0.4 + 0.1 * k, "counterfactual/length": 10.0}},
+        }
+        for k, seed in enumerate("012")
+    }
+    results = {
+        "setup": {"command": "vdtrain demo", "date": "2026-12-01 16:00 UTC", "wall_time_s": 600.0,
+                  "machine": "Linux, 2 CPU cores, Python 3.11, torch 2.13.0 (2 threads), transformers 5.24.0",
+                  "load_start": "1.0/1.0/1.0"},  # fmt: skip
+        "settings": {"seeds": 3},
+        "rows": ["mle", "vd-pos"],
+        "pairs": [["vd-pos", "mle"]],
+        "runs": runs,
+    }
+    block = readme_block(results).splitlines()
+    assert block[0].startswith("From a run of `vdtrain demo` (2026-12-01 16:00 UTC, 10.0 min; Linux")
+    assert block[0].endswith("at start), 3 seeds, mean ± std; counterfactual split, percent:")
+    assert "| mle | 60.0 ± 10.0 | — | — | — | 10.0 ± 0.0 | — |" in block
+    # every seed's difference is exactly -10 points: std 0, the interval is the point and excludes 0
+    assert block[-1] == (
+        "- `vd-pos − mle`: partner rate lower by 10.0 points (95% interval -10.0 to -10.0 over 3 seeds)."
+    )

@@ -32,6 +32,11 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "pope-build": "vdtrain.commands.eval_pope_build",
         "generate": "vdtrain.commands.eval_generate",
         "run": "vdtrain.commands.eval_run",
+        "mme": "vdtrain.commands.eval_mme",
+    },
+    "analyze": {
+        "dependence": "vdtrain.commands.analyze_dependence",
+        "saliency": "vdtrain.commands.analyze_saliency",
     },
 }
 
@@ -41,12 +46,16 @@ HELP = {
     "filter": "score a dataset by visual dependence and remove a fraction (score | select | run)",
     "inspect": "plot per-token probabilities with the clean and the noised image (thesis Fig. 5.1)",
     "demo": "end-to-end synthetic hallucination benchmark on a tiny model (CPU, minutes)",
-    "eval": "evaluation: chair | pope | pope-build | generate | run",
+    "eval": "evaluation: chair | pope | pope-build | generate | run | mme",
     "chair": "CHAIR object hallucination of captions against COCO annotations",
     "pope": "POPE yes/no probing metrics of answers files",
     "pope-build": "build POPE question sets from COCO instances",
     "generate": "answer a question file with a model (batched, resumable)",
     "run": "a benchmark protocol (eval/*.yaml) end to end: generate, then score",
+    "analyze": "the thesis' analysis of a model: dependence (Fig. 5.2, 5.5) | saliency (Fig. 5.3, 5.4)",
+    "dependence": "objects of generated captions by visual dependence (thesis Fig. 5.2, 5.5)",
+    "saliency": "image and text information flow to each kind of token (Eq. 5.2, Fig. 5.3, 5.4; eager attention)",
+    "mme": "score MME answers exactly as the benchmark's calculation.py (perception, cognition)",
 }
 
 EXIT_INPUT, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130

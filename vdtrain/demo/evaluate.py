@@ -122,3 +122,30 @@ def match_length(ctx: Context, model: Any, target: float, work: Path) -> tuple[f
         lo, hi = (mid, hi) if tried[mid] > target else (lo, mid)
     bias = min(tried, key=lambda b: abs(tried[b] - target))
     return bias, tried[bias]
+
+
+def analyze_captions(ctx: Context, model: Any, run_dir: Path, out_dir: Path, seed: int = 0) -> dict[str, Any]:
+    """Thesis Fig. 5.2 / 5.5 (`vdtrain analyze dependence`) on a model's counterfactual captions in `run_dir`:
+    writes `dependence.json` and the two figures under `out_dir`; returns the totals and the figure paths."""
+    import json
+
+    from vdtrain.analysis.dependence import analyze_dependence
+    from vdtrain.analysis.figures import plot_hallucination_distance, plot_objects_by_dependence
+    from vdtrain.evaluation.chair import load_synonyms
+
+    split = "counterfactual"
+    image_of = {q["question_id"]: q["image_id"] for q in read_jsonl(ctx.paths.caption_questions[split])}
+    captions = [a | {"image_id": image_of[a["question_id"]]} for a in read_jsonl(run_dir / f"captions_{split}.jsonl")]
+    result = analyze_dependence(
+        model, load_processor(ctx), captions, ctx.ground_truth[split], image_folder=ctx.paths.image_folder,
+        synonyms=load_synonyms(ctx.paths.synonyms), noise_step=ctx.settings.noise_step, seed=seed, batch_size=32,
+    )  # fmt: skip
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "dependence.json").write_text(json.dumps(result, indent=1) + "\n")
+    figures = [
+        plot_objects_by_dependence(result["totals"], out_dir / "objects_by_dependence.png", "MLE, counterfactual"),
+        plot_hallucination_distance(
+            result["totals"]["hallucination_distance"], out_dir / "hallucination_distance.png", "MLE, counterfactual"
+        ),
+    ]
+    return {"totals": result["totals"], "figures": [str(f) for f in figures], "errors": len(result["errors"])}

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vdtrain.demo.intervals import Stat, describe_difference, format_difference
+
 Runs = Mapping[str, Mapping[str, Mapping[str, float]]]  # seed -> row -> metric key -> value
-Stat = tuple[float, float | None, int]  # mean, sample std (None for one seed), number of seeds
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,11 @@ MAIN_COLUMNS = (
     Column("counterfactual/pope_f1", "POPE F1 cf"),
 )
 TEST_COLUMNS = caption_columns("test")
+# The paired differences the report also words in sentences.
+HEADLINE_COLUMNS = (
+    Column("counterfactual/partner_rate", "partner rate"),
+    Column("counterfactual/length", "caption length", percent=False),
+)
 POPE_COLUMNS = tuple(
     Column(f"{split}/pope_{variant}_{metric}", f"{split[:4]} {variant[:3]} {metric[:3]}")
     for split in ("test", "counterfactual")
@@ -105,15 +111,22 @@ def format_table(
     rows: Sequence[str] | None = None,
     signed: bool = False,
     first: str = "variant",
+    interval: bool = False,
 ) -> str:
-    """A markdown table, one row per entry of `stats` (or `rows`), one column per `Column`."""
+    """A markdown table, one row per entry of `stats` (or `rows`), one column per `Column`; `interval`: cells are
+    paired differences with their 95% interval (`format_difference`)."""
     rows = list(stats) if rows is None else [r for r in rows if r in stats]
     lines = [
         "| " + " | ".join([first, *(c.header for c in columns)]) + " |",
         "|" + "---|" * (len(columns) + 1),
     ]
     for row in rows:
-        cells = [format_cell(stats[row].get(c.key), c.percent, signed) for c in columns]
+        cells = [
+            format_difference(stats[row].get(c.key), c.percent)
+            if interval
+            else format_cell(stats[row].get(c.key), c.percent, signed)
+            for c in columns
+        ]
         lines.append("| " + " | ".join([row, *cells]) + " |")
     return "\n".join(lines)
 
@@ -167,11 +180,17 @@ def result_tables(results: Mapping[str, Any]) -> dict[str, str]:
     runs = {s: {row: r["metrics"] for row, r in per_seed.items()} for s, per_seed in results["runs"].items()}
     rows, pairs = results["rows"], [tuple(p) for p in results["pairs"]]
     stats = summarize(runs)
+    differences = paired_differences(runs, pairs)
     return {
         "main": format_table(stats, MAIN_COLUMNS, rows),
         "test": format_table(stats, TEST_COLUMNS, rows),
         "pope": format_table(stats, POPE_COLUMNS, rows),
-        "differences": format_table(paired_differences(runs, pairs), MAIN_COLUMNS, signed=True, first="paired"),
+        "differences": format_table(differences, MAIN_COLUMNS, first="paired", interval=True),
+        "difference_lines": "\n".join(
+            "- " + describe_difference(label, column.header, stat.get(column.key), column.percent)
+            for label, stat in differences.items()
+            for column in HEADLINE_COLUMNS
+        ),
     }
 
 
@@ -208,14 +227,18 @@ def _setup_lines(results: Mapping[str, Any]) -> list[str]:
 
 
 def machine_description() -> str:
-    """Platform, cores and torch threads, for the report."""
+    """Platform, cores, Python, torch (threads) and transformers, for the report."""
     import os
     import platform
 
     import torch
+    import transformers
 
     threads = torch.get_num_threads()
-    return f"{platform.platform()}, {os.cpu_count()} CPU cores, torch {torch.__version__} ({threads} threads)"
+    return (
+        f"{platform.platform()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
+        f"torch {torch.__version__} ({threads} threads), transformers {transformers.__version__}"
+    )
 
 
 def inspect_figure(
@@ -286,7 +309,12 @@ def write_report(
         "",
         "## Paired differences from the same seed's baseline (percentage points; words for Len)",
         "",
+        "Mean of the per-seed differences and its 95% interval over seeds (t distribution), in brackets; a "
+        "difference whose interval contains 0 is not detectable with this many seeds.",
+        "",
         tables["differences"],
+        "",
+        tables["difference_lines"],
         "",
         "## Test-split captions",
         "",
@@ -315,5 +343,17 @@ def write_report(
         lines += [f"![token dependence]({Path(inspect_figure).relative_to(root).as_posix()})", ""]
     if inspect_note:
         lines += [inspect_note, ""]
+    if results.get("analysis"):  # thesis Fig. 5.2 and 5.5 on the MLE model (`vdtrain analyze dependence`)
+        from vdtrain.analysis.dependence import summary_lines
+
+        analysis = results["analysis"]
+        lines += ["## Objects by visual dependence (thesis Fig. 5.2, 5.5)", "", analysis["note"], ""]
+        if analysis.get("totals"):
+            lines += [*summary_lines(analysis["totals"]), ""]
+            lines += [f"![{Path(f).stem}]({Path(f).as_posix()})" for f in analysis["figures"]]  # relative to root
+            lines += [""]
     (root / "report.md").write_text("\n".join(lines))
-    return f"{tables['main']}\n\nPaired differences (same seed):\n\n{tables['differences']}"
+    return (
+        f"{tables['main']}\n\nPaired differences (same seed; mean [95% interval over seeds]):\n\n"
+        f"{tables['differences']}\n\n{tables['difference_lines']}"
+    )

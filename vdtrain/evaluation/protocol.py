@@ -31,6 +31,7 @@ CONFIG_KEYS = {
     "decoding",
     "chair",
     "pope",
+    "categories",  # mme: only these categories (default: all present)
 }
 
 
@@ -53,8 +54,10 @@ def load_protocol(path: str | os.PathLike) -> dict[str, Any]:
     elif benchmark == "pope":
         if not isinstance(config.get("splits"), dict) or not config["splits"]:
             raise ValueError(f"{path}: a pope protocol needs `splits`, a mapping of split name to question file")
+    elif benchmark == "mme":  # the questions come from the release folder given as --image-folder
+        config["splits"] = {}
     else:
-        raise ValueError(f"{path}: benchmark must be 'chair' or 'pope', got {benchmark!r}")
+        raise ValueError(f"{path}: benchmark must be 'chair', 'pope' or 'mme', got {benchmark!r}")
     config["splits"] = {name: str((path.parent / file).resolve()) for name, file in config["splits"].items()}
     try:
         DecodingOptions(**(config.get("decoding") or {}))
@@ -104,6 +107,8 @@ def _score(config: dict, args: argparse.Namespace, pairs: dict[str, tuple[Path, 
 
 
 def _summary_line(benchmark: str, metrics: dict) -> str:
+    if benchmark == "mme":
+        return f"perception {metrics['perception']:.1f}  cognition {metrics['cognition']:.1f}"
     if benchmark == "chair":
         return (
             f"CHAIRs {100 * metrics['CHAIRs']:.1f}  CHAIRi {100 * metrics['CHAIRi']:.1f}  "
@@ -117,6 +122,10 @@ def _summary_line(benchmark: str, metrics: dict) -> str:
 
 def run_protocol(config: dict, args: argparse.Namespace) -> dict:
     """Generate every split's answers (resuming), score them, and write `summary.json`; returns the summary."""
+    if config["benchmark"] == "mme":
+        from vdtrain.evaluation.mme_protocol import run_mme_protocol
+
+        return run_mme_protocol(config, args)
     out = Path(args.output_dir)
     (out / "answers").mkdir(parents=True, exist_ok=True)
     _check_scorer_inputs(config, args)

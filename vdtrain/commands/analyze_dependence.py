@@ -25,7 +25,7 @@ def add_teacher_forcing_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     from vdtrain.analysis.dependence import DEFAULT_PROMPT
     from vdtrain.commands.eval_chair import _default_cache_dir
     from vdtrain.evaluation.lemmatize import LEMMATIZERS
@@ -49,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """`vdtrain analyze dependence`: write dependence.json and the Fig. 5.2 / 5.5 figures."""
-    args = parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     from vdtrain.analysis.dependence import analyze_dependence, load_caption_records
     from vdtrain.analysis.figures import plot_hallucination_distance, plot_objects_by_dependence
     from vdtrain.evaluation.chair import load_synonyms

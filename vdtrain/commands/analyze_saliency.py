@@ -19,7 +19,7 @@ DESCRIPTION = (
 )
 
 
-def parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = options.parser("vdtrain analyze saliency", DESCRIPTION)
     add_teacher_forcing_options(p)
     p.add_argument("--data", required=True, help="LLaVA-format conversations .json/.jsonl (the paper: Detail-23k)")
@@ -33,7 +33,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """`vdtrain analyze saliency`: write saliency.json and the Fig. 5.3 (and 5.4) figures."""
-    args = parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     from vdtrain.analysis.figures import plot_saliency_by_layer, plot_saliency_example
     from vdtrain.analysis.saliency import analyze_saliency
     from vdtrain.data.conversations import load_conversations

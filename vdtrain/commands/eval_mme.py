@@ -14,7 +14,7 @@ DESCRIPTION = (
 )
 
 
-def parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = options.parser("vdtrain eval mme", DESCRIPTION)
     p.add_argument("--answers", required=True, help="answers .jsonl (or .json list)")
     p.add_argument("--output", required=True, help="where mme.json goes")
@@ -24,7 +24,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """`vdtrain eval mme`: score an answers file and print the two totals."""
-    args = parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     from vdtrain.evaluation.mme import format_mme, load_mme_questions, score_mme
     from vdtrain.io import atomic_write_json, read_objects
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from tiny import tiny_llava, write_conversations, write_images
 
+from vdtrain.commands.train import load_config
 from vdtrain.data import SupervisedDataset, VDDataCollator, check_images, load_conversations, load_image, to_messages
 from vdtrain.models import ConversationError, get_adapter
 from vdtrain.models.llava import VICUNA_SYSTEM
-from vdtrain.train_cli import load_config
 
 TWO_TURNS = [
     {"from": "human", "value": "<image>\ndescribe this image"},

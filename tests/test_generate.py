@@ -11,8 +11,8 @@ from PIL import Image
 from tiny import tiny_llava, write_images
 
 from vdtrain.cli import main as cli
+from vdtrain.commands.eval_generate import load_model
 from vdtrain.evaluation.generate import DecodingOptions, generate_answers
-from vdtrain.evaluation.generate_cli import load_model
 from vdtrain.evaluation.questions import coco_image_id, load_questions, read_answers, resolve_image
 from vdtrain.models import get_adapter
 

@@ -157,7 +157,7 @@ def _sbatch_dry_run(nodes: int, recipe: str, *overrides: str, **env: str) -> sub
 
 @pytest.mark.parametrize(("nodes", "per_device", "accumulation"), [(1, None, 2), (2, None, 1), (4, "8", 1)])
 def test_sbatch_keeps_the_recipe_global_batch(nodes, per_device, accumulation):
-    from vdtrain.train_cli import _parse_overrides, load_config
+    from vdtrain.commands.train import load_config, parse_overrides
 
     recipe = "recipes/llava-1.5-7b/detail23k-vd-neg.yaml"
     run = _sbatch_dry_run(
@@ -176,7 +176,7 @@ def test_sbatch_keeps_the_recipe_global_batch(nodes, per_device, accumulation):
         )
         assert argv[argv.index("-m") : argv.index("-m") + 4] == ["-m", "vdtrain", "train", recipe]
         # what `vdtrain train` makes of the node's arguments: 128, the override kept (use_cpu: for bf16 here)
-        _, _, args = load_config(REPO / recipe, {**_parse_overrides(argv[argv.index("-m") + 4 :]), "use_cpu": True})
+        _, _, args = load_config(REPO / recipe, {**parse_overrides(argv[argv.index("-m") + 4 :]), "use_cpu": True})
         assert args.per_device_train_batch_size * args.gradient_accumulation_steps * 4 * nodes == 128
         assert args.gradient_accumulation_steps == accumulation and args.vd_temperature == 1.0
 

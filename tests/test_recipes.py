@@ -9,7 +9,7 @@ import pytest
 import yaml
 from tiny import write_conversations, write_images
 
-from vdtrain.train_cli import load_config
+from vdtrain.commands.train import load_config
 from vdtrain.training import build_trainer
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"

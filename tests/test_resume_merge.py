@@ -12,7 +12,7 @@ from tiny import write_conversations, write_images
 from transformers import TrainerCallback
 
 from vdtrain.cli import main as cli_main
-from vdtrain.train_cli import load_config
+from vdtrain.commands.train import load_config
 from vdtrain.training import build_trainer, run_training
 
 MAX_STEPS = 6  # 12 samples, batch 2 x accumulation 2: 3 optimizer steps per epoch; vd active from step 3

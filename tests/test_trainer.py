@@ -148,7 +148,8 @@ def test_weighted_loss_equals_hand_computation(setup):
     mask = labels != -100
     mask[:, 0] = False
     d = visual_dependence(lc, ln) * mask * batch["has_image"][:, None]
-    w = token_weights(d, mask, scheme="neg", temperature=1.5, end_of_turn_mask=batch["end_of_turn_mask"], eos_min_weight=1.2)
+    eot = batch["end_of_turn_mask"]
+    w = token_weights(d, mask, scheme="neg", temperature=1.5, end_of_turn_mask=eot, eos_min_weight=1.2)
     expected = -(w * lc).sum() / n
     assert torch.allclose(loss, expected, atol=1e-5)
     d_seen, _, _ = trainer.seen

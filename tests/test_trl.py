@@ -260,3 +260,70 @@ def test_plain_training_arguments_and_old_names(tmp_path):
             train_dataset=_dataset(),
             processing_class=processor,
         )
+
+
+DDP_SCRIPT = """
+import sys, torch
+sys.path.insert(0, sys.argv[3])
+from test_trl import _config, _dataset, _llava
+from vdtrain.integrations.trl import VDSFTTrainer
+from pathlib import Path
+
+model, processor = _llava()
+args = _config(Path(sys.argv[1]), vd_start=0.0, vd_temperature=2.0, max_steps=2, optim="sgd", learning_rate=0.5,
+               lr_scheduler_type="constant", per_device_train_batch_size=int(sys.argv[2]), seed=5)
+trainer = VDSFTTrainer(model=model, args=args, train_dataset=_dataset(8), processing_class=processor)
+trainer.train()
+if trainer.is_world_process_zero():
+    torch.save({n: p.detach() for n, p in model.named_parameters()}, Path(sys.argv[1]) / "weights.pt")
+    torch.save(trainer.state.log_history, Path(sys.argv[1]) / "logs.pt")
+"""
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_equal_one(tmp_path):
+    """Re-weighting active on every step: 2 processes x batch 2 reproduce 1 process x batch 4 (data sharding, the
+    per-sample noise seeding and TRL's loss normalisation across ranks)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "run.py"
+    script.write_text(DDP_SCRIPT)
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(tests).parent), tests, env.get("PYTHONPATH", "")])
+    results = {}
+    for nproc, batch in ((1, 4), (2, 2)):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        folder = tmp_path / f"n{nproc}"
+        folder.mkdir()
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={nproc}",
+            f"--master_port={port}",
+            str(script),
+            str(folder),
+            str(batch),
+            tests,
+        ]
+        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+        results[nproc] = torch.load(folder / "weights.pt"), torch.load(folder / "logs.pt")
+    (one, logs_one), (two, logs_two) = results[1], results[2]
+    before = dict(_llava()[0].named_parameters())
+    assert sum(not torch.equal(one[name], before[name]) for name in one) > 10
+    for name in one:
+        assert torch.allclose(one[name], two[name], atol=1e-5), name
+    steps_one = [entry for entry in logs_one if "loss" in entry]
+    steps_two = [entry for entry in logs_two if "loss" in entry]
+    for a, b in zip(steps_one, steps_two, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4) and a["vd_weight_max"] == pytest.approx(
+            b["vd_weight_max"], abs=1e-3
+        )

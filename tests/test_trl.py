@@ -266,24 +266,28 @@ DDP_SCRIPT = """
 import sys, torch
 sys.path.insert(0, sys.argv[3])
 from test_trl import _config, _dataset, _llava
-from vdtrain.integrations.trl import VDSFTTrainer
+from trl import SFTConfig, SFTTrainer
+from vdtrain.integrations.trl import VDSFTConfig, VDSFTTrainer
 from pathlib import Path
 
-model, processor = _llava()
-args = _config(Path(sys.argv[1]), vd_start=0.0, vd_temperature=2.0, max_steps=2, optim="sgd", learning_rate=0.5,
-               lr_scheduler_type="constant", per_device_train_batch_size=int(sys.argv[2]), seed=5)
-trainer = VDSFTTrainer(model=model, args=args, train_dataset=_dataset(8), processing_class=processor)
-trainer.train()
-if trainer.is_world_process_zero():
-    torch.save({n: p.detach() for n, p in model.named_parameters()}, Path(sys.argv[1]) / "weights.pt")
-    torch.save(trainer.state.log_history, Path(sys.argv[1]) / "logs.pt")
+for name, trainer_cls, config_cls in (("sft", SFTTrainer, SFTConfig), ("vd", VDSFTTrainer, VDSFTConfig)):
+    model, processor = _llava()
+    extra = {"vd_start": 0.0, "vd_temperature": 2.0} if name == "vd" else {}
+    args = _config(Path(sys.argv[1]) / name, config_cls, max_steps=2, optim="sgd", learning_rate=0.5,
+                   lr_scheduler_type="constant", per_device_train_batch_size=int(sys.argv[2]), seed=5, **extra)
+    trainer = trainer_cls(model=model, args=args, train_dataset=_dataset(8), processing_class=processor)
+    trainer.train()
+    if trainer.is_world_process_zero():
+        torch.save({n: p.detach() for n, p in model.named_parameters()}, Path(sys.argv[1]) / f"weights-{name}.pt")
+        torch.save(trainer.state.log_history, Path(sys.argv[1]) / f"logs-{name}.pt")
 """
 
 
 @pytest.mark.slow
 def test_ddp_two_processes_equal_one(tmp_path):
     """Re-weighting active on every step: 2 processes x batch 2 reproduce 1 process x batch 4 (data sharding, the
-    per-sample noise seeding and TRL's loss normalisation across ranks)."""
+    per-sample noise seeding and TRL's loss normalisation across ranks) as closely as SFTTrainer itself does: on this
+    stack TRL's own 1- vs 2-process runs differ by ~4e-4 (relative) in the gradient norm, float order in its path."""
     import os
     import socket
     import subprocess
@@ -295,7 +299,7 @@ def test_ddp_two_processes_equal_one(tmp_path):
     tests = str(Path(__file__).parent)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(tests).parent), tests, env.get("PYTHONPATH", "")])
-    results = {}
+    runs = {}
     for nproc, batch in ((1, 4), (2, 2)):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
@@ -313,17 +317,21 @@ def test_ddp_two_processes_equal_one(tmp_path):
             str(batch),
             tests,
         ]
-        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
-        results[nproc] = torch.load(folder / "weights.pt"), torch.load(folder / "logs.pt")
-    (one, logs_one), (two, logs_two) = results[1], results[2]
-    before = dict(_llava()[0].named_parameters())
-    assert sum(not torch.equal(one[name], before[name]) for name in one) > 10
-    for name in one:
-        assert torch.allclose(one[name], two[name], atol=1e-5), name
-    steps_one = [entry for entry in logs_one if "loss" in entry]
-    steps_two = [entry for entry in logs_two if "loss" in entry]
-    for a, b in zip(steps_one, steps_two, strict=True):
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4) and a["vd_weight_max"] == pytest.approx(
-            b["vd_weight_max"], abs=1e-3
-        )
+        for name in ("sft", "vd"):
+            logs = torch.load(folder / f"logs-{name}.pt", weights_only=False)
+            runs[nproc, name] = torch.load(folder / f"weights-{name}.pt"), [e for e in logs if "loss" in e]
+
+    def gap(name):
+        (one, _), (two, _) = runs[1, name], runs[2, name]
+        return max((one[key] - two[key]).abs().max().item() for key in one)
+
+    assert gap("vd") <= 2 * gap("sft") + 1e-6, (gap("vd"), gap("sft"))
+    vd_one, sft_one = runs[1, "vd"][0], runs[1, "sft"][0]
+    assert max((vd_one[key] - sft_one[key]).abs().max().item() for key in vd_one) > 10 * gap("sft")  # it re-weighted
+    (_, logs_one), (_, logs_two) = runs[1, "vd"], runs[2, "vd"]
+    assert [e["step"] for e in logs_one] == [e["step"] for e in logs_two] == [1, 2]
+    assert logs_one[0]["loss"] == pytest.approx(logs_two[0]["loss"], rel=1e-6)
+    for a, b in zip(logs_one, logs_two):
+        assert a["vd_weight_max"] == pytest.approx(b["vd_weight_max"], abs=1e-3) and a["vd_weight_max"] > 1.0

@@ -119,6 +119,7 @@ def test_neutral_weights_equal_sft_trainer(tmp_path, family, options):
     loss_sft, grads_sft = _loss_and_grads(sft, batch)
     loss_vd, grads_vd = _loss_and_grads(vd, batch)
     assert counter.grad == 1 and counter.no_grad == 1  # one training forward, one noisy one
+    assert counter.fused == [True, True]  # both through TRL's fused LM head: no (B, L, V) logits
     assert torch.allclose(loss_vd, loss_sft, rtol=1e-6, atol=0)
     assert grads_sft.keys() == grads_vd.keys() and len(grads_vd) > 10
     for name in grads_sft:
@@ -129,9 +130,11 @@ def test_neutral_weights_equal_sft_trainer(tmp_path, family, options):
 class _Forwards:
     def __init__(self, model):
         self.grad = self.no_grad = 0
-        model.register_forward_pre_hook(self)
+        self.fused = []
+        model.register_forward_pre_hook(self, with_kwargs=True)
 
-    def __call__(self, module, args):
+    def __call__(self, module, args, kwargs):
+        self.fused.append(bool(kwargs.get("fused_lm_head")))
         if torch.is_grad_enabled():
             self.grad += 1
         else:

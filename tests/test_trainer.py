@@ -10,8 +10,8 @@ from transformers import Trainer, TrainingArguments
 
 from vdtrain import VDTrainer, VDTrainingArguments, target_logprobs, token_weights, visual_dependence
 from vdtrain.data import SupervisedDataset, VDDataCollator, load_conversations
+from vdtrain.data.keys import LOSS_ONLY_KEYS as EXTRA_KEYS
 from vdtrain.models import get_adapter
-from vdtrain.trainer import EXTRA_KEYS
 
 
 @pytest.fixture()
@@ -148,7 +148,8 @@ def test_weighted_loss_equals_hand_computation(setup):
     mask = labels != -100
     mask[:, 0] = False
     d = visual_dependence(lc, ln) * mask * batch["has_image"][:, None]
-    w = token_weights(d, mask, scheme="neg", temperature=1.5, eos_mask=batch["end_of_turn_mask"], eos_min_weight=1.2)
+    eot = batch["end_of_turn_mask"]
+    w = token_weights(d, mask, scheme="neg", temperature=1.5, end_of_turn_mask=eot, eos_min_weight=1.2)
     expected = -(w * lc).sum() / n
     assert torch.allclose(loss, expected, atol=1e-5)
     d_seen, _, _ = trainer.seen
@@ -175,7 +176,7 @@ def test_weighted_loss_equals_hand_computation(setup):
 
 def test_projector_learning_rate_group(setup):
     model, _, dataset, collator, tmp_path = setup
-    args = vd_args(tmp_path, projector_lr=1e-5, learning_rate=1e-3, weight_decay=0.1)
+    args = vd_args(tmp_path, vd_projector_lr=1e-5, learning_rate=1e-3, weight_decay=0.1)
     trainer = VDTrainer(model=model, args=args, projector_modules=("multi_modal_projector",))
     optimizer = trainer.create_optimizer()
     projector = {id(p) for n, p in model.named_parameters() if "multi_modal_projector" in n}
@@ -199,7 +200,7 @@ def test_missing_pixel_key_is_a_clear_error(setup):
 def test_eos_selective_needs_end_of_turn_id(tmp_path):
     model, _ = tiny_llava()
     with pytest.raises(ValueError, match="end_of_turn_id"):
-        VDTrainer(model=model, args=vd_args(tmp_path, eos_selective=True))
+        VDTrainer(model=model, args=vd_args(tmp_path, vd_eos_selective=True))
 
 
 def test_eos_selective_loss_in_the_trainer(setup):
@@ -207,7 +208,7 @@ def test_eos_selective_loss_in_the_trainer(setup):
     batch = collator([dataset[0], dataset[1]])
     eos = processor.tokenizer.eos_token_id
     model.train()
-    trainer = VDTrainer(model=model, args=vd_args(tmp_path, vd_start=1.0, eos_selective=True), end_of_turn_id=eos)
+    trainer = VDTrainer(model=model, args=vd_args(tmp_path, vd_start=1.0, vd_eos_selective=True), end_of_turn_id=eos)
     trainer.state.max_steps = 10
     assert not trainer.vd_active()
     loss = trainer.compute_loss(model, batch, num_items_in_batch=num_items(batch))
@@ -231,7 +232,7 @@ def test_eos_selective_with_vd_measures_d_over_the_full_softmax(setup):
     eos = processor.tokenizer.eos_token_id
     seen = {}
     for clean_pass in ("train", "eval"):  # the tiny model has no dropout: train- and eval-mode forwards agree
-        args = vd_args(tmp_path, eos_selective=True, vd_clean_pass=clean_pass)
+        args = vd_args(tmp_path, vd_eos_selective=True, vd_clean_pass=clean_pass)
         trainer = Capture(model=model.train(), args=args, end_of_turn_id=eos)
         trainer.state.max_steps = 10
         trainer.compute_loss(model, batch, num_items_in_batch=num_items(batch))

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 _LAZY = {
+    "VDLossMixin": "vdtrain.mixin",
     "VDTrainer": "vdtrain.trainer",
     "VDTrainingArguments": "vdtrain.config",
     "add_diffusion_noise": "vdtrain.noise",
@@ -25,6 +26,7 @@ __all__ = sorted(_LAZY)
 if TYPE_CHECKING:  # names for type checkers and IDEs
     from vdtrain.config import VDTrainingArguments  # noqa: F401
     from vdtrain.dependence import target_logprobs, visual_dependence  # noqa: F401
+    from vdtrain.mixin import VDLossMixin  # noqa: F401
     from vdtrain.noise import add_diffusion_noise  # noqa: F401
     from vdtrain.trainer import VDTrainer  # noqa: F401
     from vdtrain.weighting import register_weighting, token_weights  # noqa: F401

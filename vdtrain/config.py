@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import MISSING, dataclass, field, fields
 
 from transformers import TrainingArguments
 
 CLEAN_PASSES = ("train", "eval")
+# old name -> new name; the old names still work, with a FutureWarning (issue 16: method options start with `vd_`)
+DEPRECATED_NAMES = {"eos_selective": "vd_eos_selective", "projector_lr": "vd_projector_lr"}
 
 
 @dataclass
-class VDTrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus the visual-dependence loss re-weighting of the thesis (Eq. 5.1-5.5).
+class VDArguments:
+    """The visual-dependence fields (thesis Eq. 5.1-5.5), mixed into `TrainingArguments` or TRL's `SFTConfig`.
 
     Args:
         vd_weighting (`str`, defaults to `"neg"`): weighting scheme; `neg` emphasises image-negative tokens (Eq. 5.3),
@@ -24,8 +27,12 @@ class VDTrainingArguments(TrainingArguments):
         vd_clean_pass (`str`, defaults to `"train"`): `train` reuses the training forward's logits for p_clean;
             `eval` runs a separate no-grad eval-mode clean pass, as the thesis describes.
         vd_pixel_key (`str`, *optional*): the batch key holding the images; found automatically when unset.
-        eos_selective (`bool`, defaults to `False`): the selective EOS supervision baseline (Yue et al. 2024).
-        projector_lr (`float`, *optional*): learning rate of the multimodal projector's parameter group.
+        vd_eos_selective (`bool`, defaults to `False`): the selective EOS supervision baseline (Yue et al. 2024).
+        vd_projector_lr (`float`, *optional*): learning rate of the multimodal projector's parameter group.
+        vd_masked_logits (`bool`, *optional*): compute logits only at supervised positions on the steps before
+            `vd_start` too (same loss, no float32 `(B, L, V)` logits). Unset: on where the host trainer's loss is
+            `transformers.Trainer`'s own (as in `VDTrainer`), off for hosts with their own loss (TRL's is fused).
+        eos_selective, projector_lr: deprecated names of `vd_eos_selective` and `vd_projector_lr`.
     """
 
     vd_weighting: str = field(
@@ -44,34 +51,83 @@ class VDTrainingArguments(TrainingArguments):
     vd_pixel_key: str | None = field(
         default=None, metadata={"help": "Batch key of the image tensor (default: found from the batch)."}
     )
-    eos_selective: bool = field(
+    vd_eos_selective: bool = field(
         default=False,
         metadata={
             "help": "Selective EOS supervision baseline: drop the end-of-turn logit where the target is not it."
         },
     )
-    projector_lr: float | None = field(
+    vd_projector_lr: float | None = field(
         default=None, metadata={"help": "Learning rate of the multimodal projector (default: learning_rate)."}
     )
+    vd_masked_logits: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Logits only at supervised positions before vd_start too (same loss, less memory); "
+            "default: on for VDTrainer, off for trainers with their own loss."
+        },
+    )
+    eos_selective: bool | None = field(default=None, metadata={"help": "Deprecated: use --vd_eos_selective."})
+    projector_lr: float | None = field(default=None, metadata={"help": "Deprecated: use --vd_projector_lr."})
 
     def __post_init__(self):
-        super().__post_init__()
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
+        for old, new in DEPRECATED_NAMES.items():
+            setattr(self, new, resolve_deprecated(old, getattr(self, old), new, getattr(self, new)))
+            setattr(self, old, getattr(self, new))  # the old attribute keeps reading right
         self.check_vd_fields()
 
     def check_vd_fields(self) -> None:
         """Raise on out-of-range `vd_*` values (also run on arguments upgraded by `as_vd_arguments`)."""
-        from vdtrain.weighting import available_weightings
+        check_vd_options({name: getattr(self, name) for name in VD_DEFAULTS})
 
-        if self.vd_weighting not in available_weightings():
-            raise ValueError(f"vd_weighting must be one of {available_weightings()}, got {self.vd_weighting!r}")
-        if self.vd_clean_pass not in CLEAN_PASSES:
-            raise ValueError(f"vd_clean_pass must be one of {CLEAN_PASSES}, got {self.vd_clean_pass!r}")
-        if not 0.0 <= self.vd_start <= 1.0:
-            raise ValueError(f"vd_start is a fraction of training in [0, 1], got {self.vd_start}")
-        if not 0 <= self.vd_noise_step <= 999:
-            raise ValueError(f"vd_noise_step must be in [0, 999], got {self.vd_noise_step}")
-        if self.vd_temperature < 0:
-            raise ValueError(f"vd_temperature must be >= 0, got {self.vd_temperature}")
+
+VD_DEFAULTS = {spec.name: spec.default for spec in fields(VDArguments) if spec.name not in DEPRECATED_NAMES}
+
+
+def resolve_deprecated(old: str, old_value, new: str, new_value):
+    """The value of `new` given a value set under its deprecated name `old` (None: not set); warns once per use."""
+    if old_value is None or old_value == new_value:
+        return new_value
+    if new_value != VD_DEFAULTS[new]:
+        raise ValueError(f"`{old}` (deprecated) and `{new}` are both set, to {old_value!r} and {new_value!r}")
+    warnings.warn(f"`{old}` is deprecated and will be removed; use `{new}`", FutureWarning, stacklevel=4)
+    return old_value
+
+
+def vd_options(args) -> dict:
+    """The `vd_*` settings of any arguments object (`TrainingArguments`, TRL's `SFTConfig`, a project's own), with
+    the documented defaults for the fields it lacks and the deprecated names honoured; checked."""
+    options = {}
+    for name, default in VD_DEFAULTS.items():
+        options[name] = getattr(args, name, default)
+    for old, new in DEPRECATED_NAMES.items():
+        options[new] = resolve_deprecated(old, getattr(args, old, None), new, options[new])
+    check_vd_options(options)
+    return options
+
+
+def check_vd_options(options: dict) -> None:
+    """Raise on an out-of-range `vd_*` value, naming the field and its allowed range."""
+    from vdtrain.weighting import available_weightings
+
+    if options["vd_weighting"] not in available_weightings():
+        raise ValueError(f"vd_weighting must be one of {available_weightings()}, got {options['vd_weighting']!r}")
+    if options["vd_clean_pass"] not in CLEAN_PASSES:
+        raise ValueError(f"vd_clean_pass must be one of {CLEAN_PASSES}, got {options['vd_clean_pass']!r}")
+    if not 0.0 <= options["vd_start"] <= 1.0:
+        raise ValueError(f"vd_start is a fraction of training in [0, 1], got {options['vd_start']}")
+    if not 0 <= options["vd_noise_step"] <= 999:
+        raise ValueError(f"vd_noise_step must be in [0, 999], got {options['vd_noise_step']}")
+    if options["vd_temperature"] < 0:
+        raise ValueError(f"vd_temperature must be >= 0, got {options['vd_temperature']}")
+
+
+@dataclass
+class VDTrainingArguments(VDArguments, TrainingArguments):
+    """`TrainingArguments` plus the visual-dependence fields of `VDArguments` (thesis Eq. 5.1-5.5)."""
 
 
 def as_vd_arguments(args: TrainingArguments) -> VDTrainingArguments:
@@ -81,10 +137,14 @@ def as_vd_arguments(args: TrainingArguments) -> VDTrainingArguments:
         return args
     upgraded = copy.copy(args)
     upgraded.__class__ = VDTrainingArguments
+    options = vd_options(args)
     for spec in fields(VDTrainingArguments):
         if not hasattr(upgraded, spec.name):
             setattr(upgraded, spec.name, spec.default_factory() if spec.default is MISSING else spec.default)
-    upgraded.check_vd_fields()
+    for name, value in options.items():
+        setattr(upgraded, name, value)
+    for old, new in DEPRECATED_NAMES.items():
+        setattr(upgraded, old, options[new])
     return upgraded
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -61,8 +62,9 @@ def token_weights(
     *,
     scheme: str = "neg",
     temperature: float = 0.5,
-    eos_mask: torch.Tensor | None = None,
+    end_of_turn_mask: torch.Tensor | None = None,
     eos_min_weight: float = 1.0,
+    eos_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-token loss weights `n * softmax(temperature * w)` over each sample's `n` supervised tokens (Eq. 5.5).
 
@@ -75,9 +77,15 @@ def token_weights(
         mask (`torch.Tensor`): `(B, L)` bool, True where supervised.
         scheme (`str`, defaults to `"neg"`): a registered weighting scheme (`neg`, `pos`, `none`, ...).
         temperature (`float`, defaults to 0.5): tau of Eq. 5.5.
-        eos_mask (`torch.Tensor`, *optional*): `(B, L)` bool, the end-of-turn tokens.
-        eos_min_weight (`float`, defaults to 1.0): floor applied at `eos_mask`.
+        end_of_turn_mask (`torch.Tensor`, *optional*): `(B, L)` bool, the end-of-turn tokens.
+        eos_min_weight (`float`, defaults to 1.0): floor applied at `end_of_turn_mask`.
+        eos_mask: deprecated name of `end_of_turn_mask`.
     """
+    if eos_mask is not None:
+        if end_of_turn_mask is not None:
+            raise ValueError("give the end-of-turn tokens once, as `end_of_turn_mask` (`eos_mask` is its old name)")
+        warnings.warn("`token_weights(eos_mask=...)` is deprecated; use `end_of_turn_mask=`", FutureWarning, 2)
+        end_of_turn_mask = eos_mask
     with torch.no_grad():
         mask = mask.bool()
         scores = temperature * get_weighting(scheme)(d.detach().float())
@@ -86,7 +94,7 @@ def token_weights(
         # A row with nothing supervised is all -inf: softmax would give NaN, so give it a zero row instead.
         probs = torch.softmax(scores.masked_fill(n == 0, 0.0), dim=-1)
         weights = torch.where(mask, probs * n, torch.zeros_like(probs))
-        if eos_mask is not None:
-            floor = eos_mask.bool() & mask
+        if end_of_turn_mask is not None:
+            floor = end_of_turn_mask.bool() & mask
             weights = torch.where(floor, weights.clamp_min(eos_min_weight), weights)
     return weights

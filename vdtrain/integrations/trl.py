@@ -1,0 +1,136 @@
+"""The visual-dependence loss inside TRL: `VDSFTConfig` (`SFTConfig` + the `vd_*` fields) and `VDSFTTrainer`.
+
+`VDSFTTrainer` is `VDLossMixin` in front of `trl.SFTTrainer`. Before `vd_start` every step is `SFTTrainer`'s own. From
+`vd_start` it still is, with one change: the per-token log-probabilities of TRL's fused LM head (no full logits are
+built) are scaled by the VD weights before TRL reduces them, so TRL's loss reduction, its entropy/token-accuracy
+metrics, its VLM collator and `assistant_only_loss`/`completion_only_loss` all stay TRL's. The noisy pass uses the
+same fused head under `torch.no_grad()`. Needs `pip install vdtrain[trl]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from transformers import TrainingArguments
+from trl import SFTConfig, SFTTrainer
+
+from vdtrain.config import VDArguments, vd_options
+from vdtrain.dependence import IGNORE_INDEX
+from vdtrain.mixin import VDLossMixin
+
+__all__ = ["VDSFTConfig", "VDSFTTrainer", "end_of_turn_token_id"]
+
+
+@dataclass
+class VDSFTConfig(VDArguments, SFTConfig):
+    """TRL's `SFTConfig` plus the `vd_*` fields of `VDTrainingArguments` (same names, same defaults)."""
+
+
+class VDSFTTrainer(VDLossMixin, SFTTrainer):
+    """`trl.SFTTrainer` with the visual-dependence loss of Eq. 5.5 from `vd_start` on.
+
+    Takes `SFTTrainer`'s arguments plus `projector_modules`, `end_of_turn_id` and `pixel_key` (see `VDLossMixin`).
+    Without `end_of_turn_id`, the end-of-turn token of the EOS floor is the one the processor's chat template closes
+    an assistant turn with (`end_of_turn_token_id`). `args` may be a `VDSFTConfig`, any `TrainingArguments` (the
+    `vd_*` fields it has are kept) or None.
+    """
+
+    def __init__(self, model, args: TrainingArguments | None = None, *positional, **kwargs) -> None:
+        if isinstance(args, TrainingArguments) and not isinstance(args, VDSFTConfig):
+            names = {spec.name for spec in fields(VDSFTConfig) if spec.init}
+            values = {key: value for key, value in args.to_dict().items() if key in names}
+            values["hub_token"] = args.hub_token  # to_dict hides it
+            args = VDSFTConfig(**values)
+        if args is not None:
+            _check_args(args)
+        super().__init__(model, args, *positional, **kwargs)
+        if self.end_of_turn_id is None:
+            self.end_of_turn_id = end_of_turn_token_id(self.processing_class)
+
+    def _vd_masked_logits(self, model) -> bool:
+        return False  # TRL's fused LM head already never builds the logits
+
+    def _vd_loss(self, model, inputs, end_of_turn, has_image, active, return_outputs, num_items_in_batch):
+        """`SFTTrainer.compute_loss` on a stand-in for the model that re-weights the fused head's log-probs."""
+        reweighting = _ReweightedForward(self, model, end_of_turn, has_image)
+        return SFTTrainer.compute_loss(self, reweighting, inputs, return_outputs, num_items_in_batch)
+
+    @torch.no_grad()
+    def _no_grad_logprobs(self, model, inputs, labels) -> torch.Tensor:
+        """`(B, L)` target log-probs from TRL's fused LM head, in eval mode (no dropout, no checkpointing)."""
+        was_training = model.training
+        model.eval()
+        try:
+            outputs = model(**inputs, labels=labels, fused_lm_head=True)
+        finally:
+            if was_training:
+                model.train()
+        return F.pad(outputs.log_probs.float(), (1, 0))  # the fused head scores labels[:, 1:]
+
+
+def _check_args(args: SFTConfig) -> None:
+    """Refuse, before any data is prepared, the SFT options the VD loss cannot re-weight."""
+    options = vd_options(args)
+    if options["vd_eos_selective"]:
+        raise ValueError(
+            "vd_eos_selective needs the full softmax at each supervised position, which TRL's fused LM head never "
+            "builds; use vdtrain.VDTrainer for the selective EOS baseline"
+        )
+    if options["vd_start"] < 1.0 and args.loss_type != "nll":
+        raise ValueError(f"the VD loss re-weights the NLL; loss_type={args.loss_type!r} is not it")
+    if options["vd_start"] < 1.0 and (args.packing or args.padding_free):
+        raise ValueError(
+            "VDSFTTrainer: packing / padding_free put several samples in one row, and the VD weights are a softmax "
+            "over each sample's tokens; set packing=False and padding_free=False (or vd_start=1.0)"
+        )
+
+
+class _ReweightedForward:
+    """Stands in for the model in `SFTTrainer.compute_loss`: runs it, then multiplies the per-token log-probs of the
+    fused LM head by the (detached) VD weights, so TRL's `-log_probs.sum() / num_tokens` is the loss of Eq. 5.5."""
+
+    def __init__(self, trainer: VDSFTTrainer, model, end_of_turn, has_image) -> None:
+        self.trainer, self.model, self.end_of_turn, self.has_image = trainer, model, end_of_turn, has_image
+
+    def __call__(self, **kwargs):
+        outputs = self.model(**kwargs)
+        if not kwargs.get("fused_lm_head"):
+            raise RuntimeError("VDSFTTrainer expects SFTTrainer to call the fused LM head (loss_type='nll')")
+        labels = kwargs["labels"]
+        inputs = {key: value for key, value in kwargs.items() if key not in ("labels", "fused_lm_head")}
+        log_probs = outputs.log_probs  # (B, L - 1), aligned with labels[:, 1:], 0 where ignored
+        logp_clean = log_probs.detach()[labels[:, 1:] != IGNORE_INDEX]  # (N,)
+        weights = self.trainer._visual_dependence_weights(
+            self.model, inputs, labels, logp_clean, self.end_of_turn, self.has_image
+        )  # (B, L)
+        outputs.log_probs = log_probs * weights[:, 1:].to(log_probs.dtype)
+        return outputs
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+
+def end_of_turn_token_id(processing_class) -> int | None:
+    """The special token the chat template closes an assistant turn with (`<|im_end|>`, `<end_of_turn>`, `</s>`),
+    found by rendering a one-turn conversation; the tokenizer's EOS when the template has none or closes with text."""
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
+    probe = "vdtrain probe answer"
+    special = set(tokenizer.all_special_ids) | {
+        index for index, token in tokenizer.added_tokens_decoder.items() if token.special
+    }
+    for content in ([{"type": "text", "text": probe}], probe):
+        messages = [{"role": "user", "content": content}, {"role": "assistant", "content": content}]
+        try:
+            text = processing_class.apply_chat_template(messages, tokenize=False)
+        except Exception:  # no template, or one that wants the other content format
+            continue
+        text = text[0] if isinstance(text, list) else text
+        if probe not in text:
+            continue
+        tail = text[text.rindex(probe) + len(probe) :]
+        closing = [index for index in tokenizer(tail, add_special_tokens=False)["input_ids"] if index in special]
+        if closing:
+            return closing[0]
+    return tokenizer.eos_token_id

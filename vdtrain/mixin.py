@@ -1,0 +1,330 @@
+"""`VDLossMixin`: the visual-dependence loss (thesis 5.3) in front of any `Trainer` whose loss is the causal-LM NLL.
+
+`class MyTrainer(VDLossMixin, SomeTrainer)` keeps `SomeTrainer`'s loss, metrics and speed before `vd_start`, and from
+then on re-weights its per-token loss by each token's visual dependence, at the cost of one no-grad forward per step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+from transformers.utils import logging
+
+from vdtrain.config import vd_options
+from vdtrain.data.keys import END_OF_TURN_MASK, HAS_IMAGE, LOSS_ONLY_KEYS
+from vdtrain.dependence import IGNORE_INDEX, dependence_stats_tensor, row_logprobs, target_logprobs, visual_dependence
+from vdtrain.losses import per_token_nll
+from vdtrain.models.base import accepts_logits_mask, unwrap_model
+from vdtrain.noise import add_diffusion_noise, noise_scales, seeded_generator
+from vdtrain.weighting import token_weights
+
+logger = logging.get_logger(__name__)
+
+PIXEL_KEYS = ("pixel_values", "images", "pixel_values_images")  # tried only when no pixel key was given
+VD_METRICS = ("vd_mean", "vd_frac_pos", "vd_frac_neg", "vd_frac_inv", "vd_weight_max")
+
+
+class VDLossMixin:
+    """Mixin that adds the visual-dependence loss of Eq. 5.5 to a `transformers.Trainer` subclass.
+
+    The host's loss must be the per-token causal-LM NLL of `labels` (HF convention: aligned with `input_ids`, -100
+    where unsupervised), reduced as `Trainer` reduces it. The batch may carry `end_of_turn_mask` `(B, L)` and
+    `has_image` `(B,)` (see `vdtrain.data.keys`); both are taken out before the forward. The `vd_*` settings are read
+    from `args` whatever its class, with the defaults of `VDTrainingArguments` for the fields it lacks.
+
+    Override `compute_token_weights` to change how `d` becomes weights; the loss plumbing stays the same.
+
+    Args:
+        projector_modules (`tuple[str, ...]`, *optional*): parameter-name fragments of the multimodal projector;
+            with `vd_projector_lr` set they get their own optimizer group (the paper's "MM projector LR").
+        end_of_turn_id (`int`, *optional*): token closing an assistant turn; needed by `vd_eos_selective`, and
+            flags the end-of-turn tokens of the EOS floor when the batch has no `end_of_turn_mask`.
+        pixel_key (`str`, *optional*): batch key of the image tensor (the model adapter's); else `vd_pixel_key`,
+            else the first of `PIXEL_KEYS` in the batch.
+        All other arguments are the host trainer's.
+    """
+
+    def __init__(
+        self,
+        *args,
+        projector_modules: tuple[str, ...] = (),
+        end_of_turn_id: int | None = None,
+        pixel_key: str | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.vd = SimpleNamespace(**vd_options(self.args))  # read once, at construction
+        self.projector_modules = tuple(projector_modules)
+        self.end_of_turn_id = end_of_turn_id
+        self.pixel_key = pixel_key or self.vd.vd_pixel_key
+        if self.vd.vd_start < 1.0 or self.vd.vd_eos_selective:
+            smoothing = getattr(self.args, "label_smoothing_factor", 0.0)
+            for name, value in (("label_smoothing_factor", smoothing), ("compute_loss_func", self.compute_loss_func)):
+                if value:
+                    raise ValueError(f"{name} replaces the per-token loss the VD loss and vd_eos_selective re-weight")
+        if self.vd.vd_eos_selective and end_of_turn_id is None:
+            raise ValueError(
+                f"vd_eos_selective=True needs {type(self).__name__}(end_of_turn_id=...) from the model's adapter"
+            )
+        self._vd_metrics: list[torch.Tensor] = []  # one (5,) device tensor per active micro-batch: VD_METRICS
+        self._noise_counter = (-1, -1)  # (global_step, micro-batch index within that step)
+        self._logits_mask_ok: bool | None = None
+        vanilla_weights = self.vd.vd_weighting == "none" or self.vd.vd_temperature == 0
+        if not vanilla_weights or type(self).compute_token_weights is not VDLossMixin.compute_token_weights:
+            signal, noise = noise_scales(self.vd.vd_noise_step)
+            logger.info(
+                "vdtrain: scheme=%s tau=%s start=%.2f of training, noise step %d (signal x%.3f, noise x%.3f)",
+                self.vd.vd_weighting,
+                self.vd.vd_temperature,
+                self.vd.vd_start,
+                self.vd.vd_noise_step,
+                signal,
+                noise,
+            )
+        elif self.vd.vd_start < 1.0:
+            logger.warning(
+                "vdtrain: vd_weighting=none / vd_temperature=0 leave the loss vanilla, but from vd_start=%.2f every "
+                "step still runs the noisy forward to log vd_* metrics; set vd_start: 1.0 for a plain MLE run",
+                self.vd.vd_start,
+            )
+
+    # ------------------------------------------------------------------ hooks a subclass may override
+    def compute_token_weights(
+        self, d: torch.Tensor, mask: torch.Tensor, end_of_turn_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Turn visual dependence `d` `(B, L)` into per-token loss weights `(B, L)` (Eq. 5.3-5.5).
+
+        `mask` marks supervised tokens; weights at other positions are ignored. Override this to try another
+        weighting; the default uses `token_weights` with the `vd_*` arguments.
+        """
+        return token_weights(
+            d,
+            mask,
+            scheme=self.vd.vd_weighting,
+            temperature=self.vd.vd_temperature,
+            end_of_turn_mask=end_of_turn_mask,
+            eos_min_weight=self.vd.vd_eos_min_weight,
+        )
+
+    def vd_active(self) -> bool:
+        """Whether this optimizer step re-weights; depends on the step count only, so all ranks agree."""
+        max_steps = self.state.max_steps or 0
+        return max_steps > 0 and self.state.global_step >= math.ceil(self.vd.vd_start * max_steps)
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The host's loss before `vd_start` (and outside training); the re-weighted loss of Eq. 5.5 after it."""
+        inputs = dict(inputs)
+        end_of_turn = inputs.pop(END_OF_TURN_MASK, None)
+        has_image = inputs.pop(HAS_IMAGE, None)
+        training = model.training and "labels" in inputs
+        active = training and self.vd_active()
+        if not (active or (training and (self.vd.vd_eos_selective or self._vd_masked_logits(model)))):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if active:
+            check_not_packed(inputs)
+        if end_of_turn is None and self.end_of_turn_id is not None:
+            end_of_turn = inputs["labels"] == self.end_of_turn_id  # a collator that does not flag them
+        return self._vd_loss(model, inputs, end_of_turn, has_image, active, return_outputs, num_items_in_batch)
+
+    def _vd_masked_logits(self, model) -> bool:
+        """Whether the steps before `vd_start` take vdtrain's logits-at-supervised-positions loss (equal value)."""
+        if self.vd.vd_masked_logits is not None:
+            return self.vd.vd_masked_logits
+        hosts = (klass for klass in type(self).__mro__ if not issubclass(klass, VDLossMixin))
+        host = next(klass for klass in hosts if "compute_loss" in vars(klass))
+        return host is Trainer and self._logits_kwargs(model, None) != {}
+
+    def _vd_loss(self, model, inputs, end_of_turn, has_image, active, return_outputs, num_items_in_batch):
+        """The loss from logits at the supervised positions only (the lm_head skips every other position)."""
+        labels = inputs.pop("labels")
+        targets_at = F.pad(labels[:, 1:] != IGNORE_INDEX, (0, 1), value=False)  # (B, L): position t-1 predicts t
+        supervised = F.pad(labels[:, 1:] != IGNORE_INDEX, (1, 0), value=False)  # (B, L)
+        targets = labels[supervised]  # (N,)
+        outputs = model(**inputs, **self._logits_kwargs(model, targets_at))
+        logits = outputs.logits if outputs.logits.dim() == 2 else outputs.logits[targets_at]  # (N, V)
+        eos_id = self.end_of_turn_id if self.vd.vd_eos_selective else None
+        nll = per_token_nll(logits, targets, eos_id=eos_id)  # (N,)
+
+        weights = torch.ones_like(nll)
+        if active:  # log p_clean of the training forward: over the full softmax, even if the loss drops EOS
+            logp_clean = -nll.detach() if eos_id is None else row_logprobs(logits.detach(), targets)
+            weights = self._visual_dependence_weights(model, inputs, labels, logp_clean, end_of_turn, has_image)
+            weights = weights[supervised]
+
+        denom = num_items_in_batch if num_items_in_batch is not None else supervised.sum().clamp_min(1)
+        loss = (nll * weights).sum() / denom
+        averaged = self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs
+        if averaged and num_items_in_batch is not None:
+            # as the base compute_loss: tensor-parallel ranks share a batch; DataParallel averages over n_gpu
+            scale = self.accelerator.num_processes // (self.get_tp_size() if hasattr(self, "get_tp_size") else 1)
+            loss = loss * (scale if self.args.n_gpu <= 1 else self.args.n_gpu)
+        return (loss, outputs) if return_outputs else loss
+
+    def _visual_dependence_weights(self, model, inputs, labels, logp_clean_flat, end_of_turn, has_image):
+        """`(B, L)` detached weights from `d` of Eq. 5.1; `logp_clean_flat` `(N,)` holds log p_clean at the
+        supervised positions in row-major order. Runs the noisy pass (and the eval clean pass if asked)."""
+        supervised = F.pad(labels[:, 1:] != IGNORE_INDEX, (1, 0), value=False)  # (B, L)
+        if has_image is None:  # a collator of the user's own: find the image rows from the config's image token
+            has_image = self._rows_with_image(model, inputs)
+        pixel_key = self._pixel_key(inputs, has_image)
+        noisy_inputs = dict(inputs)
+        if pixel_key is not None:
+            pixels = inputs[pixel_key]
+            noise = self._draw_noise(pixels, has_image)
+            noisy_inputs[pixel_key] = add_diffusion_noise(pixels, self.vd.vd_noise_step, noise=noise)
+        logp_noisy = self._no_grad_logprobs(model, noisy_inputs, labels)
+        if self.vd.vd_clean_pass == "eval":
+            logp_clean = self._no_grad_logprobs(model, inputs, labels)
+        else:
+            logp_clean = torch.zeros_like(logp_noisy)
+            logp_clean[supervised] = logp_clean_flat.to(logp_clean.dtype)
+        d = visual_dependence(logp_clean, logp_noisy) * supervised
+        if has_image is not None:
+            d = d * has_image.to(d.device)[:, None]  # text-only samples: d = 0, weight 1
+        weights = self.compute_token_weights(d, supervised, None if end_of_turn is None else end_of_turn.bool())
+        self._record(d, supervised, weights)
+        return weights.detach()
+
+    @torch.no_grad()
+    def _no_grad_logprobs(self, model, inputs, labels) -> torch.Tensor:
+        """`(B, L)` target log-probs from one no-grad forward in eval mode (no dropout, no checkpointing)."""
+        targets_at = F.pad(labels[:, 1:] != IGNORE_INDEX, (0, 1), value=False)
+        was_training = model.training
+        model.eval()
+        try:
+            logits = model(**inputs, **self._logits_kwargs(model, targets_at)).logits
+        finally:
+            if was_training:
+                model.train()
+        if logits.dim() == 3:
+            return target_logprobs(logits, labels)
+        supervised = F.pad(targets_at[:, :-1], (1, 0), value=False)
+        out = torch.zeros(labels.shape, dtype=torch.float32, device=logits.device)
+        out[supervised] = row_logprobs(logits, labels[supervised])
+        return out
+
+    def _logits_kwargs(self, model, targets_at: torch.Tensor | None) -> dict:
+        """`logits_to_keep=<bool mask>` when the model's forward supports it (transformers 5 models do)."""
+        if self._logits_mask_ok is None:
+            self._logits_mask_ok = accepts_logits_mask(model)
+        return {"logits_to_keep": targets_at} if self._logits_mask_ok else {}
+
+    # ------------------------------------------------------------------ noise and images
+    def _draw_noise(self, pixels: torch.Tensor, has_image: torch.Tensor | None) -> torch.Tensor:
+        """eps for `pixels`, one generator per image seeded from (seed, global_step, the sample's global position).
+
+        A sample's position in the global batch is `(micro_batch * world_size + process_index) * batch + row`,
+        the order in which accelerate shards batches, so 1 process x batch 4, 2 processes x batch 2 and
+        batch 2 x accumulation 2 all draw the same noise for the same sample, and a resumed run draws what the first
+        run drew. Pixel tensors that are not one row per image (flattened patches) get one draw per micro-batch.
+        """
+        step = self.state.global_step
+        micro = self._noise_counter[1] + 1 if self._noise_counter[0] == step else 0
+        self._noise_counter = (step, micro)
+        first = (micro * self.args.world_size + self.args.process_index) * self.args.per_device_train_batch_size
+        rows = has_image.nonzero().flatten().tolist() if has_image is not None else []
+        if len(rows) == pixels.shape[0]:
+            keys = [first + row for row in rows]
+            return torch.stack([self._randn(pixels.shape[1:], step, key, pixels.device) for key in keys])
+        return self._randn(pixels.shape, step, f"micro{first}", pixels.device)
+
+    def _randn(self, shape: torch.Size, step: int, key: int | str, device: torch.device) -> torch.Tensor:
+        generator = seeded_generator(self.args.seed, step, key, device=device)
+        return torch.randn(shape, generator=generator, device=device)
+
+    def _rows_with_image(self, model, inputs: dict) -> torch.Tensor | None:
+        """`(B,)` rows holding the config's image token, if that accounts for every image in the batch, else None."""
+        config = unwrap_model(model).config
+        token = getattr(config, "image_token_id", None)
+        token = getattr(config, "image_token_index", None) if token is None else token
+        if token is None or "input_ids" not in inputs:
+            return None
+        rows = (inputs["input_ids"] == token).any(dim=-1)
+        key = self._find_pixel_key(inputs)
+        images = inputs[key].shape[0] if key in inputs else 0
+        return rows if int(rows.sum()) == images else None  # e.g. flattened patches: rows cannot be told apart
+
+    def _find_pixel_key(self, inputs: dict) -> str | None:
+        """The given pixel key, else the first of `PIXEL_KEYS` in the batch (it may be absent from the batch)."""
+        return self.pixel_key or next((name for name in PIXEL_KEYS if name in inputs), None)
+
+    def _pixel_key(self, inputs: dict, has_image: torch.Tensor | None) -> str | None:
+        """The batch key holding the images; None for a batch of text-only samples."""
+        key = self._find_pixel_key(inputs)
+        if key in inputs:
+            return key
+        if has_image is not None and not has_image.any():
+            return None
+        raise KeyError(
+            f"vdtrain cannot find the image tensor in the batch (keys: {sorted(inputs)}; looked for "
+            f"{[self.pixel_key] if self.pixel_key else list(PIXEL_KEYS)}). "
+            "Set `vd_pixel_key` (or pixel_key=) to the model's image input, or register an adapter for the model."
+        )
+
+    # ------------------------------------------------------------------ logging and bookkeeping
+    def _record(self, d: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor) -> None:
+        """This micro-batch's `VD_METRICS`, kept on the device: the training step never waits for the GPU here."""
+        weight_max = (weights * mask).max().reshape(1).float()
+        self._vd_metrics.append(torch.cat([dependence_stats_tensor(d, mask), weight_max]))
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the `vd_*` metrics of the steps since the last log, averaged over steps and processes (the steps after
+        the last logging step go with the end-of-training summary); `vd_weight_max` is the maximum."""
+        if self._vd_metrics and ("loss" in logs or "train_loss" in logs):
+            steps = torch.stack(self._vd_metrics).double()  # (micro-batches, 5)
+            local = torch.cat([steps[:, :-1].mean(dim=0), steps[:, -1:].amax(dim=0)])
+            gathered = self.accelerator.gather(local.to(self.args.device)[None]).cpu()  # (world, 5)
+            merged = torch.cat([gathered[:, :-1].mean(dim=0), gathered[:, -1:].amax(dim=0)])
+            logs.update({name: round(value, 4) for name, value in zip(VD_METRICS, merged.tolist())})
+            self._vd_metrics.clear()
+        super().log(logs, start_time)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        self._signature_columns = list(dict.fromkeys([*self._signature_columns, *LOSS_ONLY_KEYS]))
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """The host's optimizer, with the projector's parameters in their own group at `vd_projector_lr`."""
+        if self.optimizer is not None or self.vd.vd_projector_lr is None or not self.projector_modules:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups: dict[tuple[bool, bool], list] = defaultdict(list)
+        for name, param in opt_model.named_parameters():
+            if param.requires_grad:
+                is_projector = any(fragment in name for fragment in self.projector_modules)
+                groups[(is_projector, name in decay)].append(param)
+        param_groups = [
+            {
+                "params": params,
+                "weight_decay": self.args.weight_decay if has_decay else 0.0,
+                **({"lr": self.vd.vd_projector_lr} if is_projector else {}),
+            }
+            for (is_projector, has_decay), params in groups.items()
+        ]
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+        return self.optimizer
+
+
+def check_not_packed(inputs: dict) -> None:
+    """Refuse a batch that packs several samples in one row: the softmax of Eq. 5.5 is per sample."""
+    positions = inputs.get("position_ids")
+    restarts = (
+        positions is not None
+        and positions.dim() == 2
+        and bool(((positions[:, 1:] == 0) & (positions[:, :-1] != 0)).any())
+    )
+    if restarts or "cu_seq_lens_q" in inputs or "cu_seq_lens_k" in inputs:
+        raise ValueError(
+            "vdtrain: this batch packs several samples into one row (position_ids restart inside a row, or "
+            "cu_seq_lens are given); the visual-dependence weights are a softmax over each sample's tokens and "
+            "would mix samples. Train without packing/padding-free batches while the VD loss is active "
+            "(TRL: packing=False, padding_free=False), or set vd_start=1.0."
+        )

@@ -39,7 +39,7 @@ from transformers import (
 )
 
 from vdtrain import VDTrainer, VDTrainingArguments
-from vdtrain.trainer import EXTRA_KEYS
+from vdtrain.data.keys import LOSS_ONLY_KEYS
 
 IMAGE, PATCH = 64, 16
 PRESETS = {"7b-share": {"hidden": 512, "layers": 8, "vocab": 4096},
@@ -136,11 +136,12 @@ def main() -> None:
     model = build_model(args.hidden, args.layers, args.vocab).to(args.device, getattr(torch, args.dtype)).train()
     batch = make_batch(args.batch, args.length, args.vocab, args.response, args.device)
     batch["pixel_values"] = batch["pixel_values"].to(getattr(torch, args.dtype))
-    plain = {k: v for k, v in batch.items() if k not in EXTRA_KEYS}
+    plain = {k: v for k, v in batch.items() if k not in LOSS_ONLY_KEYS}
     n_items = batch["labels"][:, 1:].ne(-100).sum()
     with tempfile.TemporaryDirectory() as tmp:
         common = dict(output_dir=tmp, report_to="none", use_cpu=args.device == "cpu")
-        vanilla = VDTrainer(model=model, args=VDTrainingArguments(vd_start=1.0, **common))
+        # vanilla = the HF Trainer's own loss (vdtrain's default before vd_start is the masked-logits one)
+        vanilla = VDTrainer(model=model, args=VDTrainingArguments(vd_start=1.0, vd_masked_logits=False, **common))
         active = VDTrainer(model=model, args=VDTrainingArguments(vd_start=0.0, **common))
     for trainer in (vanilla, active):
         trainer.state.max_steps = 100

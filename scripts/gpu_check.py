@@ -6,7 +6,8 @@
 
 Parts, each guarded (a failing part records its error and the others still run):
   step      LoRA r128 on the language model, projector trained, activation checkpointing, batch 8 x 1024 tokens
-            (576 image tokens, 350 supervised): step time and peak memory of the vanilla step, the active VD step
+            (576 image tokens, 350 supervised): step time and peak memory of the vanilla step (HF's loss), vdtrain's
+            masked-logits loss before vd_start, the active VD step
             and the vanilla step plus one no-grad forward (the method's limit, docs/method.md section 9), with ratios.
   zero2/3   `VDTrainer.train()` under DeepSpeed ZeRO-2 / ZeRO-3 (recipes/deepspeed/*.json) on one GPU, the noisy
             pass active from step 0; checks the saved adapter is non-empty and trained. Each in a fresh process.
@@ -129,7 +130,8 @@ def _row(name: str, part: dict) -> str:
             f"+{m['vd_active']:.0f} MiB; vanilla + 1 forward {s['vanilla_plus_forward']:.3f} s / "
             f"+{m['vanilla_plus_forward']:.0f} MiB. VD/vanilla time **{num(part['vd_vs_vanilla_time'], '.2f')}**, "
             f"VD/limit **{num(part['vd_vs_limit_time'], '.2f')}**, VD/vanilla memory "
-            f"**{num(part['vd_vs_vanilla_memory'], '.2f')}** (VD peak {total:.0f} MiB in all)"
+            f"**{num(part['vd_vs_vanilla_memory'], '.2f')}** (VD peak {total:.0f} MiB in all); vdtrain's masked "
+            f"vanilla loss +{m['vanilla_masked']:.0f} MiB ({num(part['masked_vs_vanilla_memory'], '.2f')} of vanilla)"
         )
     if name.startswith("zero"):
         return (

@@ -218,9 +218,11 @@ def part_step(shape: Shape, model: Any, processor: Any, device: str, work: Path)
     plain = {k: v for k, v in batch.items() if k not in ("end_of_turn_mask", "has_image", "labels")}  # model inputs
     common = dict(output_dir=str(work / "step"), report_to="none", use_cpu=device == "cpu", seed=42)
     trainers = {}
-    for name, start in (("vanilla", 1.0), ("vd_active", 0.0)):
-        trainers[name] = VDTrainer(model=model, args=VDTrainingArguments(vd_start=start, **common),
-                                   projector_modules=adapter.projector_modules)  # fmt: skip
+    # vanilla: the HF Trainer's loss (full float32 logits); vanilla_masked: vdtrain's default before vd_start
+    settings = {"vanilla": (1.0, False), "vanilla_masked": (1.0, True), "vd_active": (0.0, None)}
+    for name, (start, masked) in settings.items():
+        args = VDTrainingArguments(vd_start=start, vd_masked_logits=masked, **common)
+        trainers[name] = VDTrainer(model=model, args=args, projector_modules=adapter.projector_modules)
         trainers[name].state.max_steps = 100
     assert trainers["vd_active"].vd_active() and not trainers["vanilla"].vd_active()
     losses: dict[str, float] = {}
@@ -242,6 +244,7 @@ def part_step(shape: Shape, model: Any, processor: Any, device: str, work: Path)
 
     variants = {
         "vanilla": step("vanilla"),
+        "vanilla_masked": step("vanilla_masked"),
         "vd_active": step("vd_active"),
         "vanilla_plus_forward": vanilla_plus_forward,
     }
@@ -260,6 +263,7 @@ def part_step(shape: Shape, model: Any, processor: Any, device: str, work: Path)
         "vd_vs_limit_time": ratio(seconds["vd_active"], seconds["vanilla_plus_forward"]),
         "limit_vs_vanilla_time": ratio(seconds["vanilla_plus_forward"], seconds["vanilla"]),
         "vd_vs_vanilla_memory": ratio(growth["vd_active"], growth["vanilla"]),
+        "masked_vs_vanilla_memory": ratio(growth["vanilla_masked"], growth["vanilla"]),
         "trainable_params": trainable, "tokens_per_batch": int(batch["input_ids"].numel()),
         "supervised_per_sequence": int(n_items) // shape.batch, "image_tokens": int(model.config.image_seq_length),
     }  # fmt: skip
@@ -399,7 +403,7 @@ def part_zero(stage: int, shape: Shape, device: str, dtype: torch.dtype, work: P
     args = VDTrainingArguments(
         output_dir=str(out), deepspeed=str(REPO / f"recipes/deepspeed/zero{stage}.json"), use_cpu=device == "cpu",
         bf16=dtype == torch.bfloat16, per_device_train_batch_size=shape.batch, gradient_accumulation_steps=1,
-        max_steps=shape.train_steps, learning_rate=2e-4, projector_lr=2e-5, activation_checkpointing=True,
+        max_steps=shape.train_steps, learning_rate=2e-4, vd_projector_lr=2e-5, activation_checkpointing=True,
         activation_checkpointing_kwargs={"use_reentrant": True}, vd_start=0.0, logging_steps=1, save_strategy="no",
         report_to="none", remove_unused_columns=False, disable_tqdm=True, dataloader_num_workers=0, seed=42,
     )  # fmt: skip

@@ -75,7 +75,7 @@ def _config(tiny_dir: Path, data: Path, name: str, **overrides) -> dict:
         model_name_or_path=str(tiny_dir), data_path=str(data / "data.json"), image_folder=str(data / "images"),
         output_dir=str(data / name), report_to="none", disable_tqdm=True, dataloader_num_workers=0, max_length=128,
         seed=11, lora_r=8, lora_alpha=16, lora_dropout=0.0, max_steps=MAX_STEPS, gradient_accumulation_steps=1,
-        learning_rate=1e-2, projector_lr=1e-3, save_strategy="steps", save_steps=MAX_STEPS, logging_steps=1,
+        learning_rate=1e-2, vd_projector_lr=1e-3, save_strategy="steps", save_steps=MAX_STEPS, logging_steps=1,
         vd_start=0.0,
     )  # fmt: skip
     return {**defaults, **overrides}

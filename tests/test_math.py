@@ -115,7 +115,7 @@ def test_token_weights_properties():
     for b in range(3):
         assert math.isclose(plain[b][mask[b]].mean().item(), 1.0, rel_tol=1e-5)  # a sample's weights average 1
     assert (plain[~mask] == 0).all() and (plain[3] == 0).all() and not plain.isnan().any()
-    floored = token_weights(d, mask, scheme="neg", temperature=3.0, eos_mask=eos, eos_min_weight=1.0)
+    floored = token_weights(d, mask, scheme="neg", temperature=3.0, end_of_turn_mask=eos, eos_min_weight=1.0)
     assert floored[0, 5] >= 1.0 and floored[1, 7] >= 1.0
     assert torch.equal(floored[~eos], plain[~eos])
     assert torch.equal(token_weights(d, mask, temperature=0.0), mask.float())  # tau = 0: vanilla

@@ -23,7 +23,7 @@ TABLE_5_8 = {
     "bunny-v1.1-8b": dict(lora_r=128, lora_alpha=256, per_device_train_batch_size=8, zero=3, lr=2e-4, projector=2e-5),
 }
 SHARED = dict(seed=42, lora_dropout=0.05, gradient_accumulation_steps=2, warmup_steps=0.03, weight_decay=0.0)
-# variant -> (vd_weighting, vd_start, eos_selective); the pure-MLE and EOS recipes never run the noisy pass.
+# variant -> (vd_weighting, vd_start, vd_eos_selective); the pure-MLE and EOS recipes never run the noisy pass.
 VARIANTS = {
     "mle": ("none", 1.0, False),
     "eos": ("none", 1.0, True),
@@ -74,13 +74,13 @@ def test_recipe_matches_table_5_8(path: Path):
     assert (model_args.lora_r, model_args.lora_alpha) == (table["lora_r"], table["lora_alpha"])
     assert model_args.lora_dropout == SHARED["lora_dropout"] and model_args.dtype == "bfloat16"
     assert args.per_device_train_batch_size == table["per_device_train_batch_size"]
-    assert args.learning_rate == table["lr"] and args.projector_lr == table["projector"]
+    assert args.learning_rate == table["lr"] and args.vd_projector_lr == table["projector"]
     for name in ("seed", "gradient_accumulation_steps", "warmup_steps", "weight_decay"):
         assert getattr(args, name) == SHARED[name], name
     assert args.bf16 and args.optim == "adamw_torch" and args.deepspeed is None
     assert args.num_train_epochs == (1 if continued else 2)
     scheme, start, eos = VARIANTS[variant]
-    assert (args.vd_weighting, args.vd_start, args.eos_selective, args.vd_noise_step) == (scheme, start, eos, 900)
+    assert (args.vd_weighting, args.vd_start, args.vd_eos_selective, args.vd_noise_step) == (scheme, start, eos, 900)
     if scheme != "none":  # Table 5.1: tau 0.5; Table 5.2: tau 1.0, 0.5 for PaliGemma
         tau = 1.0 if continued and path.parent.name != "paligemma-3b" else 0.5
         assert args.vd_temperature == tau
@@ -99,11 +99,11 @@ def test_recipe_builds_a_trainer(path: Path, tiny_llava_dir: Path, tmp_path: Pat
         deepspeed=None, max_steps=2, report_to="none", dataloader_num_workers=0, dtype="float32",
     )  # fmt: skip
     trainer = build_trainer(*load_config(path, overrides))
-    assert trainer.args.vd_pixel_key == "pixel_values" and trainer.args.projector_lr is not None
+    assert trainer.args.vd_pixel_key == "pixel_values" and trainer.args.vd_projector_lr is not None
     saved = set(trainer.model.peft_config["default"].modules_to_save or ())
     assert saved == {"multi_modal_projector"}
     learning_rates = {group["lr"] for group in trainer.create_optimizer().param_groups}
-    assert learning_rates == {trainer.args.learning_rate, trainer.args.projector_lr}
+    assert learning_rates == {trainer.args.learning_rate, trainer.args.vd_projector_lr}
 
 
 @pytest.mark.parametrize("stage", [2, 3])

@@ -36,7 +36,7 @@ def _overrides(tiny_dir: Path, data: Path, output_dir: Path) -> dict:
         model_name_or_path=str(tiny_dir), data_path=str(data / "data.json"), image_folder=str(data / "images"),
         output_dir=str(output_dir), use_cpu=True, report_to="none", disable_tqdm=True, dataloader_num_workers=0,
         max_length=128, seed=7, lora_r=8, lora_alpha=16, lora_dropout=0.1, max_steps=MAX_STEPS,
-        per_device_train_batch_size=2, gradient_accumulation_steps=2, learning_rate=1e-2, projector_lr=1e-3,
+        per_device_train_batch_size=2, gradient_accumulation_steps=2, learning_rate=1e-2, vd_projector_lr=1e-3,
         warmup_steps=1, save_strategy="steps", save_steps=2, logging_steps=1, vd_weighting="neg",
         vd_temperature=1.0, vd_start=0.5,
     )  # fmt: skip

@@ -20,7 +20,7 @@ def test_train_cli_writes_loadable_adapter(tmp_path, tiny_llava_dir):
         f"model_name_or_path: {tiny_llava_dir}\ndata_path: {tmp_path / 'data.json'}\n"
         f"image_folder: {tmp_path / 'images'}\noutput_dir: {tmp_path / 'out'}\n"
         "lora_r: 4\nlora_alpha: 8\nper_device_train_batch_size: 2\nmax_steps: 4\nlogging_steps: 1\n"
-        "learning_rate: 1e-3\nprojector_lr: 1e-4\nuse_cpu: true\nreport_to: none\nsave_steps: 4\nvd_start: 0.5\n"
+        "learning_rate: 1e-3\nvd_projector_lr: 1e-4\nuse_cpu: true\nreport_to: none\nsave_steps: 4\nvd_start: 0.5\n"
     )
     assert main(["train", str(recipe), "--vd_temperature", "1.0", "--disable_tqdm", "true"]) == 0
 
@@ -49,7 +49,8 @@ def test_train_cli_help_lists_fields():
     result = subprocess.run(
         [sys.executable, "-m", "vdtrain", "train", "--help"], capture_output=True, text=True, check=True
     )
-    for field in ("--vd_weighting", "--vd_temperature", "--projector_lr", "--lora_r", "--image_folder", "--deepspeed"):
+    fields = ("--vd_weighting", "--vd_temperature", "--vd_projector_lr", "--lora_r", "--image_folder", "--deepspeed")
+    for field in fields:
         assert field in result.stdout
 
 

@@ -33,3 +33,22 @@ def output_fields(output_class: type, outputs: Any, drop: tuple[str, ...] = ()) 
 
     names = {field.name for field in dataclasses.fields(output_class)} - set(drop)
     return {key: value for key, value in outputs.items() if key in names}
+
+
+# TrainingArguments fields transformers renamed (old name, new name); recipes may use either spelling.
+TRAINING_ARGUMENT_RENAMES = (
+    ("gradient_checkpointing", "activation_checkpointing"),  # 5.24: the old name is a deprecated alias
+    ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"),
+)
+
+
+def spell_training_fields(values: dict[str, Any], known: set[str]) -> dict[str, Any]:
+    """`values` with each renamed `TrainingArguments` field spelled as the installed release declares it (`known`:
+    its field names), so a recipe neither trips a deprecation warning on new releases nor fails on old ones."""
+    values = dict(values)
+    for old, new in TRAINING_ARGUMENT_RENAMES:
+        if old in values and new in known and new not in values:
+            values[new] = values.pop(old)
+        elif new in values and new not in known and old in known:
+            values[old] = values.pop(new)
+    return values

@@ -17,7 +17,8 @@ from transformers.utils import logging
 
 from vdtrain.config import vd_options
 from vdtrain.data.keys import END_OF_TURN_MASK, HAS_IMAGE, LOSS_ONLY_KEYS
-from vdtrain.dependence import IGNORE_INDEX, dependence_stats_tensor, row_logprobs, target_logprobs, visual_dependence
+from vdtrain.dependence import IGNORE_INDEX, dependence_stats_tensor, row_logprobs, visual_dependence
+from vdtrain.forward import no_grad_logprobs, supervised_logits, supervised_targets, targets_at
 from vdtrain.losses import per_token_nll
 from vdtrain.models.base import accepts_logits_mask, unwrap_model
 from vdtrain.noise import add_diffusion_noise, noise_scales, seeded_generator
@@ -138,16 +139,14 @@ class VDLossMixin:
             return self.vd.vd_masked_logits
         hosts = (klass for klass in type(self).__mro__ if not issubclass(klass, VDLossMixin))
         host = next(klass for klass in hosts if "compute_loss" in vars(klass))
-        return host is Trainer and self._logits_kwargs(model, None) != {}
+        return host is Trainer and self._logits_mask(model)
 
     def _vd_loss(self, model, inputs, end_of_turn, has_image, active, return_outputs, num_items_in_batch):
         """The loss from logits at the supervised positions only (the lm_head skips every other position)."""
         labels = inputs.pop("labels")
-        targets_at = F.pad(labels[:, 1:] != IGNORE_INDEX, (0, 1), value=False)  # (B, L): position t-1 predicts t
         supervised = F.pad(labels[:, 1:] != IGNORE_INDEX, (1, 0), value=False)  # (B, L)
-        targets = labels[supervised]  # (N,)
-        outputs = model(**inputs, **self._logits_kwargs(model, targets_at))
-        logits = outputs.logits if outputs.logits.dim() == 2 else outputs.logits[targets_at]  # (N, V)
+        targets = supervised_targets(labels)  # (N,), row-major like the logits rows
+        logits, outputs = supervised_logits(model, inputs, targets_at(labels), self._logits_mask(model))  # (N, V)
         eos_id = self.end_of_turn_id if self.vd.vd_eos_selective else None
         nll = per_token_nll(logits, targets, eos_id=eos_id)  # (N,)
 
@@ -191,29 +190,18 @@ class VDLossMixin:
         self._record(d, supervised, weights)
         return weights.detach()
 
-    @torch.no_grad()
     def _no_grad_logprobs(self, model, inputs, labels) -> torch.Tensor:
         """`(B, L)` target log-probs from one no-grad forward in eval mode (no dropout, no checkpointing)."""
-        targets_at = F.pad(labels[:, 1:] != IGNORE_INDEX, (0, 1), value=False)
-        was_training = model.training
-        model.eval()
-        try:
-            logits = model(**inputs, **self._logits_kwargs(model, targets_at)).logits
-        finally:
-            if was_training:
-                model.train()
-        if logits.dim() == 3:
-            return target_logprobs(logits, labels)
-        supervised = F.pad(targets_at[:, :-1], (1, 0), value=False)
-        out = torch.zeros(labels.shape, dtype=torch.float32, device=logits.device)
-        out[supervised] = row_logprobs(logits, labels[supervised])
+        supervised = F.pad(labels[:, 1:] != IGNORE_INDEX, (1, 0), value=False)  # (B, L)
+        out = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)
+        out[supervised] = no_grad_logprobs(model, inputs, labels, self._logits_mask(model))
         return out
 
-    def _logits_kwargs(self, model, targets_at: torch.Tensor | None) -> dict:
-        """`logits_to_keep=<bool mask>` when the model's forward supports it (transformers 5 models do)."""
+    def _logits_mask(self, model) -> bool:
+        """Whether the model's forward takes a boolean `logits_to_keep` (transformers 5 models do)."""
         if self._logits_mask_ok is None:
             self._logits_mask_ok = accepts_logits_mask(model)
-        return {"logits_to_keep": targets_at} if self._logits_mask_ok else {}
+        return self._logits_mask_ok
 
     # ------------------------------------------------------------------ noise and images
     def _draw_noise(self, pixels: torch.Tensor, has_image: torch.Tensor | None) -> torch.Tensor:

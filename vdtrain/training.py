@@ -41,7 +41,9 @@ def build_trainer(
         allow_external_images=data_args.allow_external_images,
     )  # fmt: skip
     logger.info("vdtrain: %d training sequences (%d samples dropped)", len(dataset), len(dataset.dropped))
-    model = prepare_for_training(model, adapter, model_args, training_args.gradient_checkpointing)
+    # transformers 5.24 renamed gradient_checkpointing to activation_checkpointing (the old name stays an alias)
+    checkpointing = getattr(training_args, "activation_checkpointing", None) or training_args.gradient_checkpointing
+    model = prepare_for_training(model, adapter, model_args, bool(checkpointing))
     if training_args.vd_pixel_key is None:
         training_args.vd_pixel_key = adapter.pixel_key
     training_args.remove_unused_columns = False

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from vdtrain.compat import spell_training_fields
 from vdtrain.errors import InputError, UsageError
 from vdtrain.io import atomic_write_text
 
@@ -110,6 +111,7 @@ def load_config(
     values.update(overrides or {})
     hf_parser = parser()
     known = {action.dest for action in hf_parser._actions}
+    values = spell_training_fields(values, known)
     unknown = sorted(set(values) - known)
     if unknown:
         hints = []

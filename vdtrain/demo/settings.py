@@ -15,7 +15,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "mle": {"vd_weighting": "none", "vd_temperature": 0.0, "vd_start": 1.0},
     "vd-neg": {"vd_weighting": "neg", "vd_start": 0.5},
     "vd-pos": {"vd_weighting": "pos", "vd_start": 0.5},
-    "eos": {"vd_weighting": "none", "vd_temperature": 0.0, "vd_start": 1.0, "eos_selective": True},
+    "eos": {"vd_weighting": "none", "vd_temperature": 0.0, "vd_start": 1.0, "vd_eos_selective": True},
 }
 LENGTH_MATCHED = ("vd-neg", "vd-pos")  # variants the MLE model is length-matched to with an end-of-turn logit bias
 EVAL_SPLITS = ("test", "counterfactual")

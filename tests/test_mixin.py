@@ -159,7 +159,7 @@ def test_old_option_names_warn_and_still_work(tmp_path):
     new = _args(tmp_path, vd_eos_selective=True, vd_projector_lr=3e-5)
     assert (new.eos_selective, new.projector_lr) == (True, 3e-5)
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("model_name_or_path: m\ndata_path: d.json\noutput_dir: o\nuse_cpu: true\nvd_eos_selective: true\n")
+    recipe.write_text("model_name_or_path: m\ndata_path: d.json\noutput_dir: o\nuse_cpu: true\neos_selective: true\n")
     with pytest.warns(FutureWarning, match="vd_eos_selective"):
         _, _, parsed = load_config(recipe, {"projector_lr": "2e-5"})
     assert parsed.vd_eos_selective and parsed.vd_projector_lr == 2e-5

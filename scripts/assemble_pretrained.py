@@ -31,9 +31,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--projector", required=True, type=Path, help="the stage-1 mm_projector.bin")
     parser.add_argument("--output", required=True, type=Path, help="folder to write (models/...)")
     parser.add_argument(
-        "--dtype", choices=["float16", "bfloat16", "float32"], default=None,
+        "--dtype",
+        choices=["float16", "bfloat16", "float32"],
+        default=None,
         help="weights' dtype (default: the language model's own, float16 for Vicuna, bfloat16 for Llama-3)",
-    )  # fmt: skip
+    )
     parser.add_argument("--s2-scales", type=int, nargs="+", default=None, help="Bunny only (default 384 768 1152)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
     return parser.parse_args(argv)

@@ -49,8 +49,10 @@ def make_records(names: list[str], words_per_sample: int, spread: float = 0.0, s
         while total < target:
             question = " ".join(rng.choices(WORDS, k=12)) + "?"
             answer = " ".join(rng.choices(WORDS, k=28)) + "."
-            turns += [{"from": "human", "value": ("<image>\n" if not turns else "") + question},
-                      {"from": "gpt", "value": answer}]  # fmt: skip
+            turns += [
+                {"from": "human", "value": ("<image>\n" if not turns else "") + question},
+                {"from": "gpt", "value": answer},
+            ]
             total += 40
         records.append({"id": f"b{index}", "image": name, "conversations": turns})
     return records
@@ -76,9 +78,13 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256, help="hidden size of the tiny Llama")
     parser.add_argument("--layers", type=int, default=4, help="decoder layers of the tiny Llama")
     parser.add_argument("--words", type=int, default=150, help="words per conversation (~2 tokens per word)")
-    parser.add_argument("--spread", type=float, default=0.0,
-                        help="conversation lengths vary by this factor (0.8: 0.2x to 1.8x --words); shows what "
-                             "grouping batches by length saves over the file-order limit")  # fmt: skip
+    parser.add_argument(
+        "--spread",
+        type=float,
+        default=0.0,
+        help="conversation lengths vary by this factor (0.8: 0.2x to 1.8x --words); shows what "
+        "grouping batches by length saves over the file-order limit",
+    )
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds; paired ratios are summarised")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for the end-to-end run")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -104,10 +110,12 @@ def main() -> None:
     batches = [collate_samples(prepared[i : i + size], pad) for i in range(0, len(prepared), size)]
     lengths = [len(e.input_ids) for s in prepared for e in s["examples"]]
     supervised = [e.num_supervised for s in prepared for e in s["examples"]]
-    print(f"tiny LLaVA hidden {args.hidden}, {args.layers} layers, vocab 32000, {args.device} {args.dtype}; "
-          f"{args.samples} samples, "
-          f"batch {args.batch_size}; tokens/sample {sum(lengths) / len(lengths):.0f} "
-          f"({sum(supervised) / len(supervised):.0f} supervised); {torch.get_num_threads()} threads")  # fmt: skip
+    print(
+        f"tiny LLaVA hidden {args.hidden}, {args.layers} layers, vocab 32000, {args.device} {args.dtype}; "
+        f"{args.samples} samples, "
+        f"batch {args.batch_size}; tokens/sample {sum(lengths) / len(lengths):.0f} "
+        f"({sum(supervised) / len(supervised):.0f} supervised); {torch.get_num_threads()} threads"
+    )
 
     def bare(full_logits: bool):
         @torch.no_grad()
@@ -135,13 +143,28 @@ def main() -> None:
 
     def end_to_end(group_by_length: bool = True):
         out = work / f"out{next(counter)}"
-        score_dataset(model, processor, work / "data.json", out, image_folder=work / "images",
-                      batch_size=args.batch_size, num_workers=args.num_workers, progress=False,
-                      group_by_length=group_by_length)  # fmt: skip
+        score_dataset(
+            model,
+            processor,
+            work / "data.json",
+            out,
+            image_folder=work / "images",
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            progress=False,
+            group_by_length=group_by_length,
+        )
 
     def fixed_cost():  # a rerun on a finished directory: run checks, merging, summary.json and the histogram
-        score_dataset(model, processor, work / "data.json", work / "out0", image_folder=work / "images",
-                      batch_size=args.batch_size, progress=False)  # fmt: skip
+        score_dataset(
+            model,
+            processor,
+            work / "data.json",
+            work / "out0",
+            image_folder=work / "images",
+            batch_size=args.batch_size,
+            progress=False,
+        )
 
     variants = {
         "limit (2 masked forwards)": bare(False),
@@ -163,10 +186,14 @@ def main() -> None:
     print(f"{'limit (2 masked forwards)':<36} {args.samples / median(limit):9.1f}   1.00")
     for name, seconds in times.items():
         ratios = [lim / t for lim, t in zip(limit, seconds)]
-        print(f"{name:<36} {args.samples / median(seconds):9.1f}   {median(ratios):.2f} "
-              f"[{min(ratios):.2f}, {max(ratios):.2f}]")  # fmt: skip
-    print(f"per-run fixed cost (checks, merge, summary.json, histogram): {median(fixed):.2f} s once per run, "
-          f"i.e. {median(fixed) / median(limit) * args.samples:.0f} samples' worth at the limit")  # fmt: skip
+        print(
+            f"{name:<36} {args.samples / median(seconds):9.1f}   {median(ratios):.2f} "
+            f"[{min(ratios):.2f}, {max(ratios):.2f}]"
+        )
+    print(
+        f"per-run fixed cost (checks, merge, summary.json, histogram): {median(fixed):.2f} s once per run, "
+        f"i.e. {median(fixed) / median(limit) * args.samples:.0f} samples' worth at the limit"
+    )
 
 
 if __name__ == "__main__":

@@ -55,13 +55,29 @@ def lm_head_share(hidden: int, layers: int, vocab: int, length: int, intermediat
 
 def build_model(hidden: int, layers: int, vocab: int) -> LlavaForConditionalGeneration:
     """A LLaVA-shaped model with random weights."""
-    vision = CLIPVisionConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                              image_size=IMAGE, patch_size=PATCH)  # fmt: skip
-    text = LlamaConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-                       num_attention_heads=max(hidden // 64, 1), vocab_size=vocab,
-                       max_position_embeddings=4096)  # fmt: skip
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=vocab - 1,
-                         image_seq_length=(IMAGE // PATCH) ** 2, vision_feature_select_strategy="default")  # fmt: skip
+    vision = CLIPVisionConfig(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=IMAGE,
+        patch_size=PATCH,
+    )
+    text = LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=max(hidden // 64, 1),
+        vocab_size=vocab,
+        max_position_embeddings=4096,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=vocab - 1,
+        image_seq_length=(IMAGE // PATCH) ** 2,
+        vision_feature_select_strategy="default",
+    )
     return LlavaForConditionalGeneration(config)
 
 
@@ -198,10 +214,12 @@ def main() -> None:
             times[name].append(time.perf_counter() - start)
     base = statistics.median(times["vanilla"])
     limit = statistics.median(times["vanilla + 1 no-grad forward"])
-    print(f"device {args.device}, {args.dtype}, batch {args.batch} x {args.length} tokens "
-          f"({args.response} supervised), Llama {args.layers}x{args.hidden}, vocab {args.vocab}; lm_head "
-          f"{lm_head_share(args.hidden, args.layers, args.vocab, args.length):.1%} of the forward FLOPs "
-          f"(Llama-2-7B at 1024 tokens: {lm_head_share(4096, 32, 32064, 1024, 11008):.1%})")  # fmt: skip
+    print(
+        f"device {args.device}, {args.dtype}, batch {args.batch} x {args.length} tokens "
+        f"({args.response} supervised), Llama {args.layers}x{args.hidden}, vocab {args.vocab}; lm_head "
+        f"{lm_head_share(args.hidden, args.layers, args.vocab, args.length):.1%} of the forward FLOPs "
+        f"(Llama-2-7B at 1024 tokens: {lm_head_share(4096, 32, 32064, 1024, 11008):.1%})"
+    )
     for name, values in times.items():
         median = statistics.median(values)
         print(f"{name:<30} {median * 1000:8.1f} ms   x{median / base:.3f} of vanilla   x{median / limit:.3f} of limit")
@@ -217,8 +235,10 @@ def cpu_memory(args: argparse.Namespace) -> None:
         command = [sys.executable, __file__, *shape, f"--memory-variant={name}"]
         out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
         peaks[name] = int(next(line for line in out.splitlines() if line.startswith("PEAK")).split()[1])
-    print(f"cpu, {args.dtype}, batch {args.batch} x {args.length} tokens ({args.response} supervised), "
-          f"Llama {args.layers}x{args.hidden}, vocab {args.vocab}: resident-set growth during one step")  # fmt: skip
+    print(
+        f"cpu, {args.dtype}, batch {args.batch} x {args.length} tokens ({args.response} supervised), "
+        f"Llama {args.layers}x{args.hidden}, vocab {args.vocab}: resident-set growth during one step"
+    )
     for name, growth in peaks.items():
         print(f"{name:<30} +{growth / 2**20:9.1f} MiB   x{growth / peaks['vanilla']:.3f} of vanilla")
 

@@ -66,8 +66,11 @@ def guarded(fn, *args) -> dict:
     try:
         result = {"status": "ok", **fn(*args)}
     except Exception as error:  # noqa: BLE001  (one broken part must not hide the others' numbers)
-        result = {"status": "error", "error": f"{type(error).__name__}: {error}"[:2000],
-                  "traceback": traceback.format_exc()[-4000:]}  # fmt: skip
+        result = {
+            "status": "error",
+            "error": f"{type(error).__name__}: {error}"[:2000],
+            "traceback": traceback.format_exc()[-4000:],
+        }
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     result["seconds"] = time.perf_counter() - start
@@ -80,9 +83,16 @@ def zero_subprocess(stage: int, tiny: bool, work: Path, timeout: int) -> dict:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "PYTHONPATH": os.pathsep.join(
-               filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}  # fmt: skip
+    env = {
+        **os.environ,
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "LOCAL_WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     command = [sys.executable, __file__, "--zero-stage", str(stage), "--work", str(work), *(["--tiny"] * tiny)]
     try:
         run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
@@ -99,8 +109,13 @@ def zero_subprocess(stage: int, tiny: bool, work: Path, timeout: int) -> dict:
 def markdown(report: dict) -> str:
     """The Markdown table of a report."""
     parts = report["parts"]
-    lines = [f"vdtrain gpu_check ({report['mode']}) on {report['device']}, torch {report['versions']['torch']}, "
-             f"{report['total_s']:.0f} s", "", "| part | status | result |", "| --- | --- | --- |"]  # fmt: skip
+    lines = [
+        f"vdtrain gpu_check ({report['mode']}) on {report['device']}, torch {report['versions']['torch']}, "
+        f"{report['total_s']:.0f} s",
+        "",
+        "| part | status | result |",
+        "| --- | --- | --- |",
+    ]
     for name in PARTS:
         part = parts.get(name)
         if part is None:
@@ -160,9 +175,13 @@ def main() -> None:
     parser.add_argument("--dry", action="store_true", help="only count the full model's parameters on meta")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--output", default="gpu_check.json", help="JSON report; the Markdown table goes beside it")
-    parser.add_argument("--budget", type=float, default=None,
-                        help="seconds the whole check may take (default: 460 full, none --tiny); the ZeRO processes "
-                             "are stopped when it runs out and recorded as errors")  # fmt: skip
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds the whole check may take (default: 460 full, none --tiny); the ZeRO processes "
+        "are stopped when it runs out and recorded as errors",
+    )
     parser.add_argument("--zero-stage", type=int, help=argparse.SUPPRESS)  # internal: one ZeRO run in this process
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -190,11 +209,20 @@ def main() -> None:
         raise SystemExit(f"gpu_check: unknown part(s) {unknown}; choose from {PARTS}")
     started = time.perf_counter()
     budget = args.budget if args.budget is not None else (float("inf") if args.tiny else 460.0)
-    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-                "python": platform.python_version()}  # fmt: skip
+    versions = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "python": platform.python_version(),
+    }
     device_name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
-    report: dict[str, Any] = {"mode": "tiny" if args.tiny else "full", "device": device_name, "versions": versions,
-                              "shape": asdict(shape), "parts": {}}  # fmt: skip
+    report: dict[str, Any] = {
+        "mode": "tiny" if args.tiny else "full",
+        "device": device_name,
+        "versions": versions,
+        "shape": asdict(shape),
+        "parts": {},
+    }
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         work = Path(tmp)
         in_process = [name for name in ("filter", "generate", "step") if name in wanted]  # step wraps LoRA: last

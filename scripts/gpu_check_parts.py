@@ -77,8 +77,13 @@ def build_processor(shape: Shape) -> Any:
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": shape.image}, crop_size={"height": shape.image, "width": shape.image}
     )
-    return LlavaProcessor(image_processor=image_processor, tokenizer=tiny_tokenizer(), patch_size=shape.patch,
-                          vision_feature_select_strategy="default", num_additional_image_tokens=1)  # fmt: skip
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tiny_tokenizer(),
+        patch_size=shape.patch,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
 
 
 def build_config(shape: Shape, tokenizer: Any) -> Any:
@@ -86,11 +91,21 @@ def build_config(shape: Shape, tokenizer: Any) -> Any:
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     vision = CLIPVisionConfig(**shape.vision, image_size=shape.image, patch_size=shape.patch)
-    text = LlamaConfig(**shape.text, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-    return LlavaConfig(vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids(
-        "<image>"), image_seq_length=(shape.image // shape.patch) ** 2, vision_feature_select_strategy="default",
-        vision_feature_layer=-2, projector_hidden_act="gelu")  # fmt: skip
+    text = LlamaConfig(
+        **shape.text,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=(shape.image // shape.patch) ** 2,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        projector_hidden_act="gelu",
+    )
 
 
 def build_model(config: Any, device: str | torch.device, dtype: torch.dtype) -> Any:
@@ -123,8 +138,13 @@ def train_batch(shape: Shape, config: Any, device: str, dtype: torch.dtype) -> d
         end_of_turn[:, start + size - 1] = True
         start += size + gap
     pixels = torch.randn(batch, 3, shape.image, shape.image, generator=generator)
-    tensors = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels,
-               "end_of_turn_mask": end_of_turn, "has_image": torch.ones(batch, dtype=torch.bool)}  # fmt: skip
+    tensors = {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "labels": labels,
+        "end_of_turn_mask": end_of_turn,
+        "has_image": torch.ones(batch, dtype=torch.bool),
+    }
     return {**{k: v.to(device) for k, v in tensors.items()}, "pixel_values": pixels.to(device, dtype)}
 
 
@@ -138,8 +158,10 @@ def make_records(names: list[str], words: int) -> list[dict]:
         turns: list[dict] = []
         while 20 * len(turns) < words:
             question = " ".join(rng.choices(WORDS, k=12)) + "?"
-            turns += [{"from": "human", "value": ("<image>\n" if not turns else "") + question},
-                      {"from": "gpt", "value": " ".join(rng.choices(WORDS, k=28)) + "."}]  # fmt: skip
+            turns += [
+                {"from": "human", "value": ("<image>\n" if not turns else "") + question},
+                {"from": "gpt", "value": " ".join(rng.choices(WORDS, k=28)) + "."},
+            ]
         records.append({"id": f"g{index}", "image": name, "conversations": turns})
     return records
 
@@ -258,15 +280,20 @@ def part_step(shape: Shape, model: Any, processor: Any, device: str, work: Path)
     clear()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {
-        "step_s": seconds, "peak_mib": growth, "peak_total_mib": total, "loss": losses,
+        "step_s": seconds,
+        "peak_mib": growth,
+        "peak_total_mib": total,
+        "loss": losses,
         "vd_vs_vanilla_time": ratio(seconds["vd_active"], seconds["vanilla"]),
         "vd_vs_limit_time": ratio(seconds["vd_active"], seconds["vanilla_plus_forward"]),
         "limit_vs_vanilla_time": ratio(seconds["vanilla_plus_forward"], seconds["vanilla"]),
         "vd_vs_vanilla_memory": ratio(growth["vd_active"], growth["vanilla"]),
         "masked_vs_vanilla_memory": ratio(growth["vanilla_masked"], growth["vanilla"]),
-        "trainable_params": trainable, "tokens_per_batch": int(batch["input_ids"].numel()),
-        "supervised_per_sequence": int(n_items) // shape.batch, "image_tokens": int(model.config.image_seq_length),
-    }  # fmt: skip
+        "trainable_params": trainable,
+        "tokens_per_batch": int(batch["input_ids"].numel()),
+        "supervised_per_sequence": int(n_items) // shape.batch,
+        "image_tokens": int(model.config.image_seq_length),
+    }
 
 
 def part_filter(shape: Shape, model: Any, processor: Any, device: str, work: Path) -> dict:
@@ -281,8 +308,10 @@ def part_filter(shape: Shape, model: Any, processor: Any, device: str, work: Pat
     names = write_images(folder / "images", shape.filter_samples, size=shape.image)
     records = make_records(names, shape.filter_words)
     (folder / "data.json").write_text(json.dumps(records))
-    prepared = [prepare_sample(r, i, adapter, processor, folder / "images", max_length=4096, seed=42)
-                for i, r in enumerate(records)]  # fmt: skip
+    prepared = [
+        prepare_sample(r, i, adapter, processor, folder / "images", max_length=4096, seed=42)
+        for i, r in enumerate(records)
+    ]
     errors = [s["error"] for s in prepared if "error" in s]
     if errors:
         raise RuntimeError(f"sample preparation failed: {errors[0]}")
@@ -307,11 +336,21 @@ def part_filter(shape: Shape, model: Any, processor: Any, device: str, work: Pat
     runs = iter(range(10**6))
 
     def end_to_end() -> None:
-        score_dataset(model, processor, folder / "data.json", folder / f"out{next(runs)}", image_folder=folder /
-                      "images", adapter=adapter, batch_size=size, num_workers=workers, progress=False)  # fmt: skip
+        score_dataset(
+            model,
+            processor,
+            folder / "data.json",
+            folder / f"out{next(runs)}",
+            image_folder=folder / "images",
+            adapter=adapter,
+            batch_size=size,
+            num_workers=workers,
+            progress=False,
+        )
 
-    seconds = interleaved(Meter(device), {"limit": limit, "score_batch": hot_path, "score_dataset": end_to_end},
-                          shape.filter_rounds)  # fmt: skip
+    seconds = interleaved(
+        Meter(device), {"limit": limit, "score_batch": hot_path, "score_dataset": end_to_end}, shape.filter_rounds
+    )
     scored = len((folder / "out0" / "scores.jsonl").read_text().splitlines())
     lengths = [len(e.input_ids) for s in prepared for e in s["examples"]]
     supervised = [e.num_supervised for s in prepared for e in s["examples"]]
@@ -320,9 +359,13 @@ def part_filter(shape: Shape, model: Any, processor: Any, device: str, work: Pat
         "samples_per_s": {name: n / value for name, value in seconds.items()},
         "score_batch_vs_limit": ratio(seconds["limit"], seconds["score_batch"]),
         "score_dataset_vs_limit": ratio(seconds["limit"], seconds["score_dataset"]),
-        "samples": n, "batch_size": size, "scored": scored, "num_workers": workers,
-        "tokens_per_sample": sum(lengths) / len(lengths), "supervised_per_sample": sum(supervised) / len(supervised),
-    }  # fmt: skip
+        "samples": n,
+        "batch_size": size,
+        "scored": scored,
+        "num_workers": workers,
+        "tokens_per_sample": sum(lengths) / len(lengths),
+        "supervised_per_sample": sum(supervised) / len(supervised),
+    }
 
 
 def part_generate(shape: Shape, model: Any, processor: Any, device: str, work: Path) -> dict:
@@ -341,21 +384,46 @@ def part_generate(shape: Shape, model: Any, processor: Any, device: str, work: P
     def run(batch_size: int) -> float:
         output = folder / f"answers-b{batch_size}.jsonl"
         meter = Meter(device)
-        return meter.time(lambda: generate_answers(model, processor, questions, output, image_folder=folder / "images",
-                                                   options=options, batch_size=batch_size, overwrite=True,
-                                                   progress=False))  # fmt: skip
+        return meter.time(
+            lambda: generate_answers(
+                model,
+                processor,
+                questions,
+                output,
+                image_folder=folder / "images",
+                options=options,
+                batch_size=batch_size,
+                overwrite=True,
+                progress=False,
+            )
+        )
 
-    generate_answers(model, processor, questions[:2], folder / "warmup.jsonl", image_folder=folder / "images",
-                     options=options, batch_size=2, overwrite=True, progress=False)  # fmt: skip
+    generate_answers(
+        model,
+        processor,
+        questions[:2],
+        folder / "warmup.jsonl",
+        image_folder=folder / "images",
+        options=options,
+        batch_size=2,
+        overwrite=True,
+        progress=False,
+    )
     batched, single = run(shape.gen_batch), run(1)
-    answers = [[json.loads(line)["text"] for line in (folder / f"answers-b{b}.jsonl").read_text().splitlines()]
-               for b in (shape.gen_batch, 1)]  # fmt: skip
+    answers = [
+        [json.loads(line)["text"] for line in (folder / f"answers-b{b}.jsonl").read_text().splitlines()]
+        for b in (shape.gen_batch, 1)
+    ]
     agree = sum(a == b for a, b in zip(*answers)) / len(questions)
     return {
         "samples_per_s": {"batched": shape.gen_samples / batched, "one_by_one": shape.gen_samples / single},
-        "speedup": ratio(single, batched), "batch_size": shape.gen_batch, "samples": shape.gen_samples,
-        "max_new_tokens": shape.gen_new_tokens, "answers": len(answers[0]), "same_answers_as_one_by_one": agree,
-    }  # fmt: skip
+        "speedup": ratio(single, batched),
+        "batch_size": shape.gen_batch,
+        "samples": shape.gen_samples,
+        "max_new_tokens": shape.gen_new_tokens,
+        "answers": len(answers[0]),
+        "same_answers_as_one_by_one": agree,
+    }
 
 
 class _StepTimes:
@@ -401,16 +469,36 @@ def part_zero(stage: int, shape: Shape, device: str, dtype: torch.dtype, work: P
     rows = [{k: v[i] for k, v in batch.items()} for i in range(shape.batch)] * shape.train_steps
     out = work / f"zero{stage}"
     args = VDTrainingArguments(
-        output_dir=str(out), deepspeed=str(REPO / f"recipes/deepspeed/zero{stage}.json"), use_cpu=device == "cpu",
-        bf16=dtype == torch.bfloat16, per_device_train_batch_size=shape.batch, gradient_accumulation_steps=1,
-        max_steps=shape.train_steps, learning_rate=2e-4, vd_projector_lr=2e-5, activation_checkpointing=True,
-        activation_checkpointing_kwargs={"use_reentrant": True}, vd_start=0.0, logging_steps=1, save_strategy="no",
-        report_to="none", remove_unused_columns=False, disable_tqdm=True, dataloader_num_workers=0, seed=42,
-    )  # fmt: skip
+        output_dir=str(out),
+        deepspeed=str(REPO / f"recipes/deepspeed/zero{stage}.json"),
+        use_cpu=device == "cpu",
+        bf16=dtype == torch.bfloat16,
+        per_device_train_batch_size=shape.batch,
+        gradient_accumulation_steps=1,
+        max_steps=shape.train_steps,
+        learning_rate=2e-4,
+        vd_projector_lr=2e-5,
+        activation_checkpointing=True,
+        activation_checkpointing_kwargs={"use_reentrant": True},
+        vd_start=0.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=42,
+    )
     meter = Meter(device)
     steps = _StepTimes(meter)
-    trainer = VDTrainer(model=model, args=args, train_dataset=rows, data_collator=default_data_collator,
-                        callbacks=[steps.callback], projector_modules=adapter.projector_modules)  # fmt: skip
+    trainer = VDTrainer(
+        model=model,
+        args=args,
+        train_dataset=rows,
+        data_collator=default_data_collator,
+        callbacks=[steps.callback],
+        projector_modules=adapter.projector_modules,
+    )
     if meter.cuda:
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
@@ -423,12 +511,15 @@ def part_zero(stage: int, shape: Shape, device: str, dtype: torch.dtype, work: P
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     trainer.accelerator.end_training()
     return {
-        "zero_stage": stage, "steps": trainer.state.global_step,
+        "zero_stage": stage,
+        "steps": trainer.state.global_step,
         "step_s": statistics.median(steps.times[1:] or steps.times),
-        "peak_total_mib": peak, "losses": [entry["loss"] for entry in logs],
-        "vd_active_steps": sum("vd_mean" in entry for entry in logs), "adapter_tensors": len(weights),
+        "peak_total_mib": peak,
+        "losses": [entry["loss"] for entry in logs],
+        "vd_active_steps": sum("vd_mean" in entry for entry in logs),
+        "adapter_tensors": len(weights),
         "adapter_mib": (out / "adapter_model.safetensors").stat().st_size / 2**20,
         "adapter_empty_tensors": sum(t.numel() == 0 for t in weights.values()),
         "projector_saved": any("multi_modal_projector" in name for name in weights),
         "lora_b_trained": any("lora_B" in name and t.float().abs().sum() > 0 for name, t in weights.items()),
-    }  # fmt: skip
+    }

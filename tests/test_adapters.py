@@ -113,10 +113,14 @@ def test_chat_template_encode_equals_processor(family, size, request):
     adapter = get_adapter(family, processor)
     (example,) = adapter.encode(MESSAGES, processor, adapter.num_image_tokens(processor, size))
     chat = processor.apply_chat_template(
-        [{"role": m["role"], "content": [{"type": "text", "text": m["content"].replace("<image>\n", "")}]}
-         if i else {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "describe this image"}]}
-         for i, m in enumerate(MESSAGES)], tokenize=False,
-    )  # fmt: skip
+        [
+            {"role": m["role"], "content": [{"type": "text", "text": m["content"].replace("<image>\n", "")}]}
+            if i
+            else {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "describe this image"}]}
+            for i, m in enumerate(MESSAGES)
+        ],
+        tokenize=False,
+    )
     batch = processor(text=chat, images=Image.new("RGB", size), add_special_tokens=False)
     assert example.input_ids == list(batch["input_ids"][0])
     field = TOKEN_FIELDS[family]
@@ -195,15 +199,27 @@ def test_two_vd_steps_train_lora_and_projector(family, tmp_path, request):
     inner = model.get_base_model().model  # the *Model under the LM head; PEFT calls the head's forward directly
     handle = inner.register_forward_pre_hook(hook, with_kwargs=True)
     args = VDTrainingArguments(
-        output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2, use_cpu=True,
-        report_to="none", vd_start=0.0, logging_steps=1, remove_unused_columns=False, learning_rate=1e-2,
-        save_strategy="no", disable_tqdm=True,
-    )  # fmt: skip
+        output_dir=str(tmp_path / "out"),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        use_cpu=True,
+        report_to="none",
+        vd_start=0.0,
+        logging_steps=1,
+        remove_unused_columns=False,
+        learning_rate=1e-2,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
     trainer = VDTrainer(
-        model=model, args=args, train_dataset=dataset, data_collator=VDDataCollator.for_processor(processor),
-        processing_class=processor, projector_modules=adapter.projector_modules,
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=VDDataCollator.for_processor(processor),
+        processing_class=processor,
+        projector_modules=adapter.projector_modules,
         end_of_turn_id=adapter.end_of_turn_id(processor),
-    )  # fmt: skip
+    )
     trainer.train()
     handle.remove()
 

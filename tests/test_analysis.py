@@ -165,13 +165,17 @@ def test_pick_tokens_are_disjoint_extremes():
 def test_saliency_equals_hooks_on_one_layer(demo_model):
     root, model, processor, names = demo_model
     adapter = get_adapter(model)
-    record = {"id": "s0", "image": names[0], "conversations": [
-        {"from": "human", "value": "<image>\n" + PROMPT}, {"from": "gpt", "value": CAPTIONS[0]}]}  # fmt: skip
+    record = {
+        "id": "s0",
+        "image": names[0],
+        "conversations": [{"from": "human", "value": "<image>\n" + PROMPT}, {"from": "gpt", "value": CAPTIONS[0]}],
+    }
     sample = prepare_sample(record, 0, adapter, processor, root / "images", max_length=512, seed=3)
     use_eager_attention(model)
     image_id = adapter.image_token_id(processor)
-    result = sample_saliency(model, sample, adapter, processor, noise_step=900, top_k=2, image_token_id=image_id,
-                             example=True)  # fmt: skip
+    result = sample_saliency(
+        model, sample, adapter, processor, noise_step=900, top_k=2, image_token_id=image_id, example=True
+    )
     assert sorted(t["group"] for t in result["tokens"]) == ["inv", "inv", "neg", "neg", "pos", "pos"]
     ids = torch.tensor([sample["examples"][0].input_ids])
     pixels = sample["image_inputs"]["pixel_values"]
@@ -208,8 +212,11 @@ def test_saliency_equals_hooks_on_one_layer(demo_model):
 def _coco(root: Path) -> tuple[Path, Path]:
     images = [{"id": k} for k in (1, 2, 3)]
     categories = [{"id": 17, "name": "cat"}, {"id": 18, "name": "dog"}, {"id": 70, "name": "toilet"}]
-    annotations = [{"id": 1, "image_id": 1, "category_id": 17}, {"id": 2, "image_id": 2, "category_id": 18},
-                   {"id": 3, "image_id": 2, "category_id": 70}]  # fmt: skip
+    annotations = [
+        {"id": 1, "image_id": 1, "category_id": 17},
+        {"id": 2, "image_id": 2, "category_id": 18},
+        {"id": 3, "image_id": 2, "category_id": 70},
+    ]
     instances, captions = root / "instances.json", root / "captions.json"
     instances.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     refs = [{"id": k, "image_id": k, "caption": "a picture."} for k in (1, 2, 3)]
@@ -223,29 +230,74 @@ def test_analyze_commands_end_to_end_on_the_demo_model(demo_model, tmp_path):
     captions.write_text("".join(json.dumps(c) + "\n" for c in _captions(names)))
     instances, references = _coco(tmp_path)
     out = tmp_path / "dependence"
-    argv = ["analyze", "dependence", "--model", str(root / "model"), "--captions", str(captions),
-            "--image-folder", str(root / "images"), "--instances", str(instances), "--coco-captions",
-            str(references), "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"), "--seed", "7",
-            "--no-progress"]  # fmt: skip
+    argv = [
+        "analyze",
+        "dependence",
+        "--model",
+        str(root / "model"),
+        "--captions",
+        str(captions),
+        "--image-folder",
+        str(root / "images"),
+        "--instances",
+        str(instances),
+        "--coco-captions",
+        str(references),
+        "--output-dir",
+        str(out),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--seed",
+        "7",
+        "--no-progress",
+    ]
     assert cli_main(argv) == 0
     written = json.loads((out / "dependence.json").read_text())
-    expected = analyze_dependence(model, processor, _captions(names), GROUND_TRUTH, image_folder=root / "images",
-                                  seed=7)  # fmt: skip
+    expected = analyze_dependence(
+        model, processor, _captions(names), GROUND_TRUTH, image_folder=root / "images", seed=7
+    )
     assert written["totals"] == json.loads(json.dumps(expected["totals"]))
     for name in ("objects_by_dependence", "hallucination_distance"):
         assert (out / "figures" / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
 
     data = tmp_path / "conversations.json"
-    data.write_text(json.dumps([
-        {"id": f"s{k}", "image": name, "conversations": [
-            {"from": "human", "value": "<image>\n" + PROMPT}, {"from": "gpt", "value": CAPTIONS[k]},
-            {"from": "human", "value": "More?"}, {"from": "gpt", "value": "No."}]}
-        for k, name in enumerate(names)
-    ]))  # fmt: skip
+    data.write_text(
+        json.dumps(
+            [
+                {
+                    "id": f"s{k}",
+                    "image": name,
+                    "conversations": [
+                        {"from": "human", "value": "<image>\n" + PROMPT},
+                        {"from": "gpt", "value": CAPTIONS[k]},
+                        {"from": "human", "value": "More?"},
+                        {"from": "gpt", "value": "No."},
+                    ],
+                }
+                for k, name in enumerate(names)
+            ]
+        )
+    )
     out = tmp_path / "saliency"
-    argv = ["analyze", "saliency", "--model", str(root / "model"), "--data", str(data), "--image-folder",
-            str(root / "images"), "--samples", "2", "--top-k", "3", "--example", "2", "--output-dir", str(out),
-            "--no-progress"]  # fmt: skip
+    argv = [
+        "analyze",
+        "saliency",
+        "--model",
+        str(root / "model"),
+        "--data",
+        str(data),
+        "--image-folder",
+        str(root / "images"),
+        "--samples",
+        "2",
+        "--top-k",
+        "3",
+        "--example",
+        "2",
+        "--output-dir",
+        str(out),
+        "--no-progress",
+    ]
     assert cli_main(argv) == 0
     result = json.loads((out / "saliency.json").read_text())
     chosen = sorted(set(select_samples(3, 2, seed=0)) | {2})  # 2 drawn at random (seed 0) and the example

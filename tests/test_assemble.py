@@ -50,10 +50,17 @@ def vicuna_like_tokenizer() -> PreTrainedTokenizerFast:
 def save_language_model(folder: Path, tokenizer, seed: int) -> LlamaForCausalLM:
     """A tiny LlamaForCausalLM plus its tokenizer, saved as a hub download would be."""
     config = LlamaConfig(
-        hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=512, tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
+        hidden_size=HIDDEN,
+        intermediate_size=2 * HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).eval()
     model.save_pretrained(folder)
@@ -99,10 +106,16 @@ def llava_parts(tmp_path_factory) -> dict:
     clip = CLIPModel(CLIPConfig(vision_config=vision, text_config=TEXT_TOWER, projection_dim=VISION_HIDDEN)).eval()
     clip.save_pretrained(root / "clip")
     preprocessor = {  # the legacy format of openai/clip-vit-large-patch14-336's file, at 32 px
-        "crop_size": IMAGE_SIZE, "size": IMAGE_SIZE, "do_center_crop": True, "do_normalize": True, "do_resize": True,
-        "feature_extractor_type": "CLIPFeatureExtractor", "resample": 3,
-        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
-    }  # fmt: skip
+        "crop_size": IMAGE_SIZE,
+        "size": IMAGE_SIZE,
+        "do_center_crop": True,
+        "do_normalize": True,
+        "do_resize": True,
+        "feature_extractor_type": "CLIPFeatureExtractor",
+        "resample": 3,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+    }
     (root / "clip" / "preprocessor_config.json").write_text(json.dumps(preprocessor))
     projector = save_projector(root / "mm_projector.bin", VISION_HIDDEN, seed=2)
     return {"root": root, "lm": lm, "clip": clip, "projector": projector}

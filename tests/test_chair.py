@@ -187,9 +187,22 @@ def test_empty_denominators(coco, synonyms):
 def test_pattern_lemmatizer():
     words = "dogs glass glasses women people knives wolves children geese mice buses skis cookies scissors oxen"
     assert [singularize(w) for w in words.split()] == [
-        "dog", "glas", "glass", "woman", "person", "knife", "wolf", "child", "goose", "mouse", "bus", "ski",
-        "cookies", "scissors", "ox",
-    ]  # fmt: skip
+        "dog",
+        "glas",
+        "glass",
+        "woman",
+        "person",
+        "knife",
+        "wolf",
+        "child",
+        "goose",
+        "mouse",
+        "bus",
+        "ski",
+        "cookies",
+        "scissors",
+        "ox",
+    ]
     assert singularize("mothers-in-law") == "mother-in-law"
 
 

@@ -43,12 +43,31 @@ class StopAt(TrainerCallback):
 
 def _overrides(tiny_dir: Path, data: Path, output_dir: Path) -> dict:
     return dict(
-        model_name_or_path=str(tiny_dir), data_path=str(data / "data.json"), image_folder=str(data / "images"),
-        output_dir=str(output_dir), use_cpu=True, report_to="none", disable_tqdm=True, dataloader_num_workers=0,
-        max_length=128, seed=7, lora_r=8, lora_alpha=16, lora_dropout=0.1, max_steps=MAX_STEPS,
-        per_device_train_batch_size=2, gradient_accumulation_steps=2, learning_rate=1e-2, warmup_steps=1,
-        save_strategy="steps", save_steps=2, logging_steps=1, vd_weighting="neg", vd_temperature=1.0, vd_start=0.5,
-    )  # fmt: skip
+        model_name_or_path=str(tiny_dir),
+        data_path=str(data / "data.json"),
+        image_folder=str(data / "images"),
+        output_dir=str(output_dir),
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        max_length=128,
+        seed=7,
+        lora_r=8,
+        lora_alpha=16,
+        lora_dropout=0.1,
+        max_steps=MAX_STEPS,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        learning_rate=1e-2,
+        warmup_steps=1,
+        save_strategy="steps",
+        save_steps=2,
+        logging_steps=1,
+        vd_weighting="neg",
+        vd_temperature=1.0,
+        vd_start=0.5,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +163,9 @@ def test_incomplete_checkpoint_refused_and_last_takes_the_previous(
     state = json.loads((output_dir / f"checkpoint-{MAX_STEPS}" / "trainer_state.json").read_text())
     expected = json.loads((uninterrupted / f"checkpoint-{MAX_STEPS}" / "trainer_state.json").read_text())
     assert [e for e in state["log_history"] if "loss" in e] == [e for e in expected["log_history"] if "loss" in e]
-    final, resumed = (load_file(p / f"checkpoint-{MAX_STEPS}" / "adapter_model.safetensors")
-                      for p in (uninterrupted, output_dir))  # fmt: skip
+    final, resumed = (
+        load_file(p / f"checkpoint-{MAX_STEPS}" / "adapter_model.safetensors") for p in (uninterrupted, output_dir)
+    )
     assert final.keys() == resumed.keys()
     for name, tensor in final.items():
         assert torch.equal(tensor, resumed[name]), name

@@ -56,8 +56,15 @@ def test_train_help_and_every_entry_point(tmp_path):
     for args in (["vdtrain/cli.py", "train", "--help"], ["-m", "vdtrain", "train", "--help"]):
         result = _run(*args, env=cold)
         assert result.returncode == 0, result.stderr[-2000:]
-        for field in ("--output_dir OUTPUT_DIR, --output-dir", "--vd_weighting", "--lora_r", "--dtype", "--seed",
-                      "--resume_from_checkpoint true|last", "--model (model_name_or_path)"):  # fmt: skip
+        for field in (
+            "--output_dir OUTPUT_DIR, --output-dir",
+            "--vd_weighting",
+            "--lora_r",
+            "--dtype",
+            "--seed",
+            "--resume_from_checkpoint true|last",
+            "--model (model_name_or_path)",
+        ):
             assert field in result.stdout, field
     assert len(list((tmp_path / "cache" / "vdtrain" / "help").iterdir())) == 1
     for args in (["vdtrain/cli.py", "--help"], ["-m", "vdtrain", "--help"], ["vdtrain/cli.py", "eval", "--help"]):
@@ -65,8 +72,9 @@ def test_train_help_and_every_entry_point(tmp_path):
         assert result.returncode == 0 and "commands:" in result.stdout, result.stderr
     console = Path(sys.executable).with_name("vdtrain")
     if console.is_file():
-        result = subprocess.run([str(console), "--help"], capture_output=True, text=True,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+        result = subprocess.run(
+            [str(console), "--help"], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
+        )
         assert result.returncode == 0 and "train" in result.stdout
 
 
@@ -81,9 +89,14 @@ def test_import_vdtrain_is_lazy():
     result = _run("-c", code)
     assert result.returncode == 0, result.stderr[-2000:]
     assert vdtrain.__all__ == [
-        "VDTrainer", "VDTrainingArguments", "add_diffusion_noise", "register_weighting", "target_logprobs",
-        "token_weights", "visual_dependence",
-    ]  # fmt: skip
+        "VDTrainer",
+        "VDTrainingArguments",
+        "add_diffusion_noise",
+        "register_weighting",
+        "target_logprobs",
+        "token_weights",
+        "visual_dependence",
+    ]
     from vdtrain.trainer import VDTrainer
 
     assert vdtrain.VDTrainer is VDTrainer and "VDTrainer" in dir(vdtrain)

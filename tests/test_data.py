@@ -82,17 +82,26 @@ def test_undecodable_image_names_sample(tmp_path):
 @pytest.mark.parametrize(
     "record,match",
     [
-        ({"id": "q1", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\nhi"}]},
-         "'q1' has no assistant"),
-        ({"id": "q2", "image": "a.png", "conversations": [{"from": "human", "value": "hi"},
-                                                          {"from": "gpt", "value": "x"}]},
-         "'q2' has an image but 0 '<image>'"),
-        ({"id": "q3", "conversations": [{"from": "human", "value": "<image> hi"}, {"from": "gpt", "value": "x"}]},
-         "'q3' has 1 '<image>' placeholders but no 'image'"),
+        (
+            {"id": "q1", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\nhi"}]},
+            "'q1' has no assistant",
+        ),
+        (
+            {
+                "id": "q2",
+                "image": "a.png",
+                "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "x"}],
+            },
+            "'q2' has an image but 0 '<image>'",
+        ),
+        (
+            {"id": "q3", "conversations": [{"from": "human", "value": "<image> hi"}, {"from": "gpt", "value": "x"}]},
+            "'q3' has 1 '<image>' placeholders but no 'image'",
+        ),
         ({"id": "q4", "conversations": [{"from": "robot", "value": "hi"}]}, "'q4': unknown speaker"),
         ({"id": "q5"}, "'q5' has no 'conversations'"),
     ],
-)  # fmt: skip
+)
 def test_bad_conversations_name_the_sample(record, match):
     with pytest.raises(ConversationError, match=match) as error:
         to_messages(record, source="train.json")
@@ -156,8 +165,15 @@ def test_unknown_config_field_is_named(tmp_path):
 
 def test_config_types_and_overrides(tmp_path):
     config = tmp_path / "recipe.yaml"
-    fields = {"model_name_or_path": "m", "data_path": "d.json", "output_dir": str(tmp_path),
-              "learning_rate": "2e-4", "vd_start": 0.5, "bf16": False, "use_cpu": True}  # fmt: skip
+    fields = {
+        "model_name_or_path": "m",
+        "data_path": "d.json",
+        "output_dir": str(tmp_path),
+        "learning_rate": "2e-4",
+        "vd_start": 0.5,
+        "bf16": False,
+        "use_cpu": True,
+    }
     config.write_text(json.dumps(fields))
     model_args, data_args, args = load_config(config, {"vd_temperature": "1.0", "lora_r": "8"})
     assert args.learning_rate == 2e-4 and args.vd_temperature == 1.0 and model_args.lora_r == 8
@@ -199,8 +215,11 @@ def test_special_token_text_refused_or_dropped(tmp_path, llava, caplog):
         _record("ok", [("human", "<image>\nhi"), ("gpt", "a cat.")], names[0]),
         _record("eos", [("human", "<image>\nhi"), ("gpt", "a cat.</s> and more")], names[0]),
     ]
-    with pytest.raises(ConversationError, match=r"sample 'eos': turn 2 \(assistant\) contains the special-token "
-                                                r"text '</s>'"):  # fmt: skip
+    with pytest.raises(
+        ConversationError,
+        match=r"sample 'eos': turn 2 \(assistant\) contains the special-token "
+        r"text '</s>'",
+    ):
         SupervisedDataset(records, adapter, processor, tmp_path / "img", source="d.json")
     with caplog.at_level(logging.WARNING):
         dataset = SupervisedDataset(records, adapter, processor, tmp_path / "img", source="d.json", drop_invalid=True)
@@ -253,8 +272,19 @@ def test_train_cli_reports_bad_data_in_one_line(tmp_path, tiny_llava_dir, capsys
     records = write_conversations(tmp_path / "d.json", names)
     records[1]["conversations"].insert(0, {"from": "gpt", "value": "hello"})
     (tmp_path / "d.json").write_text(json.dumps(records))
-    argv = ["train", "--model", str(tiny_llava_dir), "--data", str(tmp_path / "d.json"), "--image-folder",
-            str(tmp_path / "img"), "--output-dir", str(tmp_path / "o"), "--device", "cpu"]  # fmt: skip
+    argv = [
+        "train",
+        "--model",
+        str(tiny_llava_dir),
+        "--data",
+        str(tmp_path / "d.json"),
+        "--image-folder",
+        str(tmp_path / "img"),
+        "--output-dir",
+        str(tmp_path / "o"),
+        "--device",
+        "cpu",
+    ]
     assert main(argv) == 1
     err = capsys.readouterr().err
     line = next(line for line in err.splitlines() if "error:" in line)  # datasets' progress bars come first

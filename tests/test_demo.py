@@ -169,9 +169,13 @@ def test_readme_block_from_results():
         for k, seed in enumerate("012")
     }
     results = {
-        "setup": {"command": "vdtrain demo", "date": "2026-12-01 16:00 UTC", "wall_time_s": 600.0,
-                  "machine": "Linux, 2 CPU cores, Python 3.11, torch 2.13.0 (2 threads), transformers 5.24.0",
-                  "load_start": "1.0/1.0/1.0"},  # fmt: skip
+        "setup": {
+            "command": "vdtrain demo",
+            "date": "2026-12-01 16:00 UTC",
+            "wall_time_s": 600.0,
+            "machine": "Linux, 2 CPU cores, Python 3.11, torch 2.13.0 (2 threads), transformers 5.24.0",
+            "load_start": "1.0/1.0/1.0",
+        },
         "settings": {"seeds": 3},
         "rows": ["mle", "vd-pos"],
         "pairs": [["vd-pos", "mle"]],

@@ -41,8 +41,12 @@ def _launch(launcher: list[str], config: dict, folder: Path, timeout: int = 600)
     start = time.perf_counter()
     run = subprocess.run(
         [*launcher, "-m", "vdtrain", "train", str(recipe)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     print(f"{' '.join(launcher[:4])}: {time.perf_counter() - start:.0f} s")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     return Path(config["output_dir"])
@@ -72,12 +76,27 @@ def data_dir(tmp_path_factory) -> Path:
 
 def _config(tiny_dir: Path, data: Path, name: str, **overrides) -> dict:
     defaults = dict(
-        model_name_or_path=str(tiny_dir), data_path=str(data / "data.json"), image_folder=str(data / "images"),
-        output_dir=str(data / name), report_to="none", disable_tqdm=True, dataloader_num_workers=0, max_length=128,
-        seed=11, lora_r=8, lora_alpha=16, lora_dropout=0.0, max_steps=MAX_STEPS, gradient_accumulation_steps=1,
-        learning_rate=1e-2, vd_projector_lr=1e-3, save_strategy="steps", save_steps=MAX_STEPS, logging_steps=1,
+        model_name_or_path=str(tiny_dir),
+        data_path=str(data / "data.json"),
+        image_folder=str(data / "images"),
+        output_dir=str(data / name),
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        max_length=128,
+        seed=11,
+        lora_r=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        max_steps=MAX_STEPS,
+        gradient_accumulation_steps=1,
+        learning_rate=1e-2,
+        vd_projector_lr=1e-3,
+        save_strategy="steps",
+        save_steps=MAX_STEPS,
+        logging_steps=1,
         vd_start=0.0,
-    )  # fmt: skip
+    )
     return {**defaults, **overrides}
 
 
@@ -86,10 +105,12 @@ def test_ddp_two_processes_equal_one(tiny_llava_dir: Path, data_dir: Path):
     # global batch, so 2 processes x batch 2 must reproduce 1 process x batch 4 to float tolerance. This checks data
     # sharding, the noise seeding and the loss normalisation across ranks.
     same = dict(use_cpu=True, vd_weighting="neg", vd_temperature=1.0)
-    one = _launch(_torchrun(1), _config(tiny_llava_dir, data_dir, "one", per_device_train_batch_size=4, **same),
-                  data_dir)  # fmt: skip
-    two = _launch(_torchrun(2), _config(tiny_llava_dir, data_dir, "two", per_device_train_batch_size=2, **same),
-                  data_dir)  # fmt: skip
+    one = _launch(
+        _torchrun(1), _config(tiny_llava_dir, data_dir, "one", per_device_train_batch_size=4, **same), data_dir
+    )
+    two = _launch(
+        _torchrun(2), _config(tiny_llava_dir, data_dir, "two", per_device_train_batch_size=2, **same), data_dir
+    )
     logs_one, logs_two = _logs(one), _logs(two)
     assert [e["step"] for e in logs_two] == [e["step"] for e in logs_one] == list(range(1, MAX_STEPS + 1))
     for a, b in zip(logs_one, logs_two):
@@ -129,9 +150,16 @@ def _check_adapter(output_dir: Path, tiny_dir: Path) -> None:
 def test_zero2_torchrun_deepspeed_field(tiny_llava_dir: Path, data_dir: Path):
     # use_cpu (CPU machines only): without a GPU, accelerate's state otherwise counts one process, and the "auto"
     # train_batch_size comes out a world-size too small.
-    config = _config(tiny_llava_dir, data_dir, "zero2", deepspeed=str(REPO / "recipes/deepspeed/zero2.json"),
-                     use_cpu=True, vd_weighting="neg", per_device_train_batch_size=2,
-                     gradient_accumulation_steps=2)  # fmt: skip
+    config = _config(
+        tiny_llava_dir,
+        data_dir,
+        "zero2",
+        deepspeed=str(REPO / "recipes/deepspeed/zero2.json"),
+        use_cpu=True,
+        vd_weighting="neg",
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+    )
     out = _launch(_torchrun(2), config, data_dir)
     assert all("vd_mean" in entry for entry in _logs(out))
     _check_adapter(out, tiny_llava_dir)
@@ -141,11 +169,26 @@ def test_zero3_accelerate_recipe_launch(tiny_llava_dir: Path, data_dir: Path):
     # The recipes' own launch path: the accelerate config points DeepSpeed at recipes/deepspeed/zero3.json, whose
     # "auto" values the Trainer fills; activation checkpointing (reentrant) as in the recipes.
     checkpointing = dict(activation_checkpointing=True, activation_checkpointing_kwargs={"use_reentrant": True})
-    config = _config(tiny_llava_dir, data_dir, "zero3", use_cpu=True, vd_weighting="neg",
-                     per_device_train_batch_size=2, **checkpointing)  # fmt: skip
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                str(REPO / "recipes/accelerate/zero3.yaml"), "--num_processes", "2",
-                "--main_process_port", str(_free_port())]  # fmt: skip
+    config = _config(
+        tiny_llava_dir,
+        data_dir,
+        "zero3",
+        use_cpu=True,
+        vd_weighting="neg",
+        per_device_train_batch_size=2,
+        **checkpointing,
+    )
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "recipes/accelerate/zero3.yaml"),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(_free_port()),
+    ]
     out = _launch(launcher, config, data_dir)
     assert all("vd_mean" in entry for entry in _logs(out))
     _check_adapter(out, tiny_llava_dir)

@@ -37,8 +37,13 @@ def workdir(tmp_path_factory) -> Path:
     processor.save_pretrained(root / "model")
     names = write_images(root / "images", NUM_IMAGES)
     records = write_conversations(root / "data.json", names, turns=2, text_only=1)
-    records.append({"id": "missing", "image": "nope.png", "conversations": [
-        {"from": "human", "value": "<image>\nwhat is it?"}, {"from": "gpt", "value": "a cat."}]})  # fmt: skip
+    records.append(
+        {
+            "id": "missing",
+            "image": "nope.png",
+            "conversations": [{"from": "human", "value": "<image>\nwhat is it?"}, {"from": "gpt", "value": "a cat."}],
+        }
+    )
     records.append(
         {"id": "no-answer", "image": names[0], "conversations": [{"from": "human", "value": "<image>\nhi"}]}
     )
@@ -55,9 +60,15 @@ def score(workdir, loaded, out, **kwargs):
     model, processor, adapter = loaded
     kwargs.setdefault("batch_size", 4)
     return score_dataset(
-        model, processor, workdir / "data.json", out, image_folder=workdir / "images", adapter=adapter,
-        progress=False, **kwargs,
-    )  # fmt: skip
+        model,
+        processor,
+        workdir / "data.json",
+        out,
+        image_folder=workdir / "images",
+        adapter=adapter,
+        progress=False,
+        **kwargs,
+    )
 
 
 def rows(path: Path) -> list[dict]:
@@ -82,8 +93,9 @@ def direct_scores(workdir, loaded, seed=42, step=900) -> dict[int, tuple[float, 
         batch = collate([item])
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
         with torch.no_grad():
-            clean = target_logprobs(model(**inputs, **{k: batch[k] for k in ("pixel_values",) if k in batch}).logits,
-                                    batch["labels"])  # fmt: skip
+            clean = target_logprobs(
+                model(**inputs, **{k: batch[k] for k in ("pixel_values",) if k in batch}).logits, batch["labels"]
+            )
             if "pixel_values" in batch:
                 noised = add_diffusion_noise(batch["pixel_values"], step, generator=sample_generator(seed, index))
                 noisy = target_logprobs(model(**inputs, pixel_values=noised).logits, batch["labels"])
@@ -107,8 +119,15 @@ def test_scores_equal_direct_computation_and_errors_are_recorded(workdir, loaded
         assert row["score"] == pytest.approx(total, abs=1e-4)  # batch of 4 vs 1: padding float noise
         assert row["mean"] == pytest.approx(total / count, abs=1e-5)
         assert (row["frac_pos"], row["frac_neg"]) == (pos / count, neg / count)
-    assert scores[NUM_IMAGES] == {"id": "t0", "index": NUM_IMAGES, "score": 0.0, "n_tokens": 7, "mean": 0.0,
-                                  "frac_pos": 0.0, "frac_neg": 0.0}  # fmt: skip
+    assert scores[NUM_IMAGES] == {
+        "id": "t0",
+        "index": NUM_IMAGES,
+        "score": 0.0,
+        "n_tokens": 7,
+        "mean": 0.0,
+        "frac_pos": 0.0,
+        "frac_neg": 0.0,
+    }
     errors = rows(tmp_path / "out" / "errors.jsonl")
     assert [(e["id"], e["index"]) for e in errors] == [("missing", 7), ("no-answer", 8)]
     assert "nope.png" in errors[0]["error"] and "no assistant" in errors[1]["error"]
@@ -162,8 +181,9 @@ def test_rerun_with_other_settings_is_refused(workdir, loaded, tmp_path):
     model, processor, adapter = loaded
     half = copy.deepcopy(model).to(torch.bfloat16)  # a copy: the module's model stays float32 for other tests
     with pytest.raises(RunMismatchError, match="dtype: 'float32' there, 'bfloat16' now"):  # no mixing bf16 and fp32
-        score_dataset(half, processor, workdir / "data.json", tmp_path / "out", image_folder=workdir / "images",
-                      progress=False)  # fmt: skip
+        score_dataset(
+            half, processor, workdir / "data.json", tmp_path / "out", image_folder=workdir / "images", progress=False
+        )
     other = tmp_path / "other.json"
     other.write_text(json.dumps(json.loads((workdir / "data.json").read_text())[:3]))
     with pytest.raises(RunMismatchError, match="data_sha256"):
@@ -209,8 +229,9 @@ def test_select_keeps_order_and_format(workdir, loaded, tmp_path, fmt):
     score_dataset(model, processor, data, tmp_path / "out", image_folder=workdir / "images", progress=False)
     scores = rows(tmp_path / "out" / "scores.jsonl")
     order = [r["index"] for r in sorted(scores, key=lambda r: (r["score"], r["index"]))]
-    summary = select_dataset(tmp_path / "out" / "scores.jsonl", data, tmp_path / f"kept.{fmt}", strategy="lowest",
-                             fraction=0.3)  # fmt: skip
+    summary = select_dataset(
+        tmp_path / "out" / "scores.jsonl", data, tmp_path / f"kept.{fmt}", strategy="lowest", fraction=0.3
+    )
     removed = sorted(order[:2])  # 30% of 7 scored samples, rounded
     kept = sorted(set(order) - set(removed))
     text = (tmp_path / f"kept.{fmt}").read_text()
@@ -227,8 +248,13 @@ def test_select_refuses_unfinished_scores(workdir, loaded, tmp_path):
     score(workdir, loaded, tmp_path / "out", batch_size=1, stop_after=2)
     (tmp_path / "out" / "scores.rank0.jsonl").rename(tmp_path / "out" / "scores.jsonl")
     with pytest.raises(ValueError, match="covers 2 of the 9 samples"):
-        select_dataset(tmp_path / "out" / "scores.jsonl", workdir / "data.json", tmp_path / "kept.json",
-                       strategy="highest", fraction=0.1)  # fmt: skip
+        select_dataset(
+            tmp_path / "out" / "scores.jsonl",
+            workdir / "data.json",
+            tmp_path / "kept.json",
+            strategy="highest",
+            fraction=0.1,
+        )
 
 
 def filter_main(argv: list[str]) -> int:
@@ -236,10 +262,26 @@ def filter_main(argv: list[str]) -> int:
 
 
 def test_cli_run_scores_and_selects(workdir, tmp_path, capsys):
-    argv = ["run", "--model", str(workdir / "model"), "--data", str(workdir / "data.json"), "--image-folder",
-            str(workdir / "images"), "--output-dir", str(tmp_path / "out"), "--batch-size", "3", "--no-progress",
-            "--strategy", "highest", "--fraction", "0.3", "--output", str(tmp_path / "kept" / "kept.json"),
-    ]  # fmt: skip
+    argv = [
+        "run",
+        "--model",
+        str(workdir / "model"),
+        "--data",
+        str(workdir / "data.json"),
+        "--image-folder",
+        str(workdir / "images"),
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--batch-size",
+        "3",
+        "--no-progress",
+        "--strategy",
+        "highest",
+        "--fraction",
+        "0.3",
+        "--output",
+        str(tmp_path / "kept" / "kept.json"),
+    ]
     assert filter_main(argv) == 0
     assert "scored 7, errors 2, kept 5, removed 2" in capsys.readouterr().out
     assert len(json.loads((tmp_path / "kept" / "kept.json").read_text())) == 5
@@ -256,8 +298,18 @@ def test_select_refuses_scores_without_a_matching_fingerprint(workdir, loaded, t
     copied.mkdir()
     for name in ("scores.jsonl", "errors.jsonl"):
         (copied / name).write_bytes((tmp_path / "out" / name).read_bytes())
-    argv = ["filter", "select", "--data", str(workdir / "data.json"), "--strategy", "lowest", "--fraction", "0.3",
-            "--output", str(tmp_path / "kept.json")]  # fmt: skip
+    argv = [
+        "filter",
+        "select",
+        "--data",
+        str(workdir / "data.json"),
+        "--strategy",
+        "lowest",
+        "--fraction",
+        "0.3",
+        "--output",
+        str(tmp_path / "kept.json"),
+    ]
     assert cli_main([*argv, "--scores", str(copied / "scores.jsonl")]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"vdtrain filter: error: {copied / 'scores.jsonl'}: no run.json") and "--force" in err

@@ -49,9 +49,17 @@ def _run(tiny, questions, folder, output, **kwargs):
     model, processor, adapter = tiny
     options = kwargs.pop("options", DecodingOptions(max_new_tokens=6))
     return generate_answers(
-        model, processor, questions, output, image_folder=folder, fmt="pope", options=options, adapter=adapter,
-        progress=False, **kwargs,
-    )  # fmt: skip
+        model,
+        processor,
+        questions,
+        output,
+        image_folder=folder,
+        fmt="pope",
+        options=options,
+        adapter=adapter,
+        progress=False,
+        **kwargs,
+    )
 
 
 def test_batch_sizes_agree(tiny, pope_files, tmp_path):

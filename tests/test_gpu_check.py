@@ -71,8 +71,14 @@ def test_tiny_run_writes_every_part(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     output = tmp_path / "gpu_check.json"
-    run = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--output", str(output)], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=900)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--output", str(output)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = json.loads(output.read_text())
     assert report["mode"] == "tiny" and report["model"]["status"] == "ok"

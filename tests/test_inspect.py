@@ -44,9 +44,19 @@ def test_token_dependence_matches_direct_computation(tmp_path, tiny_llava_dir):
 def test_inspect_cli_writes_figure_and_numbers(tmp_path, tiny_llava_dir):
     names = write_images(tmp_path / "img", 1)
     figure = tmp_path / "fig" / "tokens.png"
-    argv = ["inspect", "--model", str(tiny_llava_dir), "--image", str(tmp_path / "img" / names[0]),
-            "--prompt", "describe this image", "--response", "there is red cat on blue mat.",
-            "--output", str(figure)]  # fmt: skip
+    argv = [
+        "inspect",
+        "--model",
+        str(tiny_llava_dir),
+        "--image",
+        str(tmp_path / "img" / names[0]),
+        "--prompt",
+        "describe this image",
+        "--response",
+        "there is red cat on blue mat.",
+        "--output",
+        str(figure),
+    ]
     assert main(argv) == 0
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = Image.open(figure).size

@@ -38,8 +38,14 @@ def test_parse_answer_as_the_official_tool(text, parsed):
 
 
 def _answer(category: str, image: str, k: int, truth: str, text: str) -> dict:
-    return {"question_id": f"{category}/{image}/{k}", "category": category, "image": f"{category}/{image}",
-            "question": "q?", "answer": truth, "text": text}  # fmt: skip
+    return {
+        "question_id": f"{category}/{image}/{k}",
+        "category": category,
+        "image": f"{category}/{image}",
+        "question": "q?",
+        "answer": truth,
+        "text": text,
+    }
 
 
 # existence (perception): 3 images. a: both right; b: one right ("  yes" is other); c: both right ("Yes,", "nope").
@@ -109,10 +115,13 @@ def test_release_layouts_are_read(tmp_path):
     _write_release(tmp_path / "MME")
     questions = load_mme_questions(tmp_path / "MME")
     assert [q["question_id"] for q in questions] == [
-        "existence/000000000000.jpg/0", "existence/000000000000.jpg/1",
-        "existence/000000000001.jpg/0", "existence/000000000001.jpg/1",
-        "artwork/10002.jpg/0", "artwork/10002.jpg/1",
-    ]  # fmt: skip
+        "existence/000000000000.jpg/0",
+        "existence/000000000000.jpg/1",
+        "existence/000000000001.jpg/0",
+        "existence/000000000001.jpg/1",
+        "artwork/10002.jpg/0",
+        "artwork/10002.jpg/1",
+    ]
     assert questions[4]["image"] == "artwork/images/10002.jpg" and questions[4]["answer"] == "No"
     assert questions[0]["question"] == questions[0]["text"] == "Is there a dog in this image?"
     with pytest.raises(FileNotFoundError, match="none of the MME category folders"):
@@ -123,8 +132,20 @@ def test_eval_run_and_eval_mme_on_a_tiny_model(tmp_path, tiny_llava_dir):
     root = tmp_path / "MME"
     _write_release(root)
     out = tmp_path / "run"
-    argv = ["eval", "run", str(EVAL / "mme.yaml"), "--model", str(tiny_llava_dir), "--image-folder", str(root),
-            "--output-dir", str(out), "--max-new-tokens", "3", "--no-progress"]  # fmt: skip
+    argv = [
+        "eval",
+        "run",
+        str(EVAL / "mme.yaml"),
+        "--model",
+        str(tiny_llava_dir),
+        "--image-folder",
+        str(root),
+        "--output-dir",
+        str(out),
+        "--max-new-tokens",
+        "3",
+        "--no-progress",
+    ]
     assert cli_main(argv) == 0
     answers = [json.loads(line) for line in (out / "answers" / "mme.jsonl").read_text().splitlines()]
     assert len(answers) == 6
@@ -135,8 +156,21 @@ def test_eval_run_and_eval_mme_on_a_tiny_model(tmp_path, tiny_llava_dir):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metrics"] == {"perception": expected["perception"]["total"], "cognition": 0.0}
     # the standalone scorer reads the same file and gives the same numbers; with --mme-dir it checks completeness
-    assert cli_main(["eval", "mme", "--answers", str(out / "answers" / "mme.jsonl"), "--output",
-                     str(tmp_path / "again.json"), "--mme-dir", str(root)]) == 0  # fmt: skip
+    assert (
+        cli_main(
+            [
+                "eval",
+                "mme",
+                "--answers",
+                str(out / "answers" / "mme.jsonl"),
+                "--output",
+                str(tmp_path / "again.json"),
+                "--mme-dir",
+                str(root),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "again.json").read_text()) == json.loads((out / "mme.json").read_text())
     (tmp_path / "short.jsonl").write_text("".join(json.dumps(a) + "\n" for a in answers[:-1]))
     argv = ["eval", "mme", "--answers", str(tmp_path / "short.jsonl"), "--output", str(tmp_path / "x.json")]

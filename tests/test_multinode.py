@@ -30,12 +30,20 @@ def _node_launchers(nodes: int = 2) -> list[list[str]]:
     endpoint, job = f"127.0.0.1:{_free_port()}", f"vdtrain-test-{os.getpid()}-{time.monotonic_ns()}"
     return [
         [
-            sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", "--nproc-per-node=1",
-            f"--node-rank={rank}", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", f"--rdzv-id={job}",
-            f"--rdzv-conf=is_host={str(rank == 0).lower()},join_timeout=300", "--local-addr=127.0.0.1",
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nnodes={nodes}",
+            "--nproc-per-node=1",
+            f"--node-rank={rank}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={endpoint}",
+            f"--rdzv-id={job}",
+            f"--rdzv-conf=is_host={str(rank == 0).lower()},join_timeout=300",
+            "--local-addr=127.0.0.1",
         ]
         for rank in range(nodes)
-    ]  # fmt: skip
+    ]
 
 
 def _on_nodes(run_one, launchers: list[list[str]]) -> list:
@@ -118,11 +126,25 @@ def test_sbatch_script_launches_two_nodes(tiny_llava_dir: Path, data_dir: Path, 
     config = _config(tiny_llava_dir, data_dir, "sbatch", **SAME)
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(config))
     path = os.pathsep.join([str(tmp_path / "bin"), str(Path(sys.executable).parent), os.environ["PATH"]])
-    env = {**_env(), "SLURM_NNODES": "2", "SLURM_JOB_ID": "7", "GPUS_PER_NODE": "1", "GLOBAL_BATCH": "4",
-           "MAIN_ADDR": "127.0.0.1", "MAIN_PORT": str(_free_port()), "PATH": path,
-           "ACCELERATE_CONFIG": str(tmp_path / "accelerate.yaml")}  # fmt: skip
-    run = subprocess.run(["bash", str(SBATCH), str(tmp_path / "recipe.yaml")], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
+    env = {
+        **_env(),
+        "SLURM_NNODES": "2",
+        "SLURM_JOB_ID": "7",
+        "GPUS_PER_NODE": "1",
+        "GLOBAL_BATCH": "4",
+        "MAIN_ADDR": "127.0.0.1",
+        "MAIN_PORT": str(_free_port()),
+        "PATH": path,
+        "ACCELERATE_CONFIG": str(tmp_path / "accelerate.yaml"),
+    }
+    run = subprocess.run(
+        ["bash", str(SBATCH), str(tmp_path / "recipe.yaml")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     assert "2 nodes x 1 GPUs, global batch 4 = 2 per device x 2 processes x 1 accumulation" in run.stdout
     _assert_same_training(one_node, Path(config["output_dir"]))
@@ -131,9 +153,24 @@ def test_sbatch_script_launches_two_nodes(tiny_llava_dir: Path, data_dir: Path, 
 @pytest.mark.slow
 def test_two_nodes_score_like_one_node_with_two_processes(tiny_llava_dir: Path, data_dir: Path, tmp_path: Path):  # noqa: F811
     def score(launcher: list[str], out: Path) -> None:
-        command = [*launcher, "-m", "vdtrain", "filter", "score", "--model", str(tiny_llava_dir), "--data",
-                   str(data_dir / "data.json"), "--image-folder", str(data_dir / "images"), "--output-dir", str(out),
-                   "--batch-size", "2", "--no-progress"]  # fmt: skip
+        command = [
+            *launcher,
+            "-m",
+            "vdtrain",
+            "filter",
+            "score",
+            "--model",
+            str(tiny_llava_dir),
+            "--data",
+            str(data_dir / "data.json"),
+            "--image-folder",
+            str(data_dir / "images"),
+            "--output-dir",
+            str(out),
+            "--batch-size",
+            "2",
+            "--no-progress",
+        ]
         run = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
 

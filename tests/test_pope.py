@@ -335,10 +335,16 @@ def test_released_random_split(tmp_path):
 
 
 def test_empty_answers_counted_listed_and_warned(tmp_path, capsys):
-    questions = [{"question_id": i, "image": "a.jpg", "text": "Is there a dog?", "label": lab}
-                 for i, lab in enumerate(["yes", "no", "no", "yes"])]  # fmt: skip
-    answers = [{"question_id": 0, "text": "Yes."}, {"question_id": 1, "text": ""}, {"question_id": 2, "text": "  "},
-               {"question_id": 3, "text": "No."}]  # fmt: skip
+    questions = [
+        {"question_id": i, "image": "a.jpg", "text": "Is there a dog?", "label": lab}
+        for i, lab in enumerate(["yes", "no", "no", "yes"])
+    ]
+    answers = [
+        {"question_id": 0, "text": "Yes."},
+        {"question_id": 1, "text": ""},
+        {"question_id": 2, "text": "  "},
+        {"question_id": 3, "text": "No."},
+    ]
     q, a = write_jsonl(tmp_path / "q.jsonl", questions), write_jsonl(tmp_path / "a.jsonl", answers)
     result = evaluate_pope(questions, answers)
     assert result["empty_answers"] == [1, 2] and result["predictions"] == ["yes", "yes", "yes", "no"]  # POPE's rule

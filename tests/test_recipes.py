@@ -94,10 +94,18 @@ def test_recipe_builds_a_trainer(path: Path, tiny_llava_dir: Path, tmp_path: Pat
     names = write_images(tmp_path / "images", 2)
     write_conversations(tmp_path / "data.json", names)
     overrides = dict(
-        model_name_or_path=str(tiny_llava_dir), data_path=str(tmp_path / "data.json"),
-        image_folder=str(tmp_path / "images"), output_dir=str(tmp_path / "out"), bf16=False, use_cpu=True,
-        deepspeed=None, max_steps=2, report_to="none", dataloader_num_workers=0, dtype="float32",
-    )  # fmt: skip
+        model_name_or_path=str(tiny_llava_dir),
+        data_path=str(tmp_path / "data.json"),
+        image_folder=str(tmp_path / "images"),
+        output_dir=str(tmp_path / "out"),
+        bf16=False,
+        use_cpu=True,
+        deepspeed=None,
+        max_steps=2,
+        report_to="none",
+        dataloader_num_workers=0,
+        dtype="float32",
+    )
     trainer = build_trainer(*load_config(path, overrides))
     assert trainer.args.vd_pixel_key == "pixel_values" and trainer.args.vd_projector_lr is not None
     saved = set(trainer.model.peft_config["default"].modules_to_save or ())

@@ -33,13 +33,32 @@ class StopAt(TrainerCallback):
 
 def _overrides(tiny_dir: Path, data: Path, output_dir: Path) -> dict:
     return dict(
-        model_name_or_path=str(tiny_dir), data_path=str(data / "data.json"), image_folder=str(data / "images"),
-        output_dir=str(output_dir), use_cpu=True, report_to="none", disable_tqdm=True, dataloader_num_workers=0,
-        max_length=128, seed=7, lora_r=8, lora_alpha=16, lora_dropout=0.1, max_steps=MAX_STEPS,
-        per_device_train_batch_size=2, gradient_accumulation_steps=2, learning_rate=1e-2, vd_projector_lr=1e-3,
-        warmup_steps=1, save_strategy="steps", save_steps=2, logging_steps=1, vd_weighting="neg",
-        vd_temperature=1.0, vd_start=0.5,
-    )  # fmt: skip
+        model_name_or_path=str(tiny_dir),
+        data_path=str(data / "data.json"),
+        image_folder=str(data / "images"),
+        output_dir=str(output_dir),
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        max_length=128,
+        seed=7,
+        lora_r=8,
+        lora_alpha=16,
+        lora_dropout=0.1,
+        max_steps=MAX_STEPS,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        learning_rate=1e-2,
+        vd_projector_lr=1e-3,
+        warmup_steps=1,
+        save_strategy="steps",
+        save_steps=2,
+        logging_steps=1,
+        vd_weighting="neg",
+        vd_temperature=1.0,
+        vd_start=0.5,
+    )
 
 
 def _train_logs(output_dir: Path) -> list[dict]:
@@ -89,8 +108,9 @@ def test_resume_equals_uninterrupted(stop: int, uninterrupted: Path, tiny_llava_
     assert counter.steps == list(range(stop + 1, MAX_STEPS + 1))  # it resumed, it did not start over
     expected, got = _train_logs(uninterrupted), _train_logs(output_dir)
     assert got == expected  # losses, learning rates, grad norms and vd_* metrics of every step
-    final, resumed = (load_file(path / f"checkpoint-{MAX_STEPS}/adapter_model.safetensors")
-                      for path in (uninterrupted, output_dir))  # fmt: skip
+    final, resumed = (
+        load_file(path / f"checkpoint-{MAX_STEPS}/adapter_model.safetensors") for path in (uninterrupted, output_dir)
+    )
     assert final.keys() == resumed.keys()
     for name, tensor in final.items():
         assert torch.equal(tensor, resumed[name]), name
@@ -111,8 +131,9 @@ def test_merge_round_trip(uninterrupted: Path, tiny_llava_dir: Path, data_dir: P
     from PIL import Image
 
     images = [Image.open(data_dir / "images" / f"img_00{i}.png") for i in range(2)]
-    batch = processor(text=["<image> describe this image", "<image> what color"], images=images,
-                      return_tensors="pt", padding=True)  # fmt: skip
+    batch = processor(
+        text=["<image> describe this image", "<image> what color"], images=images, return_tensors="pt", padding=True
+    )
     with torch.no_grad():
         expected, got, untouched = (m(**batch).logits for m in (peft_model, merged, base))
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()

@@ -40,8 +40,11 @@ def test_train_cli_writes_loadable_adapter(tmp_path, tiny_llava_dir):
     model = PeftModel.from_pretrained(base, out)
     trained = {k: v for k, v in model.state_dict().items() if "multi_modal_projector" in k and "modules_to_save" in k}
     original = AutoModelForImageTextToText.from_pretrained(tiny_llava_dir).state_dict()
-    changed = [k for k, v in trained.items() if not torch.equal(v, original[k.split("base_model.model.")[-1]
-               .replace("modules_to_save.default.", "")])]  # fmt: skip
+    changed = [
+        k
+        for k, v in trained.items()
+        if not torch.equal(v, original[k.split("base_model.model.")[-1].replace("modules_to_save.default.", "")])
+    ]
     assert changed, "the projector was trained and saved"
 
 
@@ -58,9 +61,20 @@ def test_train_cli_missing_image_stops_before_training(tmp_path, tiny_llava_dir,
     names = write_images(tmp_path / "images", 2)
     write_conversations(tmp_path / "data.json", names)
     (tmp_path / "images" / names[0]).unlink()
-    argv = ["train", "--model_name_or_path", str(tiny_llava_dir), "--data_path", str(tmp_path / "data.json"),
-            "--image_folder", str(tmp_path / "images"), "--output_dir", str(tmp_path / "o"), "--use_cpu", "true"]
-    assert main(argv) == 1  # fmt: skip
+    argv = [
+        "train",
+        "--model_name_or_path",
+        str(tiny_llava_dir),
+        "--data_path",
+        str(tmp_path / "data.json"),
+        "--image_folder",
+        str(tmp_path / "images"),
+        "--output_dir",
+        str(tmp_path / "o"),
+        "--use_cpu",
+        "true",
+    ]
+    assert main(argv) == 1
     err = capsys.readouterr().err
     assert "vdtrain train: error: " in err and "1 of 2 images are missing" in err and names[0] in err
     assert "Traceback" not in err

@@ -25,8 +25,16 @@ def setup(tmp_path):
 
 
 def vd_args(tmp_path, **kwargs):
-    defaults = dict(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", vd_start=0.0, seed=3,
-                    remove_unused_columns=False, save_strategy="no", disable_tqdm=True)  # fmt: skip
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        use_cpu=True,
+        report_to="none",
+        vd_start=0.0,
+        seed=3,
+        remove_unused_columns=False,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
     return VDTrainingArguments(**{**defaults, **kwargs})
 
 
@@ -81,8 +89,9 @@ class CountingForwards:
 def test_extra_forward_only_after_vd_start(setup, clean_pass, extra_per_step):
     model, _, dataset, collator, tmp_path = setup
     counter = CountingForwards(model)
-    args = vd_args(tmp_path, max_steps=4, vd_start=0.5, per_device_train_batch_size=2, logging_steps=1,
-                   vd_clean_pass=clean_pass)  # fmt: skip
+    args = vd_args(
+        tmp_path, max_steps=4, vd_start=0.5, per_device_train_batch_size=2, logging_steps=1, vd_clean_pass=clean_pass
+    )
     trainer = VDTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
     trainer.train()
     assert counter.grad == 4  # one training forward per step
@@ -97,8 +106,16 @@ def test_extra_forward_only_after_vd_start(setup, clean_pass, extra_per_step):
 
 
 def _train_one_step(model, dataset, collator, tmp_path, batch, accumulation):
-    args = vd_args(tmp_path, max_steps=1, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
-                   optim="sgd", learning_rate=0.5, lr_scheduler_type="constant", vd_temperature=2.0)  # fmt: skip
+    args = vd_args(
+        tmp_path,
+        max_steps=1,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        optim="sgd",
+        learning_rate=0.5,
+        lr_scheduler_type="constant",
+        vd_temperature=2.0,
+    )
     model = copy.deepcopy(model)
     VDTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator).train()
     return dict(model.named_parameters())
@@ -161,8 +178,12 @@ def test_weighted_loss_equals_hand_computation(setup):
     logs = {"loss": 1.0}  # the step's vd_* metrics, as the next log line carries them
     trainer.log(logs)
     values = d[mask]
-    expected = {"vd_mean": values.mean(), "vd_frac_pos": (values > 0.25).float().mean(),
-                "vd_frac_neg": (values < -0.25).float().mean(), "vd_weight_max": w[mask].max()}  # fmt: skip
+    expected = {
+        "vd_mean": values.mean(),
+        "vd_frac_pos": (values > 0.25).float().mean(),
+        "vd_frac_neg": (values < -0.25).float().mean(),
+        "vd_weight_max": w[mask].max(),
+    }
     for name, value in expected.items():  # logged values are rounded to 4 decimals
         assert math.isclose(logs[name], value.item(), abs_tol=6e-5), name
 

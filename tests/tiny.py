@@ -50,19 +50,35 @@ def tiny_llava(hidden: int = 64, layers: int = 2, vocab: int | None = None, seed
         num_additional_image_tokens=1,
     )
     vision = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        image_size=IMAGE_SIZE, patch_size=PATCH, projection_dim=32,
-    )  # fmt: skip
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH,
+        projection_dim=32,
+    )
     text = LlamaConfig(
-        hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=vocab or len(tokenizer), max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab or len(tokenizer),
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     config = LlavaConfig(
-        vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_seq_length=(IMAGE_SIZE // PATCH) ** 2, vision_feature_select_strategy="default",
-        vision_feature_layer=-2, projector_hidden_act="gelu",
-    )  # fmt: skip
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=(IMAGE_SIZE // PATCH) ** 2,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        projector_hidden_act="gelu",
+    )
     torch.manual_seed(seed)
     return LlavaForConditionalGeneration(config).eval(), processor
 
@@ -93,9 +109,14 @@ def write_conversations(path: Path, image_names: list[str], turns: int = 1, text
         records.append({"id": f"s{index}", "image": name, "conversations": conversation})
     for index in range(text_only):
         records.append(
-            {"id": f"t{index}", "conversations": [
-                {"from": "human", "value": "what color is the cat?"}, {"from": "gpt", "value": "it is red."}]}
-        )  # fmt: skip
+            {
+                "id": f"t{index}",
+                "conversations": [
+                    {"from": "human", "value": "what color is the cat?"},
+                    {"from": "gpt", "value": "it is red."},
+                ],
+            }
+        )
     path.write_text(json.dumps(records))
     return records
 
@@ -132,18 +153,35 @@ def tiny_paligemma(hidden: int = 64, layers: int = 2, seed: int = 0):
     image_processor.image_seq_length = (IMAGE_SIZE // PATCH) ** 2
     processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)  # grows the tokenizer
     vision = SiglipVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        image_size=IMAGE_SIZE, patch_size=PATCH, vision_use_head=False,
-    )  # fmt: skip
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH,
+        vision_use_head=False,
+    )
     text = GemmaConfig(
-        hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=4,
-        num_key_value_heads=1, head_dim=16, vocab_size=len(tokenizer), max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=16,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     config = PaliGemmaConfig(
-        vision_config=vision, text_config=text, image_token_index=processor.image_token_id,
-        vocab_size=len(tokenizer), projection_dim=hidden, hidden_size=hidden,
-    )  # fmt: skip
+        vision_config=vision,
+        text_config=text,
+        image_token_index=processor.image_token_id,
+        vocab_size=len(tokenizer),
+        projection_dim=hidden,
+        hidden_size=hidden,
+    )
     torch.manual_seed(seed)
     return PaliGemmaForConditionalGeneration(config).eval(), processor
 
@@ -182,38 +220,60 @@ def tiny_qwen2_vl(hidden: int = 64, layers: int = 2, seed: int = 0, template: st
 
     tokenizer = _named_tokenizer(
         QWEN2_VL_SPECIALS,
-        {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
-         "vision_bos_token": "<|vision_start|>", "vision_eos_token": "<|vision_end|>"},
-    )  # fmt: skip
+        {
+            "image_token": "<|image_pad|>",
+            "video_token": "<|video_pad|>",
+            "vision_bos_token": "<|vision_start|>",
+            "vision_eos_token": "<|vision_end|>",
+        },
+    )
     image_processor = Qwen2VLImageProcessorPil(
-        patch_size=PATCH, merge_size=2, temporal_patch_size=2,
+        patch_size=PATCH,
+        merge_size=2,
+        temporal_patch_size=2,
         size={"shortest_edge": 16 * 16, "longest_edge": 64 * 64},
-    )  # fmt: skip
+    )
     from transformers.video_processing_utils import VideoProcessorMixin
 
     from vdtrain.models.generic import allow_processors_without_torchvision
 
     allow_processors_without_torchvision()  # Qwen2VLProcessor insists on a video processor; no videos here
     processor = Qwen2VLProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, video_processor=VideoProcessorMixin(),
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=VideoProcessorMixin(),
         chat_template=template,
-    )  # fmt: skip
+    )
     ids = tokenizer.convert_tokens_to_ids
     config = Qwen2VLConfig(
         text_config={
-            "hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": layers,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": len(tokenizer),
-            "max_position_embeddings": 512, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
-            "mrope_section": [2, 3, 3]}, "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+            "hidden_size": hidden,
+            "intermediate_size": 2 * hidden,
+            "num_hidden_layers": layers,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 512,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
         },
         vision_config={
-            "depth": 2, "embed_dim": 32, "hidden_size": hidden, "num_heads": 2, "patch_size": PATCH,
-            "spatial_merge_size": 2, "temporal_patch_size": 2, "mlp_ratio": 2,
+            "depth": 2,
+            "embed_dim": 32,
+            "hidden_size": hidden,
+            "num_heads": 2,
+            "patch_size": PATCH,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "mlp_ratio": 2,
         },
-        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
-    )  # fmt: skip
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
     torch.manual_seed(seed)
     return Qwen2VLForConditionalGeneration(config).eval(), processor
 
@@ -248,19 +308,34 @@ def tiny_gemma3(hidden: int = 64, layers: int = 2, seed: int = 0):
     ids = tokenizer.convert_tokens_to_ids
     config = Gemma3Config(
         text_config={
-            "hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": layers,
-            "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 16, "vocab_size": len(tokenizer),
-            "max_position_embeddings": 512, "sliding_window": 64, "query_pre_attn_scalar": 16,
-            "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+            "hidden_size": hidden,
+            "intermediate_size": 2 * hidden,
+            "num_hidden_layers": layers,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 1,
+            "head_dim": 16,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 512,
+            "sliding_window": 64,
+            "query_pre_attn_scalar": 16,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
             "pad_token_id": tokenizer.pad_token_id,
         },
         vision_config={
-            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-            "image_size": IMAGE_SIZE, "patch_size": PATCH, "vision_use_head": False,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": IMAGE_SIZE,
+            "patch_size": PATCH,
+            "vision_use_head": False,
         },
-        mm_tokens_per_image=4, boi_token_index=ids("<start_of_image>"), eoi_token_index=ids("<end_of_image>"),
+        mm_tokens_per_image=4,
+        boi_token_index=ids("<start_of_image>"),
+        eoi_token_index=ids("<end_of_image>"),
         image_token_index=ids("<image_soft_token>"),
-    )  # fmt: skip
+    )
     torch.manual_seed(seed)
     return Gemma3ForConditionalGeneration(config).eval(), processor
 
@@ -285,19 +360,34 @@ def tiny_bunny(tokenizer, hidden: int = 64, layers: int = 2, seed: int = 0):
     big = BUNNY_SCALES[-1]
     image_processor = SiglipImageProcessorPil(size={"height": big, "width": big})
     processor = LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=big // (BUNNY_TILE // PATCH),
-        vision_feature_select_strategy="full", num_additional_image_tokens=0, image_token=image_token,
-    )  # fmt: skip
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=big // (BUNNY_TILE // PATCH),
+        vision_feature_select_strategy="full",
+        num_additional_image_tokens=0,
+        image_token=image_token,
+    )
     vision = SiglipVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        image_size=BUNNY_TILE, patch_size=PATCH,
-    )  # fmt: skip
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=BUNNY_TILE,
+        patch_size=PATCH,
+    )
     text = LlamaConfig(
-        hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
-    )  # fmt: skip
+    )
     config = BunnyConfig(
         vision_config=vision, text_config=text, s2_scales=list(BUNNY_SCALES), image_token_index=LLAMA3_IMAGE_TOKEN_ID
     )

@@ -155,9 +155,11 @@ class ModelArguments:
     model_name_or_path: str = field(metadata={"help": "Hub id or local directory of the base model."})
     dtype: str = field(
         default="auto",
-        metadata={"help": "Weights dtype: auto (bfloat16 on a GPU that supports it, else float32), bfloat16, "
-                  "float16 or float32."},
-    )  # fmt: skip
+        metadata={
+            "help": "Weights dtype: auto (bfloat16 on a GPU that supports it, else float32), bfloat16, "
+            "float16 or float32."
+        },
+    )
     attn_implementation: str | None = field(default=None, metadata={"help": "e.g. sdpa, eager, flash_attention_2."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Never needed by a supported family."})
     lora: bool = field(default=True, metadata={"help": "Train LoRA adapters on the language model (else full)."})

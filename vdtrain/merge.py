@@ -20,8 +20,9 @@ def base_model_of(adapter_dir: str | os.PathLike) -> str:
     config = adapter_dir / "adapter_config.json"
     if config.is_file() and (base := json.loads(config.read_text()).get("base_model_name_or_path")):
         return base
-    raise ValueError(f"{adapter_dir}: no {BASE_MODEL_FILE} and no base_model_name_or_path in adapter_config.json; "
-                     "pass --base DIR")  # fmt: skip
+    raise ValueError(
+        f"{adapter_dir}: no {BASE_MODEL_FILE} and no base_model_name_or_path in adapter_config.json; pass --base DIR"
+    )
 
 
 def merge_adapter(
@@ -64,4 +65,3 @@ def merge_adapter(
     processor.save_pretrained(output_dir)
     logger.info("vdtrain merge: %s + %s -> %s", base, adapter_dir, output_dir)
     return output_dir
-

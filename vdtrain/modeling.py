@@ -18,9 +18,12 @@ DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, 
 
 
 def load_model_and_processor(
-    path: str | os.PathLike, *, dtype: str = "auto", attn_implementation: str | None = None,
+    path: str | os.PathLike,
+    *,
+    dtype: str = "auto",
+    attn_implementation: str | None = None,
     trust_remote_code: bool = False,
-) -> tuple[Any, Any, ModelAdapter]:  # fmt: skip
+) -> tuple[Any, Any, ModelAdapter]:
     """`(model, processor, adapter)` for a local directory or hub id, through the Auto classes."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 

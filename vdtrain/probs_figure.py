@@ -39,9 +39,15 @@ def greedy_response(
 
 @torch.no_grad()
 def token_dependence(
-    model: Any, processor: Any, adapter: Any, image: Image.Image, prompt: str, response: str,
-    noise_step: int = 900, seed: int = 0,
-) -> list[dict[str, Any]]:  # fmt: skip
+    model: Any,
+    processor: Any,
+    adapter: Any,
+    image: Image.Image,
+    prompt: str,
+    response: str,
+    noise_step: int = 900,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
     """For each response token: its text, p with the clean image, p with the noised image, d and its class."""
     messages = [{"role": "user", "content": "<image>\n" + prompt}, {"role": "assistant", "content": response}]
     n_image = adapter.num_image_tokens(processor, image.size)
@@ -65,17 +71,25 @@ def token_dependence(
         if label == -100 or position == 0:
             continue
         value = d[position].item()
-        rows.append({
-            "token": tokenizer.decode([label]), "p_clean": lc[position].exp().item(),
-            "p_noisy": ln[position].exp().item(), "d": value, "class": token_class(value),
-        })  # fmt: skip
+        rows.append(
+            {
+                "token": tokenizer.decode([label]),
+                "p_clean": lc[position].exp().item(),
+                "p_noisy": ln[position].exp().item(),
+                "d": value,
+                "class": token_class(value),
+            }
+        )
     return rows
 
 
 def plot_token_dependence(
-    rows: list[dict[str, Any]], output: str | os.PathLike, image: Image.Image | None = None,
-    title: str | None = None, per_line: int = 28,
-) -> Path:  # fmt: skip
+    rows: list[dict[str, Any]],
+    output: str | os.PathLike,
+    image: Image.Image | None = None,
+    title: str | None = None,
+    per_line: int = 28,
+) -> Path:
     """Grouped bars of p(clean) and p(noised) per token, token labels coloured by class; wraps long responses."""
     import matplotlib
 
@@ -113,4 +127,3 @@ def plot_token_dependence(
     fig.savefig(output, bbox_inches="tight")
     plt.close(fig)
     return output
-

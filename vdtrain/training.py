@@ -36,10 +36,16 @@ def build_trainer(
             "its adapter does not match the model."
         )
     dataset = SupervisedDataset(
-        records, adapter, processor, data_args.image_folder, data_args.max_length, source=data_args.data_path,
-        drop_truncated=data_args.drop_truncated, drop_invalid=data_args.drop_invalid,
+        records,
+        adapter,
+        processor,
+        data_args.image_folder,
+        data_args.max_length,
+        source=data_args.data_path,
+        drop_truncated=data_args.drop_truncated,
+        drop_invalid=data_args.drop_invalid,
         allow_external_images=data_args.allow_external_images,
-    )  # fmt: skip
+    )
     logger.info("vdtrain: %d training sequences (%d samples dropped)", len(dataset), len(dataset.dropped))
     # transformers 5.24 renamed gradient_checkpointing to activation_checkpointing (the old name stays an alias)
     checkpointing = getattr(training_args, "activation_checkpointing", None) or training_args.gradient_checkpointing

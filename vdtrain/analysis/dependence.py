@@ -91,10 +91,14 @@ def teacher_forced_dependence(
     examples = [example for sample in batch["samples"] for example in sample["examples"]]
     for row, example in enumerate(examples):
         positions = ((labels[row, 1:] != IGNORE_INDEX).nonzero().squeeze(-1) + 1).tolist()  # target positions
-        out.append({
-            "positions": positions, "ids": labels[row, positions].tolist(), "d": d[row, positions].tolist(),
-            "end_of_turn": [bool(example.end_of_turn_mask[p]) for p in positions],
-        })  # fmt: skip
+        out.append(
+            {
+                "positions": positions,
+                "ids": labels[row, positions].tolist(),
+                "d": d[row, positions].tolist(),
+                "end_of_turn": [bool(example.end_of_turn_mask[p]) for p in positions],
+            }
+        )
     return out
 
 
@@ -125,11 +129,16 @@ def analyze_caption(
     mentions = []
     for mention in object_mentions(text, synonyms, lemmatizer):
         span = mention_tokens(mention, spans) if mention.start >= 0 else None
-        mentions.append({
-            "word": mention.word, "text": text[mention.start : mention.end], "category": mention.category,
-            "hallucinated": mention.category not in truth, "chars": [mention.start, mention.end],
-            "tokens": list(span) if span else None,
-        })  # fmt: skip
+        mentions.append(
+            {
+                "word": mention.word,
+                "text": text[mention.start : mention.end],
+                "category": mention.category,
+                "hallucinated": mention.category not in truth,
+                "chars": [mention.start, mention.end],
+                "tokens": list(span) if span else None,
+            }
+        )
     entry = {key: caption[key] for key in ("question_id", "image_id", "image") if key in caption}
     return entry | {"caption": text, "tokens": tokens, "mentions": mentions}
 
@@ -226,9 +235,10 @@ def analyze_dependence(
             record = caption_record(caption, index, prompt)
             record["image"] = str(resolve_image(image_folder, caption["image"]))
             samples.append(
-                prepare_sample(record, index, adapter, processor, None, max_length=max_length, seed=seed,
-                               source="captions")
-            )  # fmt: skip
+                prepare_sample(
+                    record, index, adapter, processor, None, max_length=max_length, seed=seed, source="captions"
+                )
+            )
         batch = collate_samples(samples, pad)
         errors += [{"index": s["index"], "id": s["id"], "error": s["error"]} for s in batch["errors"]]
         if not batch["samples"]:

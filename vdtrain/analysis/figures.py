@@ -70,8 +70,13 @@ def plot_hallucination_distance(distance: Mapping[str, Any], path: str | os.Path
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for group in ("pos", "inv", "neg"):
-        ax.plot(distance["k"], [100 * v for v in distance[group]], "o-", color=GROUP_COLOURS[group],
-                label=GROUP_NAMES[group])  # fmt: skip
+        ax.plot(
+            distance["k"],
+            [100 * v for v in distance[group]],
+            "o-",
+            color=GROUP_COLOURS[group],
+            label=GROUP_NAMES[group],
+        )
     ax.set_xlabel("distance k (tokens before or after the mention)")
     ax.set_ylabel("% of hallucinated mentions")
     ax.set_ylim(0, 105)

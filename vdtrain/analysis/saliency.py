@@ -87,9 +87,16 @@ def example_matrix(
 
 
 def sample_saliency(
-    model: torch.nn.Module, sample: dict[str, Any], adapter: ModelAdapter, processor: Any, *,
-    noise_step: int, top_k: int, image_token_id: int, example: bool = False,
-) -> dict[str, Any]:  # fmt: skip
+    model: torch.nn.Module,
+    sample: dict[str, Any],
+    adapter: ModelAdapter,
+    processor: Any,
+    *,
+    noise_step: int,
+    top_k: int,
+    image_token_id: int,
+    example: bool = False,
+) -> dict[str, Any]:
     """Picked tokens of one prepared sample (`prepare_sample`) with their image and text flow per layer."""
     tokenizer = tokenizer_of(processor)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -113,11 +120,16 @@ def sample_saliency(
         for k in chosen:
             rows = token_saliency_rows(logits, attentions, positions[k], ids[k]).detach()  # (layers, L)
             text = ~image[: positions[k]]  # keys 0..t-1 that are not image tokens
-            picked.append({
-                "group": group, "position": positions[k], "token": tokenizer.decode([ids[k]]), "d": ds[k],
-                "image": rows[:, : positions[k]][:, image[: positions[k]]].mean(1).tolist(),
-                "text": rows[:, : positions[k]][:, text].mean(1).tolist(),
-            })  # fmt: skip
+            picked.append(
+                {
+                    "group": group,
+                    "position": positions[k],
+                    "token": tokenizer.decode([ids[k]]),
+                    "d": ds[k],
+                    "image": rows[:, : positions[k]][:, image[: positions[k]]].mean(1).tolist(),
+                    "text": rows[:, : positions[k]][:, text].mean(1).tolist(),
+                }
+            )
     result: dict[str, Any] = {"id": sample["id"], "index": sample["index"], "tokens": picked}
     if example:
         matrix = example_matrix(logits, attentions, positions, ids).detach().cpu()
@@ -194,9 +206,15 @@ def analyze_saliency(
             continue
         try:
             result = sample_saliency(
-                model, sample, adapter, processor, noise_step=noise_step, top_k=top_k,
-                image_token_id=image_token_id, example=index == example,
-            )  # fmt: skip
+                model,
+                sample,
+                adapter,
+                processor,
+                noise_step=noise_step,
+                top_k=top_k,
+                image_token_id=image_token_id,
+                example=index == example,
+            )
         except ValueError as error:
             errors.append({"index": index, "id": sample["id"], "error": str(error)})
             continue

@@ -92,10 +92,20 @@ def main(argv: list[str] | None = None) -> int:
     model, processor, adapter = load_model(args.model, args.adapter, args.dtype, args.device)
     settings = run_settings(args.model, args.adapter, args.questions, args.prompt, args.dtype)
     written = generate_answers(
-        model, processor, questions, args.output, image_folder=image_folder, fmt=fmt, options=decoding,
-        adapter=adapter, prompt_suffix=args.prompt_suffix, batch_size=args.batch_size, settings=settings,
-        overwrite=args.overwrite, progress=not args.no_progress,
-    )  # fmt: skip
+        model,
+        processor,
+        questions,
+        args.output,
+        image_folder=image_folder,
+        fmt=fmt,
+        options=decoding,
+        adapter=adapter,
+        prompt_suffix=args.prompt_suffix,
+        batch_size=args.batch_size,
+        settings=settings,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
     print(f"{written} new answers ({len(questions)} questions) -> {args.output}")
     return 0
 

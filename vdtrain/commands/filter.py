@@ -35,17 +35,23 @@ def _add_score_options(parser: argparse.ArgumentParser) -> None:
     options.add_seed(group, 42, "the noise: sample i's noise is seeded from (seed, i)")
     group.add_argument("--max-length", type=int, default=2048, help="tokens per sequence after image expansion")
     group.add_argument(
-        "--num-workers", type=int, default=None,
+        "--num-workers",
+        type=int,
+        default=None,
         help="DataLoader workers that tokenise and load images (default: 4 on GPU, 0 on CPU)",
-    )  # fmt: skip
+    )
     group.add_argument(
-        "--stop-after", type=int, default=None,
+        "--stop-after",
+        type=int,
+        default=None,
         help="stop after scoring this many samples per process (time-limited jobs); rerun to continue",
-    )  # fmt: skip
+    )
     group.add_argument(
-        "--no-group-by-length", dest="group_by_length", action="store_false",
+        "--no-group-by-length",
+        dest="group_by_length",
+        action="store_false",
         help="score in file order instead of batching samples of similar length together (longest first)",
-    )  # fmt: skip
+    )
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -60,9 +66,10 @@ def _add_select_options(parser: argparse.ArgumentParser, *, standalone: bool) ->
         group, 0, "the random strategy", flag="--seed" if standalone else "--select-seed", dest="select_seed"
     )
     group.add_argument(
-        "--force", action="store_true",
+        "--force",
+        action="store_true",
         help="select even when the scores' run.json (the data file's fingerprint) is missing or names another file",
-    )  # fmt: skip
+    )
     group.add_argument("--output", required=True, help="filtered data file, written in the input's format")
     group.add_argument(
         "--removed", default=None, help="removed records (JSON list); default: removed.json beside --output"
@@ -73,16 +80,25 @@ def build_parser() -> argparse.ArgumentParser:
     """The `vdtrain filter` parser with its three subcommands."""
     parser = options.parser("vdtrain filter", DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True, metavar="{score,select,run}")
-    score = commands.add_parser("score", help="score every sample by visual dependence", description=DESCRIPTION,
-                                formatter_class=options.HelpFormatter)  # fmt: skip
+    score = commands.add_parser(
+        "score",
+        help="score every sample by visual dependence",
+        description=DESCRIPTION,
+        formatter_class=options.HelpFormatter,
+    )
     _add_score_options(score)
     options.add_debug(score)
-    select = commands.add_parser("select", help="remove a fraction of the scored samples", description=DESCRIPTION,
-                                 formatter_class=options.HelpFormatter)  # fmt: skip
+    select = commands.add_parser(
+        "select",
+        help="remove a fraction of the scored samples",
+        description=DESCRIPTION,
+        formatter_class=options.HelpFormatter,
+    )
     _add_select_options(select, standalone=True)
     options.add_debug(select)
-    run = commands.add_parser("run", help="score, then select", description=DESCRIPTION,
-                              formatter_class=options.HelpFormatter)  # fmt: skip
+    run = commands.add_parser(
+        "run", help="score, then select", description=DESCRIPTION, formatter_class=options.HelpFormatter
+    )
     _add_score_options(run)
     options.add_debug(run)
     _add_select_options(run, standalone=False)
@@ -101,12 +117,23 @@ def run_score(args: argparse.Namespace) -> dict | None:
     if num_workers:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return score_dataset(
-        model, processor, args.data, args.output_dir, image_folder=args.image_folder, adapter=adapter,
-        noise_step=args.noise_step, batch_size=args.batch_size, seed=args.seed, max_length=args.max_length,
-        num_workers=num_workers, model_name=_identity(args.model),
+        model,
+        processor,
+        args.data,
+        args.output_dir,
+        image_folder=args.image_folder,
+        adapter=adapter,
+        noise_step=args.noise_step,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        max_length=args.max_length,
+        num_workers=num_workers,
+        model_name=_identity(args.model),
         adapter_name=_identity(args.adapter) if args.adapter else None,
-        stop_after=args.stop_after, progress=not args.no_progress, group_by_length=args.group_by_length,
-    )  # fmt: skip
+        stop_after=args.stop_after,
+        progress=not args.no_progress,
+        group_by_length=args.group_by_length,
+    )
 
 
 def _identity(path: str) -> str:
@@ -119,9 +146,15 @@ def run_select(args: argparse.Namespace, scores: str) -> dict:
     from vdtrain.filtering.selection import select_dataset
 
     return select_dataset(
-        scores, args.data, args.output, strategy=args.strategy, fraction=args.fraction,
-        seed=args.select_seed, removed=args.removed, force=args.force,
-    )  # fmt: skip
+        scores,
+        args.data,
+        args.output,
+        strategy=args.strategy,
+        fraction=args.fraction,
+        seed=args.select_seed,
+        removed=args.removed,
+        force=args.force,
+    )
 
 
 def _print_summary(summary: dict) -> None:
@@ -132,8 +165,10 @@ def _print_summary(summary: dict) -> None:
         print("  score " + "  ".join(f"{name} {value:.3f}" for name, value in q.items()))
     for group, lengths in (summary.get("lengths") or {}).items():
         if lengths["response_len_words"] is not None:
-            print(f"  {group:<8} data length {lengths['data_len_words']:.1f} words, "
-                  f"response length {lengths['response_len_words']:.1f} words")  # fmt: skip
+            print(
+                f"  {group:<8} data length {lengths['data_len_words']:.1f} words, "
+                f"response length {lengths['response_len_words']:.1f} words"
+            )
     print(f"  histogram: {summary['histogram']}")
 
 

@@ -106,8 +106,9 @@ def _check_turn_order(messages: list[dict[str, str]], sample: str) -> None:
     """Start with a user turn, alternate user/assistant, end with an assistant turn (what the templates assume)."""
     speaker = {"user": "human", "assistant": "gpt"}
     if messages[0]["role"] != "user":
-        raise ConversationError(f"{sample}: turn 1 is a {speaker[messages[0]['role']]!r} turn; a conversation "
-                                "starts with a 'human' turn")  # fmt: skip
+        raise ConversationError(
+            f"{sample}: turn 1 is a {speaker[messages[0]['role']]!r} turn; a conversation starts with a 'human' turn"
+        )
     for number, (before, after) in enumerate(zip(messages, messages[1:]), start=2):
         if before["role"] == after["role"]:
             raise ConversationError(
@@ -115,8 +116,10 @@ def _check_turn_order(messages: list[dict[str, str]], sample: str) -> None:
                 "'human', 'gpt' (merge the two, or drop the sample)"
             )
     if messages[-1]["role"] != "assistant":
-        raise ConversationError(f"{sample}: the last turn ({len(messages)}) is a 'human' turn nothing answers; "
-                                "end with a 'gpt' turn (or drop the last turn)")  # fmt: skip
+        raise ConversationError(
+            f"{sample}: the last turn ({len(messages)}) is a 'human' turn nothing answers; "
+            "end with a 'gpt' turn (or drop the last turn)"
+        )
 
 
 def special_token_pattern(tokenizer: Any, allowed: tuple[str, ...] = ()) -> re.Pattern | None:

@@ -28,10 +28,17 @@ def generate_captions(
     model.generation_config.sequence_bias = {(eos,): float(eos_bias)} if eos_bias else None
     try:
         generate_answers(
-            model, processor, questions, out, image_folder=ctx.paths.image_folder, fmt="chair",
-            options=DecodingOptions(max_new_tokens=ctx.settings.max_new_tokens), batch_size=48,
-            overwrite=True, progress=ctx.progress,
-        )  # fmt: skip
+            model,
+            processor,
+            questions,
+            out,
+            image_folder=ctx.paths.image_folder,
+            fmt="chair",
+            options=DecodingOptions(max_new_tokens=ctx.settings.max_new_tokens),
+            batch_size=48,
+            overwrite=True,
+            progress=ctx.progress,
+        )
     finally:
         model.generation_config.sequence_bias = None
     image_of = {q["question_id"]: q["image_id"] for q in questions}
@@ -74,9 +81,17 @@ def pope_metrics(ctx: Context, model: Any, split: str, out_dir: Path) -> dict[st
     asked = [{"question_id": i, "image": image, "text": text} for i, (image, text) in enumerate(distinct)]
     out = out_dir / f"pope_{split}.jsonl"
     generate_answers(
-        model, load_processor(ctx), asked, out, image_folder=ctx.paths.image_folder, fmt="pope",
-        options=DecodingOptions(max_new_tokens=2), batch_size=96, overwrite=True, progress=ctx.progress,
-    )  # fmt: skip
+        model,
+        load_processor(ctx),
+        asked,
+        out,
+        image_folder=ctx.paths.image_folder,
+        fmt="pope",
+        options=DecodingOptions(max_new_tokens=2),
+        batch_size=96,
+        overwrite=True,
+        progress=ctx.progress,
+    )
     answer_of = {(a["image"], a["prompt"]): a["answer"] for a in read_jsonl(out)}
     scored = {}
     for variant, questions in files.items():
@@ -137,9 +152,16 @@ def analyze_captions(ctx: Context, model: Any, run_dir: Path, out_dir: Path, see
     image_of = {q["question_id"]: q["image_id"] for q in read_jsonl(ctx.paths.caption_questions[split])}
     captions = [a | {"image_id": image_of[a["question_id"]]} for a in read_jsonl(run_dir / f"captions_{split}.jsonl")]
     result = analyze_dependence(
-        model, load_processor(ctx), captions, ctx.ground_truth[split], image_folder=ctx.paths.image_folder,
-        synonyms=load_synonyms(ctx.paths.synonyms), noise_step=ctx.settings.noise_step, seed=seed, batch_size=32,
-    )  # fmt: skip
+        model,
+        load_processor(ctx),
+        captions,
+        ctx.ground_truth[split],
+        image_folder=ctx.paths.image_folder,
+        synonyms=load_synonyms(ctx.paths.synonyms),
+        noise_step=ctx.settings.noise_step,
+        seed=seed,
+        batch_size=32,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "dependence.json").write_text(json.dumps(result, indent=1) + "\n")
     figures = [

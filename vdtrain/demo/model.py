@@ -109,22 +109,35 @@ def demo_model(processor: Any, config: DemoModelConfig, seed: int = 0) -> Any:
 
     tokenizer = processor.tokenizer
     vision = CLIPVisionConfig(
-        hidden_size=config.vision_hidden, intermediate_size=2 * config.vision_hidden,
-        num_hidden_layers=config.vision_layers, num_attention_heads=config.vision_heads,
-        image_size=config.image_size, patch_size=config.patch_size, projection_dim=config.vision_hidden,
-    )  # fmt: skip
+        hidden_size=config.vision_hidden,
+        intermediate_size=2 * config.vision_hidden,
+        num_hidden_layers=config.vision_layers,
+        num_attention_heads=config.vision_heads,
+        image_size=config.image_size,
+        patch_size=config.patch_size,
+        projection_dim=config.vision_hidden,
+    )
     text = LlamaConfig(
-        hidden_size=config.text_hidden, intermediate_size=3 * config.text_hidden,
-        num_hidden_layers=config.text_layers, num_attention_heads=config.text_heads,
-        num_key_value_heads=config.text_kv_heads, vocab_size=len(tokenizer), max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
+        hidden_size=config.text_hidden,
+        intermediate_size=3 * config.text_hidden,
+        num_hidden_layers=config.text_layers,
+        num_attention_heads=config.text_heads,
+        num_key_value_heads=config.text_kv_heads,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     llava = LlavaConfig(
-        vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         image_seq_length=(config.image_size // config.patch_size) ** 2 + (config.feature_strategy == "full"),
         vision_feature_select_strategy=config.feature_strategy,
-        vision_feature_layer=-1, projector_hidden_act="gelu",
-    )  # fmt: skip
+        vision_feature_layer=-1,
+        projector_hidden_act="gelu",
+    )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(llava)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -236,21 +249,38 @@ def train_demo_model(
                 control.should_save = control.should_training_stop = True
 
     args = VDTrainingArguments(
-        output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=batch_size,
-        learning_rate=learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20), weight_decay=0.0,
-        seed=seed, data_seed=seed, use_cpu=True, report_to="none", save_strategy="no",
-        logging_steps=max(1, steps // 20), disable_tqdm=not progress, remove_unused_columns=False,
-        dataloader_pin_memory=False, **{"vd_weighting": "none", "vd_temperature": 0.0, **vd_options},
-    )  # fmt: skip
+        output_dir=str(output_dir),
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, steps // 20),
+        weight_decay=0.0,
+        seed=seed,
+        data_seed=seed,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=max(1, steps // 20),
+        disable_tqdm=not progress,
+        remove_unused_columns=False,
+        dataloader_pin_memory=False,
+        **{"vd_weighting": "none", "vd_temperature": 0.0, **vd_options},
+    )
     model.model.vision_tower.requires_grad_(not freeze_vision)
     adapter = get_adapter(model)
     records = load_conversations(train_json)
     dataset = SupervisedDataset(records, adapter, processor, image_folder, max_length=256, source=str(train_json))
     trainer = VDTrainer(
-        model=model, args=args, train_dataset=dataset, data_collator=VDDataCollator.for_processor(processor),
-        processing_class=processor, projector_modules=adapter.projector_modules,
-        end_of_turn_id=adapter.end_of_turn_id(processor), callbacks=[StopAt()],
-    )  # fmt: skip
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=VDDataCollator.for_processor(processor),
+        processing_class=processor,
+        projector_modules=adapter.projector_modules,
+        end_of_turn_id=adapter.end_of_turn_id(processor),
+        callbacks=[StopAt()],
+    )
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     return trainer
 

@@ -151,9 +151,16 @@ def plot_metrics(runs: Runs, rows: Sequence[str], path: str | Path) -> Path:
             matched = row.startswith("mle @")
             colour = colours.get(row.split("(")[-1].rstrip(")") if matched else row, "#9467bd")
             ax.bar(
-                x, stat[0] * scale, yerr=(stat[1] or 0.0) * scale, capsize=4, color=colour,
-                alpha=0.45 if matched else 0.9, hatch="//" if matched else None, edgecolor="black", linewidth=0.6,
-            )  # fmt: skip
+                x,
+                stat[0] * scale,
+                yerr=(stat[1] or 0.0) * scale,
+                capsize=4,
+                color=colour,
+                alpha=0.45 if matched else 0.9,
+                hatch="//" if matched else None,
+                edgecolor="black",
+                linewidth=0.6,
+            )
             seeds = [per_seed[row][key] * scale for per_seed in runs.values() if key in per_seed.get(row, {})]
             ax.plot([x] * len(seeds), seeds, "k.", markersize=5, zorder=3)
         if not any(key in stats[row] for row in rows):

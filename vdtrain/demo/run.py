@@ -74,9 +74,18 @@ def train_trunk(ctx: Context, seed: int) -> str:
         model, load_processor(ctx), images, labels, steps=s.vision_steps, seed=seed, progress=ctx.progress
     )
     train_demo_model(
-        model, load_processor(ctx), ctx.paths.train_json, ctx.paths.image_folder, out, seed=seed, steps=s.steps,
-        batch_size=s.batch_size, learning_rate=s.learning_rate, stop_at=branch, progress=ctx.progress,
-    )  # fmt: skip
+        model,
+        load_processor(ctx),
+        ctx.paths.train_json,
+        ctx.paths.image_folder,
+        out,
+        seed=seed,
+        steps=s.steps,
+        batch_size=s.batch_size,
+        learning_rate=s.learning_rate,
+        stop_at=branch,
+        progress=ctx.progress,
+    )
     return str(out / f"checkpoint-{branch}")
 
 
@@ -86,10 +95,19 @@ def train_variant(ctx: Context, seed: int, variant: str, checkpoint: str) -> tup
     options = {"vd_temperature": s.temperature, "vd_noise_step": s.noise_step, **VARIANTS[variant]}
     model = demo_model(load_processor(ctx), s.model, seed=seed)  # its weights come from `checkpoint` on resume
     trainer = train_demo_model(
-        model, load_processor(ctx), ctx.paths.train_json, ctx.paths.image_folder, out,
-        seed=seed, steps=s.steps, batch_size=s.batch_size, learning_rate=s.learning_rate, resume_from=checkpoint,
-        progress=ctx.progress, **options,
-    )  # fmt: skip
+        model,
+        load_processor(ctx),
+        ctx.paths.train_json,
+        ctx.paths.image_folder,
+        out,
+        seed=seed,
+        steps=s.steps,
+        batch_size=s.batch_size,
+        learning_rate=s.learning_rate,
+        resume_from=checkpoint,
+        progress=ctx.progress,
+        **options,
+    )
     logs = [e for e in trainer.state.log_history if "loss" in e and e["step"] > s.steps // 2]  # after the branch
     summary: dict[str, Any] = {"final_loss": logs[-1]["loss"], "losses": [[e["step"], e["loss"]] for e in logs]}
     summary |= {k: v for k, v in logs[-1].items() if k.startswith("vd_")}
@@ -168,11 +186,14 @@ def prepare(root: Path, settings: DemoSettings, nltk_data: str | None) -> Contex
     synonyms = load_synonyms(paths.synonyms)
     ground_truth = {
         split: build_ground_truth(
-            [paths.instances[split]], [paths.captions[split]], synonyms=synonyms, cache_dir=root / "cache",
+            [paths.instances[split]],
+            [paths.captions[split]],
+            synonyms=synonyms,
+            cache_dir=root / "cache",
             nltk_data=nltk_data,
         )
         for split in EVAL_SPLITS
-    }  # fmt: skip
+    }
     return Context(str(root), settings, paths, ground_truth, nltk_data)
 
 
@@ -232,9 +253,14 @@ def run_demo(
         "rows": [*VARIANTS, *(length_row(v) for v in LENGTH_MATCHED)],
         "pairs": [*((v, "mle") for v in VARIANTS if v != "mle"), *((v, length_row(v)) for v in LENGTH_MATCHED)],
         "setup": {
-            "command": command, "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine_description(),
-            "workers": settings.workers, "load_start": load_start, "pairs": ", ".join(f"{a}→{b}" for a, b in PAIRS),
-            "caption_images": settings.caption_images or "all", "pope_images": settings.pope_images or "all",
+            "command": command,
+            "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+            "machine": machine_description(),
+            "workers": settings.workers,
+            "load_start": load_start,
+            "pairs": ", ".join(f"{a}→{b}" for a, b in PAIRS),
+            "caption_images": settings.caption_images or "all",
+            "pope_images": settings.pope_images or "all",
             "pope_questions": ", ".join(f"{s}: {n} per type before the image cut" for s, n in n_pope.items()),
             "model": settings.model.describe(),
             "parameters": count_parameters(demo_model(load_processor(ctx), settings.model)),
@@ -242,7 +268,7 @@ def run_demo(
             "data_stats": read_json(ctx.paths.meta)["stats"],
         },
         "runs": runs,
-    }  # fmt: skip
+    }
     results["analysis"] = _analysis(ctx, root, seeds[0])
     example = _inspect_example(ctx, seeds[0])
     figure, note = inspect_figure(root / "figures" / "inspect.png", load_processor(ctx), example, settings.noise_step)
@@ -271,9 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, help="tau of the vd-neg / vd-pos softmax (default 1.0)")
     p.add_argument("--output-dir", default="vdtrain-demo", help="where data, runs, results.json, report.md go")
     p.add_argument(
-        "--workers", type=int, nargs="?", const=0, default=1,
+        "--workers",
+        type=int,
+        nargs="?",
+        const=0,
+        default=1,
         help="parallel worker processes (default 1; --workers alone: one per CPU core)",
-    )  # fmt: skip
+    )
     p.add_argument("--nltk-data", help="NLTK data directory for CHAIR (default: NLTK_DATA or NLTK's paths)")
     return p
 

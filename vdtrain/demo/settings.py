@@ -57,9 +57,17 @@ def demo_settings(quick: bool = False) -> DemoSettings:
         return DemoSettings()
     return DemoSettings(
         data=DemoConfig(n_train=480, n_test=24, n_counterfactual=24, frac_qa=0.45),
-        seeds=1, vision_steps=200, steps=160, batch_size=16, caption_images=None, pope_images=12, max_new_tokens=24,
-        length_images=12, length_iters=2, quick=True,
-    )  # fmt: skip
+        seeds=1,
+        vision_steps=200,
+        steps=160,
+        batch_size=16,
+        caption_images=None,
+        pope_images=12,
+        max_new_tokens=24,
+        length_images=12,
+        length_iters=2,
+        quick=True,
+    )
 
 
 @dataclass

@@ -122,8 +122,10 @@ def build_ground_truth(
             ground_truth.setdefault(image["id"], set())
         for ann in data["annotations"]:
             if ann.get("category_id") not in names:
-                raise ValueError(f"{path}: annotation {ann.get('id')} has category_id {ann.get('category_id')!r}, "
-                                 "which is not in its categories")  # fmt: skip
+                raise ValueError(
+                    f"{path}: annotation {ann.get('id')} has category_id {ann.get('category_id')!r}, "
+                    "which is not in its categories"
+                )
             name = names[ann["category_id"]]
             if name not in synonyms.to_category:
                 raise ValueError(f"{path}: category {name!r} is not in the synonyms file: pass --synonyms")

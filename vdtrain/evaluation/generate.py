@@ -77,17 +77,30 @@ def generate_batch(
         noise = noise_like(pixels, sample_seeds(options.seed, keys if keys is not None else range(len(prompts))))
         generator = torch.Generator().manual_seed(options.seed) if options.do_sample else None
         new_tokens = vcd_generate(
-            model, inputs, pixel_key=adapter.pixel_key, alpha=options.vcd_alpha, beta=options.vcd_beta,
-            noise_step=options.vcd_noise_step, max_new_tokens=options.max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id, do_sample=options.do_sample, temperature=options.temperature,
-            top_p=options.top_p, noise=noise, generator=generator,
-        )  # fmt: skip
+            model,
+            inputs,
+            pixel_key=adapter.pixel_key,
+            alpha=options.vcd_alpha,
+            beta=options.vcd_beta,
+            noise_step=options.vcd_noise_step,
+            max_new_tokens=options.max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            do_sample=options.do_sample,
+            temperature=options.temperature,
+            top_p=options.top_p,
+            noise=noise,
+            generator=generator,
+        )
     else:
         sampling = {"temperature": options.temperature, "top_p": options.top_p} if options.do_sample else {}
         output = model.generate(
-            **inputs, max_new_tokens=options.max_new_tokens, do_sample=options.do_sample,
-            num_beams=options.num_beams, pad_token_id=tokenizer.pad_token_id, **sampling,
-        )  # fmt: skip
+            **inputs,
+            max_new_tokens=options.max_new_tokens,
+            do_sample=options.do_sample,
+            num_beams=options.num_beams,
+            pad_token_id=tokenizer.pad_token_id,
+            **sampling,
+        )
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
     return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
@@ -158,8 +171,9 @@ def generate_answers(
     options = options or DecodingOptions()
     adapter = adapter or get_adapter(model, processor)
     output = Path(output)
-    _check_settings(output, {**asdict(options), "format": fmt, "prompt_suffix": prompt_suffix, **(settings or {})},
-                    overwrite)  # fmt: skip
+    _check_settings(
+        output, {**asdict(options), "format": fmt, "prompt_suffix": prompt_suffix, **(settings or {})}, overwrite
+    )
     known = {str(q["question_id"]) for q in questions}
     done = set()
     for record in read_answers(output):
@@ -203,5 +217,10 @@ def run_settings(
     def where(path: str | os.PathLike | None) -> str | None:
         return str(Path(path).resolve()) if path is not None and Path(path).exists() else path
 
-    return {"model": where(model), "adapter": where(adapter), "questions": where(questions), "prompt": prompt,
-            "dtype": dtype}  # fmt: skip
+    return {
+        "model": where(model),
+        "adapter": where(adapter),
+        "questions": where(questions),
+        "prompt": prompt,
+        "dtype": dtype,
+    }

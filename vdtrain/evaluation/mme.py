@@ -92,11 +92,16 @@ def load_mme_questions(root: str | os.PathLike, categories: Iterable[str] | None
         for text_file in texts:
             image = _image_file(images, text_file.stem, text_file)
             for k, (question, answer) in enumerate(_read_pairs(text_file)):
-                questions.append({
-                    "question_id": f"{category}/{image.name}/{k}", "category": category,
-                    "image": image.relative_to(root).as_posix(), "question": question, "answer": answer,
-                    "text": question,
-                })  # fmt: skip
+                questions.append(
+                    {
+                        "question_id": f"{category}/{image.name}/{k}",
+                        "category": category,
+                        "image": image.relative_to(root).as_posix(),
+                        "question": question,
+                        "answer": answer,
+                        "text": question,
+                    }
+                )
     return questions
 
 
@@ -140,8 +145,13 @@ def score_mme(answers: Iterable[Mapping[str, Any]], questions: Iterable[Mapping[
         n_questions = sum(len(right) for right in images.values())
         acc = 100.0 * sum(sum(right) for right in images.values()) / n_questions
         acc_plus = 100.0 * sum(all(right) for right in images.values()) / len(images)
-        categories[category] = {"score": acc + acc_plus, "acc": acc, "acc_plus": acc_plus,
-                                "questions": n_questions, "images": len(images)}  # fmt: skip
+        categories[category] = {
+            "score": acc + acc_plus,
+            "acc": acc,
+            "acc_plus": acc_plus,
+            "questions": n_questions,
+            "images": len(images),
+        }
     result: dict[str, Any] = {}
     for group, names in GROUPS.items():
         scored = {name: categories[name] for name in names if name in categories}

@@ -165,4 +165,3 @@ def format_table(splits: Mapping[str, Mapping], average: Mapping | None) -> str:
         m = split["metrics"]
         rows.append(f"{name:<24}" + "".join(f"{100 * m[k]:>7.1f}" for k in RATE_METRICS))
     return "\n".join(rows)
-

@@ -128,4 +128,3 @@ def read_categories(path: str | os.PathLike) -> list[str]:
     """Category names from a list file: one per line, or a synonyms file (the first item of each line)."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     return [line.strip().split(", ")[0] for line in lines if line.strip()]
-

@@ -150,10 +150,20 @@ def run_protocol(config: dict, args: argparse.Namespace) -> dict:
             print(f"{name}: {len(questions)} questions -> {answers}", file=sys.stderr)
             settings = run_settings(args.model, args.adapter, question_file, prompt, args.dtype)
             generate_answers(
-                model, processor, questions, answers, image_folder=args.image_folder, fmt=fmt, options=options,
-                adapter=adapter, prompt_suffix=suffix, batch_size=batch_size, settings=settings,
-                overwrite=args.overwrite, progress=not args.no_progress,
-            )  # fmt: skip
+                model,
+                processor,
+                questions,
+                answers,
+                image_folder=args.image_folder,
+                fmt=fmt,
+                options=options,
+                adapter=adapter,
+                prompt_suffix=suffix,
+                batch_size=batch_size,
+                settings=settings,
+                overwrite=args.overwrite,
+                progress=not args.no_progress,
+            )
         pairs[name] = (question_path, answers)
     metrics = _score(config, args, pairs, out)
     summary = {
@@ -170,4 +180,3 @@ def run_protocol(config: dict, args: argparse.Namespace) -> dict:
     }
     atomic_write_json(out / "summary.json", summary, indent=1)
     return summary
-

@@ -128,8 +128,13 @@ def plot_histogram(
     bins = np.histogram_bin_edges(values, bins=min(80, max(10, int(np.sqrt(len(values)))))) if len(values) else 10
     if removed is not None and any(removed):
         mask = np.asarray(removed, dtype=bool)
-        axes.hist([values[~mask], values[mask]], bins=bins, stacked=True, color=["#4c72b0", "#dd8452"],
-                  label=[f"kept ({int((~mask).sum())})", f"removed ({int(mask.sum())})"])  # fmt: skip
+        axes.hist(
+            [values[~mask], values[mask]],
+            bins=bins,
+            stacked=True,
+            color=["#4c72b0", "#dd8452"],
+            label=[f"kept ({int((~mask).sum())})", f"removed ({int(mask.sum())})"],
+        )
     else:
         axes.hist(values, bins=bins, color="#4c72b0", label=f"scored ({len(values)})")
     if cut is not None:

@@ -44,9 +44,16 @@ def sample_generator(seed: int, index: int) -> torch.Generator:
 
 # ---------------------------------------------------------------------------------------------- samples and batches
 def prepare_sample(
-    record: Any, index: int, adapter: ModelAdapter, processor: Any, image_folder: str | os.PathLike | None,
-    *, max_length: int, seed: int, source: str = "data",
-) -> dict[str, Any]:  # fmt: skip
+    record: Any,
+    index: int,
+    adapter: ModelAdapter,
+    processor: Any,
+    image_folder: str | os.PathLike | None,
+    *,
+    max_length: int,
+    seed: int,
+    source: str = "data",
+) -> dict[str, Any]:
     """Tokenise one record and load its image and noise; `{"index", "id", "error"}` if the sample cannot be scored.
 
     Returns `{"index", "id", "examples", "image_inputs", "noise"}`: the adapter's examples truncated to
@@ -156,9 +163,14 @@ def score_row(sample: dict[str, Any], stats: list[float]) -> dict[str, Any]:
     total, count, positive, negative = stats
     count = int(count)
     return {
-        "id": sample["id"], "index": sample["index"], "score": total, "n_tokens": count,
-        "mean": total / count, "frac_pos": positive / count, "frac_neg": negative / count,
-    }  # fmt: skip
+        "id": sample["id"],
+        "index": sample["index"],
+        "score": total,
+        "n_tokens": count,
+        "mean": total / count,
+        "frac_pos": positive / count,
+        "frac_neg": negative / count,
+    }
 
 
 class _Samples(torch.utils.data.Dataset):
@@ -174,9 +186,15 @@ class _Samples(torch.utils.data.Dataset):
     def __getitem__(self, position: int) -> dict[str, Any]:
         index = self.indices[position]
         return prepare_sample(
-            self.records[index], index, self.adapter, self.processor, self.image_folder,
-            max_length=self.max_length, seed=self.seed, source=self.source,
-        )  # fmt: skip
+            self.records[index],
+            index,
+            self.adapter,
+            self.processor,
+            self.image_folder,
+            max_length=self.max_length,
+            seed=self.seed,
+            source=self.source,
+        )
 
 
 class _Collate:
@@ -275,9 +293,12 @@ def score_dataset(
     pad = pad_token_id(processor)
     dataset = _Samples(records, mine, adapter, processor, image_folder, max_length, seed, str(data))
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, collate_fn=_Collate(pad), num_workers=num_workers,
+        dataset,
+        batch_size=batch_size,
+        collate_fn=_Collate(pad),
+        num_workers=num_workers,
         pin_memory=next(model.parameters()).is_cuda,
-    )  # fmt: skip
+    )
     logits_mask = accepts_logits_mask(model)
     scored = failed = 0
     bar = tqdm(total=len(mine), unit="sample", desc="vdtrain filter", disable=not (progress and is_main))

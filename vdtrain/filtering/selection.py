@@ -135,7 +135,10 @@ def select_dataset(
     write_records(output, [records[index] for index in kept_indices], fmt)
     write_records(removed_path, [records[index] for index in removed_indices], "json")
     selection = {
-        "strategy": strategy, "fraction": fraction, "seed": seed if strategy == "random" else None,
-        "output": str(output), "removed_file": str(removed_path),
-    }  # fmt: skip
+        "strategy": strategy,
+        "fraction": fraction,
+        "seed": seed if strategy == "random" else None,
+        "output": str(output),
+        "removed_file": str(removed_path),
+    }
     return write_report(scores_path.parent, rows, errors, records=records, removed=removed_set, selection=selection)

@@ -157,10 +157,16 @@ def _prepare_output(output: str | os.PathLike, overwrite: bool) -> Path:
 
 
 def assemble_llava(
-    language_model: str | os.PathLike, vision_tower: str | os.PathLike, projector: str | os.PathLike,
-    output: str | os.PathLike, *, dtype: str | torch.dtype | None = None, pad_to_multiple_of: int = 64,
-    seed: int = 0, overwrite: bool = False,
-) -> Path:  # fmt: skip
+    language_model: str | os.PathLike,
+    vision_tower: str | os.PathLike,
+    projector: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    dtype: str | torch.dtype | None = None,
+    pad_to_multiple_of: int = 64,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
     """Write LLaVA-1.5 stage 1 (Vicuna-v1.5 + CLIP + `mm_projector.bin`) in the llava-hf layout; returns `output`.
 
     Args:
@@ -198,12 +204,15 @@ def assemble_llava(
     text_config, vision_config = lm.config, vision.config
     _check_projector(weights, projector, vision_config.hidden_size, text_config.hidden_size)
     config = LlavaConfig(
-        vision_config=vision_config, text_config=text_config,
+        vision_config=vision_config,
+        text_config=text_config,
         image_token_index=tokenizer.convert_tokens_to_ids(LLAVA_IMAGE_TOKEN),
-        vision_feature_select_strategy="default", vision_feature_layer=-2, projector_hidden_act="gelu",
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        projector_hidden_act="gelu",
         image_seq_length=(vision_config.image_size // vision_config.patch_size) ** 2,
         tie_word_embeddings=text_config.tie_word_embeddings,
-    )  # fmt: skip
+    )
     with torch.device("meta"):
         model = LlavaForConditionalGeneration(config)
     _graft(model, lm, vision, "multi_modal_projector", weights)
@@ -217,18 +226,26 @@ def assemble_llava(
     )
     model.save_pretrained(folder)
     processor = LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=vision_config.patch_size,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1,
-    )  # fmt: skip
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=vision_config.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
     processor.save_pretrained(folder)
     return folder
 
 
 def assemble_bunny(
-    language_model: str | os.PathLike, vision_tower: str | os.PathLike, projector: str | os.PathLike,
-    output: str | os.PathLike, *, dtype: str | torch.dtype | None = None, s2_scales: list[int] | None = None,
+    language_model: str | os.PathLike,
+    vision_tower: str | os.PathLike,
+    projector: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    dtype: str | torch.dtype | None = None,
+    s2_scales: list[int] | None = None,
     overwrite: bool = False,
-) -> Path:  # fmt: skip
+) -> Path:
     """Write Bunny-v1.1 stage 1 (Llama-3-8B + SigLIP + `mm_projector.bin`) as vdtrain's Bunny port; returns `output`.
 
     Args:
@@ -266,10 +283,14 @@ def assemble_bunny(
     _check_projector(weights, projector, len(scales) * vision_config.hidden_size, text_config.hidden_size)
     text_config.pad_token_id = found[END_OF_TEXT]
     config = BunnyConfig(
-        vision_config=vision_config, text_config=text_config, s2_scales=scales, mm_projector_type="mlp2x_gelu",
-        image_token_index=LLAMA3_IMAGE_TOKEN_ID, vision_feature_layer=-2,
+        vision_config=vision_config,
+        text_config=text_config,
+        s2_scales=scales,
+        mm_projector_type="mlp2x_gelu",
+        image_token_index=LLAMA3_IMAGE_TOKEN_ID,
+        vision_feature_layer=-2,
         tie_word_embeddings=text_config.tie_word_embeddings,
-    )  # fmt: skip
+    )
     with torch.device("meta"):
         model = BunnyForConditionalGeneration(config)
     _graft(model, lm, vision, "mm_projector", weights)

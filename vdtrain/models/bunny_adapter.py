@@ -46,9 +46,13 @@ class BunnyAdapter(ModelAdapter):
             size={"height": side, "width": side}, image_mean=[0.5] * 3, image_std=[0.5] * 3
         )
         return LlavaProcessor(
-            image_processor=image_processor, tokenizer=tokenizer, patch_size=side // grid,
-            vision_feature_select_strategy="full", num_additional_image_tokens=0, image_token=IMAGE_TOKEN,
-        )  # fmt: skip
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            patch_size=side // grid,
+            vision_feature_select_strategy="full",
+            num_additional_image_tokens=0,
+            image_token=IMAGE_TOKEN,
+        )
 
     def end_of_turn_id(self, processor: Any) -> int:
         """`<|end_of_text|>` (128001), Bunny's `sep2`; not `<|eot_id|>`, which Bunny never trains."""

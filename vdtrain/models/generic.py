@@ -131,9 +131,11 @@ class ChatTemplateAdapter(ModelAdapter):
         if image_size not in cache:
             tokenizer = tokenizer_of(processor)
             batch = processor(
-                text=self.image_placeholder(processor), images=Image.new("RGB", image_size),
-                add_special_tokens=False, return_tensors="pt",
-            )  # fmt: skip
+                text=self.image_placeholder(processor),
+                images=Image.new("RGB", image_size),
+                add_special_tokens=False,
+                return_tensors="pt",
+            )
             ids = batch["input_ids"][0]
             count = int((ids == self.image_token_id(processor)).sum())
             cache[image_size] = count
@@ -196,9 +198,11 @@ class ChatTemplateAdapter(ModelAdapter):
 
             tokenizer = tokenizer_of(processor)
             rendered, generation = render_jinja_template(
-                conversations=[chat], chat_template=template, return_assistant_tokens_mask=True,
+                conversations=[chat],
+                chat_template=template,
+                return_assistant_tokens_mask=True,
                 **tokenizer.special_tokens_map,
-            )  # fmt: skip
+            )
             return rendered[0], [tuple(span) for span in generation[0]]
         text = self._render(processor, chat)
         closer, spans = self._probe(processor)["closer"], []

@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from runs import MAX_STEPS, StopAt, run_overrides, write_run_data
 from safetensors.torch import load_file
-from tiny import write_conversations, write_images
-from transformers import TrainerCallback
 
 from vdtrain.checkpoints import MANIFEST_NAME, checkpoint_problems, complete_checkpoints, resolve_resume
 from vdtrain.cli import main as cli_main
@@ -25,62 +24,18 @@ from vdtrain.commands.train import load_config
 from vdtrain.errors import CheckpointError
 from vdtrain.training import build_trainer, run_training
 
-MAX_STEPS = 6  # 12 samples, batch 2 x accumulation 2; checkpoints at steps 2, 4, 6; vd active from step 3
 TRAINER_FILES = ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json")
-
-
-class StopAt(TrainerCallback):
-    """Ends training after optimizer step `step`, as a crash right after that step's checkpoint would."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
-        return control
-
-
-def _overrides(tiny_dir: Path, data: Path, output_dir: Path) -> dict:
-    return dict(
-        model_name_or_path=str(tiny_dir),
-        data_path=str(data / "data.json"),
-        image_folder=str(data / "images"),
-        output_dir=str(output_dir),
-        use_cpu=True,
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        max_length=128,
-        seed=7,
-        lora_r=8,
-        lora_alpha=16,
-        lora_dropout=0.1,
-        max_steps=MAX_STEPS,
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=2,
-        learning_rate=1e-2,
-        warmup_steps=1,
-        save_strategy="steps",
-        save_steps=2,
-        logging_steps=1,
-        vd_weighting="neg",
-        vd_temperature=1.0,
-        vd_start=0.5,
-    )
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("checkpoint-data")
-    write_conversations(path / "data.json", write_images(path / "images", 12), turns=2)
-    return path
+    return write_run_data(tmp_path_factory.mktemp("checkpoint-data"))
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_llava_dir: Path, data_dir: Path) -> Path:
     output_dir = data_dir / "full"
-    run_training(*load_config(None, _overrides(tiny_llava_dir, data_dir, output_dir)))
+    run_training(*load_config(None, run_overrides(tiny_llava_dir, data_dir, output_dir)))
     return output_dir
 
 
@@ -138,7 +93,7 @@ def test_incomplete_checkpoint_refused_and_last_takes_the_previous(
     uninterrupted: Path, tiny_llava_dir: Path, data_dir: Path, tmp_path: Path, capsys, caplog
 ):
     output_dir = tmp_path / "killed"
-    overrides = _overrides(tiny_llava_dir, data_dir, output_dir)
+    overrides = run_overrides(tiny_llava_dir, data_dir, output_dir)
     trainer = build_trainer(*load_config(None, overrides))
     trainer.add_callback(StopAt(4))
     trainer.train()
@@ -174,7 +129,7 @@ def test_incomplete_checkpoint_refused_and_last_takes_the_previous(
 
 def test_ctrl_c_says_what_was_kept(tiny_llava_dir: Path, data_dir: Path, tmp_path: Path):
     output_dir = tmp_path / "interrupted"
-    overrides = {**_overrides(tiny_llava_dir, data_dir, output_dir), "max_steps": 10_000}
+    overrides = {**run_overrides(tiny_llava_dir, data_dir, output_dir), "max_steps": 10_000}
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(overrides))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

@@ -7,58 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from runs import MAX_STEPS, StopAt, run_overrides, write_run_data
 from safetensors.torch import load_file
-from tiny import write_conversations, write_images
-from transformers import TrainerCallback
 
 from vdtrain.cli import main as cli_main
 from vdtrain.commands.train import load_config
 from vdtrain.training import build_trainer, run_training
-
-MAX_STEPS = 6  # 12 samples, batch 2 x accumulation 2: 3 optimizer steps per epoch; vd active from step 3
-
-
-class StopAt(TrainerCallback):
-    """Ends training after optimizer step `step` (as a crash right after a checkpoint would); records the steps run."""
-
-    def __init__(self, step: int | None = None) -> None:
-        self.step, self.steps = step, []
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.steps.append(state.global_step)
-        if state.global_step == self.step:
-            control.should_training_stop = True
-        return control
-
-
-def _overrides(tiny_dir: Path, data: Path, output_dir: Path) -> dict:
-    return dict(
-        model_name_or_path=str(tiny_dir),
-        data_path=str(data / "data.json"),
-        image_folder=str(data / "images"),
-        output_dir=str(output_dir),
-        use_cpu=True,
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        max_length=128,
-        seed=7,
-        lora_r=8,
-        lora_alpha=16,
-        lora_dropout=0.1,
-        max_steps=MAX_STEPS,
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=2,
-        learning_rate=1e-2,
-        vd_projector_lr=1e-3,
-        warmup_steps=1,
-        save_strategy="steps",
-        save_steps=2,
-        logging_steps=1,
-        vd_weighting="neg",
-        vd_temperature=1.0,
-        vd_start=0.5,
-    )
 
 
 def _train_logs(output_dir: Path) -> list[dict]:
@@ -68,15 +22,13 @@ def _train_logs(output_dir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("resume-data")
-    write_conversations(path / "data.json", write_images(path / "images", 12), turns=2)
-    return path
+    return write_run_data(tmp_path_factory.mktemp("resume-data"))
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_llava_dir: Path, data_dir: Path) -> Path:
     output_dir = data_dir / "full"
-    run_training(*load_config(None, _overrides(tiny_llava_dir, data_dir, output_dir)))
+    run_training(*load_config(None, run_overrides(tiny_llava_dir, data_dir, output_dir, vd_projector_lr=1e-3)))
     return output_dir
 
 
@@ -95,7 +47,7 @@ def test_checkpoint_holds_adapter_and_projector(uninterrupted: Path, tiny_llava_
 @pytest.mark.parametrize("stop", [2, 4], ids=["before-vd-start", "after-vd-start"])
 def test_resume_equals_uninterrupted(stop: int, uninterrupted: Path, tiny_llava_dir: Path, data_dir: Path):
     output_dir = data_dir / f"resumed-{stop}"
-    overrides = _overrides(tiny_llava_dir, data_dir, output_dir)
+    overrides = run_overrides(tiny_llava_dir, data_dir, output_dir, vd_projector_lr=1e-3)
     trainer = build_trainer(*load_config(None, overrides))
     trainer.add_callback(StopAt(stop))
     trainer.train()
@@ -152,7 +104,11 @@ def test_full_finetune_resumes_from_its_checkpoint(tiny_llava_dir: Path, data_di
     from vdtrain.checkpoints import load_full_checkpoint
 
     def overrides(output_dir: Path) -> dict:
-        return {**_overrides(tiny_llava_dir, data_dir, output_dir), "lora": False, "learning_rate": 1e-3}
+        return {
+            **run_overrides(tiny_llava_dir, data_dir, output_dir, vd_projector_lr=1e-3),
+            "lora": False,
+            "learning_rate": 1e-3,
+        }
 
     run_training(*load_config(None, overrides(tmp_path / "full")))
     trainer = build_trainer(*load_config(None, overrides(tmp_path / "resumed")))

@@ -95,6 +95,12 @@ def example_features(example: Example, image_inputs: dict[str, torch.Tensor] | N
     return features
 
 
+def _listed(problems: list[str], shown: int = 20) -> str:
+    """The first `shown` problems, one indented line each, and how many more there are."""
+    lines = "\n".join(f"  {line}" for line in problems[:shown])
+    return lines + (f"\n  ... and {len(problems) - shown} more" if len(problems) > shown else "")
+
+
 class SupervisedDataset(torch.utils.data.Dataset):
     """Training examples of LLaVA-format records for one model family.
 
@@ -150,10 +156,8 @@ class SupervisedDataset(torch.utils.data.Dataset):
                 continue
             checked.append((record, messages))
         if invalid and not drop_invalid:
-            listed = "\n".join(f"  {line}" for line in invalid[:20])
-            more = f"\n  ... and {len(invalid) - 20} more" if len(invalid) > 20 else ""
             raise ConversationError(
-                f"{source}: {len(invalid)} of {len(records)} sample(s) cannot be trained on:\n{listed}{more}\n"
+                f"{source}: {len(invalid)} of {len(records)} sample(s) cannot be trained on:\n{_listed(invalid)}\n"
                 "Fix them, or set drop_invalid: true to train without them."
             )
         for line in invalid:
@@ -175,10 +179,8 @@ class SupervisedDataset(torch.utils.data.Dataset):
                 too_long.append(f"sample {record['id']!r}: {tokens} tokens, truncation cuts {reason}")
             self.items += [(record, example) for example in encoded.examples]
         if too_long and not drop_truncated:
-            listed = "\n".join(f"  {line}" for line in too_long[:20])
-            more = f"\n  ... and {len(too_long) - 20} more" if len(too_long) > 20 else ""
             raise ConversationError(
-                f"{source}: {len(too_long)} sample(s) do not fit max_length={max_length}:\n{listed}{more}\n"
+                f"{source}: {len(too_long)} sample(s) do not fit max_length={max_length}:\n{_listed(too_long)}\n"
                 "Raise max_length, or set drop_truncated: true to train without them."
             )
         for line in too_long:

@@ -89,6 +89,7 @@ def test_import_vdtrain_is_lazy():
     result = _run("-c", code)
     assert result.returncode == 0, result.stderr[-2000:]
     assert vdtrain.__all__ == [
+        "VDLossMixin",
         "VDTrainer",
         "VDTrainingArguments",
         "add_diffusion_noise",
@@ -99,7 +100,10 @@ def test_import_vdtrain_is_lazy():
     ]
     from vdtrain.trainer import VDTrainer
 
+    from vdtrain.mixin import VDLossMixin
+
     assert vdtrain.VDTrainer is VDTrainer and "VDTrainer" in dir(vdtrain)
+    assert vdtrain.VDLossMixin is VDLossMixin and issubclass(VDTrainer, VDLossMixin)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         vdtrain.nope  # noqa: B018
 

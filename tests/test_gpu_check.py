@@ -16,8 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu_check.py"
 FIELDS = {
     "step": ("step_s", "peak_mib", "peak_total_mib", "loss", "vd_vs_vanilla_time", "vd_vs_limit_time",
-             "limit_vs_vanilla_time", "vd_vs_vanilla_memory", "trainable_params", "tokens_per_batch",
-             "supervised_per_sequence", "image_tokens"),
+             "limit_vs_vanilla_time", "vd_vs_vanilla_memory", "masked_vs_vanilla_memory", "trainable_params",
+             "tokens_per_batch", "supervised_per_sequence", "image_tokens"),
     "zero2": ("zero_stage", "steps", "step_s", "peak_total_mib", "losses", "vd_active_steps", "adapter_tensors",
               "adapter_mib", "adapter_empty_tensors", "projector_saved", "lora_b_trained"),
     "filter": ("samples_per_s", "score_batch_vs_limit", "score_dataset_vs_limit", "samples", "batch_size", "scored",
@@ -26,7 +26,7 @@ FIELDS = {
                  "same_answers_as_one_by_one"),
 }  # fmt: skip
 FIELDS["zero3"] = FIELDS["zero2"]
-STEP_VARIANTS = ("vanilla", "vd_active", "vanilla_plus_forward")
+STEP_VARIANTS = ("vanilla", "vanilla_masked", "vd_active", "vanilla_plus_forward")
 
 
 @pytest.fixture(scope="module")

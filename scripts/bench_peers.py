@@ -28,11 +28,10 @@ import tempfile
 import time
 
 import torch
+from bench_overhead import IMAGE, PATCH  # one LLaVA shape for both benchmarks
+from bench_overhead import build_model as llava_model
 from datasets import Dataset
 from transformers import (
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlavaConfig,
     LlavaForConditionalGeneration,
     Trainer,
     TrainingArguments,
@@ -44,7 +43,6 @@ from vdtrain.data.keys import LOSS_ONLY_KEYS
 from vdtrain.demo.model import SPECIAL_TOKENS, bpe_tokenizer
 from vdtrain.integrations.trl import VDSFTConfig, VDSFTTrainer
 
-IMAGE, PATCH = 64, 16
 SHAPES = {"llava-7b": (8, 512, 4096), "vocab-32k": (8, 512, 32000), "paligemma-3b": (8, 512, 64304)}
 VARIANTS = (
     "HF Trainer",
@@ -58,32 +56,9 @@ VARIANTS = (
 
 
 def build_model(layers: int, hidden: int, vocab: int) -> LlavaForConditionalGeneration:
-    """A LLaVA-shaped model with random weights."""
-    vision = CLIPVisionConfig(
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=IMAGE,
-        patch_size=PATCH,
-    )
-    text = LlamaConfig(
-        hidden_size=hidden,
-        intermediate_size=4 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=hidden // 64,
-        vocab_size=vocab,
-        max_position_embeddings=4096,
-    )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=vocab - 1,
-        image_seq_length=(IMAGE // PATCH) ** 2,
-        vision_feature_select_strategy="default",
-    )
+    """`bench_overhead.py`'s LLaVA-shaped model with random weights (seeded), in training mode."""
     torch.manual_seed(0)
-    return LlavaForConditionalGeneration(config).train()
+    return llava_model(hidden, layers, vocab).train()
 
 
 def make_batch(vocab: int, batch: int = 2, length: int = 512, response: int = 256) -> dict[str, torch.Tensor]:

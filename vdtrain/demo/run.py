@@ -73,7 +73,14 @@ def train_trunk(ctx: Context, seed: int) -> str:
     pretrain_vision_tower(
         model, load_processor(ctx), images, labels, steps=s.vision_steps, seed=seed, progress=ctx.progress
     )
-    train_demo_model(
+    _train(ctx, model, out, seed, stop_at=branch)
+    return str(out / f"checkpoint-{branch}")
+
+
+def _train(ctx: Context, model: Any, out: Any, seed: int, **kwargs: Any) -> Any:
+    """`train_demo_model` on the demo's training set with the run's settings (the trunk and every variant)."""
+    s = ctx.settings
+    return train_demo_model(
         model,
         load_processor(ctx),
         ctx.paths.train_json,
@@ -83,10 +90,9 @@ def train_trunk(ctx: Context, seed: int) -> str:
         steps=s.steps,
         batch_size=s.batch_size,
         learning_rate=s.learning_rate,
-        stop_at=branch,
         progress=ctx.progress,
+        **kwargs,
     )
-    return str(out / f"checkpoint-{branch}")
 
 
 def train_variant(ctx: Context, seed: int, variant: str, checkpoint: str) -> tuple[Any, dict[str, Any]]:
@@ -94,20 +100,7 @@ def train_variant(ctx: Context, seed: int, variant: str, checkpoint: str) -> tup
     s, out = ctx.settings, ctx.run_dir(seed, variant)
     options = {"vd_temperature": s.temperature, "vd_noise_step": s.noise_step, **VARIANTS[variant]}
     model = demo_model(load_processor(ctx), s.model, seed=seed)  # its weights come from `checkpoint` on resume
-    trainer = train_demo_model(
-        model,
-        load_processor(ctx),
-        ctx.paths.train_json,
-        ctx.paths.image_folder,
-        out,
-        seed=seed,
-        steps=s.steps,
-        batch_size=s.batch_size,
-        learning_rate=s.learning_rate,
-        resume_from=checkpoint,
-        progress=ctx.progress,
-        **options,
-    )
+    trainer = _train(ctx, model, out, seed, resume_from=checkpoint, **options)
     logs = [e for e in trainer.state.log_history if "loss" in e and e["step"] > s.steps // 2]  # after the branch
     summary: dict[str, Any] = {"final_loss": logs[-1]["loss"], "losses": [[e["step"], e["loss"]] for e in logs]}
     summary |= {k: v for k, v in logs[-1].items() if k.startswith("vd_")}

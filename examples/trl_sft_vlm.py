@@ -85,6 +85,7 @@ def main() -> None:
         if "loss" in entry:
             keys = ("step", "loss", "entropy", "mean_token_accuracy", "vd_mean", "vd_weight_max")
             print({key: entry[key] for key in keys if key in entry})
+    trainer.accelerator.end_training()  # under `accelerate launch`, tear the process group down before exit
 
 
 if __name__ == "__main__":

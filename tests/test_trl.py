@@ -283,6 +283,8 @@ for name, trainer_cls, config_cls in (("sft", SFTTrainer, SFTConfig), ("vd", VDS
     if trainer.is_world_process_zero():
         torch.save({n: p.detach() for n, p in model.named_parameters()}, Path(sys.argv[1]) / f"weights-{name}.pt")
         torch.save(trainer.state.log_history, Path(sys.argv[1]) / f"logs-{name}.pt")
+trainer.accelerator.wait_for_everyone()
+trainer.accelerator.end_training()  # destroy the process group: left to exit, gloo's threads can abort the process
 """
 
 

@@ -153,7 +153,8 @@ def test_weighted_loss_equals_hand_computation(setup):
     n = num_items(batch)
     loss = trainer.compute_loss(model, batch, num_items_in_batch=n)
 
-    noisy_pixels = counter.kwargs[1]["pixel_values"]
+    assert counter.training_flags == [False, True]  # the noisy pass runs first, before the training graph
+    noisy_pixels = counter.kwargs[0]["pixel_values"]
     assert not torch.equal(noisy_pixels, batch["pixel_values"])
     labels = batch["labels"]
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}

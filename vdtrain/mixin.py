@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,14 @@ logger = logging.get_logger(__name__)
 
 PIXEL_KEYS = ("pixel_values", "images", "pixel_values_images")  # tried only when no pixel key was given
 VD_METRICS = ("vd_mean", "vd_frac_pos", "vd_frac_neg", "vd_frac_inv", "vd_weight_max")
+
+
+class NoisyPass(NamedTuple):
+    """What the no-grad passes of an active step measured: `(B, L)` target log-probs, and the `(B,)` image rows."""
+
+    logp_noisy: torch.Tensor
+    logp_clean: torch.Tensor | None  # the eval-mode clean pass (`vd_clean_pass="eval"`), else None
+    has_image: torch.Tensor | None
 
 
 class VDLossMixin:
@@ -145,16 +154,16 @@ class VDLossMixin:
         """The loss from logits at the supervised positions only (the lm_head skips every other position)."""
         labels = inputs.pop("labels")
         supervised = F.pad(labels[:, 1:] != IGNORE_INDEX, (1, 0), value=False)  # (B, L)
+        noisy = self._noisy_pass(model, inputs, labels, has_image) if active else None  # before the graph is built
         targets = supervised_targets(labels)  # (N,), row-major like the logits rows
         logits, outputs = supervised_logits(model, inputs, targets_at(labels), self._logits_mask(model))  # (N, V)
         eos_id = self.end_of_turn_id if self.vd.vd_eos_selective else None
         nll = per_token_nll(logits, targets, eos_id=eos_id)  # (N,)
 
         weights = torch.ones_like(nll)
-        if active:  # log p_clean of the training forward: over the full softmax, even if the loss drops EOS
+        if noisy is not None:  # log p_clean of the training forward: over the full softmax, even if the loss drops EOS
             logp_clean = -nll.detach() if eos_id is None else row_logprobs(logits.detach(), targets)
-            weights = self._visual_dependence_weights(model, inputs, labels, logp_clean, end_of_turn, has_image)
-            weights = weights[supervised]
+            weights = self._visual_dependence_weights(noisy, labels, logp_clean, end_of_turn)[supervised]
 
         denom = num_items_in_batch if num_items_in_batch is not None else supervised.sum().clamp_min(1)
         loss = (nll * weights).sum() / denom
@@ -165,10 +174,9 @@ class VDLossMixin:
             loss = loss * (scale if self.args.n_gpu <= 1 else self.args.n_gpu)
         return (loss, outputs) if return_outputs else loss
 
-    def _visual_dependence_weights(self, model, inputs, labels, logp_clean_flat, end_of_turn, has_image):
-        """`(B, L)` detached weights from `d` of Eq. 5.1; `logp_clean_flat` `(N,)` holds log p_clean at the
-        supervised positions in row-major order. Runs the noisy pass (and the eval clean pass if asked)."""
-        supervised = F.pad(labels[:, 1:] != IGNORE_INDEX, (1, 0), value=False)  # (B, L)
+    def _noisy_pass(self, model, inputs, labels, has_image) -> NoisyPass:
+        """The no-grad forward on diffusion-noised images (and the eval clean pass if asked), run before the
+        training forward so that its activations are freed before the training graph holds its own."""
         if has_image is None:  # a collator of the user's own: find the image rows from the config's image token
             has_image = self._rows_with_image(model, inputs)
         pixel_key = self._pixel_key(inputs, has_image)
@@ -178,14 +186,22 @@ class VDLossMixin:
             noise = self._draw_noise(pixels, has_image)
             noisy_inputs[pixel_key] = add_diffusion_noise(pixels, self.vd.vd_noise_step, noise=noise)
         logp_noisy = self._no_grad_logprobs(model, noisy_inputs, labels)
-        if self.vd.vd_clean_pass == "eval":
-            logp_clean = self._no_grad_logprobs(model, inputs, labels)
-        else:
-            logp_clean = torch.zeros_like(logp_noisy)
+        logp_clean = self._no_grad_logprobs(model, inputs, labels) if self.vd.vd_clean_pass == "eval" else None
+        return NoisyPass(logp_noisy, logp_clean, has_image)
+
+    def _visual_dependence_weights(
+        self, noisy: NoisyPass, labels: torch.Tensor, logp_clean_flat: torch.Tensor, end_of_turn: torch.Tensor | None
+    ) -> torch.Tensor:
+        """`(B, L)` detached weights from `d` of Eq. 5.1; `logp_clean_flat` `(N,)` holds log p_clean of the training
+        forward at the supervised positions in row-major order (unused when the eval clean pass ran)."""
+        supervised = F.pad(labels[:, 1:] != IGNORE_INDEX, (1, 0), value=False)  # (B, L)
+        logp_clean = noisy.logp_clean
+        if logp_clean is None:
+            logp_clean = torch.zeros_like(noisy.logp_noisy)
             logp_clean[supervised] = logp_clean_flat.to(logp_clean.dtype)
-        d = visual_dependence(logp_clean, logp_noisy) * supervised
-        if has_image is not None:
-            d = d * has_image.to(d.device)[:, None]  # text-only samples: d = 0, weight 1
+        d = visual_dependence(logp_clean, noisy.logp_noisy) * supervised
+        if noisy.has_image is not None:
+            d = d * noisy.has_image.to(d.device)[:, None]  # text-only samples: d = 0, weight 1
         weights = self.compute_token_weights(d, supervised, None if end_of_turn is None else end_of_turn.bool())
         self._record(d, supervised, weights)
         return weights.detach()

@@ -95,16 +95,15 @@ class _ReweightedForward:
         self.trainer, self.model, self.end_of_turn, self.has_image = trainer, model, end_of_turn, has_image
 
     def __call__(self, **kwargs):
-        outputs = self.model(**kwargs)
         if not kwargs.get("fused_lm_head"):
             raise RuntimeError("VDSFTTrainer expects SFTTrainer to call the fused LM head (loss_type='nll')")
         labels = kwargs["labels"]
         inputs = {key: value for key, value in kwargs.items() if key not in ("labels", "fused_lm_head")}
+        noisy = self.trainer._noisy_pass(self.model, inputs, labels, self.has_image)  # before the graph is built
+        outputs = self.model(**kwargs)
         log_probs = outputs.log_probs  # (B, L - 1), aligned with labels[:, 1:], 0 where ignored
         logp_clean = log_probs.detach()[labels[:, 1:] != IGNORE_INDEX]  # (N,)
-        weights = self.trainer._visual_dependence_weights(
-            self.model, inputs, labels, logp_clean, self.end_of_turn, self.has_image
-        )  # (B, L)
+        weights = self.trainer._visual_dependence_weights(noisy, labels, logp_clean, self.end_of_turn)  # (B, L)
         outputs.log_probs = log_probs * weights[:, 1:].to(log_probs.dtype)
         return outputs
 

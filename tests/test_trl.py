@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from transformers import TrainingArguments
 from trl import SFTConfig, SFTTrainer
 
 from vdtrain import VDTrainer, VDTrainingArguments, token_weights
+from vdtrain.compat import spell_training_fields
 from vdtrain.integrations.trl import VDSFTConfig, VDSFTTrainer, end_of_turn_token_id
 from vdtrain.mixin import check_not_packed
 
@@ -79,7 +81,8 @@ def _config(tmp_path, cls=VDSFTConfig, **kwargs):
         learning_rate=1e-3,
         logging_steps=1,
     )
-    return cls(**{**defaults, **kwargs})
+    known = {spec.name for spec in dataclasses.fields(cls)}
+    return cls(**spell_training_fields({**defaults, **kwargs}, known))  # 5.24: activation_checkpointing
 
 
 def _grads(model):
@@ -230,6 +233,50 @@ def test_qwen2_vl_end_of_turn_from_the_template_and_an_active_step(tmp_path):
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert all("vd_mean" in entry and "entropy" in entry for entry in logged)
     assert sum(not torch.equal(p, before[n]) for n, p in model.named_parameters()) > 10
+
+
+def _qwen2_vl_step(tmp_path, batch: int, accumulation: int, cls=VDSFTTrainer, config_cls=VDSFTConfig, **extra):
+    model, processor = tiny_qwen2_vl(template=QWEN2_VL_TRAINING_TEMPLATE)
+    rows = [
+        {"images": [_image(i, 32 if i % 2 else 64)], "messages": row["messages"]} for i, row in enumerate(_dataset(4))
+    ]
+    args = _config(
+        tmp_path / f"{cls.__name__}-{batch}x{accumulation}",
+        config_cls,
+        max_steps=1,
+        optim="sgd",
+        learning_rate=0.5,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        **extra,
+    )
+    trainer = cls(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=processor)
+    trainer.train()
+    return {n: p.detach().clone() for n, p in model.named_parameters()}, trainer
+
+
+def test_qwen2_vl_flattened_patches_get_per_sample_noise(tmp_path):
+    """Qwen2-VL flattens every image into patches (`image_grid_thw` says how many): each image still gets its own
+    seeded noise, so batch 4 and batch 2 x accumulation 2 take the same re-weighted step (SFTTrainer's own gap
+    between the two layouts bounds ours), and TRL batches, which carry no `has_image`, find the image rows."""
+    model, processor = tiny_qwen2_vl(template=QWEN2_VL_TRAINING_TEMPLATE)
+    trainer = VDSFTTrainer(
+        model=model, args=_config(tmp_path, vd_start=0.0), train_dataset=_dataset(2), processing_class=processor
+    )
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    patches = batch["image_grid_thw"].prod(dim=-1).tolist()
+    assert len(patches) == 2 and sum(patches) == batch["pixel_values"].shape[0]
+    assert trainer._rows_with_image(model, batch).tolist() == [True, True]
+
+    def gap(cls, config_cls, **extra):
+        one, _ = _qwen2_vl_step(tmp_path, 4, 1, cls, config_cls, **extra)
+        two, _ = _qwen2_vl_step(tmp_path, 2, 2, cls, config_cls, **extra)
+        return max((one[name] - two[name]).abs().max().item() for name in one), one
+
+    sft_gap, sft = gap(SFTTrainer, SFTConfig)
+    vd_gap, vd = gap(VDSFTTrainer, VDSFTConfig, vd_start=0.0, vd_temperature=2.0)
+    assert vd_gap <= 2 * sft_gap + 1e-6, (vd_gap, sft_gap)
+    assert max((vd[name] - sft[name]).abs().max().item() for name in vd) > 10 * (sft_gap + 1e-7)  # it re-weighted
 
 
 def test_packing_is_refused_clearly(tmp_path):

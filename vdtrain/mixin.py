@@ -17,7 +17,7 @@ from transformers import Trainer
 from transformers.utils import logging
 
 from vdtrain.config import vd_options
-from vdtrain.data.keys import END_OF_TURN_MASK, HAS_IMAGE, LOSS_ONLY_KEYS
+from vdtrain.data.keys import END_OF_TURN_MASK, HAS_IMAGE, IMAGE_GRID, LOSS_ONLY_KEYS
 from vdtrain.dependence import IGNORE_INDEX, dependence_stats_tensor, row_logprobs, visual_dependence
 from vdtrain.forward import no_grad_logprobs, supervised_logits, supervised_targets, targets_at
 from vdtrain.losses import per_token_nll
@@ -183,7 +183,7 @@ class VDLossMixin:
         noisy_inputs = dict(inputs)
         if pixel_key is not None:
             pixels = inputs[pixel_key]
-            noise = self._draw_noise(pixels, has_image)
+            noise = self._draw_noise(pixels, has_image, image_rows(inputs, pixels))
             noisy_inputs[pixel_key] = add_diffusion_noise(pixels, self.vd.vd_noise_step, noise=noise)
         logp_noisy = self._no_grad_logprobs(model, noisy_inputs, labels)
         logp_clean = self._no_grad_logprobs(model, inputs, labels) if self.vd.vd_clean_pass == "eval" else None
@@ -220,22 +220,26 @@ class VDLossMixin:
         return self._logits_mask_ok
 
     # ------------------------------------------------------------------ noise and images
-    def _draw_noise(self, pixels: torch.Tensor, has_image: torch.Tensor | None) -> torch.Tensor:
+    def _draw_noise(self, pixels: torch.Tensor, has_image: torch.Tensor | None, sizes: list[int]) -> torch.Tensor:
         """eps for `pixels`, one generator per image seeded from (seed, global_step, the sample's global position).
 
         A sample's position in the global batch is `(micro_batch * world_size + process_index) * batch + row`,
         the order in which accelerate shards batches, so 1 process x batch 4, 2 processes x batch 2 and
         batch 2 x accumulation 2 all draw the same noise for the same sample, and a resumed run draws what the first
-        run drew. Pixel tensors that are not one row per image (flattened patches) get one draw per micro-batch.
+        run drew. `sizes` are the leading rows of `pixels` per image (`image_rows`); when the images cannot be matched
+        one to one with the rows that have one (several images in a sample), one draw covers the micro-batch.
         """
         step = self.state.global_step
         micro = self._noise_counter[1] + 1 if self._noise_counter[0] == step else 0
         self._noise_counter = (step, micro)
         first = (micro * self.args.world_size + self.args.process_index) * self.args.per_device_train_batch_size
         rows = has_image.nonzero().flatten().tolist() if has_image is not None else []
-        if len(rows) == pixels.shape[0]:
-            keys = [first + row for row in rows]
-            return torch.stack([self._randn(pixels.shape[1:], step, key, pixels.device) for key in keys])
+        if rows and len(rows) == len(sizes):
+            draws = [
+                self._randn((size, *pixels.shape[1:]), step, first + row, pixels.device)
+                for row, size in zip(rows, sizes)
+            ]
+            return torch.cat(draws)
         return self._randn(pixels.shape, step, f"micro{first}", pixels.device)
 
     def _randn(self, shape: torch.Size, step: int, key: int | str, device: torch.device) -> torch.Tensor:
@@ -251,8 +255,10 @@ class VDLossMixin:
             return None
         rows = (inputs["input_ids"] == token).any(dim=-1)
         key = self._find_pixel_key(inputs)
-        images = inputs[key].shape[0] if key in inputs else 0
-        return rows if int(rows.sum()) == images else None  # e.g. flattened patches: rows cannot be told apart
+        images = len(image_rows(inputs, inputs[key])) if key in inputs else 0
+        return (
+            rows if int(rows.sum()) == images else None
+        )  # e.g. several images in a sample: rows cannot be told apart
 
     def _find_pixel_key(self, inputs: dict) -> str | None:
         """The given pixel key, else the first of `PIXEL_KEYS` in the batch (it may be absent from the batch)."""
@@ -315,6 +321,17 @@ class VDLossMixin:
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer
+
+
+def image_rows(inputs: dict, pixels: torch.Tensor) -> list[int]:
+    """The leading rows of `pixels` that hold each image: one per image, or each image's patch count for models that
+    flatten every image into patches (`image_grid_thw`, Qwen2-VL style), so each image gets its own noise draw."""
+    grid = inputs.get(IMAGE_GRID)
+    if isinstance(grid, torch.Tensor) and grid.dim() == 2:
+        patches = grid.prod(dim=-1).tolist()
+        if sum(patches) == pixels.shape[0]:
+            return patches
+    return [1] * pixels.shape[0]
 
 
 def check_not_packed(inputs: dict) -> None:

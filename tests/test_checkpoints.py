@@ -18,7 +18,13 @@ import yaml
 from runs import MAX_STEPS, StopAt, run_overrides, write_run_data
 from safetensors.torch import load_file
 
-from vdtrain.checkpoints import MANIFEST_NAME, checkpoint_problems, complete_checkpoints, resolve_resume
+from vdtrain.checkpoints import (
+    MANIFEST_NAME,
+    adapter_problems,
+    checkpoint_problems,
+    complete_checkpoints,
+    resolve_resume,
+)
 from vdtrain.cli import main as cli_main
 from vdtrain.commands.train import load_config
 from vdtrain.errors import CheckpointError
@@ -81,6 +87,38 @@ def test_missing_and_damaged_files_are_named(uninterrupted: Path, tmp_path: Path
         "rng_state_0.pth (missing)",
         "rng_state_1.pth (missing)",
     ]
+
+
+def test_final_adapter_is_marked_complete_and_checked_before_use(uninterrupted: Path, tmp_path: Path, capsys):
+    """The adapter `vdtrain train` leaves in `output_dir` gets its own manifest, written last; a command that loads
+    a cut or half-saved adapter refuses it naming the file, with one error line and exit code 1."""
+    recorded = json.loads((uninterrupted / MANIFEST_NAME).read_text())["files"]
+    assert {"adapter_model.safetensors", "adapter_config.json", "vdtrain_base_model.txt"} <= set(recorded)
+    assert not any(name.startswith("checkpoint-") for name in recorded)  # the final save only
+    assert adapter_problems(uninterrupted) == [] and adapter_problems(uninterrupted / "checkpoint-6") == []
+
+    def merge_error(change) -> str:
+        folder = tmp_path / f"a{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(uninterrupted, folder, ignore=shutil.ignore_patterns("checkpoint-*"))
+        change(folder)
+        assert cli_main(["merge", "--adapter", str(folder), "--output", str(tmp_path / "merged")]) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        return err.strip()
+
+    weights = uninterrupted / "adapter_model.safetensors"
+    half = weights.stat().st_size // 2
+    err = merge_error(lambda f: (f / weights.name).write_bytes(weights.read_bytes()[:half]))
+    assert err.startswith("vdtrain merge: error: --adapter ") and "the adapter is incomplete or damaged" in err
+    assert f"adapter_model.safetensors (truncated: {half} bytes" in err
+    # killed before the marker was written (a vdtrain output: its base-model file is there)
+    err = merge_error(lambda f: (f / MANIFEST_NAME).unlink())
+    assert f"{MANIFEST_NAME} (missing: the final save did not finish)" in err
+    # a file another save overwrote after the marker was written (its header alone would pass)
+    config = uninterrupted / "adapter_config.json"
+    err = merge_error(lambda f: (f / config.name).write_text(config.read_text() + "\n"))
+    assert f"adapter_config.json ({config.stat().st_size + 1} bytes, {config.stat().st_size} when saved)" in err
+    assert not (tmp_path / "merged").exists()
 
 
 def test_resume_true_without_checkpoints_says_so(tmp_path: Path):

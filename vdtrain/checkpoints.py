@@ -21,6 +21,7 @@ from safetensors import safe_open
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, logging
 
 from vdtrain.io import atomic_write_json
+from vdtrain.merge import BASE_MODEL_FILE
 
 logger = logging.get_logger(__name__)
 
@@ -154,6 +155,11 @@ def checkpoint_problems(
         tag = (folder / "latest").read_text().strip()
         if not (folder / tag).is_dir() or not any((folder / tag).iterdir()):
             problems.append(f"{tag}/ (the DeepSpeed state named by `latest`: missing or empty)")
+    return _with_manifest_problems(folder, problems)
+
+
+def _with_manifest_problems(folder: Path, problems: list[str]) -> list[str]:
+    """`problems` plus the files `vdtrain_checkpoint.json` records that are now missing or of another size."""
     manifest = folder / MANIFEST_NAME
     if manifest.is_file():
         try:
@@ -169,6 +175,22 @@ def checkpoint_problems(
             elif path.stat().st_size != size:
                 problems.append(f"{name} ({path.stat().st_size} bytes, {size} when saved)")
     return sorted(set(problems), key=problems.index)
+
+
+def adapter_problems(folder: str | os.PathLike) -> list[str]:
+    """Every missing or damaged file of a saved LoRA adapter (a training run's `output_dir` or one of its
+    checkpoints): the adapter's config and weights by their headers, and the sizes its manifest recorded."""
+    folder = Path(folder)
+    problems = []
+    for names in ("adapter_config.json", "adapter_model.safetensors|adapter_model.bin"):
+        present = [folder / name for name in names.split("|") if (folder / name).is_file()]
+        if not present:
+            problems.append(f"{names.replace('|', ' or ')} (missing)")
+        elif (problem := _file_problem(present[0])) is not None:
+            problems.append(problem)
+    if not (folder / MANIFEST_NAME).is_file() and (folder / BASE_MODEL_FILE).is_file():
+        problems.append(f"{MANIFEST_NAME} (missing: the final save did not finish)")
+    return _with_manifest_problems(folder, problems)
 
 
 def checkpoint_folders(output_dir: str | os.PathLike) -> list[Path]:
@@ -226,12 +248,13 @@ def resolve_resume(value: str | bool | None, output_dir: str | os.PathLike, **ch
     return str(folder)
 
 
-def write_manifest(folder: str | os.PathLike) -> Path:
-    """Record every file of a saved checkpoint with its size, atomically; its presence means saving finished."""
+def write_manifest(folder: str | os.PathLike, recursive: bool = True) -> Path:
+    """Record every file of a saved checkpoint with its size, atomically; its presence means saving finished.
+    `recursive=False` records only the folder's own files (a final `output_dir` beside its `checkpoint-N`s)."""
     folder = Path(folder)
     files = {
         str(path.relative_to(folder)): path.stat().st_size
-        for path in sorted(folder.rglob("*"))
+        for path in sorted(folder.rglob("*") if recursive else folder.iterdir())
         if path.is_file() and path.name != MANIFEST_NAME and not path.name.startswith(".")
     }
     target = folder / MANIFEST_NAME

@@ -8,8 +8,10 @@ from typing import Any
 
 import transformers
 
+from vdtrain.checkpoints import MANIFEST_NAME, write_manifest
 from vdtrain.config import DataArguments, ModelArguments, VDTrainingArguments
 from vdtrain.data import SupervisedDataset, VDDataCollator, check_images, load_conversations
+from vdtrain.merge import BASE_MODEL_FILE
 from vdtrain.modeling import load_model_and_processor, prepare_for_training
 from vdtrain.trainer import VDTrainer
 
@@ -69,11 +71,16 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     trainer = build_trainer(model_args, data_args, training_args)
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
+    output_dir = Path(training_args.output_dir)
+    if trainer.is_world_process_zero():  # an earlier run's marker must not vouch for this save until it is done
+        (output_dir / MANIFEST_NAME).unlink(missing_ok=True)
+    trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
-        trainer.processing_class.save_pretrained(training_args.output_dir)
-        Path(training_args.output_dir, "vdtrain_base_model.txt").write_text(model_args.model_name_or_path + "\n")
+        trainer.processing_class.save_pretrained(str(output_dir))
+        (output_dir / BASE_MODEL_FILE).write_text(model_args.model_name_or_path + "\n")
     trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        write_manifest(output_dir, recursive=False)  # last: the final adapter is complete
     trainer.accelerator.end_training()  # tear the process group down before exit (ZeRO-3 could abort otherwise)
     return result
 

@@ -126,6 +126,13 @@ def check_adapter_path(path: str | os.PathLike | None, flag: str = "--adapter") 
         raise InputError(f"{flag} {folder}: no such directory")
     if not (folder / "adapter_config.json").is_file():
         raise InputError(f"{flag} {folder}: no adapter_config.json there; is this a LoRA adapter directory?")
+    from vdtrain.checkpoints import adapter_problems, complete_checkpoints
+
+    problems = adapter_problems(folder)
+    if problems:
+        complete = complete_checkpoints(folder) or complete_checkpoints(folder.parent)
+        hint = f"; {complete[-1]} is complete" if complete else ""
+        raise InputError(f"{flag} {folder}: the adapter is incomplete or damaged: {'; '.join(problems)}{hint}")
     return str(folder)
 
 

@@ -96,6 +96,21 @@ def test_merge_round_trip(uninterrupted: Path, tiny_llava_dir: Path, data_dir: P
 
     assert cli_main(["merge", "--adapter", str(uninterrupted), "--output", str(merged_dir)]) == 1  # not new
 
+    # the merged weights keep the base checkpoint's dtype wherever the merge runs; --dtype sets another
+    bf16_base = tmp_path / "bf16-base"
+    base.to(torch.bfloat16).save_pretrained(bf16_base)
+    processor.save_pretrained(bf16_base)
+    for flags, dtype in (([], torch.bfloat16), (["--dtype", "float32"], torch.float32)):
+        out = tmp_path / f"merged-{dtype}"
+        assert (
+            cli_main(
+                ["merge", "--adapter", str(uninterrupted), "--model", str(bf16_base), "--output", str(out), *flags]
+            )
+            == 0
+        )
+        weights = load_file(out / "model.safetensors")
+        assert {tensor.dtype for tensor in weights.values()} == {dtype}, flags
+
 
 def test_full_finetune_resumes_from_its_checkpoint(tiny_llava_dir: Path, data_dir: Path, tmp_path: Path):
     """transformers 5 saves legacy names (`language_model.model.*`) its Trainer cannot load; VDTrainer can."""

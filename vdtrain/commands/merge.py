@@ -21,7 +21,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model", "--base", dest="model", default=None, help="base model (default: the adapter's base model)"
     )
-    parser.add_argument("--dtype", default="auto", choices=options.DTYPES, help=options.DTYPE_HELP)
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=options.DTYPES,
+        help="dtype of the merged weights; default: the base checkpoint's own (a bfloat16 model stays bfloat16 "
+        "wherever it is merged). " + options.DTYPE_HELP,
+    )
     return parser
 
 
@@ -33,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     options.check_adapter_path(args.adapter)
     base = options.check_model_path(args.model) if args.model else None
-    merge_adapter(args.adapter, args.output, base=base, dtype=options.resolve_dtype(args.dtype))
+    dtype = "auto" if args.dtype is None else options.resolve_dtype(args.dtype)  # transformers' auto: as saved
+    merge_adapter(args.adapter, args.output, base=base, dtype=dtype)
     print(f"vdtrain merge: {args.adapter} -> {args.output}")
     return 0

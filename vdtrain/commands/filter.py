@@ -187,7 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "select":
         _print_summary(run_select(args, args.scores))
         return 0
+    from vdtrain.filtering.runs import end_distributed
+
     summary = run_score(args)
+    end_distributed()  # under torchrun/accelerate launch; the selection below runs on the main process only
     if summary is None:  # another process, or unfinished (stopped, or errors to retry)
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"vdtrain filter: scoring unfinished; rerun with --output-dir {args.output_dir} to resume")

@@ -46,6 +46,16 @@ def distributed() -> tuple[int, int]:
     return 0, 1
 
 
+def end_distributed() -> None:
+    """Tear down the process group `distributed()` started, once every process is here: left to interpreter exit,
+    gloo's threads can abort the process ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def barrier(world_size: int) -> None:
     if world_size > 1:
         torch.distributed.barrier()

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from tiny import tiny_llava, write_images
+from tiny import tiny_llava, tiny_qwen2_vl, write_images
 
+from vdtrain.evaluation.generate import DecodingOptions, generate_batch
 from vdtrain.evaluation.vcd import noise_like, sample_seeds, vcd_generate, vcd_logits
 from vdtrain.models import get_adapter
-from vdtrain.noise import add_diffusion_noise
+from vdtrain.noise import add_diffusion_noise, image_rows
 
 QUESTIONS = ["What color?", "Please describe this image in detail.", "Is there a red cat on the blue mat by a tree?"]
 STEPS = 8
@@ -93,6 +94,33 @@ def test_batch_sizes_agree(batch):
         )
         assert torch.equal(alone[0], together[row, : alone.shape[1]])
         assert (together[row, alone.shape[1] :] == 3).all()
+
+
+def test_flattened_patches_of_different_sizes_batch_as_one_by_one():
+    """Qwen2-VL flattens images of different sizes into different patch counts (`image_grid_thw`): each prompt's
+    rows get its own seeded noise, so VCD answers in a batch equal the answers one by one."""
+    model, processor = tiny_qwen2_vl()
+    adapter = get_adapter(model, processor)
+    generator = torch.Generator().manual_seed(0)
+    images = [
+        Image.fromarray(torch.randint(0, 255, (size, size, 3), generator=generator).to(torch.uint8).numpy())
+        for size in (32, 64)
+    ]
+    prompts = [adapter.prompt(q, processor) for q in QUESTIONS[:2]]
+    inputs = adapter.generation_inputs(processor, prompts, images)
+    rows = image_rows(inputs, inputs["pixel_values"])
+    assert len(rows) == 2 and rows[0] != rows[1] and sum(rows) == inputs["pixel_values"].shape[0]
+    seeds = sample_seeds(0, ["a", "b"])
+    alone = noise_like(inputs["pixel_values"][rows[0] :], seeds[1:])
+    assert torch.equal(noise_like(inputs["pixel_values"], seeds, rows)[rows[0] :], alone)
+
+    options = DecodingOptions(decoding="vcd", max_new_tokens=STEPS, vcd_alpha=5.0, vcd_beta=0.0, vcd_noise_step=999)
+    together = generate_batch(model, processor, adapter, QUESTIONS[:2], images, options, keys=["a", "b"])
+    one_by_one = [
+        generate_batch(model, processor, adapter, [q], [image], options, keys=[key])[0]
+        for q, image, key in zip(QUESTIONS[:2], images, "ab")
+    ]
+    assert together == one_by_one
 
 
 def test_cached_and_uncached_agree(batch):

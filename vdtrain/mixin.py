@@ -17,12 +17,12 @@ from transformers import Trainer
 from transformers.utils import logging
 
 from vdtrain.config import vd_options
-from vdtrain.data.keys import END_OF_TURN_MASK, HAS_IMAGE, IMAGE_GRID, LOSS_ONLY_KEYS
+from vdtrain.data.keys import END_OF_TURN_MASK, HAS_IMAGE, LOSS_ONLY_KEYS
 from vdtrain.dependence import IGNORE_INDEX, dependence_stats_tensor, row_logprobs, visual_dependence
 from vdtrain.forward import no_grad_logprobs, supervised_logits, supervised_targets, targets_at
 from vdtrain.losses import per_token_nll
 from vdtrain.models.base import accepts_logits_mask, unwrap_model
-from vdtrain.noise import add_diffusion_noise, noise_scales, seeded_generator
+from vdtrain.noise import add_diffusion_noise, image_rows, noise_scales, seeded_generator
 from vdtrain.weighting import token_weights
 
 logger = logging.get_logger(__name__)
@@ -321,17 +321,6 @@ class VDLossMixin:
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer
-
-
-def image_rows(inputs: dict, pixels: torch.Tensor) -> list[int]:
-    """The leading rows of `pixels` that hold each image: one per image, or each image's patch count for models that
-    flatten every image into patches (`image_grid_thw`, Qwen2-VL style), so each image gets its own noise draw."""
-    grid = inputs.get(IMAGE_GRID)
-    if isinstance(grid, torch.Tensor) and grid.dim() == 2:
-        patches = grid.prod(dim=-1).tolist()
-        if sum(patches) == pixels.shape[0]:
-            return patches
-    return [1] * pixels.shape[0]
 
 
 def check_not_packed(inputs: dict) -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
 NUM_TRAIN_TIMESTEPS = 1000
+IMAGE_GRID = "image_grid_thw"  # (images, 3) input of flattened-patch models (Qwen2-VL): t x h x w patches each
 
 
 @functools.lru_cache(maxsize=1)
@@ -71,3 +74,14 @@ def seeded_generator(*key: object, device: str | torch.device = "cpu") -> torch.
     step, sample), not on how many draws came before it, so batching, sharding and resuming cannot change it."""
     digest = hashlib.sha256(":".join(map(str, key)).encode()).digest()
     return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def image_rows(inputs: Mapping[str, Any], pixels: torch.Tensor) -> list[int]:
+    """The leading rows of `pixels` that hold each image: one per image, or each image's patch count for models that
+    flatten every image into patches (`image_grid_thw`, Qwen2-VL style), so each image gets its own noise draw."""
+    grid = inputs.get(IMAGE_GRID)
+    if isinstance(grid, torch.Tensor) and grid.dim() == 2:
+        patches = grid.prod(dim=-1).tolist()
+        if sum(patches) == pixels.shape[0]:
+            return patches
+    return [1] * pixels.shape[0]

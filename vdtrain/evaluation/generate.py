@@ -21,6 +21,7 @@ from vdtrain.data.conversations import load_image
 from vdtrain.evaluation.questions import answer_record, read_answers, resolve_image
 from vdtrain.io import append_jsonl, atomic_write_json
 from vdtrain.models.base import ModelAdapter, get_adapter, tokenizer_of, unwrap_model
+from vdtrain.noise import image_rows
 
 
 @dataclass
@@ -74,7 +75,9 @@ def generate_batch(
     }
     if options.decoding == "vcd":
         pixels = inputs[adapter.pixel_key]
-        noise = noise_like(pixels, sample_seeds(options.seed, keys if keys is not None else range(len(prompts))))
+        seeds = sample_seeds(options.seed, keys if keys is not None else range(len(prompts)))
+        rows = image_rows(inputs, pixels)  # one image per prompt: each prompt's pixel rows
+        noise = noise_like(pixels, seeds, rows if len(rows) == len(prompts) else None)
         generator = torch.Generator().manual_seed(options.seed) if options.do_sample else None
         new_tokens = vcd_generate(
             model,

@@ -49,13 +49,22 @@ def sample_seeds(seed: int, keys: Sequence[Any]) -> list[int]:
     return [(seed * 1_000_003 + zlib.crc32(str(key).encode())) % (2**63) for key in keys]
 
 
-def noise_like(pixel_values: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
-    """Standard normal noise shaped like `pixel_values`, each sample's rows drawn from its own seeded generator."""
-    if pixel_values.shape[0] % len(seeds):
-        raise ValueError(f"{pixel_values.shape[0]} pixel rows cannot be split over {len(seeds)} samples")
-    rows = pixel_values.shape[0] // len(seeds)
+def noise_like(
+    pixel_values: torch.Tensor, seeds: Sequence[int], rows_per_sample: Sequence[int] | None = None
+) -> torch.Tensor:
+    """Standard normal noise shaped like `pixel_values`, each sample's rows drawn from its own seeded generator.
+
+    `rows_per_sample`: how many leading rows of `pixel_values` each sample has (`noise.image_rows`, for models that
+    flatten images of different sizes into patches); default: an equal share each.
+    """
+    if rows_per_sample is None:
+        if pixel_values.shape[0] % len(seeds):
+            raise ValueError(f"{pixel_values.shape[0]} pixel rows cannot be split over {len(seeds)} samples")
+        rows_per_sample = [pixel_values.shape[0] // len(seeds)] * len(seeds)
+    if len(rows_per_sample) != len(seeds) or sum(rows_per_sample) != pixel_values.shape[0]:
+        raise ValueError(f"rows per sample {list(rows_per_sample)} do not cover {pixel_values.shape[0]} pixel rows")
     parts = []
-    for seed in seeds:
+    for seed, rows in zip(seeds, rows_per_sample):
         generator = torch.Generator().manual_seed(int(seed))
         parts.append(torch.randn((rows, *pixel_values.shape[1:]), generator=generator, dtype=torch.float32))
     return torch.cat(parts).to(pixel_values.device)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # vdtrain itself, installed or not (a lent GPU machine runs it from the checkout)
 sys.path.insert(0, str(REPO / "tests"))  # tiny.py: the offline BPE tokenizer, random images, the word list
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_overhead.py: the CPU resident-set sampler
 

@@ -42,21 +42,50 @@ def parser() -> Any:
     return Parser((ModelArguments, DataArguments, VDTrainingArguments), usage=USAGE)
 
 
-def help_text() -> str:
-    """`vdtrain train --help`, cached per (vdtrain config, transformers version, width): rendering it imports
-    transformers and torch (seconds), reading the cache does not."""
+HELP_SNAPSHOT = Path(__file__).with_name("train_help.txt")  # `scripts/write_train_help.py` writes it
+HELP_WIDTH = 80
+
+
+def help_key() -> str:
+    """What the rendered help depends on besides the terminal width: vdtrain's fields and transformers' release."""
     from importlib.metadata import version
 
-    root = Path(__file__).resolve().parents[1]
-    key = hashlib.sha256()
-    for path in (root / "config.py", Path(__file__).resolve()):
-        key.update(path.read_bytes())
-    key.update(f"{version('transformers')} {shutil.get_terminal_size().columns}".encode())
+    digest = hashlib.sha256()
+    for path in (Path(__file__).resolve().parents[1] / "config.py", Path(__file__).resolve()):
+        digest.update(path.read_bytes())
+    return f"transformers {version('transformers')} config {digest.hexdigest()[:20]}"
+
+
+def render_help(width: int | None = None) -> str:
+    """The help as `HfArgumentParser` renders it (imports transformers and torch: seconds), `width` columns wide."""
+    if width is None:
+        return parser().format_help()
+    previous = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(width)  # argparse wraps at shutil.get_terminal_size(), which reads it first
+    try:
+        return parser().format_help()
+    finally:
+        if previous is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = previous
+
+
+def help_text() -> str:
+    """`vdtrain train --help`, without importing transformers when it can: a copy rendered for this terminal width
+    (cached under ~/.cache/vdtrain), else the package's 80-column copy for the tested transformers release, else
+    rendered now and cached."""
+    key = help_key()
+    width = shutil.get_terminal_size().columns
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vdtrain" / "help"
-    path = cache / f"train-{key.hexdigest()[:20]}.txt"
+    path = cache / f"train-{hashlib.sha256(f'{key} {width}'.encode()).hexdigest()[:20]}.txt"
     if path.is_file():
         return path.read_text()
-    text = parser().format_help()
+    if HELP_SNAPSHOT.is_file():
+        header, _, body = HELP_SNAPSHOT.read_text().partition("\n")
+        if header == f"# {key}":
+            return body
+    text = render_help()
     try:
         atomic_write_text(path, text)
     except OSError:  # a read-only home: print it all the same

@@ -8,6 +8,7 @@ from PIL import Image
 from tiny import write_images
 
 from vdtrain.cli import main
+from vdtrain.filtering.scoring import sample_generator
 from vdtrain.modeling import load_for_inference
 from vdtrain.noise import add_diffusion_noise
 from vdtrain.probs_figure import token_class, token_dependence
@@ -29,7 +30,8 @@ def test_token_dependence_matches_direct_computation(tmp_path, tiny_llava_dir):
     first = next(i for i, label in enumerate(example.labels) if label != -100)
     ids = torch.tensor([example.input_ids])
     pixels = adapter.image_inputs(processor, [image])["pixel_values"]
-    noised = add_diffusion_noise(pixels, 900, generator=torch.Generator().manual_seed(5))
+    eps = torch.randn(pixels.shape, generator=sample_generator(5, 0))  # the filter's noise for sample 0, seed 5
+    noised = add_diffusion_noise(pixels, 900, noise=eps)
     with torch.no_grad():
         p_clean = model(input_ids=ids, pixel_values=pixels).logits[0, first - 1].softmax(-1)[ids[0, first]].item()
         p_noisy = model(input_ids=ids, pixel_values=noised).logits[0, first - 1].softmax(-1)[ids[0, first]].item()

@@ -3,6 +3,7 @@ behind `vdtrain inspect`."""
 
 from __future__ import annotations
 
+import math
 import os
 import textwrap
 from pathlib import Path
@@ -11,9 +12,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vdtrain.dependence import POSITIVE_THRESHOLD, target_logprobs, visual_dependence
-from vdtrain.models.base import tokenizer_of
-from vdtrain.noise import add_diffusion_noise
+from vdtrain.dependence import IGNORE_INDEX, POSITIVE_THRESHOLD, visual_dependence
+from vdtrain.models.base import accepts_logits_mask, pad_token_id, tokenizer_of
 
 COLOURS = {"image-positive": "#2a9d4b", "image-invariant": "#8c8c8c", "image-negative": "#d1495b"}
 
@@ -37,7 +37,6 @@ def greedy_response(
     return tokenizer_of(processor).decode(new, skip_special_tokens=True).strip()
 
 
-@torch.no_grad()
 def token_dependence(
     model: Any,
     processor: Any,
@@ -48,39 +47,39 @@ def token_dependence(
     noise_step: int = 900,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """For each response token: its text, p with the clean image, p with the noised image, d and its class."""
-    messages = [{"role": "user", "content": "<image>\n" + prompt}, {"role": "assistant", "content": response}]
-    n_image = adapter.num_image_tokens(processor, image.size)
-    example = adapter.encode(messages, processor, n_image)[-1]
-    device = model.device
-    batch = {"input_ids": torch.tensor([example.input_ids], device=device)}
-    batch.update({key: torch.tensor([values], device=device) for key, values in example.extra.items()})
-    pixels = {k: v.to(device) for k, v in adapter.image_inputs(processor, [image]).items()}
-    labels = torch.tensor([example.labels], device=device)
-    clean = {**batch, **pixels}
-    generator = torch.Generator().manual_seed(seed)
-    noised = dict(clean)
-    noised[adapter.pixel_key] = add_diffusion_noise(pixels[adapter.pixel_key], noise_step, generator=generator)
+    """For each response token: its text, p with the clean image, p with the noised image, d and its class.
+
+    The one-turn conversation goes through the filter's data path and passes (`prepare_sample`, `collate_samples`,
+    `teacher_forced_logprobs`), so the numbers are those `vdtrain filter score` computes for it as sample 0.
+    """
+    from vdtrain.filtering.scoring import collate_samples, prepare_sample, teacher_forced_logprobs
+
+    record = {
+        "id": "inspect",
+        "image": "image",
+        "conversations": [{"from": "human", "value": "<image>\n" + prompt}, {"from": "gpt", "value": response}],
+    }
+    sample = prepare_sample(record, 0, adapter, processor, None, max_length=1 << 20, seed=seed, image=image)
+    if "error" in sample:
+        raise ValueError(sample["error"])
+    batch = collate_samples([sample], pad_token_id(processor))
     model.eval()
-    lc = target_logprobs(model(**clean).logits, labels)[0]
-    ln = target_logprobs(model(**noised).logits, labels)[0]
-    d = visual_dependence(lc, ln)
+    logp_clean, logp_noisy, labels = teacher_forced_logprobs(
+        model, batch, noise_step=noise_step, pixel_key=adapter.pixel_key, logits_mask=accepts_logits_mask(model)
+    )
+    d = visual_dependence(logp_clean, logp_noisy).tolist()
+    targets = labels[0, 1:][labels[0, 1:] != IGNORE_INDEX].tolist()  # one example: row-major is its own order
     tokenizer = tokenizer_of(processor)
-    rows = []
-    for position, label in enumerate(example.labels):
-        if label == -100 or position == 0:
-            continue
-        value = d[position].item()
-        rows.append(
-            {
-                "token": tokenizer.decode([label]),
-                "p_clean": lc[position].exp().item(),
-                "p_noisy": ln[position].exp().item(),
-                "d": value,
-                "class": token_class(value),
-            }
-        )
-    return rows
+    return [
+        {
+            "token": tokenizer.decode([label]),
+            "p_clean": math.exp(clean),
+            "p_noisy": math.exp(noisy),
+            "d": value,
+            "class": token_class(value),
+        }
+        for label, clean, noisy, value in zip(targets, logp_clean.tolist(), logp_noisy.tolist(), d)
+    ]
 
 
 def plot_token_dependence(

@@ -13,13 +13,12 @@ from typing import Any
 import torch
 
 from vdtrain.analysis.spans import mention_tokens, object_mentions, token_char_spans
-from vdtrain.dependence import IGNORE_INDEX, POSITIVE_THRESHOLD, target_logprobs, visual_dependence
+from vdtrain.dependence import IGNORE_INDEX, POSITIVE_THRESHOLD
 from vdtrain.evaluation.chair import Synonyms, load_synonyms
 from vdtrain.evaluation.questions import _image_id
-from vdtrain.filtering.scoring import collate_samples, prepare_sample
+from vdtrain.filtering.scoring import batch_dependence, collate_samples, prepare_sample
 from vdtrain.io import read_objects
-from vdtrain.models.base import ModelAdapter, get_adapter, tokenizer_of
-from vdtrain.noise import add_diffusion_noise
+from vdtrain.models.base import ModelAdapter, accepts_logits_mask, get_adapter, pad_token_id, tokenizer_of
 
 GROUPS = ("pos", "inv", "neg")
 BINS = 20  # width 0.1 over [-1, 1]
@@ -67,35 +66,26 @@ def caption_record(caption: Mapping[str, Any], index: int, prompt: str) -> dict[
     }
 
 
-@torch.no_grad()
 def teacher_forced_dependence(
     model: torch.nn.Module, batch: dict[str, Any], *, noise_step: int, pixel_key: str
 ) -> list[dict[str, list]]:
     """Per example of a collated batch (`collate_samples`): its supervised target positions and ids, their d and
-    end-of-turn flags.
-
-    One clean and one noised no-grad pass (`target_logprobs` of each), the noise being the batch's per-sample `eps`.
-    """
-    device = next(model.parameters()).device
-    dtype = getattr(model, "dtype", torch.float32)
-    inputs = {key: value.to(device) for key, value in batch["inputs"].items()}
-    labels = inputs.pop("labels")
-    pixels = inputs[pixel_key]
-    if pixels.is_floating_point():
-        inputs[pixel_key] = pixels.to(dtype)
-    clean = target_logprobs(model(**inputs).logits, labels)  # (E, L)
-    inputs[pixel_key] = add_diffusion_noise(pixels.float(), noise_step, noise=batch["noise"].to(device)).to(dtype)
-    d = visual_dependence(clean, target_logprobs(model(**inputs).logits, labels)).cpu()  # (E, L)
+    end-of-turn flags, from the filter scorer's clean and noised passes (the batch's per-sample `eps`)."""
+    d, labels = batch_dependence(
+        model, batch, noise_step=noise_step, pixel_key=pixel_key, logits_mask=accepts_logits_mask(model)
+    )
     labels = labels.cpu()
+    supervised = labels[:, 1:] != IGNORE_INDEX
+    per_example = d.cpu().split(supervised.sum(dim=1).tolist())  # row-major: example by example
     out = []
     examples = [example for sample in batch["samples"] for example in sample["examples"]]
     for row, example in enumerate(examples):
-        positions = ((labels[row, 1:] != IGNORE_INDEX).nonzero().squeeze(-1) + 1).tolist()  # target positions
+        positions = (supervised[row].nonzero().squeeze(-1) + 1).tolist()  # target positions
         out.append(
             {
                 "positions": positions,
                 "ids": labels[row, positions].tolist(),
-                "d": d[row, positions].tolist(),
+                "d": per_example[row].tolist(),
                 "end_of_turn": [bool(example.end_of_turn_mask[p]) for p in positions],
             }
         )
@@ -226,7 +216,7 @@ def analyze_dependence(
     synonyms = synonyms or load_synonyms()
     adapter = adapter or get_adapter(model, processor)
     tokenizer = tokenizer_of(processor)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(processor)
     entries, errors = [], []
     for start in tqdm(range(0, len(captions), batch_size), desc="analyze dependence", disable=not progress):
         chunk = list(enumerate(captions[start : start + batch_size], start))

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from vdtrain.analysis.dependence import GROUPS, teacher_forced_dependence
 from vdtrain.filtering.scoring import collate_samples, prepare_sample
-from vdtrain.models.base import ModelAdapter, get_adapter, tokenizer_of, unwrap_model
+from vdtrain.models.base import ModelAdapter, get_adapter, pad_token_id, tokenizer_of, unwrap_model
 
 
 def use_eager_attention(model: torch.nn.Module) -> None:
@@ -99,7 +99,7 @@ def sample_saliency(
 ) -> dict[str, Any]:
     """Picked tokens of one prepared sample (`prepare_sample`) with their image and text flow per layer."""
     tokenizer = tokenizer_of(processor)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(processor)
     batch = collate_samples([sample], pad)
     forced = teacher_forced_dependence(model, batch, noise_step=noise_step, pixel_key=adapter.pixel_key)[0]
     keep = [k for k, flag in enumerate(forced["end_of_turn"]) if not flag]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from vdtrain.data.conversations import image_path, load_image
@@ -53,20 +54,23 @@ def prepare_sample(
     max_length: int,
     seed: int,
     source: str = "data",
+    image: Image.Image | None = None,
 ) -> dict[str, Any]:
     """Tokenise one record and load its image and noise; `{"index", "id", "error"}` if the sample cannot be scored.
 
     Returns `{"index", "id", "examples", "image_inputs", "noise"}`: the adapter's examples truncated to
     `max_length` (those left without supervised tokens dropped), the model's image inputs for the one image and
-    `eps` for the pixel tensor drawn from `sample_generator(seed, index)` (None for text-only samples).
+    `eps` for the pixel tensor drawn from `sample_generator(seed, index)` (None for text-only samples). `image`,
+    when given, is the record's image (already loaded) instead of the file its `image` field names.
     """
     sample_id = str(record.get("id", index)) if isinstance(record, dict) else str(index)
     try:
         if not isinstance(record, dict):
             raise ValueError(f"{source}: record {index} is a {type(record).__name__}, not a JSON object")
         record = {**record, "id": sample_id}
-        path = image_path(record, image_folder)
-        image = load_image(path, sample_id) if path is not None else None
+        if image is None:
+            path = image_path(record, image_folder)
+            image = load_image(path, sample_id) if path is not None else None
         encoded = encode_record(record, adapter, processor, image_folder, max_length, source, image=image)
         cut_image = next((tokens for tokens, _, cuts_image in encoded.dropped if cuts_image), None)
         if cut_image is not None:
@@ -130,13 +134,12 @@ def approximate_length(record: Any) -> int:
 
 # ---------------------------------------------------------------------------------------------- the hot path
 @torch.no_grad()
-def score_batch(
+def teacher_forced_logprobs(
     model: torch.nn.Module, batch: dict[str, Any], *, noise_step: int, pixel_key: str, logits_mask: bool = True
-) -> torch.Tensor:
-    """Per-sample `[sum d, n_tokens, n_pos, n_neg]` `(S, 4)` float64 for a collated batch: one clean, one noised pass.
-
-    Text-only examples get `d = 0` (nothing changes under noise) and a batch without images skips the noised pass.
-    """
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """`(log p_clean, log p_noisy, labels)` of a collated batch (`collate_samples`): one clean and one noised no-grad
+    pass, `(N,)` float32 log-probs of every supervised target in row-major order, and the labels on the model's
+    device. `log p_noisy` is None for a batch without images (nothing to noise)."""
     device = next(model.parameters()).device
     dtype = getattr(model, "dtype", torch.float32)
     inputs = {key: value.to(device, non_blocking=True) for key, value in batch["inputs"].items()}
@@ -146,16 +149,38 @@ def score_batch(
     labels = inputs.pop("labels")
     logp_clean = no_grad_logprobs(model, inputs, labels, logits_mask)  # (N,)
     if pixels is None:
-        d = torch.zeros_like(logp_clean)
-    else:
-        noise = batch["noise"].to(device, non_blocking=True)
-        inputs[pixel_key] = add_diffusion_noise(pixels.float(), noise_step, noise=noise).to(dtype)  # f32 math
-        d = visual_dependence(logp_clean, no_grad_logprobs(model, inputs, labels, logits_mask))
+        return logp_clean, None, labels
+    noise = batch["noise"].to(device, non_blocking=True)
+    inputs[pixel_key] = add_diffusion_noise(pixels.float(), noise_step, noise=noise).to(dtype)  # f32 math
+    return logp_clean, no_grad_logprobs(model, inputs, labels, logits_mask), labels
+
+
+def batch_dependence(
+    model: torch.nn.Module, batch: dict[str, Any], *, noise_step: int, pixel_key: str, logits_mask: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(d, labels)`: Eq. 5.1's `d` `(N,)` of every supervised target of a collated batch in row-major order (0 for
+    text-only examples: nothing changes under noise), and the labels on the model's device."""
+    logp_clean, logp_noisy, labels = teacher_forced_logprobs(
+        model, batch, noise_step=noise_step, pixel_key=pixel_key, logits_mask=logits_mask
+    )
+    if logp_noisy is None:
+        return torch.zeros_like(logp_clean), labels
     rows = (labels[:, 1:] != IGNORE_INDEX).nonzero()[:, 0]  # (N,) example of each target, row-major
-    d = d * batch[HAS_IMAGE].to(device)[rows]
+    return visual_dependence(logp_clean, logp_noisy) * batch[HAS_IMAGE].to(labels.device)[rows], labels
+
+
+def score_batch(
+    model: torch.nn.Module, batch: dict[str, Any], *, noise_step: int, pixel_key: str, logits_mask: bool = True
+) -> torch.Tensor:
+    """Per-sample `[sum d, n_tokens, n_pos, n_neg]` `(S, 4)` float64 for a collated batch: one clean, one noised pass.
+
+    Text-only examples get `d = 0` (nothing changes under noise) and a batch without images skips the noised pass.
+    """
+    d, labels = batch_dependence(model, batch, noise_step=noise_step, pixel_key=pixel_key, logits_mask=logits_mask)
+    rows = (labels[:, 1:] != IGNORE_INDEX).nonzero()[:, 0]  # (N,) example of each target, row-major
     values = torch.stack([d, torch.ones_like(d), d > POSITIVE_THRESHOLD, d < -POSITIVE_THRESHOLD], dim=1)
-    stats = torch.zeros(len(batch["samples"]), 4, dtype=torch.float64, device=device)
-    return stats.index_add_(0, batch["owner"].to(device)[rows], values.double())  # (S, 4)
+    stats = torch.zeros(len(batch["samples"]), 4, dtype=torch.float64, device=labels.device)
+    return stats.index_add_(0, batch["owner"].to(labels.device)[rows], values.double())  # (S, 4)
 
 
 def score_row(sample: dict[str, Any], stats: list[float]) -> dict[str, Any]:

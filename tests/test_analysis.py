@@ -156,6 +156,19 @@ def test_caption_d_equals_two_teacher_forced_passes_and_spans_decode(demo_model)
     assert result["totals"]["hallucination_distance"]["mentions"] == len(hallucinated)
 
 
+def test_captions_of_unknown_images_are_errors_not_hallucinations(demo_model):
+    root, model, processor, names = demo_model
+    truth = {1: {"cat"}, 3: set()}  # image 2 is not in the annotations: CHAIR errs, nothing is all-hallucinated
+    result = analyze_dependence(model, processor, _captions(names), truth, image_folder=root / "images")
+    assert [e["image_id"] for e in result["captions"]] == [1, 3]
+    assert result["errors"] == [
+        {"index": 1, "id": names[1], "error": "image id 2 is not in the annotations (CHAIR's ground truth)"}
+    ]
+    assert result["totals"]["mentions"] == {"grounded": 1, "hallucinated": 2}  # image 1: cat, dog; image 3: apple
+    unknown_only = analyze_dependence(model, processor, _captions(names)[1:2], truth, image_folder=root / "images")
+    assert unknown_only["captions"] == [] and len(unknown_only["errors"]) == 1
+
+
 def test_pick_tokens_are_disjoint_extremes():
     d = [0.9, -0.8, 0.05, -0.3, 0.6, 0.0, -0.01, 0.4]
     assert pick_tokens(d, 2) == {"pos": [0, 4], "inv": [5, 6], "neg": [1, 3]}

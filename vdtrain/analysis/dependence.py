@@ -206,7 +206,8 @@ def analyze_dependence(
     noised to `noise_step`; caption `i`'s noise comes from the filter's per-sample generator `(seed, i)`.
 
     Args:
-        ground_truth (`Mapping[int, set[str]]`): CHAIR's categories per image id (`build_ground_truth`).
+        ground_truth (`Mapping[int, set[str]]`): CHAIR's categories per image id (`build_ground_truth`); a caption
+            whose image id is not in it is not analysed but listed in `errors` (CHAIR errs on such ids too).
         image_folder (`str`): where the captions' `image` names resolve (COCO naming variants are tried).
     """
     from tqdm.auto import tqdm
@@ -222,6 +223,10 @@ def analyze_dependence(
         chunk = list(enumerate(captions[start : start + batch_size], start))
         samples = []
         for index, caption in chunk:
+            if int(caption["image_id"]) not in ground_truth:  # CHAIR's default: an error, not all-hallucinated
+                error = f"image id {caption['image_id']} is not in the annotations (CHAIR's ground truth)"
+                errors.append({"index": index, "id": str(caption.get("question_id", index)), "error": error})
+                continue
             record = caption_record(caption, index, prompt)
             record["image"] = str(resolve_image(image_folder, caption["image"]))
             samples.append(
@@ -229,6 +234,8 @@ def analyze_dependence(
                     record, index, adapter, processor, None, max_length=max_length, seed=seed, source="captions"
                 )
             )
+        if not samples:
+            continue
         batch = collate_samples(samples, pad)
         errors += [{"index": s["index"], "id": s["id"], "error": s["error"]} for s in batch["errors"]]
         if not batch["samples"]:

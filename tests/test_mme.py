@@ -128,6 +128,25 @@ def test_release_layouts_are_read(tmp_path):
         load_mme_questions(tmp_path)
 
 
+def test_an_image_without_two_questions_fails_when_read(tmp_path):
+    _write_release(tmp_path / "MME")
+    (tmp_path / "MME" / "existence" / "000000000001.txt").write_text("Is there a dog in this image?\tYes\n")
+    with pytest.raises(ValueError, match=r"000000000001.txt: 1 questions; MME asks two per image"):
+        load_mme_questions(tmp_path / "MME")
+
+
+def test_eval_run_limit_keeps_whole_images(tmp_path, tiny_llava_dir):
+    root = tmp_path / "MME"
+    _write_release(root)
+    out = tmp_path / "run"
+    argv = ["eval", "run", str(EVAL / "mme.yaml"), "--model", str(tiny_llava_dir), "--image-folder", str(root)]
+    argv += ["--output-dir", str(out), "--max-new-tokens", "1", "--limit", "3", "--no-progress"]
+    assert cli_main(argv) == 0  # 3 questions would split image 000000000001.jpg: both of its questions are asked
+    answers = [json.loads(line) for line in (out / "answers" / "mme.jsonl").read_text().splitlines()]
+    assert [a["question_id"] for a in answers] == [f"existence/00000000000{k // 2}.jpg/{k % 2}" for k in range(4)]
+    assert json.loads((out / "mme.json").read_text())["perception"]["categories"]["existence"]["images"] == 2
+
+
 def test_eval_run_and_eval_mme_on_a_tiny_model(tmp_path, tiny_llava_dir):
     root = tmp_path / "MME"
     _write_release(root)

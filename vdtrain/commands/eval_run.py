@@ -26,7 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coco-dir", help="CHAIR: folder with instances_val2014.json and captions_val2014.json")
     p.add_argument("--nltk-data", help="CHAIR: NLTK data directory")
     p.add_argument("--cache-dir", help="CHAIR: ground-truth cache directory")
-    p.add_argument("--limit", type=int, help="only the first N questions of each file (smoke runs; not comparable)")
+    p.add_argument(
+        "--limit",
+        type=int,
+        help="only the first N questions of each file (MME: of whole images; smoke runs; not comparable)",
+    )
     p.add_argument("--overwrite", action="store_true", help="regenerate instead of resuming")
     p.add_argument("--no-progress", action="store_true")
     add_decoding_arguments(p, defaults={})
@@ -180,8 +184,9 @@ def _run_mme(config: dict, args: argparse.Namespace) -> dict:
 
     out = Path(args.output_dir)
     questions = load_mme_questions(args.image_folder, config.get("categories"))
-    if args.limit:
-        questions = questions[: args.limit]
+    if args.limit:  # whole images: the scorer needs both questions of each
+        images = {(q["category"], q["image"]) for q in questions[: args.limit]}
+        questions = [q for q in questions if (q["category"], q["image"]) in images]
     decoding = decoding_options(args, config.get("decoding"))
     suffix = config.get("prompt_suffix") or ""
     generated = out / "answers" / "mme.generated.jsonl"

@@ -91,7 +91,10 @@ def load_mme_questions(root: str | os.PathLike, categories: Iterable[str] | None
             raise ValueError(f"{folder}: no question files (*.txt or questions_answers_YN/*.txt)")
         for text_file in texts:
             image = _image_file(images, text_file.stem, text_file)
-            for k, (question, answer) in enumerate(_read_pairs(text_file)):
+            pairs = _read_pairs(text_file)
+            if len(pairs) != 2:  # the scorer pairs them: fail here, not after generating every answer
+                raise ValueError(f"{text_file}: {len(pairs)} questions; MME asks two per image")
+            for k, (question, answer) in enumerate(pairs):
                 questions.append(
                     {
                         "question_id": f"{category}/{image.name}/{k}",

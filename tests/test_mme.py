@@ -135,7 +135,7 @@ def test_an_image_without_two_questions_fails_when_read(tmp_path):
         load_mme_questions(tmp_path / "MME")
 
 
-def test_eval_run_limit_keeps_whole_images(tmp_path, tiny_llava_dir):
+def test_eval_run_limit_keeps_whole_images(tmp_path, tiny_llava_dir, capsys):
     root = tmp_path / "MME"
     _write_release(root)
     out = tmp_path / "run"
@@ -145,6 +145,12 @@ def test_eval_run_limit_keeps_whole_images(tmp_path, tiny_llava_dir):
     answers = [json.loads(line) for line in (out / "answers" / "mme.jsonl").read_text().splitlines()]
     assert [a["question_id"] for a in answers] == [f"existence/00000000000{k // 2}.jpg/{k % 2}" for k in range(4)]
     assert json.loads((out / "mme.json").read_text())["perception"]["categories"]["existence"]["images"] == 2
+    printed = capsys.readouterr().out  # a partial release: the line says what each total sums
+    assert "(1 categories)  cognition 0.0 (0 categories)" in printed
+    assert json.loads((out / "summary.json").read_text())["categories"] == {
+        "perception": ["existence"],
+        "cognition": [],
+    }
 
 
 def test_eval_run_and_eval_mme_on_a_tiny_model(tmp_path, tiny_llava_dir):

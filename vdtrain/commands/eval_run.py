@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = run_protocol(config, args)
     decoding = summary["decoding"]
     limit = f", limit {args.limit}" if args.limit else ""
-    line = summary_line(summary["benchmark"], summary["metrics"])
+    line = summary_line(summary["benchmark"], summary["metrics"], summary.get("categories"))
     print(
         f"{summary['benchmark']} ({decoding['decoding']}, max_new_tokens {decoding['max_new_tokens']}{limit}): {line}"
     )
@@ -95,9 +95,14 @@ def _score(config: dict, args: argparse.Namespace, pairs: dict[str, tuple[Path, 
     return {**metrics, "average": result["average"]}
 
 
-def summary_line(benchmark: str, metrics: dict) -> str:
+def summary_line(benchmark: str, metrics: dict, categories: dict | None = None) -> str:
+    """The printed result line; MME's says how many categories each total sums (absent folders are left out)."""
     if benchmark == "mme":
-        return f"perception {metrics['perception']:.1f}  cognition {metrics['cognition']:.1f}"
+        counts = categories or {}
+        return "  ".join(
+            f"{group} {metrics[group]:.1f}" + (f" ({len(counts[group])} categories)" if group in counts else "")
+            for group in ("perception", "cognition")
+        )
     if benchmark == "chair":
         return (
             f"CHAIRs {100 * metrics['CHAIRs']:.1f}  CHAIRi {100 * metrics['CHAIRi']:.1f}  "
@@ -230,6 +235,7 @@ def _run_mme(config: dict, args: argparse.Namespace) -> dict:
         "limit": args.limit,
         "answers": {"mme": str(merged)},
         "metrics": {group: metrics[group]["total"] for group in ("perception", "cognition")},
+        "categories": {group: list(metrics[group]["categories"]) for group in ("perception", "cognition")},
     }
     atomic_write_json(out / "summary.json", summary, indent=1)
     return summary

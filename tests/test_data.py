@@ -100,6 +100,11 @@ def test_undecodable_image_names_sample(tmp_path):
         ),
         ({"id": "q4", "conversations": [{"from": "robot", "value": "hi"}]}, "'q4': unknown speaker"),
         ({"id": "q5"}, "'q5' has no 'conversations'"),
+        ({"id": "q6", "conversations": ["<image>\nhi", "x"]}, "'q6': turn 1 is a JSON str, not an object"),
+        (
+            {"id": "q7", "conversations": [{"from": "human", "value": 5}, {"from": "gpt", "value": "x"}]},
+            "'q7': turn 1's 'value' is a JSON int, not text",
+        ),
     ],
 )
 def test_bad_conversations_name_the_sample(record, match):
@@ -247,6 +252,15 @@ def test_image_outside_the_folder_refused_unless_allowed(tmp_path, llava):
     check_images(records, tmp_path / "img", allow_external=True)
     dataset = SupervisedDataset(records, adapter, processor, tmp_path / "img", allow_external_images=True)
     assert len(dataset) == 2 and dataset[0]["image_inputs"]["pixel_values"].shape == (1, 3, 32, 32)
+
+
+def test_image_field_that_is_not_a_file_name_is_listed(tmp_path):
+    records = [{"id": "n", "image": 5}, {"id": "d", "image": {"path": "a.png"}}]
+    with pytest.raises(FileNotFoundError) as error:
+        check_images(records, tmp_path, source="d.json")
+    message = str(error.value)
+    assert "sample 'n': 'image' is a JSON int, not a file name" in message
+    assert "sample 'd': 'image' is a JSON dict, not a file name" in message
 
 
 def test_json_object_instead_of_a_list(tmp_path):

@@ -263,6 +263,11 @@ def test_image_field_that_is_not_a_file_name_is_listed(tmp_path):
     assert "sample 'd': 'image' is a JSON dict, not a file name" in message
 
 
+def test_data_path_that_is_a_directory_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"data file {tmp_path} is a directory"):
+        load_conversations(tmp_path)
+
+
 def test_json_object_instead_of_a_list(tmp_path):
     path = tmp_path / "d.json"
     path.write_text(json.dumps({"info": "v1", "data": [{"id": "a", "conversations": []}]}))

@@ -66,7 +66,7 @@ def read_records(path: str | os.PathLike) -> list[Any]:
     """The records of a JSON list or a JSONL file exactly as stored, so record `i` is element/line `i` of the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist")
+        raise FileNotFoundError(f"data file {path} {'is a directory' if path.is_dir() else 'does not exist'}")
     if records_format(path) == "jsonl":
         return read_jsonl(path)
     records = read_json(path)

@@ -23,7 +23,7 @@ def load_conversations(path: str | os.PathLike, max_samples: int | None = None) 
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist")
+        raise FileNotFoundError(f"data file {path} {'is a directory' if path.is_dir() else 'does not exist'}")
     _check_is_sample_list(path)
     try:
         split = "train" if max_samples is None else f"train[:{max_samples}]"

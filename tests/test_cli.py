@@ -51,6 +51,23 @@ def test_help_shows_the_shared_options_alike(command, capsys):
         assert options.SEED_HELP in flat
 
 
+@pytest.mark.parametrize("command", [c for c in SHARED if "--batch-size" in SHARED[c]], ids=" ".join)
+def test_counts_below_one_are_usage_errors_before_any_work(command, capsys):
+    """`--batch-size 0` (was "range() arg 3 must not be zero" after loading the model) and `--limit 0`/`-1` (ran
+    every question / all but the last) are refused when parsed."""
+    argv = {
+        ("filter", "score"): ["--model", "m", "--data", "d", "--output-dir", "o"],
+        ("filter", "run"): ["--model", "m", "--data", "d", "--output-dir", "o", "--strategy", "lowest"],
+        ("eval", "generate"): ["--model", "m", "--questions", "q", "--output", "o"],
+        ("eval", "run"): ["--model", "m", "--output-dir", "o"],
+    }[command]
+    for flag, value in [("--batch-size", "0"), ("--limit", "0"), ("--limit", "-1")]:
+        if flag == "--limit" and command[0] != "eval":
+            continue
+        assert main([*command, *argv, f"{flag}={value}"]) == 2, (flag, value)
+        assert f"argument {flag}: must be at least 1, got {value}" in capsys.readouterr().err
+
+
 def test_train_help_and_every_entry_point(tmp_path):
     cold = {"XDG_CACHE_HOME": str(tmp_path / "cache")}  # the packaged copy, else rendered (seconds) and cached
     for args in (["vdtrain/cli.py", "train", "--help"], ["-m", "vdtrain", "train", "--help"]):

@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, help="question format (default: guessed)")
     p.add_argument("--prompt", help="question asked about every image (replaces the file's text)")
     p.add_argument("--prompt-suffix", default="", help="appended to every question")
-    p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("--limit", type=options.positive_int, help="only the first N questions")
     p.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     p.add_argument("--no-progress", action="store_true")
     add_decoding_arguments(p)

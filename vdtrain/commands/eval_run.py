@@ -26,7 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coco-dir", help="CHAIR: folder with instances_val2014.json and captions_val2014.json")
     p.add_argument("--nltk-data", help="CHAIR: NLTK data directory")
     p.add_argument("--cache-dir", help="CHAIR: ground-truth cache directory")
-    p.add_argument("--limit", type=int, help="only the first N questions of each file (smoke runs; not comparable)")
+    p.add_argument(
+        "--limit",
+        type=options.positive_int,
+        help="only the first N questions of each file (smoke runs; not comparable)",
+    )
     p.add_argument("--overwrite", action="store_true", help="regenerate instead of resuming")
     p.add_argument("--no-progress", action="store_true")
     add_decoding_arguments(p, defaults={})

@@ -73,9 +73,20 @@ def add_seed(
     parser.add_argument(flag, type=int, default=default, dest=dest, help=f"{SEED_HELP} ({what})")
 
 
+def positive_int(text: str) -> int:
+    """argparse type of a count (`--batch-size`, `--limit`): an integer of at least 1, checked when parsed."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_batch_size(parser: argparse.ArgumentParser | Any, default: int | None, what: str = "samples") -> None:
     """`--batch-size`: how many samples (prompts) go through the model at once."""
-    parser.add_argument("--batch-size", type=int, default=default, help=f"{what} per forward pass")
+    parser.add_argument("--batch-size", type=positive_int, default=default, help=f"{what} per forward pass")
 
 
 def noise_step(text: str) -> int:

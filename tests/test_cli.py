@@ -202,6 +202,18 @@ def test_a_new_command_plugs_in_with_one_entry(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err.strip() == "vdtrain eval hello: interrupted: half of it is in out/; rerun to finish"
 
 
+def test_interrupt_lines_read_the_output_in_either_spelling():
+    """`--output-dir=out` is as much an output as `--output-dir out` (filter said "nothing was written")."""
+    from vdtrain.commands import eval_generate, eval_run, filter
+
+    for argv in (["--output-dir", "out/s"], ["--output-dir=out/s"], ["--data", "d", "--output-dir=out/s"]):
+        assert "kept in out/s;" in filter.on_interrupt(["score", *argv])
+        assert "kept in out/s/answers;" in eval_run.on_interrupt(argv)
+    assert "kept in a.jsonl;" in eval_generate.on_interrupt(["--model", "m", "--output=a.jsonl"])
+    assert options.flag_value(["--output", "a", "--output=b"], "--output") == "b"
+    assert options.flag_value(["--output"], "--output") is None
+
+
 def _readme_commands() -> list[list[str]]:
     """Every `vdtrain ...` command line of the README's bash blocks (loops expanded; elided `...` ones left out)."""
     import re

@@ -112,5 +112,5 @@ def main(argv: list[str] | None = None) -> int:
 
 def on_interrupt(argv: list[str]) -> str:
     """What Ctrl-C leaves: every answer written so far; the same command resumes after them."""
-    output = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--output"), "the output file")
+    output = options.flag_value(argv, "--output") or "the output file"
     return f"the answers written so far are kept in {output}; rerun the same command to resume"

@@ -174,7 +174,7 @@ def _print_summary(summary: dict) -> None:
 
 def on_interrupt(argv: list[str]) -> str:
     """What Ctrl-C leaves: the scores appended so far, which the same command resumes from."""
-    output_dir = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--output-dir"), None)
+    output_dir = options.flag_value(argv, "--output-dir")
     if output_dir is None:
         return "nothing was written"
     return f"the scores written so far are kept in {output_dir}; rerun the same command to resume"

@@ -108,6 +108,18 @@ def add_noise_step(parser: argparse.ArgumentParser | Any, default: int = 900) ->
     )
 
 
+def flag_value(argv: list[str], flag: str) -> str | None:
+    """The value given to `flag` in `argv` (`--flag value` or `--flag=value`; the last one wins), for the Ctrl-C
+    line that names what was kept; None when it is not there."""
+    value = None
+    for index, arg in enumerate(argv):
+        if arg == flag and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif arg.startswith(f"{flag}="):
+            value = arg.partition("=")[2]
+    return value
+
+
 def resolve_dtype(dtype: str, device: str = "auto") -> str:
     """`auto` as one rule for every command: bfloat16 on a CUDA device that supports it, else float32."""
     if dtype not in DTYPES:

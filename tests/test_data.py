@@ -310,3 +310,27 @@ def test_train_cli_reports_bad_data_in_one_line(tmp_path, tiny_llava_dir, capsys
     assert line == f"vdtrain train: error: {tmp_path / 'd.json'}: 1 of 2 sample(s) cannot be trained on:"
     assert f"sample {records[1]['id']!r}: turn 1 is a 'gpt' turn" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_missing_images_and_bad_turns_are_listed_in_the_same_error(tmp_path, tiny_llava_dir, capsys):
+    """A missing image no longer hides the conversations' problems until the next run: both lists, one error."""
+    from vdtrain.cli import main
+
+    names = write_images(tmp_path / "img", 3)
+    records = write_conversations(tmp_path / "d.json", names)
+    records[1]["conversations"].insert(0, {"from": "gpt", "value": "hello"})
+    records[2]["conversations"][-1]["value"] += " </s> more"
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    (tmp_path / "img" / names[0]).unlink()
+    argv = ["train", "--model", str(tiny_llava_dir), "--data", str(tmp_path / "d.json")]
+    argv += ["--image-folder", str(tmp_path / "img"), "--output-dir", str(tmp_path / "o"), "--device", "cpu"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "1 of 3 images are missing or unreadable" in err and names[0] in err
+    assert "2 of 3 sample(s) cannot be trained on:" in err
+    assert f"sample {records[1]['id']!r}: turn 1 is a 'gpt' turn" in err
+    assert f"sample {records[2]['id']!r}: turn 2 (assistant) contains the special-token text '</s>'" in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()
+    assert main([*argv, "--drop-invalid", "true"]) == 1  # the samples that would be dropped: the images alone
+    err = capsys.readouterr().err
+    assert "1 of 3 images are missing" in err and "cannot be trained on" not in err

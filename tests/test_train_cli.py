@@ -1,6 +1,7 @@
 """`vdtrain train` end to end on a tiny LLaVA loaded by path: a loadable adapter checkpoint with its projector."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -116,3 +117,21 @@ def test_train_cli_recipe_edge_values(tmp_path, tiny_llava_dir, capsys):
     if not torch.cuda.is_available():
         assert main(["train", "--device", "cuda", "--model", str(tiny_llava_dir), "--data", "d.json"]) == 1
         assert "--device cuda: no CUDA device is available here; use --device cpu" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("lora_r", "0", "lora_r is a LoRA rank of at least 1, got 0"),  # was peft's "`r` should be positive"
+        ("lora_dropout", "1", "lora_dropout is a probability in [0, 1), got 1.0"),
+        ("max_samples", "-1", "max_samples is a number of samples of at least 1 (or unset), got -1"),
+        ("max_length", "0", "max_length is a number of tokens of at least 1, got 0"),
+    ],
+)
+def test_train_cli_out_of_range_fields_are_named_before_loading(field, value, message, tiny_llava_dir):
+    from vdtrain.commands.train import load_config
+    from vdtrain.errors import InputError
+
+    base = {"model_name_or_path": str(tiny_llava_dir), "data_path": "d.json", "output_dir": "o"}
+    with pytest.raises(InputError, match=re.escape(message)):
+        load_config(None, {**base, field: value})

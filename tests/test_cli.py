@@ -202,6 +202,13 @@ def test_a_new_command_plugs_in_with_one_entry(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err.strip() == "vdtrain eval hello: interrupted: half of it is in out/; rerun to finish"
 
 
+def test_pope_build_refuses_image_counts_below_one(capsys):
+    argv = ["eval", "pope-build", "--instances", "i.json", "--seed", "0", "--output-dir", "o"]
+    for value in ("0", "-3"):  # 0 wrote three empty question files; -3 was random.sample's "or is negative"
+        assert main([*argv, "--num-images", value]) == 2
+        assert f"argument --num-images: must be at least 1, got {value}" in capsys.readouterr().err
+
+
 def test_interrupt_lines_read_the_output_in_either_spelling():
     """`--output-dir=out` is as much an output as `--output-dir out` (filter said "nothing was written")."""
     from vdtrain.commands import eval_generate, eval_run, filter

@@ -209,6 +209,14 @@ def test_pope_build_refuses_image_counts_below_one(capsys):
         assert f"argument --num-images: must be at least 1, got {value}" in capsys.readouterr().err
 
 
+def test_saliency_refuses_counts_below_one(capsys):
+    argv = ["analyze", "saliency", "--model", "m", "--data", "d.json", "--output-dir", "o"]
+    # --samples 0 / --top-k 0 analysed nothing, then "no sample could be analysed"; -1: random.sample's message
+    for flag, value in [("--samples", "0"), ("--samples", "-1"), ("--top-k", "0")]:
+        assert main([*argv, flag, value]) == 2
+        assert f"argument {flag}: must be at least 1, got {value}" in capsys.readouterr().err
+
+
 def test_interrupt_lines_read_the_output_in_either_spelling():
     """`--output-dir=out` is as much an output as `--output-dir out` (filter said "nothing was written")."""
     from vdtrain.commands import eval_generate, eval_run, filter

@@ -142,6 +142,16 @@ def test_resume_true_without_checkpoints_says_so(tmp_path: Path):
     assert resolve_resume("false", tmp_path) is None and resolve_resume(None, tmp_path) is None
 
 
+def test_resume_from_the_output_dir_points_at_its_checkpoints(uninterrupted: Path):
+    """Naming the run's output_dir instead of a checkpoint-N: the hint names its newest complete checkpoint (it said
+    "no other checkpoint beside it is complete: start anew")."""
+    with pytest.raises(CheckpointError) as error:
+        resolve_resume(str(uninterrupted), uninterrupted)
+    assert f"{uninterrupted / 'checkpoint-6'} is complete: resume from it, or pass --resume_from_checkpoint last" in (
+        str(error.value)
+    )
+
+
 def test_incomplete_checkpoint_refused_and_last_takes_the_previous(
     uninterrupted: Path, tiny_llava_dir: Path, data_dir: Path, tmp_path: Path, capsys, caplog
 ):

@@ -246,7 +246,8 @@ def resolve_resume(value: str | bool | None, output_dir: str | os.PathLike, **ch
     folder = Path(value)
     problems = checkpoint_problems(folder, **checks)
     if problems:
-        complete = complete_checkpoints(folder.parent, **checks) if folder.parent.is_dir() else []
+        inside = complete_checkpoints(folder, **checks)  # a run's output_dir named instead of one of its checkpoints
+        complete = inside or (complete_checkpoints(folder.parent, **checks) if folder.parent.is_dir() else [])
         hint = (
             f"{complete[-1]} is complete: resume from it, or pass --resume_from_checkpoint last"
             if complete

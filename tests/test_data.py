@@ -334,3 +334,11 @@ def test_missing_images_and_bad_turns_are_listed_in_the_same_error(tmp_path, tin
     assert main([*argv, "--drop-invalid", "true"]) == 1  # the samples that would be dropped: the images alone
     err = capsys.readouterr().err
     assert "1 of 3 images are missing" in err and "cannot be trained on" not in err
+
+
+def test_missing_image_folder_is_one_line_not_every_image(tmp_path):
+    names = write_images(tmp_path / "img", 3)
+    records = write_conversations(tmp_path / "d.json", names)
+    with pytest.raises(FileNotFoundError) as error:  # listed each of the 3 images as missing
+        check_images(records, tmp_path / "imgs", source="d.json")
+    assert str(error.value) == f"d.json: the image folder {tmp_path / 'imgs'} does not exist (image_folder)"

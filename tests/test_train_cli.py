@@ -135,3 +135,15 @@ def test_train_cli_out_of_range_fields_are_named_before_loading(field, value, me
     base = {"model_name_or_path": str(tiny_llava_dir), "data_path": "d.json", "output_dir": "o"}
     with pytest.raises(InputError, match=re.escape(message)):
         load_config(None, {**base, field: value})
+
+
+def test_train_cli_output_dir_that_is_a_file(tmp_path, tiny_llava_dir, capsys):
+    taken = tmp_path / "run"
+    taken.write_text("notes\n")
+    argv = ["train", "--model", str(tiny_llava_dir), "--data", "d.json", "--output-dir", str(taken), "--device", "cpu"]
+    assert main(argv) == 1  # was "[Errno 17] File exists" after the model load
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(f"error: output_dir {taken} is a file; name a directory for the checkpoints")
+    )

@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     from vdtrain.commands.options import check_model_path, resolve_dtype
 
     check_model_path(model_args.model_name_or_path, "model_name_or_path")
+    if Path(training_args.output_dir).exists() and not Path(training_args.output_dir).is_dir():
+        raise InputError(f"output_dir {training_args.output_dir} is a file; name a directory for the checkpoints")
     model_args.dtype = resolve_dtype(model_args.dtype, "cpu" if training_args.use_cpu else "auto")
     _state["output_dir"] = training_args.output_dir
     from vdtrain.training import run_training

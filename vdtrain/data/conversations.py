@@ -196,6 +196,8 @@ def check_images(
     Reads each file's header only (PIL opens lazily), which catches empty files, non-images and unknown formats
     at about 0.1 ms per image; a file damaged past its header still fails later, naming the sample and the file.
     """
+    if image_folder is not None and not Path(image_folder).is_dir() and any(r.get("image") for r in records):
+        raise FileNotFoundError(f"{source}: the image folder {image_folder} does not exist (image_folder)")
     bad = []
     for record in tqdm(records, desc="checking images", unit="sample", leave=False):
         try:

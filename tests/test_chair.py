@@ -319,6 +319,18 @@ def test_cli(tmp_path, coco, capsys):
     argv = ["--captions", str(captions), "--instances", str(coco[0]), "--coco-captions", str(coco[1])]
     assert chair_main([*argv, "--output", str(out), "--no-cache", "--skip-unknown-ids"]) == 0
     assert json.loads(out.read_text())["overall_metrics"]["Recall"] == pytest.approx(6 / 10)
+    capsys.readouterr()
+    # every id unknown: skipping leaves nothing, said as such (not "none were given"); --output a directory
+    only_unknown = tmp_path / "unknown.jsonl"
+    only_unknown.write_text(json.dumps({"image_id": 999, "caption": "A cat."}) + "\n")
+    argv = ["--instances", str(coco[0]), "--coco-captions", str(coco[1]), "--no-cache", "--workers", "1"]
+    assert chair_main([*argv, "--captions", str(only_unknown), "--output", str(out), "--skip-unknown-ids"]) == 1
+    assert "none of the captions' 1 image id(s) is in the annotations" in capsys.readouterr().err
+    assert chair_main([*argv, "--captions", str(captions), "--output", str(tmp_path), "--skip-unknown-ids"]) == 1
+    assert (
+        capsys.readouterr().err.strip()
+        == f"vdtrain eval chair: error: {tmp_path} is a directory; name the file to write"
+    )
 
 
 def test_cli_help(capsys):

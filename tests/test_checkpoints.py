@@ -121,10 +121,35 @@ def test_final_adapter_is_marked_complete_and_checked_before_use(uninterrupted: 
     assert not (tmp_path / "merged").exists()
 
 
+def test_adapter_check_ignores_files_loading_an_adapter_does_not_read(uninterrupted: Path, tmp_path: Path):
+    """A checkpoint whose optimizer and RNG states were deleted to save space, or an adapter whose model card was
+    edited, still merges: only the adapter's own files are checked (resuming still refuses the checkpoint)."""
+    checkpoint = shutil.copytree(uninterrupted / "checkpoint-6", tmp_path / "checkpoint-6")
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        (checkpoint / name).unlink()
+    (checkpoint / "README.md").write_text("notes\n")
+    assert adapter_problems(checkpoint) == []
+    assert "optimizer.pt (missing)" in checkpoint_problems(checkpoint)
+    final = shutil.copytree(uninterrupted, tmp_path / "final", ignore=shutil.ignore_patterns("checkpoint-*"))
+    (final / "README.md").write_text("my model card\n")
+    assert adapter_problems(final) == []
+    assert cli_main(["merge", "--adapter", str(checkpoint), "--output", str(tmp_path / "merged")]) == 0
+
+
 def test_resume_true_without_checkpoints_says_so(tmp_path: Path):
     with pytest.raises(CheckpointError, match="no checkpoint-N folder to resume from"):
         resolve_resume("true", tmp_path)
     assert resolve_resume("false", tmp_path) is None and resolve_resume(None, tmp_path) is None
+
+
+def test_resume_from_the_output_dir_points_at_its_checkpoints(uninterrupted: Path):
+    """Naming the run's output_dir instead of a checkpoint-N: the hint names its newest complete checkpoint (it said
+    "no other checkpoint beside it is complete: start anew")."""
+    with pytest.raises(CheckpointError) as error:
+        resolve_resume(str(uninterrupted), uninterrupted)
+    assert f"{uninterrupted / 'checkpoint-6'} is complete: resume from it, or pass --resume_from_checkpoint last" in (
+        str(error.value)
+    )
 
 
 def test_incomplete_checkpoint_refused_and_last_takes_the_previous(

@@ -51,6 +51,23 @@ def test_help_shows_the_shared_options_alike(command, capsys):
         assert options.SEED_HELP in flat
 
 
+@pytest.mark.parametrize("command", [c for c in SHARED if "--batch-size" in SHARED[c]], ids=" ".join)
+def test_counts_below_one_are_usage_errors_before_any_work(command, capsys):
+    """`--batch-size 0` (was "range() arg 3 must not be zero" after loading the model) and `--limit 0`/`-1` (ran
+    every question / all but the last) are refused when parsed."""
+    argv = {
+        ("filter", "score"): ["--model", "m", "--data", "d", "--output-dir", "o"],
+        ("filter", "run"): ["--model", "m", "--data", "d", "--output-dir", "o", "--strategy", "lowest"],
+        ("eval", "generate"): ["--model", "m", "--questions", "q", "--output", "o"],
+        ("eval", "run"): ["--model", "m", "--output-dir", "o"],
+    }[command]
+    for flag, value in [("--batch-size", "0"), ("--limit", "0"), ("--limit", "-1")]:
+        if flag == "--limit" and command[0] != "eval":
+            continue
+        assert main([*command, *argv, f"{flag}={value}"]) == 2, (flag, value)
+        assert f"argument {flag}: must be at least 1, got {value}" in capsys.readouterr().err
+
+
 def test_train_help_and_every_entry_point(tmp_path):
     cold = {"XDG_CACHE_HOME": str(tmp_path / "cache")}  # the packaged copy, else rendered (seconds) and cached
     for args in (["vdtrain/cli.py", "train", "--help"], ["-m", "vdtrain", "train", "--help"]):
@@ -183,6 +200,33 @@ def test_a_new_command_plugs_in_with_one_entry(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err == "vdtrain eval hello: error: x.json: sample 3: no answer; add one\n"
     assert main(["eval", "hello", "--stop"]) == 130
     assert capsys.readouterr().err.strip() == "vdtrain eval hello: interrupted: half of it is in out/; rerun to finish"
+
+
+def test_pope_build_refuses_image_counts_below_one(capsys):
+    argv = ["eval", "pope-build", "--instances", "i.json", "--seed", "0", "--output-dir", "o"]
+    for value in ("0", "-3"):  # 0 wrote three empty question files; -3 was random.sample's "or is negative"
+        assert main([*argv, "--num-images", value]) == 2
+        assert f"argument --num-images: must be at least 1, got {value}" in capsys.readouterr().err
+
+
+def test_saliency_refuses_counts_below_one(capsys):
+    argv = ["analyze", "saliency", "--model", "m", "--data", "d.json", "--output-dir", "o"]
+    # --samples 0 / --top-k 0 analysed nothing, then "no sample could be analysed"; -1: random.sample's message
+    for flag, value in [("--samples", "0"), ("--samples", "-1"), ("--top-k", "0")]:
+        assert main([*argv, flag, value]) == 2
+        assert f"argument {flag}: must be at least 1, got {value}" in capsys.readouterr().err
+
+
+def test_interrupt_lines_read_the_output_in_either_spelling():
+    """`--output-dir=out` is as much an output as `--output-dir out` (filter said "nothing was written")."""
+    from vdtrain.commands import eval_generate, eval_run, filter
+
+    for argv in (["--output-dir", "out/s"], ["--output-dir=out/s"], ["--data", "d", "--output-dir=out/s"]):
+        assert "kept in out/s;" in filter.on_interrupt(["score", *argv])
+        assert "kept in out/s/answers;" in eval_run.on_interrupt(argv)
+    assert "kept in a.jsonl;" in eval_generate.on_interrupt(["--model", "m", "--output=a.jsonl"])
+    assert options.flag_value(["--output", "a", "--output=b"], "--output") == "b"
+    assert options.flag_value(["--output"], "--output") is None
 
 
 def _readme_commands() -> list[list[str]]:

@@ -100,6 +100,11 @@ def test_undecodable_image_names_sample(tmp_path):
         ),
         ({"id": "q4", "conversations": [{"from": "robot", "value": "hi"}]}, "'q4': unknown speaker"),
         ({"id": "q5"}, "'q5' has no 'conversations'"),
+        ({"id": "q6", "conversations": ["<image>\nhi", "x"]}, "'q6': turn 1 is a JSON str, not an object"),
+        (
+            {"id": "q7", "conversations": [{"from": "human", "value": 5}, {"from": "gpt", "value": "x"}]},
+            "'q7': turn 1's 'value' is a JSON int, not text",
+        ),
     ],
 )
 def test_bad_conversations_name_the_sample(record, match):
@@ -249,6 +254,20 @@ def test_image_outside_the_folder_refused_unless_allowed(tmp_path, llava):
     assert len(dataset) == 2 and dataset[0]["image_inputs"]["pixel_values"].shape == (1, 3, 32, 32)
 
 
+def test_image_field_that_is_not_a_file_name_is_listed(tmp_path):
+    records = [{"id": "n", "image": 5}, {"id": "d", "image": {"path": "a.png"}}]
+    with pytest.raises(FileNotFoundError) as error:
+        check_images(records, tmp_path, source="d.json")
+    message = str(error.value)
+    assert "sample 'n': 'image' is a JSON int, not a file name" in message
+    assert "sample 'd': 'image' is a JSON dict, not a file name" in message
+
+
+def test_data_path_that_is_a_directory_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"data file {tmp_path} is a directory"):
+        load_conversations(tmp_path)
+
+
 def test_json_object_instead_of_a_list(tmp_path):
     path = tmp_path / "d.json"
     path.write_text(json.dumps({"info": "v1", "data": [{"id": "a", "conversations": []}]}))
@@ -291,3 +310,35 @@ def test_train_cli_reports_bad_data_in_one_line(tmp_path, tiny_llava_dir, capsys
     assert line == f"vdtrain train: error: {tmp_path / 'd.json'}: 1 of 2 sample(s) cannot be trained on:"
     assert f"sample {records[1]['id']!r}: turn 1 is a 'gpt' turn" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_missing_images_and_bad_turns_are_listed_in_the_same_error(tmp_path, tiny_llava_dir, capsys):
+    """A missing image no longer hides the conversations' problems until the next run: both lists, one error."""
+    from vdtrain.cli import main
+
+    names = write_images(tmp_path / "img", 3)
+    records = write_conversations(tmp_path / "d.json", names)
+    records[1]["conversations"].insert(0, {"from": "gpt", "value": "hello"})
+    records[2]["conversations"][-1]["value"] += " </s> more"
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    (tmp_path / "img" / names[0]).unlink()
+    argv = ["train", "--model", str(tiny_llava_dir), "--data", str(tmp_path / "d.json")]
+    argv += ["--image-folder", str(tmp_path / "img"), "--output-dir", str(tmp_path / "o"), "--device", "cpu"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "1 of 3 images are missing or unreadable" in err and names[0] in err
+    assert "2 of 3 sample(s) cannot be trained on:" in err
+    assert f"sample {records[1]['id']!r}: turn 1 is a 'gpt' turn" in err
+    assert f"sample {records[2]['id']!r}: turn 2 (assistant) contains the special-token text '</s>'" in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()
+    assert main([*argv, "--drop-invalid", "true"]) == 1  # the samples that would be dropped: the images alone
+    err = capsys.readouterr().err
+    assert "1 of 3 images are missing" in err and "cannot be trained on" not in err
+
+
+def test_missing_image_folder_is_one_line_not_every_image(tmp_path):
+    names = write_images(tmp_path / "img", 3)
+    records = write_conversations(tmp_path / "d.json", names)
+    with pytest.raises(FileNotFoundError) as error:  # listed each of the 3 images as missing
+        check_images(records, tmp_path / "imgs", source="d.json")
+    assert str(error.value) == f"d.json: the image folder {tmp_path / 'imgs'} does not exist (image_folder)"

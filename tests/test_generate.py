@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -220,6 +221,20 @@ def test_protocol_rejects_bad_configs(tmp_path):
     (tmp_path / "b.yaml").write_text("benchmark: pope\nsplits: {random: q.json}\ndecoding: {beams: 2}\n")
     with pytest.raises(ValueError, match="b.yaml: decoding: .*beams"):
         load_protocol(tmp_path / "b.yaml")
+    # values of the wrong type or range: named with the config (were a TypeError traceback mid-generation, or
+    # batch_size: 0 silently read as 8)
+    for name, text, message in [
+        ("c", "batch_size: 0", "c.yaml: batch_size must be a whole number of at least 1, got 0"),
+        ("d", "batch_size: abc", "d.yaml: batch_size must be a whole number of at least 1, got 'abc'"),
+        ("e", "decoding: {max_new_tokens: abc}", "e.yaml: decoding: max_new_tokens must be an integer, got 'abc'"),
+        ("f", "decoding: {max_new_tokens: 0}", "f.yaml: decoding: max_new_tokens must be at least 1, got 0"),
+        ("g", "decoding: {do_sample: 'yes'}", "g.yaml: decoding: do_sample must be true or false, got 'yes'"),
+    ]:
+        (tmp_path / f"{name}.yaml").write_text(f"benchmark: pope\nsplits: {{random: q.json}}\n{text}\n")
+        with pytest.raises(ValueError, match=re.escape(message)):
+            load_protocol(tmp_path / f"{name}.yaml")
+    (tmp_path / "h.yaml").write_text("benchmark: pope\nsplits: {random: q.json}\ndecoding: {temperature: 1}\n")
+    assert load_protocol(tmp_path / "h.yaml")["decoding"] == {"temperature": 1}  # an int where a float goes
 
 
 def test_run_pope_protocol(tiny_llava_dir, pope_files, tmp_path, capsys):

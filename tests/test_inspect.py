@@ -67,3 +67,15 @@ def test_inspect_cli_writes_figure_and_numbers(tmp_path, tiny_llava_dir):
     assert numbers["response"] == "there is red cat on blue mat."
     assert all(0 <= row["p_clean"] <= 1 and -1 <= row["d"] <= 1 for row in numbers["tokens"])
     assert numbers["tokens"][-1]["token"] == "</s>"
+
+
+def test_inspect_refuses_a_noise_step_before_loading_and_names_the_figure_it_writes(tmp_path, capsys):
+    from vdtrain.probs_figure import plot_token_dependence
+
+    argv = ["--model", str(tmp_path / "no-model"), "--image", "x.png", "--prompt", "q", "--output", "f.png"]
+    assert main(["inspect", *argv, "--noise-step", "1000"]) == 2  # a usage error, not a model load
+    assert "argument --noise-step: the diffusion step must be in [0, 999], got 1000" in capsys.readouterr().err
+    assert main(["filter", "score", "--model", "m", "--data", "d", "--output-dir", "o", "--noise-step", "-1"]) == 2
+    rows = [{"token": " a", "p_clean": 0.5, "p_noisy": 0.4, "d": 0.2, "class": "image-invariant"}]
+    written = plot_token_dependence(rows, tmp_path / "figure")  # no suffix: matplotlib writes figure.png
+    assert written == tmp_path / "figure.png" and written.is_file()

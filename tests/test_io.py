@@ -31,6 +31,8 @@ def test_read_errors_name_the_file_and_line(tmp_path):
     assert read_jsonl(tmp_path / "absent.jsonl", missing_ok=True) == []
     with pytest.raises(FileNotFoundError, match="absent.json does not exist"):
         read_records(tmp_path / "absent.json")
+    with pytest.raises(FileNotFoundError, match=f"data file {tmp_path} is a directory"):  # not "does not exist"
+        read_records(tmp_path)
     scalars = tmp_path / "scalars.jsonl"
     scalars.write_text('{"a": 1}\n3\n')
     with pytest.raises(ValueError, match=r"scalars\.jsonl: record 2 is a int; expected JSON objects"):

@@ -112,6 +112,15 @@ def test_merge_round_trip(uninterrupted: Path, tiny_llava_dir: Path, data_dir: P
         assert {tensor.dtype for tensor in weights.values()} == {dtype}, flags
 
 
+def test_merge_output_that_is_a_file_is_refused_by_name(uninterrupted: Path, tmp_path: Path, capsys):
+    taken = tmp_path / "merged"
+    taken.write_text("notes\n")
+    assert cli_main(["merge", "--adapter", str(uninterrupted), "--output", str(taken)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"error: {taken} is a file; --output names a new directory for the merged model"), err
+    assert taken.read_text() == "notes\n"
+
+
 def test_full_finetune_resumes_from_its_checkpoint(tiny_llava_dir: Path, data_dir: Path, tmp_path: Path):
     """transformers 5 saves legacy names (`language_model.model.*`) its Trainer cannot load; VDTrainer can."""
     from transformers import AutoModelForImageTextToText

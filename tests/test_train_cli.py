@@ -1,6 +1,7 @@
 """`vdtrain train` end to end on a tiny LLaVA loaded by path: a loadable adapter checkpoint with its projector."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -94,3 +95,55 @@ def test_train_cli_bad_recipe_value_names_the_recipe(tmp_path, tiny_llava_dir, c
     assert "no such directory; give a model directory or a hub id" in capsys.readouterr().err
     assert main(["train", str(recipe), "stray"]) == 2  # a usage error
     assert "expected --field value, got 'stray'" in capsys.readouterr().err
+
+
+def test_train_cli_recipe_edge_values(tmp_path, tiny_llava_dir, capsys):
+    """A value starting with `-` is a value, a non-text YAML key is one error line, and `--device` means what it
+    means for every other command (no silent CPU run for `--device cuda` without a GPU)."""
+    from vdtrain.commands.train import load_config, parse_overrides
+
+    base = {"model_name_or_path": str(tiny_llava_dir), "data_path": "d.json", "output_dir": str(tmp_path / "o")}
+    _, _, training_args = load_config(None, {**base, "run_name": "-ablation", "adam_beta1": "-5e-1"})
+    assert training_args.run_name == "-ablation" and training_args.adam_beta1 == -0.5
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"model_name_or_path: {tiny_llava_dir}\n1: 2\n")
+    assert main(["train", str(recipe)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"vdtrain train: error: {recipe}: field names are text, got 1"
+    assert parse_overrides(["--device", "cpu"]) == {"use_cpu": "true"}
+    assert parse_overrides(["--device", "auto"]) == {"use_cpu": "false"}
+    assert main(["train", "--device", "cuda:1", "--model", str(tiny_llava_dir), "--data", "d.json"]) == 2
+    assert "--device cuda:1: train takes cpu, cuda or auto" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["train", "--device", "cuda", "--model", str(tiny_llava_dir), "--data", "d.json"]) == 1
+        assert "--device cuda: no CUDA device is available here; use --device cpu" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("lora_r", "0", "lora_r is a LoRA rank of at least 1, got 0"),  # was peft's "`r` should be positive"
+        ("lora_dropout", "1", "lora_dropout is a probability in [0, 1), got 1.0"),
+        ("max_samples", "-1", "max_samples is a number of samples of at least 1 (or unset), got -1"),
+        ("max_length", "0", "max_length is a number of tokens of at least 1, got 0"),
+    ],
+)
+def test_train_cli_out_of_range_fields_are_named_before_loading(field, value, message, tiny_llava_dir):
+    from vdtrain.commands.train import load_config
+    from vdtrain.errors import InputError
+
+    base = {"model_name_or_path": str(tiny_llava_dir), "data_path": "d.json", "output_dir": "o"}
+    with pytest.raises(InputError, match=re.escape(message)):
+        load_config(None, {**base, field: value})
+
+
+def test_train_cli_output_dir_that_is_a_file(tmp_path, tiny_llava_dir, capsys):
+    taken = tmp_path / "run"
+    taken.write_text("notes\n")
+    argv = ["train", "--model", str(tiny_llava_dir), "--data", "d.json", "--output-dir", str(taken), "--device", "cpu"]
+    assert main(argv) == 1  # was "[Errno 17] File exists" after the model load
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(f"error: output_dir {taken} is a file; name a directory for the checkpoints")
+    )

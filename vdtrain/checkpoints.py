@@ -158,8 +158,9 @@ def checkpoint_problems(
     return _with_manifest_problems(folder, problems)
 
 
-def _with_manifest_problems(folder: Path, problems: list[str]) -> list[str]:
-    """`problems` plus the files `vdtrain_checkpoint.json` records that are now missing or of another size."""
+def _with_manifest_problems(folder: Path, problems: list[str], only: tuple[str, ...] | None = None) -> list[str]:
+    """`problems` plus the files `vdtrain_checkpoint.json` records that are now missing or of another size (of
+    those named in `only`, when given)."""
     manifest = folder / MANIFEST_NAME
     if manifest.is_file():
         try:
@@ -168,6 +169,8 @@ def _with_manifest_problems(folder: Path, problems: list[str]) -> list[str]:
             return [*problems, f"{MANIFEST_NAME} (unreadable: {type(error).__name__})"]
         for name, size in recorded.items():
             path = folder / name
+            if only is not None and name not in only:
+                continue
             if any(problem.startswith(f"{name} (") for problem in problems):
                 continue  # already named, by what its header says
             if not path.is_file():
@@ -177,9 +180,14 @@ def _with_manifest_problems(folder: Path, problems: list[str]) -> list[str]:
     return sorted(set(problems), key=problems.index)
 
 
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", BASE_MODEL_FILE)
+
+
 def adapter_problems(folder: str | os.PathLike) -> list[str]:
     """Every missing or damaged file of a saved LoRA adapter (a training run's `output_dir` or one of its
-    checkpoints): the adapter's config and weights by their headers, and the sizes its manifest recorded."""
+    checkpoints): the adapter's config and weights by their headers, and the sizes its manifest recorded for the
+    files loading an adapter reads (`ADAPTER_FILES`: an edited README or a checkpoint's removed optimizer state
+    does not matter)."""
     folder = Path(folder)
     problems = []
     for names in ("adapter_config.json", "adapter_model.safetensors|adapter_model.bin"):
@@ -190,7 +198,7 @@ def adapter_problems(folder: str | os.PathLike) -> list[str]:
             problems.append(problem)
     if not (folder / MANIFEST_NAME).is_file() and (folder / BASE_MODEL_FILE).is_file():
         problems.append(f"{MANIFEST_NAME} (missing: the final save did not finish)")
-    return _with_manifest_problems(folder, problems)
+    return _with_manifest_problems(folder, problems, only=ADAPTER_FILES)
 
 
 def checkpoint_folders(output_dir: str | os.PathLike) -> list[Path]:
@@ -238,7 +246,8 @@ def resolve_resume(value: str | bool | None, output_dir: str | os.PathLike, **ch
     folder = Path(value)
     problems = checkpoint_problems(folder, **checks)
     if problems:
-        complete = complete_checkpoints(folder.parent, **checks) if folder.parent.is_dir() else []
+        inside = complete_checkpoints(folder, **checks)  # a run's output_dir named instead of one of its checkpoints
+        complete = inside or (complete_checkpoints(folder.parent, **checks) if folder.parent.is_dir() else [])
         hint = (
             f"{complete[-1]} is complete: resume from it, or pass --resume_from_checkpoint last"
             if complete

@@ -172,6 +172,12 @@ class ModelArguments:
     train_projector: bool = field(default=True, metadata={"help": "Train the multimodal projector fully."})
     freeze_vision_tower: bool = field(default=True, metadata={"help": "Keep the vision tower frozen."})
 
+    def __post_init__(self) -> None:
+        if self.lora_r < 1:
+            raise ValueError(f"lora_r is a LoRA rank of at least 1, got {self.lora_r}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout is a probability in [0, 1), got {self.lora_dropout}")
+
 
 @dataclass
 class DataArguments:
@@ -196,3 +202,9 @@ class DataArguments:
         default=False,
         metadata={"help": "Allow image paths that resolve outside image_folder (absolute paths, '../')."},
     )
+
+    def __post_init__(self) -> None:
+        if self.max_length < 1:
+            raise ValueError(f"max_length is a number of tokens of at least 1, got {self.max_length}")
+        if self.max_samples is not None and self.max_samples < 1:  # -1 would silently leave out the last sample
+            raise ValueError(f"max_samples is a number of samples of at least 1 (or unset), got {self.max_samples}")

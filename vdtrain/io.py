@@ -66,7 +66,7 @@ def read_records(path: str | os.PathLike) -> list[Any]:
     """The records of a JSON list or a JSONL file exactly as stored, so record `i` is element/line `i` of the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist")
+        raise FileNotFoundError(f"data file {path} {'is a directory' if path.is_dir() else 'does not exist'}")
     if records_format(path) == "jsonl":
         return read_jsonl(path)
     records = read_json(path)
@@ -89,6 +89,8 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = False
     """Write `text` to a temporary file beside `path`, then rename it over `path`: readers never see half a file.
     `fsync` also forces the bytes to disk before the rename (a completion marker must not outlive a crash alone)."""
     path = Path(path)
+    if path.is_dir():  # os.replace would name the temporary file
+        raise IsADirectoryError(f"{path} is a directory; name the file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     try:

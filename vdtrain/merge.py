@@ -46,6 +46,8 @@ def merge_adapter(
     adapter_dir, output_dir = Path(adapter_dir), Path(output_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json; is this a LoRA adapter directory?")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"{output_dir} is a file; --output names a new directory for the merged model")
     if output_dir.resolve() == adapter_dir.resolve() or (output_dir.is_dir() and any(output_dir.iterdir())):
         raise FileExistsError(f"{output_dir}: the output directory must be new or empty; pass another --output")
     base = str(base) if base is not None else base_model_of(adapter_dir)

@@ -122,6 +122,7 @@ def plot_token_dependence(
         # above the figure's top edge (the tight bbox grows to it): however many lines, it cannot cover the legend
         fig.suptitle("\n".join(textwrap.wrap(title, 110)), fontsize=9, y=1.0, va="bottom")
     output = Path(output)
+    output = output if output.suffix else output.with_suffix(".png")  # the name matplotlib writes, returned as is
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output, bbox_inches="tight")
     plt.close(fig)

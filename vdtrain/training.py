@@ -11,6 +11,7 @@ import transformers
 from vdtrain.checkpoints import MANIFEST_NAME, write_manifest
 from vdtrain.config import DataArguments, ModelArguments, VDTrainingArguments
 from vdtrain.data import SupervisedDataset, VDDataCollator, check_images, load_conversations
+from vdtrain.data.dataset import conversation_problems, invalid_samples_message
 from vdtrain.merge import BASE_MODEL_FILE
 from vdtrain.modeling import load_model_and_processor, prepare_for_training
 from vdtrain.trainer import VDTrainer
@@ -24,8 +25,12 @@ def build_trainer(
     """Everything up to `trainer.train()`: checked data, the wrapped model and a configured `VDTrainer`."""
     transformers.set_seed(training_args.seed)
     records = load_conversations(data_args.data_path, data_args.max_samples)
+    image_problems = None
     if data_args.check_images:
-        check_images(records, data_args.image_folder, data_args.data_path, data_args.allow_external_images)
+        try:
+            check_images(records, data_args.image_folder, data_args.data_path, data_args.allow_external_images)
+        except FileNotFoundError as error:  # raised with the conversations' problems: every one in one error
+            image_problems = error
     model, processor, adapter = load_model_and_processor(
         model_args.model_name_or_path,
         dtype=model_args.dtype,
@@ -37,6 +42,12 @@ def build_trainer(
             f"{model_args.model_name_or_path}: {type(model).__name__}.forward has no {adapter.pixel_key!r} input; "
             "its adapter does not match the model."
         )
+    if image_problems is not None:
+        _, invalid = conversation_problems(records, adapter, processor, data_args.data_path)
+        if invalid and not data_args.drop_invalid:
+            message = invalid_samples_message(data_args.data_path, invalid, len(records))
+            raise FileNotFoundError(f"{image_problems}\n{message}") from None
+        raise image_problems
     dataset = SupervisedDataset(
         records,
         adapter,

@@ -20,7 +20,7 @@ def add_teacher_forcing_options(parser: argparse.ArgumentParser) -> None:
     """The model options every analysis shares, plus the noise and the sequence length of the teacher forcing."""
     options.add_model_options(parser)
     options.add_seed(parser, 0, "the per-sample noise: sample i draws from (seed, i)")
-    parser.add_argument("--noise-step", type=int, default=900, help="diffusion step of the noised image (0-999)")
+    options.add_noise_step(parser)
     parser.add_argument("--max-length", type=int, default=2048, help="tokens per sequence after image expansion")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -24,8 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_teacher_forcing_options(p)
     p.add_argument("--data", required=True, help="LLaVA-format conversations .json/.jsonl (the paper: Detail-23k)")
     p.add_argument("--image-folder", help="folder the records' `image` paths are relative to")
-    p.add_argument("--samples", type=int, default=500, help="samples drawn at random with --seed (all if fewer)")
-    p.add_argument("--top-k", type=int, default=10, help="tokens picked per group and sample")
+    p.add_argument(
+        "--samples", type=options.positive_int, default=500, help="samples drawn at random with --seed (all if fewer)"
+    )
+    p.add_argument("--top-k", type=options.positive_int, default=10, help="tokens picked per group and sample")
     p.add_argument("--example", type=int, help="index of a sample whose response x response matrix is drawn")
     p.add_argument("--output-dir", required=True, help="saliency.json and figures/ go here")
     return p

@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, help="question format (default: guessed)")
     p.add_argument("--prompt", help="question asked about every image (replaces the file's text)")
     p.add_argument("--prompt-suffix", default="", help="appended to every question")
-    p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("--limit", type=options.positive_int, help="only the first N questions")
     p.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     p.add_argument("--no-progress", action="store_true")
     add_decoding_arguments(p)
@@ -112,5 +112,5 @@ def main(argv: list[str] | None = None) -> int:
 
 def on_interrupt(argv: list[str]) -> str:
     """What Ctrl-C leaves: every answer written so far; the same command resumes after them."""
-    output = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--output"), "the output file")
+    output = options.flag_value(argv, "--output") or "the output file"
     return f"the answers written so far are kept in {output}; rerun the same command to resume"

@@ -17,7 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Write coco_pope_{random,popular,adversarial}.json (jsonl) question sets from COCO instances.",
     )
     p.add_argument("--instances", required=True, help="COCO-format instances file, e.g. instances_val2014.json")
-    p.add_argument("--num-images", type=int, required=True, help="images to sample (the released sets use 500)")
+    p.add_argument(
+        "--num-images", type=options.positive_int, required=True, help="images to sample (the released sets use 500)"
+    )
     p.add_argument(
         "--seed", type=int, required=True, help=f"{options.SEED_HELP} (the image sample and the random negatives)"
     )

@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="CHAIR: ground-truth cache directory")
     p.add_argument(
         "--limit",
-        type=int,
+        type=options.positive_int,
         help="only the first N questions of each file (MME: of whole images; smoke runs; not comparable)",
     )
     p.add_argument("--overwrite", action="store_true", help="regenerate instead of resuming")
@@ -243,5 +243,5 @@ def _run_mme(config: dict, args: argparse.Namespace) -> dict:
 
 def on_interrupt(argv: list[str]) -> str:
     """What Ctrl-C leaves: the answers generated so far, which the same command resumes after."""
-    output_dir = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--output-dir"), "the output dir")
+    output_dir = options.flag_value(argv, "--output-dir") or "the output dir"
     return f"the answers generated so far are kept in {output_dir}/answers; rerun the same command to resume"

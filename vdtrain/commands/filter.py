@@ -30,7 +30,7 @@ def _add_score_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--data", required=True, help="LLaVA-format conversation data: a JSON list or JSONL")
     group.add_argument("--image-folder", default=None, help="folder the records' 'image' paths are relative to")
     group.add_argument("--output-dir", required=True, help="where scores go; the same directory again resumes")
-    group.add_argument("--noise-step", type=int, default=900, help="diffusion step of the noised image (0-999)")
+    options.add_noise_step(group)
     options.add_batch_size(group, 8)
     options.add_seed(group, 42, "the noise: sample i's noise is seeded from (seed, i)")
     group.add_argument("--max-length", type=int, default=2048, help="tokens per sequence after image expansion")
@@ -174,7 +174,7 @@ def _print_summary(summary: dict) -> None:
 
 def on_interrupt(argv: list[str]) -> str:
     """What Ctrl-C leaves: the scores appended so far, which the same command resumes from."""
-    output_dir = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--output-dir"), None)
+    output_dir = options.flag_value(argv, "--output-dir")
     if output_dir is None:
         return "nothing was written"
     return f"the scores written so far are kept in {output_dir}; rerun the same command to resume"

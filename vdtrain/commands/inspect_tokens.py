@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt", required=True, help="the user's question")
     parser.add_argument("--response", help="response to score (default: the model's greedy answer)")
     parser.add_argument("--output", required=True, help="figure path (.png); the numbers go to the same name .json")
-    parser.add_argument("--noise-step", type=int, default=900, help="diffusion step of the noised image (0-999)")
+    options.add_noise_step(parser)
     options.add_seed(parser, 0, "the noise")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="length limit of a generated response")
     return parser

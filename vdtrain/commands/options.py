@@ -1,6 +1,7 @@
 """Options every command shares, defined once: the same spelling, the same meaning, the same help text.
 
-`--model`, `--adapter`, `--dtype`, `--device`, `--seed`, `--batch-size`, `--output-dir` / `--output`, `--debug`.
+`--model`, `--adapter`, `--dtype`, `--device`, `--seed`, `--batch-size`, `--noise-step`, `--output-dir` / `--output`,
+`--debug`.
 Nothing heavy is imported at module level, so building a parser (and `--help`) stays instant.
 """
 
@@ -72,9 +73,51 @@ def add_seed(
     parser.add_argument(flag, type=int, default=default, dest=dest, help=f"{SEED_HELP} ({what})")
 
 
+def positive_int(text: str) -> int:
+    """argparse type of a count (`--batch-size`, `--limit`): an integer of at least 1, checked when parsed."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_batch_size(parser: argparse.ArgumentParser | Any, default: int | None, what: str = "samples") -> None:
     """`--batch-size`: how many samples (prompts) go through the model at once."""
-    parser.add_argument("--batch-size", type=int, default=default, help=f"{what} per forward pass")
+    parser.add_argument("--batch-size", type=positive_int, default=default, help=f"{what} per forward pass")
+
+
+def noise_step(text: str) -> int:
+    """argparse type of `--noise-step`: a diffusion step in [0, 999], refused as a usage error before any model
+    is loaded (`vdtrain.noise.NUM_TRAIN_TIMESTEPS` steps)."""
+    try:
+        step = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer diffusion step in [0, 999], got {text!r}") from None
+    if not 0 <= step <= 999:
+        raise argparse.ArgumentTypeError(f"the diffusion step must be in [0, 999], got {step}")
+    return step
+
+
+def add_noise_step(parser: argparse.ArgumentParser | Any, default: int = 900) -> None:
+    """`--noise-step`: the diffusion step of the noised image, checked when the command line is parsed."""
+    parser.add_argument(
+        "--noise-step", type=noise_step, default=default, help="diffusion step of the noised image (0-999)"
+    )
+
+
+def flag_value(argv: list[str], flag: str) -> str | None:
+    """The value given to `flag` in `argv` (`--flag value` or `--flag=value`; the last one wins), for the Ctrl-C
+    line that names what was kept; None when it is not there."""
+    value = None
+    for index, arg in enumerate(argv):
+        if arg == flag and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif arg.startswith(f"{flag}="):
+            value = arg.partition("=")[2]
+    return value
 
 
 def resolve_dtype(dtype: str, device: str = "auto") -> str:

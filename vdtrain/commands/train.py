@@ -109,10 +109,26 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
                 value = "true"  # a bare flag
         key = key.replace("-", "_")
         if key == "device":
-            key, value = "use_cpu", str(value == "cpu").lower()
+            key, value = "use_cpu", _use_cpu(value)
         overrides[ALIASES.get(key, key)] = value
         index += 1
     return overrides
+
+
+def _use_cpu(device: str) -> str:
+    """`--device cpu|cuda|auto` as the `use_cpu` field; `cuda` where there is none, or one device, is refused
+    (training runs where it is launched: pick GPUs with CUDA_VISIBLE_DEVICES or `accelerate launch`)."""
+    if device not in ("cpu", "cuda", "auto"):
+        raise UsageError(
+            f"--device {device}: train takes cpu, cuda or auto (GPUs are chosen with CUDA_VISIBLE_DEVICES or "
+            "`accelerate launch`)"
+        )
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda: no CUDA device is available here; use --device cpu")
+    return str(device == "cpu").lower()
 
 
 def load_config(
@@ -134,6 +150,9 @@ def load_config(
             raise InputError(f"{config_path}: not valid YAML: {error}") from None
         if not isinstance(values, dict):
             raise InputError(f"{config_path}: a recipe is a mapping of field: value, got {type(values).__name__}")
+        not_text = [key for key in values if not isinstance(key, str)]
+        if not_text:
+            raise InputError(f"{config_path}: field names are text, got {', '.join(map(repr, not_text))}")
         values = {ALIASES.get(key, key): value for key, value in values.items()}
         if overrides:
             source += " (with command-line overrides)"
@@ -155,7 +174,8 @@ def load_config(
 
 
 def _to_argv(values: dict[str, Any]) -> list[str]:
-    """Fields as command-line tokens, so argparse applies each field's type (YAML reads `2e-4` as a string)."""
+    """Fields as command-line tokens, so argparse applies each field's type (YAML reads `2e-4` as a string);
+    `--field=value`, so a value starting with `-` (`-1e-4`) is not read as an option."""
     argv: list[str] = []
     for key, value in values.items():
         if value is None:
@@ -163,11 +183,11 @@ def _to_argv(values: dict[str, Any]) -> list[str]:
         if isinstance(value, (list, tuple)):
             argv += [f"--{key}", *map(str, value)]
         elif isinstance(value, dict):
-            argv += [f"--{key}", json.dumps(value)]
+            argv += [f"--{key}={json.dumps(value)}"]
         elif isinstance(value, bool):
-            argv += [f"--{key}", str(value).lower()]
+            argv += [f"--{key}={str(value).lower()}"]
         else:
-            argv += [f"--{key}", str(value)]
+            argv += [f"--{key}={value}"]
     return argv
 
 
@@ -182,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     from vdtrain.commands.options import check_model_path, resolve_dtype
 
     check_model_path(model_args.model_name_or_path, "model_name_or_path")
+    if Path(training_args.output_dir).exists() and not Path(training_args.output_dir).is_dir():
+        raise InputError(f"output_dir {training_args.output_dir} is a file; name a directory for the checkpoints")
     model_args.dtype = resolve_dtype(model_args.dtype, "cpu" if training_args.use_cpu else "auto")
     _state["output_dir"] = training_args.output_dir
     from vdtrain.training import run_training

@@ -23,7 +23,7 @@ def load_conversations(path: str | os.PathLike, max_samples: int | None = None) 
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist")
+        raise FileNotFoundError(f"data file {path} {'is a directory' if path.is_dir() else 'does not exist'}")
     _check_is_sample_list(path)
     try:
         split = "train" if max_samples is None else f"train[:{max_samples}]"
@@ -81,11 +81,18 @@ def to_messages(record: dict[str, Any], source: str = "data") -> list[dict[str, 
     if not isinstance(turns, list) or not turns:
         raise ConversationError(f"{sample} has no 'conversations' list")
     messages = []
-    for turn in turns:
+    for number, turn in enumerate(turns, start=1):
+        if not isinstance(turn, dict):
+            raise ConversationError(
+                f"{sample}: turn {number} is a JSON {type(turn).__name__}, not an object with 'from' and 'value'"
+            )
         role = ROLES.get(str(turn.get("from", turn.get("role", ""))).lower())
         if role is None:
             raise ConversationError(f"{sample}: unknown speaker {turn.get('from')!r} (expected 'human' or 'gpt')")
-        messages.append({"role": role, "content": str(turn.get("value", turn.get("content", "")))})
+        content = turn.get("value", turn.get("content", ""))
+        if not isinstance(content, str):
+            raise ConversationError(f"{sample}: turn {number}'s 'value' is a JSON {type(content).__name__}, not text")
+        messages.append({"role": role, "content": content})
     if not any(message["role"] == "assistant" for message in messages):
         raise ConversationError(f"{sample} has no assistant ('gpt') turn, so nothing would be supervised")
     _check_turn_order(messages, sample)
@@ -162,6 +169,11 @@ def image_path(
                 f"sample {record.get('id')!r}: {len(name)} images; vdtrain supports one per sample"
             )
         name = name[0]
+    if not isinstance(name, str):
+        raise ConversationError(
+            f"sample {record.get('id')!r}: 'image' is a JSON {type(name).__name__}, not a file name "
+            "(relative to the image folder)"
+        )
     path = Path(image_folder or ".") / name
     if image_folder is not None and not allow_external:
         root = Path(image_folder).resolve()
@@ -184,6 +196,8 @@ def check_images(
     Reads each file's header only (PIL opens lazily), which catches empty files, non-images and unknown formats
     at about 0.1 ms per image; a file damaged past its header still fails later, naming the sample and the file.
     """
+    if image_folder is not None and not Path(image_folder).is_dir() and any(r.get("image") for r in records):
+        raise FileNotFoundError(f"{source}: the image folder {image_folder} does not exist (image_folder)")
     bad = []
     for record in tqdm(records, desc="checking images", unit="sample", leave=False):
         try:

@@ -101,6 +101,36 @@ def _listed(problems: list[str], shown: int = 20) -> str:
     return lines + (f"\n  ... and {len(problems) - shown} more" if len(problems) > shown else "")
 
 
+def conversation_problems(
+    records: list[dict[str, Any]], adapter: ModelAdapter, processor: Any, source: str = "data"
+) -> tuple[list[tuple[dict[str, Any], list[dict[str, str]]]], list[tuple[str, str]]]:
+    """`(checked, invalid)`: each record that can be trained on with its messages, and `(sample id, problem)` of
+    each that cannot (turn order, `<image>` count, special-token text in a turn)."""
+    placeholders = ("<image>", adapter.image_placeholder(processor))  # the data's image marker is no misuse
+    special = special_token_pattern(tokenizer_of(processor), allowed=placeholders)
+    checked, invalid = [], []
+    for record in records:
+        try:
+            messages = to_messages(record, source)
+            problem = special_token_problem(messages, special, f"{source}: sample {record.get('id')!r}")
+            if problem is not None:
+                raise ConversationError(problem)
+        except ConversationError as error:
+            invalid.append((str(record.get("id")), str(error).removeprefix(f"{source}: ")))
+            continue
+        checked.append((record, messages))
+    return checked, invalid
+
+
+def invalid_samples_message(source: str, invalid: list[tuple[str, str]], total: int) -> str:
+    """The one error listing the samples that cannot be trained on, and the two ways on."""
+    problems = [problem for _, problem in invalid]
+    return (
+        f"{source}: {len(invalid)} of {total} sample(s) cannot be trained on:\n{_listed(problems)}\n"
+        "Fix them, or set drop_invalid: true to train without them."
+    )
+
+
 class SupervisedDataset(torch.utils.data.Dataset):
     """Training examples of LLaVA-format records for one model family.
 
@@ -140,27 +170,11 @@ class SupervisedDataset(torch.utils.data.Dataset):
         self.items: list[tuple[dict[str, Any], Example]] = []
         self.dropped: list[str] = []
         too_long: list[str] = []
-        placeholders = ("<image>", adapter.image_placeholder(processor))  # the data's image marker is no misuse
-        special = special_token_pattern(tokenizer_of(processor), allowed=placeholders)
-        checked = []
-        invalid: list[str] = []
-        for record in records:
-            try:
-                messages = to_messages(record, source)
-                problem = special_token_problem(messages, special, f"{source}: sample {record.get('id')!r}")
-                if problem is not None:
-                    raise ConversationError(problem)
-            except ConversationError as error:
-                invalid.append(str(error).removeprefix(f"{source}: "))
-                self.dropped.append(str(record.get("id")))
-                continue
-            checked.append((record, messages))
+        checked, invalid = conversation_problems(records, adapter, processor, source)
         if invalid and not drop_invalid:
-            raise ConversationError(
-                f"{source}: {len(invalid)} of {len(records)} sample(s) cannot be trained on:\n{_listed(invalid)}\n"
-                "Fix them, or set drop_invalid: true to train without them."
-            )
-        for line in invalid:
+            raise ConversationError(invalid_samples_message(source, invalid, len(records)))
+        for sample_id, line in invalid:
+            self.dropped.append(sample_id)
             logger.warning("%s: dropped %s", source, line)
         for record, messages in tqdm(checked, desc="tokenizing", unit="sample", leave=False):
             encoded = encode_record(

@@ -140,6 +140,11 @@ def evaluate_chair(
     if unknown_ids == "skip":
         skipped = set(unknown)
         captions = [record for record in captions if record["image_id"] not in skipped]
+        if not captions and skipped:
+            raise InputError(
+                f"none of the captions' {len(skipped)} image id(s) is in the annotations, so every caption was "
+                "skipped: are these the ids of the annotated split?"
+            )
     sentences = []
     hallucinated_captions = mentions = hallucinations = recalled = gt_total = words = 0
     unknown_images = set()

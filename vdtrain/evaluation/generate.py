@@ -10,7 +10,7 @@ import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,14 @@ class DecodingOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        kinds = {"int": (int, "an integer"), "float": ((int, float), "a number"), "bool": (bool, "true or false")}
+        for spec in fields(self):  # a protocol config's YAML value of the wrong type (`max_new_tokens: abc`)
+            value, (kind, what) = getattr(self, spec.name), kinds.get(str(spec.type), (str, "text"))
+            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+                raise ValueError(f"{spec.name} must be {what}, got {value!r}")
+        for name in ("max_new_tokens", "num_beams"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.decoding not in ("greedy", "vcd"):
             raise ValueError(f"decoding must be 'greedy' or 'vcd', got {self.decoding!r}")
         if self.decoding == "vcd" and self.num_beams != 1:

@@ -53,8 +53,13 @@ def load_protocol(path: str | os.PathLike) -> dict[str, Any]:
     else:
         raise ValueError(f"{path}: benchmark must be 'chair', 'pope' or 'mme', got {benchmark!r}")
     config["splits"] = {name: str((path.parent / file).resolve()) for name, file in config["splits"].items()}
+    batch_size = config.get("batch_size")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"{path}: batch_size must be a whole number of at least 1, got {batch_size!r}")
     try:
         DecodingOptions(**(config.get("decoding") or {}))
+    except ValueError as error:  # a value of the wrong type or range
+        raise ValueError(f"{path}: decoding: {error}") from None
     except TypeError as error:  # an unknown field
         known = ", ".join(asdict(DecodingOptions()))
         raise ValueError(f"{path}: decoding: {error}; known fields: {known}") from None

@@ -279,6 +279,67 @@ def test_qwen2_vl_flattened_patches_get_per_sample_noise(tmp_path):
     assert max((vd[name] - sft[name]).abs().max().item() for name in vd) > 10 * (sft_gap + 1e-7)  # it re-weighted
 
 
+class _NoiseKeys(VDSFTTrainer):
+    """Records the (step, key, shape) of every noise draw."""
+
+    def _randn(self, shape, step, key, device):
+        self.keys = [*getattr(self, "keys", []), (step, key, tuple(shape))]
+        return super()._randn(shape, step, key, device)
+
+
+def _noise_keys(tmp_path, model, processor, rows, batch: int, accumulation: int) -> list:
+    args = _config(
+        tmp_path / f"keys-{batch}x{accumulation}",
+        max_steps=1,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        vd_start=0.0,
+        vd_temperature=2.0,
+    )
+    trainer = _NoiseKeys(
+        model=copy.deepcopy(model), args=args, train_dataset=Dataset.from_list(rows), processing_class=processor
+    )
+    trainer.train()
+    return trainer.keys
+
+
+def test_text_only_micro_batch_keeps_the_noise_positions(tmp_path):
+    """A micro-batch of text-only samples draws no noise but still counts: with seed 3 the two image samples come
+    last, so batch 2 x accumulation 2 must key them 2 and 3, as batch 4 does (it keyed them 0 and 1)."""
+    model, processor = _llava()
+    rows = [{**row, "images": [] if i in (2, 3) else row["images"]} for i, row in enumerate(_dataset(4))]
+    one = _noise_keys(tmp_path, model, processor, rows, 4, 1)
+    assert [key for _, key, _ in one] == [2, 3]
+    assert _noise_keys(tmp_path, model, processor, rows, 2, 2) == one
+
+
+def test_qwen2_vl_several_images_in_a_sample_get_one_draw_each(tmp_path):
+    """Two images per sample (Qwen2-VL patches): each image is found from its run of image tokens and gets its own
+    key, so batch 4 and batch 2 x accumulation 2 draw the same noise (they drew one micro-batch-wide tensor)."""
+    model, processor = tiny_qwen2_vl(template=QWEN2_VL_TRAINING_TEMPLATE)
+    rows = []
+    for i, row in enumerate(_dataset(4)):
+        question = [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "describe these images."}]
+        turns = [{"role": "user", "content": question}] + [
+            {"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in row["messages"][1:]
+        ]
+        rows.append({"images": [_image(i, 32), _image(i + 10, 64)], "messages": turns})
+    trainer = VDSFTTrainer(
+        model=model,
+        args=_config(tmp_path, vd_start=0.0),
+        train_dataset=Dataset.from_list(rows[:2]),
+        processing_class=processor,
+    )
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    assert batch["image_grid_thw"].shape[0] == 4
+    assert trainer._images_per_row(model, batch).tolist() == [2, 2]
+    assert trainer._rows_with_image(model, batch).tolist() == [True, True]
+    one = _noise_keys(tmp_path, model, processor, rows, 4, 1)
+    assert len(one) == 8 and len({key for _, key, _ in one}) == 8
+    assert {shape[0] for _, _, shape in one} == {16, 64}  # one draw per image: 4x4 and 8x8 patches
+    assert _noise_keys(tmp_path, model, processor, rows, 2, 2) == one
+
+
 def test_packing_is_refused_clearly(tmp_path):
     model, processor = _llava()
     text = Dataset.from_list([{"text": "a red cat on a blue mat."}] * 4)

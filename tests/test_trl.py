@@ -373,6 +373,18 @@ def test_plain_training_arguments_and_old_names(tmp_path):
         )
 
 
+def test_a_plain_sft_config_keeps_its_token_fields(tmp_path):
+    """`VDSFTTrainer(args=SFTConfig(...))`: `TrainingArguments.to_dict` replaces every `*_token` field by a placeholder
+    ("<EOS_TOKEN>"), which TRL then refused as an eos_token missing from the vocabulary; the real values are kept."""
+    model, processor = _llava()
+    for eos, pad in ((None, None), ("</s>", "<unk>")):
+        args = _config(tmp_path, SFTConfig, max_steps=1, eos_token=eos, pad_token=pad)
+        trainer = VDSFTTrainer(model=model, args=args, train_dataset=_dataset(), processing_class=processor)
+        assert isinstance(trainer.args, VDSFTConfig) and trainer.vd.vd_start == 0.5
+        assert (trainer.args.eos_token, trainer.args.pad_token) == (eos, pad)
+        assert processor.tokenizer.eos_token == "</s>" and trainer.end_of_turn_id == processor.tokenizer.eos_token_id
+
+
 DDP_SCRIPT = """
 import sys, torch
 sys.path.insert(0, sys.argv[3])

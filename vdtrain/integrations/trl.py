@@ -41,7 +41,8 @@ class VDSFTTrainer(VDLossMixin, SFTTrainer):
         if isinstance(args, TrainingArguments) and not isinstance(args, VDSFTConfig):
             names = {spec.name for spec in fields(VDSFTConfig) if spec.init}
             values = {key: value for key, value in args.to_dict().items() if key in names}
-            values["hub_token"] = args.hub_token  # to_dict hides it
+            # to_dict hides every `*_token` field (hub_token, SFTConfig's eos_token/pad_token) behind "<NAME>"
+            values.update({key: getattr(args, key) for key in values if key.endswith("_token")})
             args = VDSFTConfig(**values)
         if args is not None:
             _check_args(args)

@@ -340,6 +340,22 @@ def test_qwen2_vl_several_images_in_a_sample_get_one_draw_each(tmp_path):
     assert _noise_keys(tmp_path, model, processor, rows, 2, 2) == one
 
 
+def test_return_outputs_on_an_active_step(tmp_path):
+    """`compute_loss(..., return_outputs=True)` while training (a subclass logging the outputs): SFTTrainer adds a
+    logits forward for them, which the re-weighting stand-in refused as "not the fused LM head"."""
+    model, processor = _llava()
+    trainer = VDSFTTrainer(
+        model=model, args=_config(tmp_path, vd_start=0.0), train_dataset=_dataset(), processing_class=processor
+    )
+    trainer.state.max_steps = 10
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    alone = trainer.compute_loss(model.train(), dict(batch), num_items_in_batch=_num_items(batch))
+    trainer._noise_counter = (-1, -1)  # the same micro-batch again: the same noise
+    with pytest.warns(FutureWarning, match="return_outputs"):
+        loss, outputs = trainer.compute_loss(model, dict(batch), True, _num_items(batch))
+    assert torch.allclose(loss, alone, rtol=1e-6) and outputs.logits.shape[:2] == batch["input_ids"].shape
+
+
 def test_packing_is_refused_clearly(tmp_path):
     model, processor = _llava()
     text = Dataset.from_list([{"text": "a red cat on a blue mat."}] * 4)

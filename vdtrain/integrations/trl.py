@@ -96,6 +96,8 @@ class _ReweightedForward:
         self.trainer, self.model, self.end_of_turn, self.has_image = trainer, model, end_of_turn, has_image
 
     def __call__(self, **kwargs):
+        if not kwargs.get("fused_lm_head") and "labels" not in kwargs:
+            return self.model(**kwargs)  # the logits forward of `return_outputs=True`: no loss to re-weight
         if not kwargs.get("fused_lm_head"):
             raise RuntimeError("VDSFTTrainer expects SFTTrainer to call the fused LM head (loss_type='nll')")
         labels = kwargs["labels"]

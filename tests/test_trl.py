@@ -372,6 +372,22 @@ def test_packing_is_refused_clearly(tmp_path):
     check_not_packed({"position_ids": torch.tensor([[0, 1, 2, 3], [0, 1, 2, 3]])})  # one sample per row: fine
 
 
+def test_sequence_parallelism_is_refused_clearly(tmp_path):
+    """DeepSpeed Ulysses (sp_size > 1): SFTTrainer takes the model's own loss there, so the VD weights were dropped
+    silently after paying for the noisy pass; and each rank would hold only a slice of a sample."""
+    from accelerate.parallelism_config import ParallelismConfig
+
+    model, processor = _llava()
+    parallel = ParallelismConfig(sp_size=2, sp_backend="deepspeed")
+    with pytest.raises(ValueError, match="sequence/context parallelism"):
+        VDSFTTrainer(
+            model=model,
+            args=_config(tmp_path, vd_start=0.5, parallelism_config=parallel),
+            train_dataset=_dataset(),
+            processing_class=processor,
+        )
+
+
 def test_plain_training_arguments_and_old_names(tmp_path):
     model, processor = _llava()
     args = TrainingArguments(str(tmp_path / "plain"), use_cpu=True, report_to="none", max_steps=1)

@@ -47,6 +47,7 @@ class VDSFTTrainer(VDLossMixin, SFTTrainer):
         if args is not None:
             _check_args(args)
         super().__init__(model, args, *positional, **kwargs)
+        _check_parallelism(self.accelerator.parallelism_config, self.vd.vd_start)  # also set by an accelerate YAML
         if self.end_of_turn_id is None:
             self.end_of_turn_id = end_of_turn_token_id(self.processing_class)
 
@@ -85,6 +86,17 @@ def _check_args(args: SFTConfig) -> None:
         raise ValueError(
             "VDSFTTrainer: packing / padding_free put several samples in one row, and the VD weights are a softmax "
             "over each sample's tokens; set packing=False and padding_free=False (or vd_start=1.0)"
+        )
+    _check_parallelism(getattr(args, "parallelism_config", None), options["vd_start"])
+
+
+def _check_parallelism(config, vd_start: float) -> None:
+    """Refuse sequence or context parallelism: each rank holds a slice of every sample, and the VD weights are a
+    softmax over a whole sample's tokens (under DeepSpeed Ulysses, SFTTrainer takes the unweighted model loss)."""
+    if vd_start < 1.0 and config is not None and (config.sp_enabled or config.cp_enabled):
+        raise ValueError(
+            "VDSFTTrainer: sequence/context parallelism (sp_size/cp_size > 1) splits each sample across ranks, and "
+            "the VD weights are a softmax over each sample's tokens; train without it (or set vd_start=1.0)"
         )
 
 

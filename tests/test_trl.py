@@ -492,3 +492,45 @@ def test_ddp_two_processes_equal_one(tmp_path):
     assert logs_one[0]["loss"] == pytest.approx(logs_two[0]["loss"], rel=1e-6)
     for a, b in zip(logs_one, logs_two):
         assert a["vd_weight_max"] == pytest.approx(b["vd_weight_max"], abs=1e-3) and a["vd_weight_max"] > 1.0
+
+
+SPLIT_SCRIPT = """
+import sys, torch
+sys.path.insert(0, sys.argv[2])
+from test_trl import _NoiseKeys, _config, _dataset, _llava
+from pathlib import Path
+
+model, processor = _llava()
+args = _config(Path(sys.argv[1]), max_steps=1, per_device_train_batch_size=4, vd_start=0.0, seed=5,
+               accelerator_config={"split_batches": True})
+trainer = _NoiseKeys(model=model, args=args, train_dataset=_dataset(8), processing_class=processor)
+trainer.train()
+torch.save(trainer.keys, Path(sys.argv[1]) / f"keys-{trainer.args.process_index}.pt")
+trainer.accelerator.wait_for_everyone()
+trainer.accelerator.end_training()
+"""
+
+
+@pytest.mark.slow
+def test_split_batches_keys_the_samples_by_their_global_position(tmp_path):
+    """`accelerator_config={"split_batches": True}`: 2 processes share one batch of 4, so rank 1 holds samples 2 and
+    3 of it, the samples 1 process x batch 4 keys 2 and 3 (it keyed them 4 and 5, as if each rank had 4)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "split.py"
+    script.write_text(SPLIT_SCRIPT)
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(tests).parent), tests, env.get("PYTHONPATH", "")])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
+    run = subprocess.run([*command, str(script), str(tmp_path), tests], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    keys = [[key for _, key, _ in torch.load(tmp_path / f"keys-{rank}.pt")] for rank in (0, 1)]
+    assert keys == [[0, 1], [2, 3]]

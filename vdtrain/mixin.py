@@ -229,7 +229,10 @@ class VDLossMixin:
         step = self.state.global_step
         micro = self._noise_counter[1] + 1 if self._noise_counter[0] == step else 0
         self._noise_counter = (step, micro)
-        return (micro * self.args.world_size + self.args.process_index) * self.args.per_device_train_batch_size
+        rows = self.args.per_device_train_batch_size
+        if self.accelerator.split_batches:  # the processes share one batch of that size, `rows / world_size` each
+            rows //= self.args.world_size
+        return (micro * self.args.world_size + self.args.process_index) * rows
 
     def _draw_noise(
         self, pixels: torch.Tensor, owners: list[int] | None, sizes: list[int], first: int

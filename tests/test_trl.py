@@ -417,6 +417,22 @@ def test_a_plain_sft_config_keeps_its_token_fields(tmp_path):
         assert processor.tokenizer.eos_token == "</s>" and trainer.end_of_turn_id == processor.tokenizer.eos_token_id
 
 
+@dataclasses.dataclass
+class _ProjectConfig(SFTConfig):
+    """A project's own SFTConfig subclass with a field its trainer reads."""
+
+    curriculum: str = "easy-first"
+
+
+def test_a_config_subclass_keeps_its_own_fields(tmp_path):
+    """Upgrading to VDSFTConfig kept only VDSFTConfig's fields: `trainer.args.curriculum` was an AttributeError."""
+    model, processor = _llava()
+    args = _config(tmp_path, _ProjectConfig, max_steps=1, curriculum="hard-first")
+    trainer = VDSFTTrainer(model=model, args=args, train_dataset=_dataset(), processing_class=processor)
+    assert isinstance(trainer.args, VDSFTConfig) and trainer.args.curriculum == "hard-first"
+    assert trainer.vd.vd_start == 0.5  # a field the project's class lacks takes its default
+
+
 DDP_SCRIPT = """
 import sys, torch
 sys.path.insert(0, sys.argv[3])

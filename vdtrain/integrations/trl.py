@@ -43,7 +43,11 @@ class VDSFTTrainer(VDLossMixin, SFTTrainer):
             values = {key: value for key, value in args.to_dict().items() if key in names}
             # to_dict hides every `*_token` field (hub_token, SFTConfig's eos_token/pad_token) behind "<NAME>"
             values.update({key: getattr(args, key) for key in values if key.endswith("_token")})
-            args = VDSFTConfig(**values)
+            upgraded = VDSFTConfig(**values)
+            for spec in fields(args):  # the fields of a project's own config class stay readable on trainer.args
+                if spec.name not in names and not hasattr(upgraded, spec.name):
+                    setattr(upgraded, spec.name, getattr(args, spec.name))
+            args = upgraded
         if args is not None:
             _check_args(args)
         super().__init__(model, args, *positional, **kwargs)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from transformers import TrainingArguments
 from trl import SFTConfig, SFTTrainer
 
+from vdtrain.checkpoints import FullCheckpointLoading
 from vdtrain.config import VDArguments, vd_options
 from vdtrain.dependence import IGNORE_INDEX
 from vdtrain.mixin import VDLossMixin
@@ -28,13 +29,14 @@ class VDSFTConfig(VDArguments, SFTConfig):
     """TRL's `SFTConfig` plus the `vd_*` fields of `VDTrainingArguments` (same names, same defaults)."""
 
 
-class VDSFTTrainer(VDLossMixin, SFTTrainer):
+class VDSFTTrainer(VDLossMixin, FullCheckpointLoading, SFTTrainer):
     """`trl.SFTTrainer` with the visual-dependence loss of Eq. 5.5 from `vd_start` on.
 
     Takes `SFTTrainer`'s arguments plus `projector_modules`, `end_of_turn_id` and `pixel_key` (see `VDLossMixin`).
     Without `end_of_turn_id`, the end-of-turn token of the EOS floor is the one the processor's chat template closes
     an assistant turn with (`end_of_turn_token_id`). `args` may be a `VDSFTConfig`, any `TrainingArguments` (the
-    `vd_*` fields it has are kept) or None.
+    `vd_*` fields it has are kept) or None. Checkpoints are resumed as by `VDTrainer` (`FullCheckpointLoading`):
+    complete ones only, and a full fine-tune's weights by the names they were saved under.
     """
 
     def __init__(self, model, args: TrainingArguments | None = None, *positional, **kwargs) -> None:

@@ -378,6 +378,33 @@ def test_resume_mid_vd_equals_the_uninterrupted_run(tmp_path):
         assert torch.allclose(resumed[name], whole[name], atol=1e-6), name
 
 
+def test_a_step_interrupted_and_resumed_on_the_same_trainer_keeps_its_noise(tmp_path):
+    """Ctrl-C (or an OOM) after the first micro-batch of step 2, then `train(resume_from_checkpoint=...)` on the same
+    trainer: step 2 keys its samples 0-3 again (it continued the stale micro-batch count: 2-5)."""
+    from transformers import TrainerCallback
+
+    class Interrupt(TrainerCallback):
+        armed = True
+
+        def on_substep_end(self, args, state, control, **kwargs):
+            if self.armed and state.global_step == 2:
+                self.armed = False
+                raise KeyboardInterrupt
+
+    model, processor = _llava()
+    args = _config(
+        tmp_path, max_steps=3, save_strategy="steps", save_steps=2, vd_start=0.0, gradient_accumulation_steps=2
+    )
+    trainer = _NoiseKeys(
+        model=model, args=args, train_dataset=_dataset(12), processing_class=processor, callbacks=[Interrupt()]
+    )
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    trainer.keys = []
+    trainer.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
+    assert [(step, key) for step, key, _ in trainer.keys] == [(2, 0), (2, 1), (2, 2), (2, 3)]
+
+
 def test_packing_is_refused_clearly(tmp_path):
     model, processor = _llava()
     text = Dataset.from_list([{"text": "a red cat on a blue mat."}] * 4)

@@ -126,6 +126,13 @@ class VDLossMixin:
         max_steps = self.state.max_steps or 0
         return max_steps > 0 and self.state.global_step >= math.ceil(self.vd.vd_start * max_steps)
 
+    def train(self, *args, **kwargs):
+        """The host's `train`, counting micro-batches afresh: a run interrupted mid-step and resumed on the same
+        trainer would otherwise key that step's samples after the micro-batches it had already drawn."""
+        self._noise_counter = (-1, -1)
+        self._vd_metrics.clear()
+        return super().train(*args, **kwargs)
+
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The host's loss before `vd_start` (and outside training); the re-weighted loss of Eq. 5.5 after it."""

@@ -334,6 +334,12 @@ def test_qwen2_vl_several_images_in_a_sample_get_one_draw_each(tmp_path):
     assert batch["image_grid_thw"].shape[0] == 4
     assert trainer._images_per_row(model, batch).tolist() == [2, 2]
     assert trainer._rows_with_image(model, batch).tolist() == [True, True]
+    image, text = model.config.image_token_id, processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    tiles = {  # one image per sample in 2 token runs (tiles, as Idefics3 lays them out), one pixel row per sample
+        "input_ids": torch.tensor([[text, image, image, text, image, text], [text] * 6]),
+        "pixel_values": torch.zeros(1, 3, 8, 8),
+    }
+    assert trainer._images_per_row(model, tiles).tolist() == [1, 0]
     one = _noise_keys(tmp_path, model, processor, rows, 4, 1)
     assert len(one) == 8 and len({key for _, key, _ in one}) == 8
     assert {shape[0] for _, _, shape in one} == {16, 64}  # one draw per image: 4x4 and 8x8 patches

@@ -285,7 +285,8 @@ class VDLossMixin:
 
     def _images_per_row(self, model, inputs: dict) -> torch.Tensor | None:
         """`(B,)` images per row: the runs of the config's image token (each image expands to one run), if they
-        account for every image in the batch (several images in a sample too), else None."""
+        account for every image in the batch (several images in a sample too); else one per row holding the token,
+        if that does (an image split into tiles, one pixel row per sample); else None."""
         config = unwrap_model(model).config
         token = getattr(config, "image_token_id", None)
         token = getattr(config, "image_token_index", None) if token is None else token
@@ -295,7 +296,10 @@ class VDLossMixin:
         counts = (is_image & ~F.pad(is_image[:, :-1], (1, 0), value=False)).sum(dim=-1)  # run starts per row
         key = self._find_pixel_key(inputs)
         images = len(image_rows(inputs, inputs[key])) if key in inputs else 0
-        return counts if int(counts.sum()) == images else None
+        if int(counts.sum()) == images:
+            return counts
+        rows = is_image.any(dim=-1).long()
+        return rows if int(rows.sum()) == images else None
 
     def _find_pixel_key(self, inputs: dict) -> str | None:
         """The given pixel key, else the first of `PIXEL_KEYS` in the batch (it may be absent from the batch)."""

@@ -411,6 +411,31 @@ def test_a_step_interrupted_and_resumed_on_the_same_trainer_keeps_its_noise(tmp_
     assert [(step, key) for step, key, _ in trainer.keys] == [(2, 0), (2, 1), (2, 2), (2, 3)]
 
 
+def test_auto_find_batch_size_keys_by_the_batch_it_settled_on(tmp_path):
+    """`auto_find_batch_size`: a run resumed from a checkpoint whose batch finder settled on 2 trains with batches of
+    2 while `per_device_train_batch_size` still says 4; its samples are keyed 0-3 as in the first run (were 0, 1, 4,
+    5: positions counted in steps of 4)."""
+    model, processor = _llava()
+    runs = []
+    for batch, resume in ((2, None), (4, str(tmp_path / "out" / "checkpoint-1"))):
+        args = _config(
+            tmp_path,
+            max_steps=2,
+            save_strategy="steps",
+            save_steps=1,
+            vd_start=0.0,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=2,
+            auto_find_batch_size=True,
+        )
+        trainer = _NoiseKeys(
+            model=copy.deepcopy(model), args=args, train_dataset=_dataset(8), processing_class=processor
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        runs.append([(step, key) for step, key, _ in trainer.keys if step == 1])
+    assert runs[1] == runs[0] == [(1, 0), (1, 1), (1, 2), (1, 3)]
+
+
 def test_packing_is_refused_clearly(tmp_path):
     model, processor = _llava()
     text = Dataset.from_list([{"text": "a red cat on a blue mat."}] * 4)

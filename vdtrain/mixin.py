@@ -236,7 +236,7 @@ class VDLossMixin:
         step = self.state.global_step
         micro = self._noise_counter[1] + 1 if self._noise_counter[0] == step else 0
         self._noise_counter = (step, micro)
-        rows = self.args.per_device_train_batch_size
+        rows = self._train_batch_size  # per_device_train_batch_size, or what auto_find_batch_size settled on
         if self.accelerator.split_batches:  # the processes share one batch of that size, `rows / world_size` each
             rows //= self.args.world_size
         return (micro * self.args.world_size + self.args.process_index) * rows

@@ -279,6 +279,163 @@ def test_qwen2_vl_flattened_patches_get_per_sample_noise(tmp_path):
     assert max((vd[name] - sft[name]).abs().max().item() for name in vd) > 10 * (sft_gap + 1e-7)  # it re-weighted
 
 
+class _NoiseKeys(VDSFTTrainer):
+    """Records the (step, key, shape) of every noise draw."""
+
+    def _randn(self, shape, step, key, device):
+        self.keys = [*getattr(self, "keys", []), (step, key, tuple(shape))]
+        return super()._randn(shape, step, key, device)
+
+
+def _noise_keys(tmp_path, model, processor, rows, batch: int, accumulation: int) -> list:
+    args = _config(
+        tmp_path / f"keys-{batch}x{accumulation}",
+        max_steps=1,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        vd_start=0.0,
+        vd_temperature=2.0,
+    )
+    trainer = _NoiseKeys(
+        model=copy.deepcopy(model), args=args, train_dataset=Dataset.from_list(rows), processing_class=processor
+    )
+    trainer.train()
+    return trainer.keys
+
+
+def test_text_only_micro_batch_keeps_the_noise_positions(tmp_path):
+    """A micro-batch of text-only samples draws no noise but still counts: with seed 3 the two image samples come
+    last, so batch 2 x accumulation 2 must key them 2 and 3, as batch 4 does (it keyed them 0 and 1)."""
+    model, processor = _llava()
+    rows = [{**row, "images": [] if i in (2, 3) else row["images"]} for i, row in enumerate(_dataset(4))]
+    one = _noise_keys(tmp_path, model, processor, rows, 4, 1)
+    assert [key for _, key, _ in one] == [2, 3]
+    assert _noise_keys(tmp_path, model, processor, rows, 2, 2) == one
+
+
+def test_qwen2_vl_several_images_in_a_sample_get_one_draw_each(tmp_path):
+    """Two images per sample (Qwen2-VL patches): each image is found from its run of image tokens and gets its own
+    key, so batch 4 and batch 2 x accumulation 2 draw the same noise (they drew one micro-batch-wide tensor)."""
+    model, processor = tiny_qwen2_vl(template=QWEN2_VL_TRAINING_TEMPLATE)
+    rows = []
+    for i, row in enumerate(_dataset(4)):
+        question = [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "describe these images."}]
+        turns = [{"role": "user", "content": question}] + [
+            {"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in row["messages"][1:]
+        ]
+        rows.append({"images": [_image(i, 32), _image(i + 10, 64)], "messages": turns})
+    trainer = VDSFTTrainer(
+        model=model,
+        args=_config(tmp_path, vd_start=0.0),
+        train_dataset=Dataset.from_list(rows[:2]),
+        processing_class=processor,
+    )
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    assert batch["image_grid_thw"].shape[0] == 4
+    assert trainer._images_per_row(model, batch).tolist() == [2, 2]
+    assert trainer._rows_with_image(model, batch).tolist() == [True, True]
+    image, text = model.config.image_token_id, processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    tiles = {  # one image per sample in 2 token runs (tiles, as Idefics3 lays them out), one pixel row per sample
+        "input_ids": torch.tensor([[text, image, image, text, image, text], [text] * 6]),
+        "pixel_values": torch.zeros(1, 3, 8, 8),
+    }
+    assert trainer._images_per_row(model, tiles).tolist() == [1, 0]
+    one = _noise_keys(tmp_path, model, processor, rows, 4, 1)
+    assert len(one) == 8 and len({key for _, key, _ in one}) == 8
+    assert {shape[0] for _, _, shape in one} == {16, 64}  # one draw per image: 4x4 and 8x8 patches
+    assert _noise_keys(tmp_path, model, processor, rows, 2, 2) == one
+
+
+def test_return_outputs_on_an_active_step(tmp_path):
+    """`compute_loss(..., return_outputs=True)` while training (a subclass logging the outputs): SFTTrainer adds a
+    logits forward for them, which the re-weighting stand-in refused as "not the fused LM head"."""
+    model, processor = _llava()
+    trainer = VDSFTTrainer(
+        model=model, args=_config(tmp_path, vd_start=0.0), train_dataset=_dataset(), processing_class=processor
+    )
+    trainer.state.max_steps = 10
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    alone = trainer.compute_loss(model.train(), dict(batch), num_items_in_batch=_num_items(batch))
+    trainer._noise_counter = (-1, -1)  # the same micro-batch again: the same noise
+    with pytest.warns(FutureWarning, match="return_outputs"):
+        loss, outputs = trainer.compute_loss(model, dict(batch), True, _num_items(batch))
+    assert torch.allclose(loss, alone, rtol=1e-6) and outputs.logits.shape[:2] == batch["input_ids"].shape
+
+
+def test_resume_mid_vd_equals_the_uninterrupted_run(tmp_path):
+    """A full fine-tune resumed from checkpoint-2 of 4, the VD loss on throughout: the same weights and losses as the
+    run without a break. SFTTrainer's own loader took the LLaVA checkpoint's saved names for unknown keys and left
+    the model as it was (weights off by ~7e-2); VDSFTTrainer loads it as VDTrainer does."""
+    model, processor = _llava()
+    args = _config(
+        tmp_path, max_steps=4, save_strategy="steps", save_steps=2, vd_start=0.0, vd_temperature=2.0, optim="sgd"
+    )
+    runs = []
+    for resume in (None, str(tmp_path / "out" / "checkpoint-2")):
+        trainer = VDSFTTrainer(
+            model=copy.deepcopy(model), args=args, train_dataset=_dataset(8), processing_class=processor
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        runs.append(({n: p.detach().clone() for n, p in trainer.model.named_parameters()}, losses[-2:]))
+    (whole, whole_losses), (resumed, resumed_losses) = runs
+    assert resumed_losses == pytest.approx(whole_losses, rel=1e-6)
+    for name in whole:
+        assert torch.allclose(resumed[name], whole[name], atol=1e-6), name
+
+
+def test_a_step_interrupted_and_resumed_on_the_same_trainer_keeps_its_noise(tmp_path):
+    """Ctrl-C (or an OOM) after the first micro-batch of step 2, then `train(resume_from_checkpoint=...)` on the same
+    trainer: step 2 keys its samples 0-3 again (it continued the stale micro-batch count: 2-5)."""
+    from transformers import TrainerCallback
+
+    class Interrupt(TrainerCallback):
+        armed = True
+
+        def on_substep_end(self, args, state, control, **kwargs):
+            if self.armed and state.global_step == 2:
+                self.armed = False
+                raise KeyboardInterrupt
+
+    model, processor = _llava()
+    args = _config(
+        tmp_path, max_steps=3, save_strategy="steps", save_steps=2, vd_start=0.0, gradient_accumulation_steps=2
+    )
+    trainer = _NoiseKeys(
+        model=model, args=args, train_dataset=_dataset(12), processing_class=processor, callbacks=[Interrupt()]
+    )
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    trainer.keys = []
+    trainer.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
+    assert [(step, key) for step, key, _ in trainer.keys] == [(2, 0), (2, 1), (2, 2), (2, 3)]
+
+
+def test_auto_find_batch_size_keys_by_the_batch_it_settled_on(tmp_path):
+    """`auto_find_batch_size`: a run resumed from a checkpoint whose batch finder settled on 2 trains with batches of
+    2 while `per_device_train_batch_size` still says 4; its samples are keyed 0-3 as in the first run (were 0, 1, 4,
+    5: positions counted in steps of 4)."""
+    model, processor = _llava()
+    runs = []
+    for batch, resume in ((2, None), (4, str(tmp_path / "out" / "checkpoint-1"))):
+        args = _config(
+            tmp_path,
+            max_steps=2,
+            save_strategy="steps",
+            save_steps=1,
+            vd_start=0.0,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=2,
+            auto_find_batch_size=True,
+        )
+        trainer = _NoiseKeys(
+            model=copy.deepcopy(model), args=args, train_dataset=_dataset(8), processing_class=processor
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        runs.append([(step, key) for step, key, _ in trainer.keys if step == 1])
+    assert runs[1] == runs[0] == [(1, 0), (1, 1), (1, 2), (1, 3)]
+
+
 def test_packing_is_refused_clearly(tmp_path):
     model, processor = _llava()
     text = Dataset.from_list([{"text": "a red cat on a blue mat."}] * 4)
@@ -293,6 +450,22 @@ def test_packing_is_refused_clearly(tmp_path):
     with pytest.raises(ValueError, match="packs several samples"):
         check_not_packed(packed)
     check_not_packed({"position_ids": torch.tensor([[0, 1, 2, 3], [0, 1, 2, 3]])})  # one sample per row: fine
+
+
+def test_sequence_parallelism_is_refused_clearly(tmp_path):
+    """DeepSpeed Ulysses (sp_size > 1): SFTTrainer takes the model's own loss there, so the VD weights were dropped
+    silently after paying for the noisy pass; and each rank would hold only a slice of a sample."""
+    from accelerate.parallelism_config import ParallelismConfig
+
+    model, processor = _llava()
+    parallel = ParallelismConfig(sp_size=2, sp_backend="deepspeed")
+    with pytest.raises(ValueError, match="sequence/context parallelism"):
+        VDSFTTrainer(
+            model=model,
+            args=_config(tmp_path, vd_start=0.5, parallelism_config=parallel),
+            train_dataset=_dataset(),
+            processing_class=processor,
+        )
 
 
 def test_plain_training_arguments_and_old_names(tmp_path):
@@ -310,6 +483,34 @@ def test_plain_training_arguments_and_old_names(tmp_path):
             train_dataset=_dataset(),
             processing_class=processor,
         )
+
+
+def test_a_plain_sft_config_keeps_its_token_fields(tmp_path):
+    """`VDSFTTrainer(args=SFTConfig(...))`: `TrainingArguments.to_dict` replaces every `*_token` field by a placeholder
+    ("<EOS_TOKEN>"), which TRL then refused as an eos_token missing from the vocabulary; the real values are kept."""
+    model, processor = _llava()
+    for eos, pad in ((None, None), ("</s>", "<unk>")):
+        args = _config(tmp_path, SFTConfig, max_steps=1, eos_token=eos, pad_token=pad)
+        trainer = VDSFTTrainer(model=model, args=args, train_dataset=_dataset(), processing_class=processor)
+        assert isinstance(trainer.args, VDSFTConfig) and trainer.vd.vd_start == 0.5
+        assert (trainer.args.eos_token, trainer.args.pad_token) == (eos, pad)
+        assert processor.tokenizer.eos_token == "</s>" and trainer.end_of_turn_id == processor.tokenizer.eos_token_id
+
+
+@dataclasses.dataclass
+class _ProjectConfig(SFTConfig):
+    """A project's own SFTConfig subclass with a field its trainer reads."""
+
+    curriculum: str = "easy-first"
+
+
+def test_a_config_subclass_keeps_its_own_fields(tmp_path):
+    """Upgrading to VDSFTConfig kept only VDSFTConfig's fields: `trainer.args.curriculum` was an AttributeError."""
+    model, processor = _llava()
+    args = _config(tmp_path, _ProjectConfig, max_steps=1, curriculum="hard-first")
+    trainer = VDSFTTrainer(model=model, args=args, train_dataset=_dataset(), processing_class=processor)
+    assert isinstance(trainer.args, VDSFTConfig) and trainer.args.curriculum == "hard-first"
+    assert trainer.vd.vd_start == 0.5  # a field the project's class lacks takes its default
 
 
 DDP_SCRIPT = """
@@ -387,3 +588,45 @@ def test_ddp_two_processes_equal_one(tmp_path):
     assert logs_one[0]["loss"] == pytest.approx(logs_two[0]["loss"], rel=1e-6)
     for a, b in zip(logs_one, logs_two):
         assert a["vd_weight_max"] == pytest.approx(b["vd_weight_max"], abs=1e-3) and a["vd_weight_max"] > 1.0
+
+
+SPLIT_SCRIPT = """
+import sys, torch
+sys.path.insert(0, sys.argv[2])
+from test_trl import _NoiseKeys, _config, _dataset, _llava
+from pathlib import Path
+
+model, processor = _llava()
+args = _config(Path(sys.argv[1]), max_steps=1, per_device_train_batch_size=4, vd_start=0.0, seed=5,
+               accelerator_config={"split_batches": True})
+trainer = _NoiseKeys(model=model, args=args, train_dataset=_dataset(8), processing_class=processor)
+trainer.train()
+torch.save(trainer.keys, Path(sys.argv[1]) / f"keys-{trainer.args.process_index}.pt")
+trainer.accelerator.wait_for_everyone()
+trainer.accelerator.end_training()
+"""
+
+
+@pytest.mark.slow
+def test_split_batches_keys_the_samples_by_their_global_position(tmp_path):
+    """`accelerator_config={"split_batches": True}`: 2 processes share one batch of 4, so rank 1 holds samples 2 and
+    3 of it, the samples 1 process x batch 4 keys 2 and 3 (it keyed them 4 and 5, as if each rank had 4)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "split.py"
+    script.write_text(SPLIT_SCRIPT)
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(tests).parent), tests, env.get("PYTHONPATH", "")])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
+    run = subprocess.run([*command, str(script), str(tmp_path), tests], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    keys = [[key for _, key, _ in torch.load(tmp_path / f"keys-{rank}.pt")] for rank in (0, 1)]
+    assert keys == [[0, 1], [2, 3]]

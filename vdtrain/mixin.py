@@ -126,6 +126,13 @@ class VDLossMixin:
         max_steps = self.state.max_steps or 0
         return max_steps > 0 and self.state.global_step >= math.ceil(self.vd.vd_start * max_steps)
 
+    def train(self, *args, **kwargs):
+        """The host's `train`, counting micro-batches afresh: a run interrupted mid-step and resumed on the same
+        trainer would otherwise key that step's samples after the micro-batches it had already drawn."""
+        self._noise_counter = (-1, -1)
+        self._vd_metrics.clear()
+        return super().train(*args, **kwargs)
+
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The host's loss before `vd_start` (and outside training); the re-weighted loss of Eq. 5.5 after it."""
@@ -177,13 +184,16 @@ class VDLossMixin:
     def _noisy_pass(self, model, inputs, labels, has_image) -> NoisyPass:
         """The no-grad forward on diffusion-noised images (and the eval clean pass if asked), run before the
         training forward so that its activations are freed before the training graph holds its own."""
+        first = self._first_position()  # every active micro-batch advances the count, text-only ones too
+        images_per_row = self._images_per_row(model, inputs)
         if has_image is None:  # a collator of the user's own: find the image rows from the config's image token
-            has_image = self._rows_with_image(model, inputs)
+            has_image = None if images_per_row is None else images_per_row > 0
         pixel_key = self._pixel_key(inputs, has_image)
         noisy_inputs = dict(inputs)
         if pixel_key is not None:
             pixels = inputs[pixel_key]
-            noise = self._draw_noise(pixels, has_image, image_rows(inputs, pixels))
+            sizes = image_rows(inputs, pixels)
+            noise = self._draw_noise(pixels, self._image_owners(has_image, images_per_row, len(sizes)), sizes, first)
             noisy_inputs[pixel_key] = add_diffusion_noise(pixels, self.vd.vd_noise_step, noise=noise)
         logp_noisy = self._no_grad_logprobs(model, noisy_inputs, labels)
         logp_clean = self._no_grad_logprobs(model, inputs, labels) if self.vd.vd_clean_pass == "eval" else None
@@ -220,27 +230,49 @@ class VDLossMixin:
         return self._logits_mask_ok
 
     # ------------------------------------------------------------------ noise and images
-    def _draw_noise(self, pixels: torch.Tensor, has_image: torch.Tensor | None, sizes: list[int]) -> torch.Tensor:
-        """eps for `pixels`, one generator per image seeded from (seed, global_step, the sample's global position).
-
-        A sample's position in the global batch is `(micro_batch * world_size + process_index) * batch + row`,
-        the order in which accelerate shards batches, so 1 process x batch 4, 2 processes x batch 2 and
-        batch 2 x accumulation 2 all draw the same noise for the same sample, and a resumed run draws what the first
-        run drew. `sizes` are the leading rows of `pixels` per image (`image_rows`); when the images cannot be matched
-        one to one with the rows that have one (several images in a sample), one draw covers the micro-batch.
-        """
+    def _first_position(self) -> int:
+        """The global position of this micro-batch's first sample: `(micro_batch * world_size + process_index) *
+        batch`, the order in which accelerate shards batches; counts every active micro-batch of the step."""
         step = self.state.global_step
         micro = self._noise_counter[1] + 1 if self._noise_counter[0] == step else 0
         self._noise_counter = (step, micro)
-        first = (micro * self.args.world_size + self.args.process_index) * self.args.per_device_train_batch_size
-        rows = has_image.nonzero().flatten().tolist() if has_image is not None else []
-        if rows and len(rows) == len(sizes):
-            draws = [
-                self._randn((size, *pixels.shape[1:]), step, first + row, pixels.device)
-                for row, size in zip(rows, sizes)
-            ]
+        rows = self._train_batch_size  # per_device_train_batch_size, or what auto_find_batch_size settled on
+        if self.accelerator.split_batches:  # the processes share one batch of that size, `rows / world_size` each
+            rows //= self.args.world_size
+        return (micro * self.args.world_size + self.args.process_index) * rows
+
+    def _draw_noise(
+        self, pixels: torch.Tensor, owners: list[int] | None, sizes: list[int], first: int
+    ) -> torch.Tensor:
+        """eps for `pixels`, one generator per image seeded from (seed, global_step, the sample's global position).
+
+        `first` is the micro-batch's first global position (`_first_position`), so 1 process x batch 4, 2 processes x
+        batch 2 and batch 2 x accumulation 2 all draw the same noise for the same sample, and a resumed run draws what
+        the first run drew. `sizes` are the leading rows of `pixels` per image (`image_rows`), `owners` the batch row
+        of each image (`_image_owners`); the second and later images of a sample get keys of their own. When the
+        images cannot be matched to their rows, one draw covers the micro-batch.
+        """
+        step = self.state.global_step
+        if owners is not None and len(owners) == len(sizes):
+            draws, seen = [], defaultdict(int)
+            for row, size in zip(owners, sizes):
+                index, seen[row] = seen[row], seen[row] + 1
+                key = first + row if index == 0 else f"{first + row}.{index}"
+                draws.append(self._randn((size, *pixels.shape[1:]), step, key, pixels.device))
             return torch.cat(draws)
         return self._randn(pixels.shape, step, f"micro{first}", pixels.device)
+
+    @staticmethod
+    def _image_owners(
+        has_image: torch.Tensor | None, images_per_row: torch.Tensor | None, images: int
+    ) -> list[int] | None:
+        """The batch row of each of the `images` images, in order: the rows with an image when there is one image per
+        such row, else from the image-token counts per row; None when neither accounts for every image."""
+        if has_image is not None and int(has_image.sum()) == images:
+            return has_image.nonzero().flatten().tolist()
+        if images_per_row is not None and int(images_per_row.sum()) == images:
+            return torch.repeat_interleave(torch.arange(len(images_per_row)), images_per_row.cpu()).tolist()
+        return None
 
     def _randn(self, shape: torch.Size, step: int, key: int | str, device: torch.device) -> torch.Tensor:
         generator = seeded_generator(self.args.seed, step, key, device=device)
@@ -248,17 +280,26 @@ class VDLossMixin:
 
     def _rows_with_image(self, model, inputs: dict) -> torch.Tensor | None:
         """`(B,)` rows holding the config's image token, if that accounts for every image in the batch, else None."""
+        counts = self._images_per_row(model, inputs)
+        return None if counts is None else counts > 0
+
+    def _images_per_row(self, model, inputs: dict) -> torch.Tensor | None:
+        """`(B,)` images per row: the runs of the config's image token (each image expands to one run), if they
+        account for every image in the batch (several images in a sample too); else one per row holding the token,
+        if that does (an image split into tiles, one pixel row per sample); else None."""
         config = unwrap_model(model).config
         token = getattr(config, "image_token_id", None)
         token = getattr(config, "image_token_index", None) if token is None else token
         if token is None or "input_ids" not in inputs:
             return None
-        rows = (inputs["input_ids"] == token).any(dim=-1)
+        is_image = inputs["input_ids"] == token
+        counts = (is_image & ~F.pad(is_image[:, :-1], (1, 0), value=False)).sum(dim=-1)  # run starts per row
         key = self._find_pixel_key(inputs)
         images = len(image_rows(inputs, inputs[key])) if key in inputs else 0
-        return (
-            rows if int(rows.sum()) == images else None
-        )  # e.g. several images in a sample: rows cannot be told apart
+        if int(counts.sum()) == images:
+            return counts
+        rows = is_image.any(dim=-1).long()
+        return rows if int(rows.sum()) == images else None
 
     def _find_pixel_key(self, inputs: dict) -> str | None:
         """The given pixel key, else the first of `PIXEL_KEYS` in the batch (it may be absent from the batch)."""

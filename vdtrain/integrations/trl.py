@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from transformers import TrainingArguments
 from trl import SFTConfig, SFTTrainer
 
+from vdtrain.checkpoints import FullCheckpointLoading
 from vdtrain.config import VDArguments, vd_options
 from vdtrain.dependence import IGNORE_INDEX
 from vdtrain.mixin import VDLossMixin
@@ -28,24 +29,31 @@ class VDSFTConfig(VDArguments, SFTConfig):
     """TRL's `SFTConfig` plus the `vd_*` fields of `VDTrainingArguments` (same names, same defaults)."""
 
 
-class VDSFTTrainer(VDLossMixin, SFTTrainer):
+class VDSFTTrainer(VDLossMixin, FullCheckpointLoading, SFTTrainer):
     """`trl.SFTTrainer` with the visual-dependence loss of Eq. 5.5 from `vd_start` on.
 
     Takes `SFTTrainer`'s arguments plus `projector_modules`, `end_of_turn_id` and `pixel_key` (see `VDLossMixin`).
     Without `end_of_turn_id`, the end-of-turn token of the EOS floor is the one the processor's chat template closes
     an assistant turn with (`end_of_turn_token_id`). `args` may be a `VDSFTConfig`, any `TrainingArguments` (the
-    `vd_*` fields it has are kept) or None.
+    `vd_*` fields it has are kept) or None. Checkpoints are resumed as by `VDTrainer` (`FullCheckpointLoading`):
+    complete ones only, and a full fine-tune's weights by the names they were saved under.
     """
 
     def __init__(self, model, args: TrainingArguments | None = None, *positional, **kwargs) -> None:
         if isinstance(args, TrainingArguments) and not isinstance(args, VDSFTConfig):
             names = {spec.name for spec in fields(VDSFTConfig) if spec.init}
             values = {key: value for key, value in args.to_dict().items() if key in names}
-            values["hub_token"] = args.hub_token  # to_dict hides it
-            args = VDSFTConfig(**values)
+            # to_dict hides every `*_token` field (hub_token, SFTConfig's eos_token/pad_token) behind "<NAME>"
+            values.update({key: getattr(args, key) for key in values if key.endswith("_token")})
+            upgraded = VDSFTConfig(**values)
+            for spec in fields(args):  # the fields of a project's own config class stay readable on trainer.args
+                if spec.name not in names and not hasattr(upgraded, spec.name):
+                    setattr(upgraded, spec.name, getattr(args, spec.name))
+            args = upgraded
         if args is not None:
             _check_args(args)
         super().__init__(model, args, *positional, **kwargs)
+        _check_parallelism(self.accelerator.parallelism_config, self.vd.vd_start)  # also set by an accelerate YAML
         if self.end_of_turn_id is None:
             self.end_of_turn_id = end_of_turn_token_id(self.processing_class)
 
@@ -85,6 +93,17 @@ def _check_args(args: SFTConfig) -> None:
             "VDSFTTrainer: packing / padding_free put several samples in one row, and the VD weights are a softmax "
             "over each sample's tokens; set packing=False and padding_free=False (or vd_start=1.0)"
         )
+    _check_parallelism(getattr(args, "parallelism_config", None), options["vd_start"])
+
+
+def _check_parallelism(config, vd_start: float) -> None:
+    """Refuse sequence or context parallelism: each rank holds a slice of every sample, and the VD weights are a
+    softmax over a whole sample's tokens (under DeepSpeed Ulysses, SFTTrainer takes the unweighted model loss)."""
+    if vd_start < 1.0 and config is not None and (config.sp_enabled or config.cp_enabled):
+        raise ValueError(
+            "VDSFTTrainer: sequence/context parallelism (sp_size/cp_size > 1) splits each sample across ranks, and "
+            "the VD weights are a softmax over each sample's tokens; train without it (or set vd_start=1.0)"
+        )
 
 
 class _ReweightedForward:
@@ -95,6 +114,8 @@ class _ReweightedForward:
         self.trainer, self.model, self.end_of_turn, self.has_image = trainer, model, end_of_turn, has_image
 
     def __call__(self, **kwargs):
+        if not kwargs.get("fused_lm_head") and "labels" not in kwargs:
+            return self.model(**kwargs)  # the logits forward of `return_outputs=True`: no loss to re-weight
         if not kwargs.get("fused_lm_head"):
             raise RuntimeError("VDSFTTrainer expects SFTTrainer to call the fused LM head (loss_type='nll')")
         labels = kwargs["labels"]

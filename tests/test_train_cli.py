@@ -119,6 +119,23 @@ def test_train_cli_recipe_edge_values(tmp_path, tiny_llava_dir, capsys):
         assert "--device cuda: no CUDA device is available here; use --device cpu" in capsys.readouterr().err
 
 
+def test_train_cli_yaml_lists(tmp_path, tiny_llava_dir, capsys):
+    """YAML lists go where the field takes several values; a one-item list for a one-value field is that value;
+    `report_to: []` means no integrations, as in `TrainingArguments`; a list for a one-value field is named."""
+    from vdtrain.commands.train import load_config
+
+    base = {"model_name_or_path": str(tiny_llava_dir), "data_path": "d.json", "output_dir": str(tmp_path / "o")}
+    lists = {"report_to": [], "learning_rate": [0.01], "label_names": ["labels", "aux"]}
+    _, _, training_args = load_config(None, {**base, **lists})
+    assert training_args.report_to == [] and training_args.learning_rate == 0.01
+    assert training_args.label_names == ["labels", "aux"]
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"model_name_or_path: {tiny_llava_dir}\ndata_path: d.json\nlearning_rate: [0.01, 0.02]\n")
+    assert main(["train", str(recipe)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"vdtrain train: error: {recipe}: learning_rate takes one value, got the list [0.01, 0.02]"
+
+
 @pytest.mark.parametrize(
     "field, value, message",
     [

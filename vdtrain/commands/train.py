@@ -167,10 +167,27 @@ def load_config(
             close = difflib.get_close_matches(key, known, n=2)
             hints.append(f"{key} (did you mean {', '.join(close)}?)" if close else key)
         raise InputError(f"{source}: unknown field(s): {'; '.join(hints)}. `vdtrain train --help` lists them.")
+    values = _check_lists(values, {action.dest: action for action in hf_parser._actions}, source)
     try:
         return hf_parser.parse_args_into_dataclasses(args=_to_argv(values), look_for_args_file=False)
     except ValueError as error:  # argparse's type checks and the fields' own (`vd_start: 2`): name the recipe
         raise InputError(f"{source}: {error}") from error
+
+
+def _check_lists(values: dict[str, Any], actions: dict[str, Any], source: str) -> dict[str, Any]:
+    """YAML lists as the fields take them: several values only where the field takes several; a one-item list for a
+    one-value field is that value (`report_to: [wandb]`); `report_to: []` is "none", as in `TrainingArguments`."""
+    values = dict(values)
+    for key, value in values.items():
+        if not isinstance(value, (list, tuple)) or actions[key].nargs in ("+", "*"):
+            continue
+        if key == "report_to" and not value:
+            values[key] = "none"
+        elif len(value) == 1:
+            values[key] = value[0]
+        else:
+            raise InputError(f"{source}: {key} takes one value, got the list {list(value)}")
+    return values
 
 
 def _to_argv(values: dict[str, Any]) -> list[str]:

@@ -75,3 +75,20 @@ def test_repair_cuts_back_to_the_last_complete_line(tmp_path):
     path.write_text('{"index": 0}\n{"index": 1}\n{"ind')
     repair_jsonl(path)
     assert path.read_text() == '{"index": 0}\n{"index": 1}\n'
+
+
+def test_files_saved_with_a_byte_order_mark_read_as_without(tmp_path):
+    """Editors on Windows save UTF-8 with a BOM; the data and question files read the same either way."""
+    from vdtrain.data.conversations import load_conversations
+
+    record = {"id": "é1", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}
+    for name, text in (("d.json", json.dumps([record])), ("d.jsonl", json.dumps(record) + "\n")):
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8-sig")
+        assert path.read_bytes()[:3] == b"\xef\xbb\xbf"
+        assert read_records(path) == [record]
+        assert load_conversations(path)[0]["id"] == "é1"
+    assert read_json(tmp_path / "d.json") == [record]
+    written = tmp_path / "out.json"
+    atomic_write_json(written, [record])
+    assert written.read_bytes()[:1] == b"["  # what vdtrain writes has no BOM

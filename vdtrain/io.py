@@ -23,7 +23,7 @@ def read_json(path: str | os.PathLike) -> Any:
     """The value of a JSON file; a parse error names the file, line and column."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}, line {error.lineno}: not valid JSON ({error.msg})") from None
 
@@ -40,7 +40,7 @@ def read_jsonl(path: str | os.PathLike, *, missing_ok: bool = False, skip_bad_li
     if missing_ok and not path.is_file():
         return []
     rows = []
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8-sig") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -55,7 +55,7 @@ def read_jsonl(path: str | os.PathLike, *, missing_ok: bool = False, skip_bad_li
 
 def records_format(path: str | os.PathLike) -> str:
     """`"json"` for a file holding one JSON list, else `"jsonl"` (one value per line), from its first character."""
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8-sig") as handle:
         while chunk := handle.read(4096):
             if chunk.strip():
                 return "json" if chunk.lstrip().startswith("[") else "jsonl"

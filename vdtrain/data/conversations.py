@@ -43,7 +43,7 @@ def load_conversations(path: str | os.PathLike, max_samples: int | None = None) 
 
 def _check_is_sample_list(path: Path) -> None:
     """Refuse a file that is one JSON object or value instead of a list (or JSONL) of samples, saying what it is."""
-    with open(path, encoding="utf-8", errors="replace") as handle:
+    with open(path, encoding="utf-8-sig", errors="replace") as handle:
         head = handle.read(1 << 16).lstrip()
     if not head:
         raise ConversationError(f"{path} is empty; expected a JSON list of samples (or JSONL)")
@@ -61,7 +61,7 @@ def _check_is_sample_list(path: Path) -> None:
     if head[0] != "{":
         raise ConversationError(f"{path} is not a JSON list of samples (or JSONL): it starts with {head[:20]!r}")
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError:
         return  # more than one value: JSONL
     if isinstance(value, dict) and not ("conversations" in value and len(value) <= 4):

@@ -79,3 +79,14 @@ def test_inspect_refuses_a_noise_step_before_loading_and_names_the_figure_it_wri
     rows = [{"token": " a", "p_clean": 0.5, "p_noisy": 0.4, "d": 0.2, "class": "image-invariant"}]
     written = plot_token_dependence(rows, tmp_path / "figure")  # no suffix: matplotlib writes figure.png
     assert written == tmp_path / "figure.png" and written.is_file()
+
+
+def test_inspect_names_an_unreadable_image_before_loading_the_model(tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    argv = ["--model", str(tmp_path / "no-model"), "--image", str(bad), "--prompt", "q", "--output", "f.png"]
+    assert main(["inspect", *argv]) == 1  # the model path does not exist: the image was checked first
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.startswith(f"vdtrain inspect: error: --image {bad}: cannot be read as an image (") and "sample" not in err
+    )

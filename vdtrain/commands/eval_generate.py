@@ -67,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     options.add_model_options(p)
     p.add_argument("--questions", required=True, help="POPE/CHAIR jsonl, an image folder or a .txt image list")
-    p.add_argument("--image-folder", help="where the images are (default: the --questions folder)")
+    p.add_argument(
+        "--image-folder",
+        help="where the images are (default: --questions when it is a folder of images, else the current folder)",
+    )
     p.add_argument("--output", required=True, help="answers .jsonl (resumed if it exists)")
     p.add_argument("--format", choices=FORMATS, help="question format (default: guessed)")
     p.add_argument("--prompt", help="question asked about every image (replaces the file's text)")

@@ -33,13 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `vdtrain inspect`."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from vdtrain.data.conversations import load_image
+    from PIL import Image
+
+    from vdtrain.errors import InputError
     from vdtrain.probs_figure import greedy_response, plot_token_dependence, token_dependence
 
     if not Path(args.image).is_file():
         raise FileNotFoundError(f"--image {args.image}: no such file")
+    try:  # before the model loads: a bad image fails in a second, not after minutes
+        with Image.open(args.image) as opened:
+            image = opened.convert("RGB")
+    except OSError as error:
+        raise InputError(f"--image {args.image}: cannot be read as an image ({error})") from None
     model, processor, adapter = options.load_model(args)
-    image = load_image(Path(args.image), args.image)
     response = args.response or greedy_response(model, processor, adapter, image, args.prompt, args.max_new_tokens)
     rows = token_dependence(model, processor, adapter, image, args.prompt, response, args.noise_step, args.seed)
     figure = plot_token_dependence(rows, args.output, image, title=f"Q: {args.prompt}   A: {response}")

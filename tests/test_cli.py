@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 import vdtrain
 from vdtrain.cli import COMMANDS, error_message, main
@@ -146,7 +147,7 @@ def test_input_errors_are_one_line_with_exit_codes(tmp_path, capsys, monkeypatch
     assert "the following arguments are required: --output" in capsys.readouterr().err
     assert main(["nope"]) == 2 and "unknown command 'nope'" in capsys.readouterr().err
     image = tmp_path / "a.png"
-    image.write_bytes(b"")
+    Image.new("RGB", (8, 8)).save(image)
     argv = ["inspect", "--model", "./no/such/model", "--image", str(image), "--prompt", "p", "--output", "o.png"]
     assert main(argv) == 1
     err = capsys.readouterr().err

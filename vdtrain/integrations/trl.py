@@ -9,6 +9,7 @@ same fused head under `torch.no_grad()`. Needs `pip install vdtrain[trl]`.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, fields
 
 import torch
@@ -45,7 +46,9 @@ class VDSFTTrainer(VDLossMixin, FullCheckpointLoading, SFTTrainer):
             values = {key: value for key, value in args.to_dict().items() if key in names}
             # to_dict hides every `*_token` field (hub_token, SFTConfig's eos_token/pad_token) behind "<NAME>"
             values.update({key: getattr(args, key) for key in values if key.endswith("_token")})
-            upgraded = VDSFTConfig(**values)
+            with warnings.catch_warnings():  # the user's config already warned about its deprecated fields
+                warnings.simplefilter("ignore", FutureWarning)
+                upgraded = VDSFTConfig(**values)
             for spec in fields(args):  # the fields of a project's own config class stay readable on trainer.args
                 if spec.name not in names and not hasattr(upgraded, spec.name):
                     setattr(upgraded, spec.name, getattr(args, spec.name))

@@ -312,7 +312,7 @@ def test_select_refuses_scores_without_a_matching_fingerprint(workdir, loaded, t
     ]
     assert cli_main([*argv, "--scores", str(copied / "scores.jsonl")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"vdtrain filter: error: {copied / 'scores.jsonl'}: no run.json") and "--force" in err
+    assert err.startswith(f"vdtrain filter select: error: {copied / 'scores.jsonl'}: no run.json") and "--force" in err
     assert "Traceback" not in err and not (tmp_path / "kept.json").exists()
     # another dataset whose ids match (one answer edited): its fingerprint differs
     records = json.loads((workdir / "data.json").read_text())

@@ -115,6 +115,8 @@ def run_command(prog: str, module_name: str, argv: list[str]) -> int:
     module = None
     try:
         module = importlib.import_module(module_name)
+        if argv and argv[0] in getattr(module, "SUBCOMMANDS", ()):  # `vdtrain filter select: error: ...`
+            prog = f"{prog} {argv[0]}"
         return int(module.main(argv) or 0)
     except KeyboardInterrupt:
         if debug:

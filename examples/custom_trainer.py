@@ -11,7 +11,7 @@ What the host trainer must provide:
   model's pixel input (`pixel_key=`, else `args.vd_pixel_key`, else `pixel_values`/`images`/...). Other model
   inputs (`token_type_ids`, `image_grid_thw`, ...) pass through to both forwards. Optional, taken out before the
   forward: `end_of_turn_mask` `(B, L)` (the EOS floor; else the tokens equal to `end_of_turn_id`) and `has_image`
-  `(B,)` (text-only rows keep d = 0). Names in `vdtrain.data.keys`.
+  `(B,)` (text-only rows keep d = 0). Names in `vdtrain.keys`.
 - One sample per row: packed rows (position_ids restarting inside a row) are refused while the VD loss is active.
 - Its `args` may be any `TrainingArguments`; the `vd_*` fields it has are used, the others take their defaults.
 

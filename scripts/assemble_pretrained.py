@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {output} ({total / 2**30:.2f} GiB):")
     for path in files:
         print(f"  {path.name:40s} {path.stat().st_size / 2**20:10.1f} MiB")
-    print(f"load it with vdtrain.modeling.load_model_and_processor({str(output)!r}) or --model_name_or_path {output}")
+    print(f"load it with vdtrain.models.loading.load_model_and_processor({str(output)!r})")
+    print(f"or train it with --model_name_or_path {output}")
     return 0
 
 

@@ -32,10 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from tiny import WORDS, tiny_llava, write_images  # noqa: E402
 
-from vdtrain.dependence import IGNORE_INDEX  # noqa: E402
-from vdtrain.filtering.scoring import collate_samples, prepare_sample, score_batch, score_dataset  # noqa: E402
+from vdtrain.data.samples import collate_samples, prepare_sample  # noqa: E402
+from vdtrain.filtering.scoring import score_batch, score_dataset  # noqa: E402
+from vdtrain.method.dependence import IGNORE_INDEX  # noqa: E402
+from vdtrain.method.noise import add_diffusion_noise  # noqa: E402
 from vdtrain.models import get_adapter  # noqa: E402
-from vdtrain.noise import add_diffusion_noise  # noqa: E402
 
 
 def make_records(names: list[str], words_per_sample: int, spread: float = 0.0, seed: int = 0) -> list[dict]:

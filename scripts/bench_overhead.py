@@ -39,7 +39,7 @@ from transformers import (
 )
 
 from vdtrain import VDTrainer, VDTrainingArguments
-from vdtrain.data.keys import LOSS_ONLY_KEYS
+from vdtrain.keys import LOSS_ONLY_KEYS
 
 IMAGE, PATCH = 64, 16
 PRESETS = {"7b-share": {"hidden": 512, "layers": 8, "vocab": 4096},

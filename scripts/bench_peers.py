@@ -39,9 +39,9 @@ from transformers import (
 from trl import SFTConfig, SFTTrainer
 
 from vdtrain import VDTrainer, VDTrainingArguments
-from vdtrain.data.keys import LOSS_ONLY_KEYS
 from vdtrain.demo.model import SPECIAL_TOKENS, bpe_tokenizer
 from vdtrain.integrations.trl import VDSFTConfig, VDSFTTrainer
+from vdtrain.keys import LOSS_ONLY_KEYS
 
 SHAPES = {"llava-7b": (8, 512, 4096), "vocab-32k": (8, 512, 32000), "paligemma-3b": (8, 512, 64304)}
 VARIANTS = (

@@ -222,9 +222,9 @@ def interleaved(meter: Meter, variants: dict, repeats: int, before=None) -> dict
 def part_step(shape: Shape, model: Any, processor: Any, device: str, work: Path) -> dict:
     """(a) vanilla step, active VD step and vanilla + one no-grad forward, LoRA + activation checkpointing."""
     from vdtrain import VDTrainer, VDTrainingArguments
-    from vdtrain.config import ModelArguments
-    from vdtrain.modeling import prepare_for_training
     from vdtrain.models import get_adapter
+    from vdtrain.models.loading import prepare_for_training
+    from vdtrain.training.config import ModelArguments
 
     adapter = get_adapter(model, processor)
     lora = ModelArguments(model_name_or_path="random", lora_r=shape.lora_r, lora_alpha=2 * shape.lora_r)
@@ -299,9 +299,10 @@ def part_step(shape: Shape, model: Any, processor: Any, device: str, work: Path)
 
 def part_filter(shape: Shape, model: Any, processor: Any, device: str, work: Path) -> dict:
     """(c) the scorer's hot path and `score_dataset` against two bare masked no-grad forwards over the same batches."""
-    from vdtrain.filtering.scoring import collate_samples, prepare_sample, score_batch, score_dataset
+    from vdtrain.data.samples import collate_samples, prepare_sample
+    from vdtrain.filtering.scoring import score_batch, score_dataset
+    from vdtrain.method.noise import add_diffusion_noise
     from vdtrain.models import get_adapter
-    from vdtrain.noise import add_diffusion_noise
 
     model.eval()
     adapter = get_adapter(model, processor)
@@ -457,9 +458,9 @@ def part_zero(stage: int, shape: Shape, device: str, dtype: torch.dtype, work: P
     from transformers import default_data_collator
 
     from vdtrain import VDTrainer, VDTrainingArguments
-    from vdtrain.config import ModelArguments
-    from vdtrain.modeling import prepare_for_training
     from vdtrain.models import get_adapter
+    from vdtrain.models.loading import prepare_for_training
+    from vdtrain.training.config import ModelArguments
 
     processor = build_processor(shape)
     model = build_model(build_config(shape, processor.tokenizer), device, dtype)

@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 
 from vdtrain import VDTrainer, VDTrainingArguments
-from vdtrain.config import ModelArguments
 from vdtrain.data import SupervisedDataset, VDDataCollator, load_conversations
-from vdtrain.modeling import prepare_for_training
 from vdtrain.models import get_adapter
 from vdtrain.models.base import IGNORE_INDEX
+from vdtrain.models.loading import prepare_for_training
+from vdtrain.training.config import ModelArguments
 
 FAMILIES = ["llava", "paligemma", "qwen2_vl", "gemma3", "bunny"]
 MESSAGES = [

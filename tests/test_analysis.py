@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vdtrain.analysis.dependence import (
+from vdtrain.analysis.object_dependence import (
     analyze_dependence,
     dependence_bin,
     dependence_totals,
@@ -18,11 +18,11 @@ from vdtrain.analysis.dependence import (
 from vdtrain.analysis.saliency import pick_tokens, sample_saliency, select_samples, use_eager_attention
 from vdtrain.analysis.spans import object_mentions
 from vdtrain.cli import main as cli_main
-from vdtrain.dependence import target_logprobs, visual_dependence
+from vdtrain.data.samples import prepare_sample, sample_generator
 from vdtrain.evaluation.chair import extract_objects, load_synonyms
-from vdtrain.filtering.scoring import prepare_sample, sample_generator
+from vdtrain.method.dependence import target_logprobs, visual_dependence
+from vdtrain.method.noise import add_diffusion_noise
 from vdtrain.models import get_adapter
-from vdtrain.noise import add_diffusion_noise
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CAPTIONS = [

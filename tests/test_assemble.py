@@ -23,9 +23,9 @@ from transformers import (
     SiglipModel,
 )
 
-from vdtrain.modeling import load_model_and_processor
 from vdtrain.models.assemble import AssemblyError, assemble_bunny, assemble_llava, load_projector
 from vdtrain.models.bunny.modeling_bunny import s2_forward
+from vdtrain.models.loading import load_model_and_processor
 
 HIDDEN, VISION_HIDDEN = 64, 32
 TOWER = {"hidden_size": VISION_HIDDEN, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}

@@ -9,7 +9,7 @@ from test_bunny import write_published_checkpoint
 from tiny import LLAMA3_NPM, require_tokenizer_dir, tiny_bunny
 from transformers import AutoTokenizer
 
-from vdtrain.modeling import load_model_and_processor
+from vdtrain.models.loading import load_model_and_processor
 
 
 def test_published_bunny_loads_with_a_built_processor(tmp_path):

@@ -18,17 +18,17 @@ import yaml
 from runs import MAX_STEPS, StopAt, run_overrides, write_run_data
 from safetensors.torch import load_file
 
-from vdtrain.checkpoints import (
+from vdtrain.cli import main as cli_main
+from vdtrain.commands.train import load_config
+from vdtrain.errors import CheckpointError
+from vdtrain.training.checkpoints import (
     MANIFEST_NAME,
     adapter_problems,
     checkpoint_problems,
     complete_checkpoints,
     resolve_resume,
 )
-from vdtrain.cli import main as cli_main
-from vdtrain.commands.train import load_config
-from vdtrain.errors import CheckpointError
-from vdtrain.training import build_trainer, run_training
+from vdtrain.training.run import build_trainer, run_training
 
 TRAINER_FILES = ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json")
 

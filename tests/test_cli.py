@@ -120,8 +120,8 @@ def test_import_vdtrain_is_lazy():
         "token_weights",
         "visual_dependence",
     ]
-    from vdtrain.mixin import VDLossMixin
-    from vdtrain.trainer import VDTrainer
+    from vdtrain.training.mixin import VDLossMixin
+    from vdtrain.training.trainer import VDTrainer
 
     assert vdtrain.VDTrainer is VDTrainer and "VDTrainer" in dir(vdtrain)
     assert vdtrain.VDLossMixin is VDLossMixin and issubclass(VDTrainer, VDLossMixin)

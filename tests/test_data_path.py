@@ -5,8 +5,8 @@ import torch
 from tiny import tiny_llava, tiny_paligemma, write_conversations, write_images
 
 from vdtrain.data import SupervisedDataset, VDDataCollator, load_conversations
-from vdtrain.data.keys import END_OF_TURN_MASK, HAS_IMAGE, LOSS_ONLY_KEYS
-from vdtrain.filtering.scoring import collate_samples, prepare_sample
+from vdtrain.data.samples import collate_samples, prepare_sample
+from vdtrain.keys import END_OF_TURN_MASK, HAS_IMAGE, LOSS_ONLY_KEYS
 from vdtrain.models import get_adapter
 from vdtrain.models.base import pad_token_id
 

@@ -124,7 +124,7 @@ def test_ddp_two_processes_equal_one(tiny_llava_dir: Path, data_dir: Path):
 
 
 def _check_adapter(output_dir: Path, tiny_dir: Path) -> None:
-    from vdtrain.modeling import load_for_inference
+    from vdtrain.models.loading import load_for_inference
 
     # DeepSpeed really ran, over two ranks: its checkpoint holds one ZeRO optimizer partition per rank.
     assert (

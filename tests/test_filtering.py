@@ -14,9 +14,9 @@ from tiny import tiny_llava, write_conversations, write_images
 from vdtrain import add_diffusion_noise, target_logprobs, visual_dependence
 from vdtrain.cli import main as cli_main
 from vdtrain.data import SupervisedDataset, VDDataCollator
-from vdtrain.filtering import RunMismatchError, sample_generator, score_dataset, select_dataset, select_removed
-from vdtrain.filtering.scoring import approximate_length
-from vdtrain.modeling import load_for_inference
+from vdtrain.data.samples import approximate_length, sample_generator
+from vdtrain.filtering import RunMismatchError, score_dataset, select_dataset, select_removed
+from vdtrain.models.loading import load_for_inference
 
 NUM_IMAGES = 6
 

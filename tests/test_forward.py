@@ -5,9 +5,9 @@ import torch
 from tiny import tiny_llava, write_conversations, write_images
 
 from vdtrain.data import SupervisedDataset, VDDataCollator, load_conversations
-from vdtrain.data.keys import LOSS_ONLY_KEYS
-from vdtrain.dependence import IGNORE_INDEX, target_logprobs
-from vdtrain.forward import no_grad_logprobs, supervised_logits, supervised_targets, targets_at
+from vdtrain.keys import LOSS_ONLY_KEYS
+from vdtrain.method.dependence import IGNORE_INDEX, target_logprobs
+from vdtrain.method.passes import no_grad_logprobs, supervised_logits, supervised_targets, targets_at
 from vdtrain.models import get_adapter
 from vdtrain.models.base import accepts_logits_mask
 

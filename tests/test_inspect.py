@@ -7,11 +7,11 @@ import torch
 from PIL import Image
 from tiny import write_images
 
+from vdtrain.analysis.token_figure import token_class, token_dependence
 from vdtrain.cli import main
-from vdtrain.filtering.scoring import sample_generator
-from vdtrain.modeling import load_for_inference
-from vdtrain.noise import add_diffusion_noise
-from vdtrain.probs_figure import token_class, token_dependence
+from vdtrain.data.samples import sample_generator
+from vdtrain.method.noise import add_diffusion_noise
+from vdtrain.models.loading import load_for_inference
 
 
 def test_token_dependence_matches_direct_computation(tmp_path, tiny_llava_dir):
@@ -70,7 +70,7 @@ def test_inspect_cli_writes_figure_and_numbers(tmp_path, tiny_llava_dir):
 
 
 def test_inspect_refuses_a_noise_step_before_loading_and_names_the_figure_it_writes(tmp_path, capsys):
-    from vdtrain.probs_figure import plot_token_dependence
+    from vdtrain.analysis.token_figure import plot_token_dependence
 
     argv = ["--model", str(tmp_path / "no-model"), "--image", "x.png", "--prompt", "q", "--output", "f.png"]
     assert main(["inspect", *argv, "--noise-step", "1000"]) == 2  # a usage error, not a model load

@@ -7,8 +7,8 @@ import torch
 from diffusers import DDPMScheduler
 
 from vdtrain import add_diffusion_noise, register_weighting, target_logprobs, token_weights, visual_dependence
-from vdtrain.dependence import dependence_stats, row_logprobs
-from vdtrain.losses import per_token_nll
+from vdtrain.method.dependence import dependence_stats, row_logprobs
+from vdtrain.method.losses import per_token_nll
 
 
 def test_noise_matches_vcd_formula_and_diffusers():

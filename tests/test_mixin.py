@@ -12,10 +12,10 @@ from transformers import Trainer, TrainingArguments
 
 from vdtrain import VDLossMixin, VDTrainer, VDTrainingArguments, token_weights
 from vdtrain.commands.train import load_config, parser
-from vdtrain.config import vd_options
 from vdtrain.data import SupervisedDataset, VDDataCollator, load_conversations
-from vdtrain.data.keys import LOSS_ONLY_KEYS
+from vdtrain.keys import LOSS_ONLY_KEYS
 from vdtrain.models import get_adapter
+from vdtrain.training.config import vd_options
 
 
 @pytest.fixture(scope="module")

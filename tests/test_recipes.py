@@ -10,7 +10,7 @@ import yaml
 from tiny import write_conversations, write_images
 
 from vdtrain.commands.train import load_config
-from vdtrain.training import build_trainer
+from vdtrain.training.run import build_trainer
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 TRAINING_RECIPES = sorted(p for p in RECIPES.glob("*/*.yaml") if p.parent.name != "accelerate")

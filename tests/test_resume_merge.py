@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from vdtrain.cli import main as cli_main
 from vdtrain.commands.train import load_config
-from vdtrain.training import build_trainer, run_training
+from vdtrain.training.run import build_trainer, run_training
 
 
 def _train_logs(output_dir: Path) -> list[dict]:
@@ -71,7 +71,7 @@ def test_resume_equals_uninterrupted(stop: int, uninterrupted: Path, tiny_llava_
 def test_merge_round_trip(uninterrupted: Path, tiny_llava_dir: Path, data_dir: Path, tmp_path: Path):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from vdtrain.modeling import load_for_inference
+    from vdtrain.models.loading import load_for_inference
 
     merged_dir = tmp_path / "merged"
     assert cli_main(["merge", "--adapter", str(uninterrupted), "--output", str(merged_dir)]) == 0
@@ -125,7 +125,7 @@ def test_full_finetune_resumes_from_its_checkpoint(tiny_llava_dir: Path, data_di
     """transformers 5 saves legacy names (`language_model.model.*`) its Trainer cannot load; VDTrainer can."""
     from transformers import AutoModelForImageTextToText
 
-    from vdtrain.checkpoints import load_full_checkpoint
+    from vdtrain.training.checkpoints import load_full_checkpoint
 
     def overrides(output_dir: Path) -> dict:
         return {

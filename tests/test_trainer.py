@@ -10,7 +10,7 @@ from transformers import Trainer, TrainingArguments
 
 from vdtrain import VDTrainer, VDTrainingArguments, target_logprobs, token_weights, visual_dependence
 from vdtrain.data import SupervisedDataset, VDDataCollator, load_conversations
-from vdtrain.data.keys import LOSS_ONLY_KEYS as EXTRA_KEYS
+from vdtrain.keys import LOSS_ONLY_KEYS as EXTRA_KEYS
 from vdtrain.models import get_adapter
 
 

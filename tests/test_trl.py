@@ -16,7 +16,7 @@ from trl import SFTConfig, SFTTrainer
 from vdtrain import VDTrainer, VDTrainingArguments, token_weights
 from vdtrain.compat import spell_training_fields
 from vdtrain.integrations.trl import VDSFTConfig, VDSFTTrainer, end_of_turn_token_id
-from vdtrain.mixin import check_not_packed
+from vdtrain.training.mixin import check_not_packed
 
 # Vicuna-v1-like, with TRL's {% generation %} markers so assistant_only_loss masks everything but the answers.
 LLAVA_TEMPLATE = (

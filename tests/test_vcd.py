@@ -12,8 +12,8 @@ from tiny import tiny_llava, tiny_qwen2_vl, write_images
 
 from vdtrain.evaluation.generate import DecodingOptions, generate_batch
 from vdtrain.evaluation.vcd import noise_like, sample_seeds, vcd_generate, vcd_logits
+from vdtrain.method.noise import add_diffusion_noise, image_rows
 from vdtrain.models import get_adapter
-from vdtrain.noise import add_diffusion_noise, image_rows
 
 QUESTIONS = ["What color?", "Please describe this image in detail.", "Is there a red cat on the blue mat by a tree?"]
 STEPS = 8

@@ -12,24 +12,24 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 _LAZY = {
-    "VDLossMixin": "vdtrain.mixin",
-    "VDTrainer": "vdtrain.trainer",
-    "VDTrainingArguments": "vdtrain.config",
-    "add_diffusion_noise": "vdtrain.noise",
-    "register_weighting": "vdtrain.weighting",
-    "target_logprobs": "vdtrain.dependence",
-    "token_weights": "vdtrain.weighting",
-    "visual_dependence": "vdtrain.dependence",
+    "VDLossMixin": "vdtrain.training.mixin",
+    "VDTrainer": "vdtrain.training.trainer",
+    "VDTrainingArguments": "vdtrain.training.config",
+    "add_diffusion_noise": "vdtrain.method.noise",
+    "register_weighting": "vdtrain.method.weighting",
+    "target_logprobs": "vdtrain.method.dependence",
+    "token_weights": "vdtrain.method.weighting",
+    "visual_dependence": "vdtrain.method.dependence",
 }
 __all__ = sorted(_LAZY)
 
 if TYPE_CHECKING:  # names for type checkers and IDEs
-    from vdtrain.config import VDTrainingArguments  # noqa: F401
-    from vdtrain.dependence import target_logprobs, visual_dependence  # noqa: F401
-    from vdtrain.mixin import VDLossMixin  # noqa: F401
-    from vdtrain.noise import add_diffusion_noise  # noqa: F401
-    from vdtrain.trainer import VDTrainer  # noqa: F401
-    from vdtrain.weighting import register_weighting, token_weights  # noqa: F401
+    from vdtrain.method.dependence import target_logprobs, visual_dependence  # noqa: F401
+    from vdtrain.method.noise import add_diffusion_noise  # noqa: F401
+    from vdtrain.method.weighting import register_weighting, token_weights  # noqa: F401
+    from vdtrain.training.config import VDTrainingArguments  # noqa: F401
+    from vdtrain.training.mixin import VDLossMixin  # noqa: F401
+    from vdtrain.training.trainer import VDTrainer  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

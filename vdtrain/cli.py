@@ -24,7 +24,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "train": "vdtrain.commands.train",
     "merge": "vdtrain.commands.merge",
     "filter": "vdtrain.commands.filter",
-    "inspect": "vdtrain.commands.inspect_tokens",
+    "inspect": "vdtrain.commands.inspect",
     "demo": "vdtrain.demo.run",
     "eval": {
         "chair": "vdtrain.commands.eval_chair",

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vdtrain.analysis.dependence import GROUPS, teacher_forced_dependence
-from vdtrain.filtering.scoring import collate_samples, prepare_sample
+from vdtrain.analysis.object_dependence import GROUPS, teacher_forced_dependence
+from vdtrain.data.samples import collate_samples, prepare_sample
 from vdtrain.models.base import ModelAdapter, get_adapter, pad_token_id, tokenizer_of, unwrap_model
 
 

@@ -26,7 +26,7 @@ def add_teacher_forcing_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vdtrain.analysis.dependence import DEFAULT_PROMPT
+    from vdtrain.analysis.object_dependence import DEFAULT_PROMPT
     from vdtrain.commands.eval_chair import _default_cache_dir
     from vdtrain.evaluation.lemmatize import LEMMATIZERS
 
@@ -50,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """`vdtrain analyze dependence`: write dependence.json and the Fig. 5.2 / 5.5 figures."""
     args = build_parser().parse_args(argv)
-    from vdtrain.analysis.dependence import analyze_dependence, load_caption_records
     from vdtrain.analysis.figures import plot_hallucination_distance, plot_objects_by_dependence
+    from vdtrain.analysis.object_dependence import analyze_dependence, load_caption_records
     from vdtrain.evaluation.chair import load_synonyms
     from vdtrain.evaluation.chair_truth import build_ground_truth, coco_annotation_files
     from vdtrain.evaluation.nltk_check import require_nltk_data

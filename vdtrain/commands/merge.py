@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `vdtrain merge`."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    from vdtrain.merge import merge_adapter
+    from vdtrain.models.merge import merge_adapter
 
     options.check_adapter_path(args.adapter)
     base = options.check_model_path(args.model) if args.model else None

@@ -91,7 +91,7 @@ def add_batch_size(parser: argparse.ArgumentParser | Any, default: int | None, w
 
 def noise_step(text: str) -> int:
     """argparse type of `--noise-step`: a diffusion step in [0, 999], refused as a usage error before any model
-    is loaded (`vdtrain.noise.NUM_TRAIN_TIMESTEPS` steps)."""
+    is loaded (`vdtrain.method.noise.NUM_TRAIN_TIMESTEPS` steps)."""
     try:
         step = int(text)
     except ValueError:
@@ -169,7 +169,7 @@ def check_adapter_path(path: str | os.PathLike | None, flag: str = "--adapter") 
         raise InputError(f"{flag} {folder}: no such directory")
     if not (folder / "adapter_config.json").is_file():
         raise InputError(f"{flag} {folder}: no adapter_config.json there; is this a LoRA adapter directory?")
-    from vdtrain.checkpoints import adapter_problems, complete_checkpoints
+    from vdtrain.training.checkpoints import adapter_problems, complete_checkpoints
 
     problems = adapter_problems(folder)
     if problems:
@@ -181,7 +181,7 @@ def check_adapter_path(path: str | os.PathLike | None, flag: str = "--adapter") 
 
 def load_model(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """`(model, processor, adapter)` for inference from `--model/--adapter/--dtype/--device`, on its device."""
-    from vdtrain.modeling import load_for_inference
+    from vdtrain.models.loading import load_for_inference
 
     device = resolve_device(getattr(args, "device", "auto"))
     dtype = resolve_dtype(args.dtype, str(device))

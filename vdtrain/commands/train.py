@@ -33,7 +33,7 @@ def parser() -> Any:
     """The `HfArgumentParser` over the model, data and training dataclasses; argparse errors become `InputError`."""
     from transformers import HfArgumentParser
 
-    from vdtrain.config import DataArguments, ModelArguments, VDTrainingArguments
+    from vdtrain.training.config import DataArguments, ModelArguments, VDTrainingArguments
 
     class Parser(HfArgumentParser):
         def error(self, message: str) -> None:  # type: ignore[override]
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(f"output_dir {training_args.output_dir} is a file; name a directory for the checkpoints")
     model_args.dtype = resolve_dtype(model_args.dtype, "cpu" if training_args.use_cpu else "auto")
     _state["output_dir"] = training_args.output_dir
-    from vdtrain.training import run_training
+    from vdtrain.training.run import run_training
 
     run_training(model_args, data_args, training_args)
     return 0
@@ -234,7 +234,7 @@ def on_interrupt(argv: list[str]) -> str:
     output_dir = _state.get("output_dir")
     if output_dir is None:
         return "nothing was trained yet"
-    from vdtrain.checkpoints import complete_checkpoints
+    from vdtrain.training.checkpoints import complete_checkpoints
 
     kept = complete_checkpoints(output_dir)
     if not kept:

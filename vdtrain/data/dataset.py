@@ -19,8 +19,8 @@ from vdtrain.data.conversations import (
     special_token_problem,
     to_messages,
 )
-from vdtrain.data.keys import END_OF_TURN_MASK, HAS_IMAGE
-from vdtrain.dependence import IGNORE_INDEX
+from vdtrain.keys import END_OF_TURN_MASK, HAS_IMAGE
+from vdtrain.method.dependence import IGNORE_INDEX
 from vdtrain.models.base import ConversationError, Example, ModelAdapter, pad_token_id, tokenizer_of
 
 logger = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
 class VDDataCollator:
     """Right-pads token fields and concatenates per-image tensors along dim 0 (text-only samples add none).
 
-    Adds `END_OF_TURN_MASK` (B, L) and `HAS_IMAGE` (B,) (`vdtrain.data.keys`), which the loss takes out before the
+    Adds `END_OF_TURN_MASK` (B, L) and `HAS_IMAGE` (B,) (`vdtrain.keys`), which the loss takes out before the
     forward.
     """
 

@@ -144,8 +144,8 @@ def analyze_captions(ctx: Context, model: Any, run_dir: Path, out_dir: Path, see
     writes `dependence.json` and the two figures under `out_dir`; returns the totals and the figure paths."""
     import json
 
-    from vdtrain.analysis.dependence import analyze_dependence
     from vdtrain.analysis.figures import plot_hallucination_distance, plot_objects_by_dependence
+    from vdtrain.analysis.object_dependence import analyze_dependence
     from vdtrain.evaluation.chair import load_synonyms
 
     split = "counterfactual"

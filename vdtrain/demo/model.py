@@ -238,10 +238,10 @@ def train_demo_model(
     """
     from transformers import TrainerCallback
 
-    from vdtrain.config import VDTrainingArguments
     from vdtrain.data import SupervisedDataset, VDDataCollator, load_conversations
     from vdtrain.models import get_adapter
-    from vdtrain.trainer import VDTrainer
+    from vdtrain.training.config import VDTrainingArguments
+    from vdtrain.training.trainer import VDTrainer
 
     class StopAt(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):

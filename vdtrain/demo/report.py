@@ -256,9 +256,9 @@ def inspect_figure(
     Returns `(figure or None, a line for the report)`; a failure is reported, never raised.
     """
     try:
-        from vdtrain.probs_figure import plot_token_dependence, token_dependence
+        from vdtrain.analysis.token_figure import plot_token_dependence, token_dependence
     except ImportError:
-        return None, "_No per-token dependence figure: `vdtrain.probs_figure` is not in this install._"
+        return None, "_No per-token dependence figure: `vdtrain.analysis.token_figure` is not in this install._"
     if example is None:
         return None, "_No per-token dependence figure: no caption to inspect._"
     from PIL import Image
@@ -351,7 +351,7 @@ def write_report(
     if inspect_note:
         lines += [inspect_note, ""]
     if results.get("analysis"):  # thesis Fig. 5.2 and 5.5 on the MLE model (`vdtrain analyze dependence`)
-        from vdtrain.analysis.dependence import summary_lines
+        from vdtrain.analysis.object_dependence import summary_lines
 
         analysis = results["analysis"]
         lines += ["## Objects by visual dependence (thesis Fig. 5.2, 5.5)", "", analysis["note"], ""]

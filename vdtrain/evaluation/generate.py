@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 from vdtrain.data.conversations import load_image
 from vdtrain.evaluation.questions import answer_record, read_answers, resolve_image
 from vdtrain.io import append_jsonl, atomic_write_json
+from vdtrain.method.noise import image_rows
 from vdtrain.models.base import ModelAdapter, get_adapter, tokenizer_of, unwrap_model
-from vdtrain.noise import image_rows
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from vdtrain.compat import cache_keyword, output_cache
-from vdtrain.noise import add_diffusion_noise
+from vdtrain.method.noise import add_diffusion_noise
 
 # Per-token inputs that grow with the sequence (generate's `_update_model_kwargs_for_generation` does the same).
 _REPEAT_LAST = ("token_type_ids",)

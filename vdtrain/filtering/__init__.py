@@ -2,23 +2,14 @@
 
 from vdtrain.filtering.report import plot_histogram, score_quantiles, write_report
 from vdtrain.filtering.runs import RunMismatchError
-from vdtrain.filtering.scoring import (
-    collate_samples,
-    prepare_sample,
-    sample_generator,
-    score_batch,
-    score_dataset,
-)
+from vdtrain.filtering.scoring import score_batch, score_dataset
 from vdtrain.filtering.selection import STRATEGIES, removal_count, select_dataset, select_removed
 
 __all__ = [
     "STRATEGIES",
     "RunMismatchError",
-    "collate_samples",
     "plot_histogram",
-    "prepare_sample",
     "removal_count",
-    "sample_generator",
     "score_batch",
     "score_dataset",
     "score_quantiles",

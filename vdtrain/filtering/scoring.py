@@ -14,13 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
-from vdtrain.data.conversations import image_path, load_image
-from vdtrain.data.dataset import VDDataCollator, encode_record, example_features
-from vdtrain.data.keys import HAS_IMAGE, LOSS_ONLY_KEYS
-from vdtrain.dependence import IGNORE_INDEX, POSITIVE_THRESHOLD, visual_dependence
+from vdtrain.data.samples import approximate_length, collate_samples, prepare_sample
 from vdtrain.filtering.runs import (
     ERRORS_FILE,
     barrier,
@@ -30,145 +26,16 @@ from vdtrain.filtering.runs import (
     merge_rank_files,
     scored_indices,
 )
-from vdtrain.forward import no_grad_logprobs
 from vdtrain.io import append_jsonl, read_records, repair_jsonl
+from vdtrain.method.dependence import IGNORE_INDEX, POSITIVE_THRESHOLD
+from vdtrain.method.passes import batch_dependence
 from vdtrain.models.base import ModelAdapter, accepts_logits_mask, get_adapter, pad_token_id, unwrap_model
-from vdtrain.noise import add_diffusion_noise, seeded_generator
 
 logger = logging.getLogger(__name__)
 
 
-def sample_generator(seed: int, index: int) -> torch.Generator:
-    """CPU generator for the noise of sample `index`, seeded from `(seed, index)` so batching cannot change it."""
-    return seeded_generator("vdtrain-filter", seed, index)
-
-
 # ---------------------------------------------------------------------------------------------- samples and batches
-def prepare_sample(
-    record: Any,
-    index: int,
-    adapter: ModelAdapter,
-    processor: Any,
-    image_folder: str | os.PathLike | None,
-    *,
-    max_length: int,
-    seed: int,
-    source: str = "data",
-    image: Image.Image | None = None,
-) -> dict[str, Any]:
-    """Tokenise one record and load its image and noise; `{"index", "id", "error"}` if the sample cannot be scored.
-
-    Returns `{"index", "id", "examples", "image_inputs", "noise"}`: the adapter's examples truncated to
-    `max_length` (those left without supervised tokens dropped), the model's image inputs for the one image and
-    `eps` for the pixel tensor drawn from `sample_generator(seed, index)` (None for text-only samples). `image`,
-    when given, is the record's image (already loaded) instead of the file its `image` field names.
-    """
-    sample_id = str(record.get("id", index)) if isinstance(record, dict) else str(index)
-    try:
-        if not isinstance(record, dict):
-            raise ValueError(f"{source}: record {index} is a {type(record).__name__}, not a JSON object")
-        record = {**record, "id": sample_id}
-        if image is None:
-            path = image_path(record, image_folder)
-            image = load_image(path, sample_id) if path is not None else None
-        encoded = encode_record(record, adapter, processor, image_folder, max_length, source, image=image)
-        cut_image = next((tokens for tokens, _, cuts_image in encoded.dropped if cuts_image), None)
-        if cut_image is not None:
-            raise ValueError(
-                f"{source}: sample {sample_id!r}: truncation to max_length={max_length} cuts its image tokens "
-                f"({cut_image} tokens); raise --max-length"
-            )
-        examples = encoded.examples
-        if not examples:
-            raise ValueError(
-                f"{source}: sample {sample_id!r}: nothing supervised after truncation to max_length={max_length}; "
-                "raise --max-length"
-            )
-        image_inputs, noise = None, None
-        if image is not None:
-            image_inputs = adapter.image_inputs(processor, [image])
-            pixels = image_inputs.get(adapter.pixel_key)
-            if pixels is not None:  # a missing pixel key is a setup error, reported by the scoring loop
-                noise = torch.randn(pixels.shape, generator=sample_generator(seed, index), dtype=torch.float32)
-        return {"index": index, "id": sample_id, "examples": examples, "image_inputs": image_inputs, "noise": noise}
-    except Exception as error:  # any bad record becomes an error row; the run goes on
-        return {"index": index, "id": sample_id, "error": f"{type(error).__name__}: {error}"}
-
-
-def collate_samples(samples: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
-    """Collate every example of the scorable samples with the training collator; each example gets its sample's image.
-
-    Returns `{"inputs": model inputs with labels, "noise", "owner": (E,) sample position of each example,
-    HAS_IMAGE: (E,), "samples": the scorable samples, "errors": the failed ones}`.
-    """
-    ok = [sample for sample in samples if "error" not in sample]
-    errors = [sample for sample in samples if "error" in sample]
-    features, owner, noises = [], [], []
-    for position, sample in enumerate(ok):
-        for example in sample["examples"]:
-            features.append(example_features(example, sample["image_inputs"]))
-            owner.append(position)
-            if sample["image_inputs"] is not None:
-                noises.append(sample["noise"])
-    batch: dict[str, Any] = {"samples": ok, "errors": errors, "inputs": {}, "noise": None}
-    if not features:
-        return batch
-    inputs = VDDataCollator(pad_token_id)(features)
-    has_image = inputs[HAS_IMAGE]
-    for key in LOSS_ONLY_KEYS:  # the scorer's forward takes model inputs only
-        inputs.pop(key)
-    if noises and all(noise is not None for noise in noises):
-        batch["noise"] = torch.cat(noises, dim=0)
-    batch.update(inputs=inputs, owner=torch.tensor(owner))
-    batch[HAS_IMAGE] = has_image
-    return batch
-
-
-def approximate_length(record: Any) -> int:
-    """Characters of a record's turns: a tokenizer-free proxy of its token count, for grouping batches by length."""
-    turns = record.get("conversations") if isinstance(record, dict) else None
-    if not isinstance(turns, list):
-        return 0
-    return sum(len(str(turn.get("value", turn.get("content", "")))) for turn in turns if isinstance(turn, dict))
-
-
 # ---------------------------------------------------------------------------------------------- the hot path
-@torch.no_grad()
-def teacher_forced_logprobs(
-    model: torch.nn.Module, batch: dict[str, Any], *, noise_step: int, pixel_key: str, logits_mask: bool = True
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """`(log p_clean, log p_noisy, labels)` of a collated batch (`collate_samples`): one clean and one noised no-grad
-    pass, `(N,)` float32 log-probs of every supervised target in row-major order, and the labels on the model's
-    device. `log p_noisy` is None for a batch without images (nothing to noise)."""
-    device = next(model.parameters()).device
-    dtype = getattr(model, "dtype", torch.float32)
-    inputs = {key: value.to(device, non_blocking=True) for key, value in batch["inputs"].items()}
-    pixels = inputs.get(pixel_key)
-    if pixels is not None and pixels.is_floating_point():
-        inputs[pixel_key] = pixels.to(dtype)
-    labels = inputs.pop("labels")
-    logp_clean = no_grad_logprobs(model, inputs, labels, logits_mask)  # (N,)
-    if pixels is None:
-        return logp_clean, None, labels
-    noise = batch["noise"].to(device, non_blocking=True)
-    inputs[pixel_key] = add_diffusion_noise(pixels.float(), noise_step, noise=noise).to(dtype)  # f32 math
-    return logp_clean, no_grad_logprobs(model, inputs, labels, logits_mask), labels
-
-
-def batch_dependence(
-    model: torch.nn.Module, batch: dict[str, Any], *, noise_step: int, pixel_key: str, logits_mask: bool = True
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(d, labels)`: Eq. 5.1's `d` `(N,)` of every supervised target of a collated batch in row-major order (0 for
-    text-only examples: nothing changes under noise), and the labels on the model's device."""
-    logp_clean, logp_noisy, labels = teacher_forced_logprobs(
-        model, batch, noise_step=noise_step, pixel_key=pixel_key, logits_mask=logits_mask
-    )
-    if logp_noisy is None:
-        return torch.zeros_like(logp_clean), labels
-    rows = (labels[:, 1:] != IGNORE_INDEX).nonzero()[:, 0]  # (N,) example of each target, row-major
-    return visual_dependence(logp_clean, logp_noisy) * batch[HAS_IMAGE].to(labels.device)[rows], labels
-
-
 def score_batch(
     model: torch.nn.Module, batch: dict[str, Any], *, noise_step: int, pixel_key: str, logits_mask: bool = True
 ) -> torch.Tensor:

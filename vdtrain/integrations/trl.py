@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from transformers import TrainingArguments
 from trl import SFTConfig, SFTTrainer
 
-from vdtrain.checkpoints import FullCheckpointLoading
-from vdtrain.config import VDArguments, vd_options
-from vdtrain.dependence import IGNORE_INDEX
-from vdtrain.mixin import VDLossMixin
+from vdtrain.method.dependence import IGNORE_INDEX
+from vdtrain.training.checkpoints import FullCheckpointLoading
+from vdtrain.training.config import VDArguments, vd_options
+from vdtrain.training.mixin import VDLossMixin
 
 __all__ = ["VDSFTConfig", "VDSFTTrainer", "end_of_turn_token_id"]
 

@@ -8,7 +8,7 @@ from vdtrain.models.base import (
     get_adapter,
     register_adapter,
 )
-from vdtrain.models.bunny_adapter import BunnyAdapter
+from vdtrain.models.bunny.adapter import BunnyAdapter
 from vdtrain.models.generic import ChatTemplateAdapter, Gemma3Adapter, Qwen2VLAdapter
 from vdtrain.models.llava import LlavaAdapter
 from vdtrain.models.paligemma import PaliGemmaAdapter

@@ -258,7 +258,7 @@ def assemble_bunny(
     from transformers import AutoModelForCausalLM, GenerationConfig, SiglipVisionModel
 
     from vdtrain.models.bunny import LLAMA3_IMAGE_TOKEN_ID, BunnyConfig, BunnyForConditionalGeneration
-    from vdtrain.models.bunny_adapter import END_OF_TEXT, IMAGE_TOKEN
+    from vdtrain.models.bunny.adapter import END_OF_TEXT, IMAGE_TOKEN
 
     lm_dir = _check_dir(language_model, "language model")
     vision_dir = _check_dir(vision_tower, "vision tower")

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vdtrain.dependence import IGNORE_INDEX
+from vdtrain.method.dependence import IGNORE_INDEX
 
 _ADAPTERS: dict[str, type[ModelAdapter]] = {}
 _FALLBACK: list[type[ModelAdapter]] = []  # the adapter for processors with a chat template (models/generic.py)

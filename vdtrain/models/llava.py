@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vdtrain.dependence import IGNORE_INDEX
+from vdtrain.method.dependence import IGNORE_INDEX
 from vdtrain.models.base import (
     ConversationError,
     Example,

@@ -41,7 +41,7 @@ def merge_adapter(
     """
     from peft import PeftModel
 
-    from vdtrain.modeling import load_model_and_processor
+    from vdtrain.models.loading import load_model_and_processor
 
     adapter_dir, output_dir = Path(adapter_dir), Path(output_dir)
     if not (adapter_dir / "adapter_config.json").is_file():

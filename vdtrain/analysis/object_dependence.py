@@ -13,11 +13,12 @@ from typing import Any
 import torch
 
 from vdtrain.analysis.spans import mention_tokens, object_mentions, token_char_spans
-from vdtrain.dependence import IGNORE_INDEX, POSITIVE_THRESHOLD
+from vdtrain.data.samples import collate_samples, prepare_sample
 from vdtrain.evaluation.chair import Synonyms, load_synonyms
 from vdtrain.evaluation.questions import _image_id
-from vdtrain.filtering.scoring import batch_dependence, collate_samples, prepare_sample
 from vdtrain.io import read_objects
+from vdtrain.method.dependence import IGNORE_INDEX, POSITIVE_THRESHOLD
+from vdtrain.method.passes import batch_dependence
 from vdtrain.models.base import ModelAdapter, accepts_logits_mask, get_adapter, pad_token_id, tokenizer_of
 
 GROUPS = ("pos", "inv", "neg")

@@ -16,14 +16,14 @@ import torch.nn.functional as F
 from transformers import Trainer
 from transformers.utils import logging
 
-from vdtrain.config import vd_options
-from vdtrain.data.keys import END_OF_TURN_MASK, HAS_IMAGE, LOSS_ONLY_KEYS
-from vdtrain.dependence import IGNORE_INDEX, dependence_stats_tensor, row_logprobs, visual_dependence
-from vdtrain.forward import no_grad_logprobs, supervised_logits, supervised_targets, targets_at
-from vdtrain.losses import per_token_nll
+from vdtrain.keys import END_OF_TURN_MASK, HAS_IMAGE, LOSS_ONLY_KEYS
+from vdtrain.method.dependence import IGNORE_INDEX, dependence_stats_tensor, row_logprobs, visual_dependence
+from vdtrain.method.losses import per_token_nll
+from vdtrain.method.noise import add_diffusion_noise, image_rows, noise_scales, seeded_generator
+from vdtrain.method.passes import no_grad_logprobs, supervised_logits, supervised_targets, targets_at
+from vdtrain.method.weighting import token_weights
 from vdtrain.models.base import accepts_logits_mask, unwrap_model
-from vdtrain.noise import add_diffusion_noise, image_rows, noise_scales, seeded_generator
-from vdtrain.weighting import token_weights
+from vdtrain.training.config import vd_options
 
 logger = logging.get_logger(__name__)
 
@@ -44,7 +44,7 @@ class VDLossMixin:
 
     The host's loss must be the per-token causal-LM NLL of `labels` (HF convention: aligned with `input_ids`, -100
     where unsupervised), reduced as `Trainer` reduces it. The batch may carry `end_of_turn_mask` `(B, L)` and
-    `has_image` `(B,)` (see `vdtrain.data.keys`); both are taken out before the forward. The `vd_*` settings are read
+    `has_image` `(B,)` (see `vdtrain.keys`); both are taken out before the forward. The `vd_*` settings are read
     from `args` whatever its class, with the defaults of `VDTrainingArguments` for the fields it lacks.
 
     Override `compute_token_weights` to change how `d` becomes weights; the loss plumbing stays the same.

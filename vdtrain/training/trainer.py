@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from transformers import Trainer
 
-from vdtrain.checkpoints import FullCheckpointLoading
-from vdtrain.config import as_vd_arguments
-from vdtrain.data.keys import END_OF_TURN_MASK, HAS_IMAGE, LOSS_ONLY_KEYS
-from vdtrain.mixin import PIXEL_KEYS, VD_METRICS, VDLossMixin
+from vdtrain.keys import END_OF_TURN_MASK, HAS_IMAGE, LOSS_ONLY_KEYS
+from vdtrain.training.checkpoints import FullCheckpointLoading
+from vdtrain.training.config import as_vd_arguments
+from vdtrain.training.mixin import PIXEL_KEYS, VD_METRICS, VDLossMixin
 
 # Older names of the batch keys, kept for code that imports them from here.
 END_OF_TURN_KEY, HAS_IMAGE_KEY, EXTRA_KEYS = END_OF_TURN_MASK, HAS_IMAGE, LOSS_ONLY_KEYS

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vdtrain.dependence import IGNORE_INDEX, POSITIVE_THRESHOLD, visual_dependence
+from vdtrain.method.dependence import IGNORE_INDEX, POSITIVE_THRESHOLD, visual_dependence
 from vdtrain.models.base import accepts_logits_mask, pad_token_id, tokenizer_of
 
 COLOURS = {"image-positive": "#2a9d4b", "image-invariant": "#8c8c8c", "image-negative": "#d1495b"}
@@ -52,7 +52,8 @@ def token_dependence(
     The one-turn conversation goes through the filter's data path and passes (`prepare_sample`, `collate_samples`,
     `teacher_forced_logprobs`), so the numbers are those `vdtrain filter score` computes for it as sample 0.
     """
-    from vdtrain.filtering.scoring import collate_samples, prepare_sample, teacher_forced_logprobs
+    from vdtrain.data.samples import collate_samples, prepare_sample
+    from vdtrain.method.passes import teacher_forced_logprobs
 
     record = {
         "id": "inspect",

@@ -8,13 +8,13 @@ from typing import Any
 
 import transformers
 
-from vdtrain.checkpoints import MANIFEST_NAME, write_manifest
-from vdtrain.config import DataArguments, ModelArguments, VDTrainingArguments
 from vdtrain.data import SupervisedDataset, VDDataCollator, check_images, load_conversations
 from vdtrain.data.dataset import conversation_problems, invalid_samples_message
-from vdtrain.merge import BASE_MODEL_FILE
-from vdtrain.modeling import load_model_and_processor, prepare_for_training
-from vdtrain.trainer import VDTrainer
+from vdtrain.models.loading import load_model_and_processor, prepare_for_training
+from vdtrain.models.merge import BASE_MODEL_FILE
+from vdtrain.training.checkpoints import MANIFEST_NAME, write_manifest
+from vdtrain.training.config import DataArguments, ModelArguments, VDTrainingArguments
+from vdtrain.training.trainer import VDTrainer
 
 logger = logging.getLogger("vdtrain")
 

@@ -21,7 +21,7 @@ from safetensors import safe_open
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, logging
 
 from vdtrain.io import atomic_write_json
-from vdtrain.merge import BASE_MODEL_FILE
+from vdtrain.models.merge import BASE_MODEL_FILE
 
 logger = logging.get_logger(__name__)
 

@@ -111,7 +111,7 @@ def vd_options(args) -> dict:
 
 def check_vd_options(options: dict) -> None:
     """Raise on an out-of-range `vd_*` value, naming the field and its allowed range."""
-    from vdtrain.weighting import available_weightings
+    from vdtrain.method.weighting import available_weightings
 
     if options["vd_weighting"] not in available_weightings():
         raise ValueError(f"vd_weighting must be one of {available_weightings()}, got {options['vd_weighting']!r}")

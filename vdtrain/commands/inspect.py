@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     from PIL import Image
 
+    from vdtrain.analysis.token_figure import greedy_response, plot_token_dependence, token_dependence
     from vdtrain.errors import InputError
-    from vdtrain.probs_figure import greedy_response, plot_token_dependence, token_dependence
 
     if not Path(args.image).is_file():
         raise FileNotFoundError(f"--image {args.image}: no such file")

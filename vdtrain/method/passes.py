@@ -1,0 +1,98 @@
+"""The forward passes every part of vdtrain shares: logits only where a label is predicted, and teacher forcing.
+
+Position `t - 1` predicts `labels[t]`, so the lm_head runs at the `targets_at` positions only when the model's
+forward takes a boolean `logits_to_keep` (transformers 5 models do); a model that ignores it gets its full
+`(B, L, V)` logits sliced the same way, so callers always see `(N, V)` rows in row-major order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from vdtrain.keys import HAS_IMAGE
+from vdtrain.method.dependence import IGNORE_INDEX, row_logprobs, visual_dependence
+from vdtrain.method.noise import add_diffusion_noise
+
+
+def targets_at(labels: torch.Tensor) -> torch.Tensor:
+    """`(B, L)` bool: the positions whose next label is supervised (where the logits are needed)."""
+    return F.pad(labels[:, 1:] != IGNORE_INDEX, (0, 1), value=False)
+
+
+def supervised_targets(labels: torch.Tensor) -> torch.Tensor:
+    """`(N,)` the supervised labels in row-major order, aligned with the rows of `supervised_logits`."""
+    return labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]
+
+
+def supervised_logits(
+    model: Any, inputs: dict[str, torch.Tensor], targets_at: torch.Tensor, logits_mask: bool
+) -> tuple[torch.Tensor, Any]:
+    """`((N, V) logits at the `targets_at` positions, the model's outputs)` from one forward of `model(**inputs)`.
+
+    Args:
+        inputs: the model's inputs, without `labels` and the collator's loss-only keys.
+        targets_at (`torch.Tensor`): `(B, L)` bool, from `targets_at(labels)`.
+        logits_mask (`bool`): whether the forward takes `logits_to_keep` (`models.base.accepts_logits_mask`).
+    """
+    outputs = model(**inputs, **({"logits_to_keep": targets_at} if logits_mask else {}))
+    logits = outputs.logits
+    return (logits if logits.dim() == 2 else logits[targets_at]), outputs  # (N, V)
+
+
+@torch.no_grad()
+def no_grad_logprobs(
+    model: Any, inputs: dict[str, torch.Tensor], labels: torch.Tensor, logits_mask: bool
+) -> torch.Tensor:
+    """`(N,)` float32 `log p(label)` of the supervised labels (row-major) from one no-grad forward in eval mode.
+
+    A model in training mode is switched to eval for the pass (no dropout, no gradient checkpointing) and back.
+    """
+    was_training = model.training
+    if was_training:
+        model.eval()
+    try:
+        logits, _ = supervised_logits(model, inputs, targets_at(labels), logits_mask)
+    finally:
+        if was_training:
+            model.train()
+    return row_logprobs(logits, supervised_targets(labels))
+
+
+# ---------------------------------------------------------------------------------------------- teacher forcing
+@torch.no_grad()
+def teacher_forced_logprobs(
+    model: torch.nn.Module, batch: dict[str, Any], *, noise_step: int, pixel_key: str, logits_mask: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """`(log p_clean, log p_noisy, labels)` of a collated batch (`collate_samples`): one clean and one noised no-grad
+    pass, `(N,)` float32 log-probs of every supervised target in row-major order, and the labels on the model's
+    device. `log p_noisy` is None for a batch without images (nothing to noise)."""
+    device = next(model.parameters()).device
+    dtype = getattr(model, "dtype", torch.float32)
+    inputs = {key: value.to(device, non_blocking=True) for key, value in batch["inputs"].items()}
+    pixels = inputs.get(pixel_key)
+    if pixels is not None and pixels.is_floating_point():
+        inputs[pixel_key] = pixels.to(dtype)
+    labels = inputs.pop("labels")
+    logp_clean = no_grad_logprobs(model, inputs, labels, logits_mask)  # (N,)
+    if pixels is None:
+        return logp_clean, None, labels
+    noise = batch["noise"].to(device, non_blocking=True)
+    inputs[pixel_key] = add_diffusion_noise(pixels.float(), noise_step, noise=noise).to(dtype)  # f32 math
+    return logp_clean, no_grad_logprobs(model, inputs, labels, logits_mask), labels
+
+
+def batch_dependence(
+    model: torch.nn.Module, batch: dict[str, Any], *, noise_step: int, pixel_key: str, logits_mask: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(d, labels)`: Eq. 5.1's `d` `(N,)` of every supervised target of a collated batch in row-major order (0 for
+    text-only examples: nothing changes under noise), and the labels on the model's device."""
+    logp_clean, logp_noisy, labels = teacher_forced_logprobs(
+        model, batch, noise_step=noise_step, pixel_key=pixel_key, logits_mask=logits_mask
+    )
+    if logp_noisy is None:
+        return torch.zeros_like(logp_clean), labels
+    rows = (labels[:, 1:] != IGNORE_INDEX).nonzero()[:, 0]  # (N,) example of each target, row-major
+    return visual_dependence(logp_clean, logp_noisy) * batch[HAS_IMAGE].to(labels.device)[rows], labels

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from vdtrain.models import ModelAdapter, get_adapter
-from vdtrain.training.config import ModelArguments
+from vdtrain.models.arguments import ModelArguments
 
 logger = logging.getLogger(__name__)
 DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}

@@ -8,6 +8,11 @@ from dataclasses import MISSING, dataclass, field, fields
 
 from transformers import TrainingArguments
 
+from vdtrain.data.arguments import DataArguments
+from vdtrain.models.arguments import ModelArguments
+
+__all__ = ["DataArguments", "ModelArguments", "VDArguments", "VDTrainingArguments", "as_vd_arguments"]
+
 CLEAN_PASSES = ("train", "eval")
 # old name -> new name; the old names still work, with a FutureWarning (issue 16: method options start with `vd_`)
 DEPRECATED_NAMES = {"eos_selective": "vd_eos_selective", "projector_lr": "vd_projector_lr"}
@@ -146,65 +151,3 @@ def as_vd_arguments(args: TrainingArguments) -> VDTrainingArguments:
     for old, new in DEPRECATED_NAMES.items():
         setattr(upgraded, old, options[new])
     return upgraded
-
-
-@dataclass
-class ModelArguments:
-    """Which model to fine-tune and how it is wrapped."""
-
-    model_name_or_path: str = field(metadata={"help": "Hub id or local directory of the base model."})
-    dtype: str = field(
-        default="auto",
-        metadata={
-            "help": "Weights dtype: auto (bfloat16 on a GPU that supports it, else float32), bfloat16, "
-            "float16 or float32."
-        },
-    )
-    attn_implementation: str | None = field(default=None, metadata={"help": "e.g. sdpa, eager, flash_attention_2."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Never needed by a supported family."})
-    lora: bool = field(default=True, metadata={"help": "Train LoRA adapters on the language model (else full)."})
-    lora_r: int = field(default=128, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=256, metadata={"help": "LoRA alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    lora_target_modules: str | None = field(
-        default=None, metadata={"help": "Regex of modules to wrap (default: the family's language-model linears)."}
-    )
-    train_projector: bool = field(default=True, metadata={"help": "Train the multimodal projector fully."})
-    freeze_vision_tower: bool = field(default=True, metadata={"help": "Keep the vision tower frozen."})
-
-    def __post_init__(self) -> None:
-        if self.lora_r < 1:
-            raise ValueError(f"lora_r is a LoRA rank of at least 1, got {self.lora_r}")
-        if not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"lora_dropout is a probability in [0, 1), got {self.lora_dropout}")
-
-
-@dataclass
-class DataArguments:
-    """Where the conversations and images are."""
-
-    data_path: str = field(metadata={"help": "LLaVA-format conversation JSON (or JSONL)."})
-    image_folder: str | None = field(default=None, metadata={"help": "Folder the samples' `image` paths are in."})
-    max_length: int = field(default=2048, metadata={"help": "Truncate token sequences to this length."})
-    max_samples: int | None = field(default=None, metadata={"help": "Use only the first N samples (debugging)."})
-    check_images: bool = field(
-        default=True, metadata={"help": "Check every image file exists and has an image header before training."}
-    )
-    drop_truncated: bool = field(
-        default=False,
-        metadata={"help": "Drop samples that do not fit max_length (warning) instead of stopping with an error."},
-    )
-    drop_invalid: bool = field(
-        default=False,
-        metadata={"help": "Drop samples with bad turns or special-token text (warning) instead of stopping."},
-    )
-    allow_external_images: bool = field(
-        default=False,
-        metadata={"help": "Allow image paths that resolve outside image_folder (absolute paths, '../')."},
-    )
-
-    def __post_init__(self) -> None:
-        if self.max_length < 1:
-            raise ValueError(f"max_length is a number of tokens of at least 1, got {self.max_length}")
-        if self.max_samples is not None and self.max_samples < 1:  # -1 would silently leave out the last sample
-            raise ValueError(f"max_samples is a number of samples of at least 1 (or unset), got {self.max_samples}")

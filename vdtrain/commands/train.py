@@ -51,7 +51,9 @@ def help_key() -> str:
     from importlib.metadata import version
 
     digest = hashlib.sha256()
-    for path in (Path(__file__).resolve().parents[1] / "config.py", Path(__file__).resolve()):
+    package = Path(__file__).resolve().parents[1]
+    sources = ("training/config.py", "models/arguments.py", "data/arguments.py", "commands/train.py")
+    for path in (package / name for name in sources):
         digest.update(path.read_bytes())
     return f"transformers {version('transformers')} config {digest.hexdigest()[:20]}"
 

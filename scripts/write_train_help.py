@@ -1,7 +1,8 @@
 """Write `vdtrain/commands/train_help.txt`: `vdtrain train --help` rendered at 80 columns for the installed
 transformers, so the first `--help` after installing needs no transformers import (about 3 s). Rerun it after
 changing the argument dataclasses
-(`vdtrain/training/config.py`, `models/arguments.py`, `data/arguments.py`) or `vdtrain/commands/train.py`; `tests/test_cli.py` says when it is stale."""
+(`vdtrain/training/config.py`, `models/arguments.py`, `data/arguments.py`) or
+`vdtrain/commands/train.py`; `tests/test_cli.py` says when it is stale."""
 
 from __future__ import annotations
 

@@ -162,6 +162,25 @@ def test_generic_fallback_for_an_unregistered_model_type():
     assert supervised_runs(processor.tokenizer, example) == SUPERVISED["qwen2_vl"][0]
 
 
+def test_adapter_registry_refuses_a_duplicate_model_type():
+    """A model type keeps its adapter unless the new one is registered with override=True (PEFT raises too)."""
+    from vdtrain.models import LlavaAdapter, register_adapter
+
+    class MyLlava(LlavaAdapter):
+        projector_modules = ("my_projector",)
+
+    with pytest.raises(ValueError, match=r"'llava' \(vdtrain.models.llava.LlavaAdapter\) already has an adapter"):
+        register_adapter("llava")(MyLlava)
+    assert type(get_adapter("llava")) is LlavaAdapter
+    try:
+        register_adapter("llava", override=True)(MyLlava)
+        assert get_adapter("llava").projector_modules == ("my_projector",)
+    finally:
+        register_adapter("llava", override=True)(LlavaAdapter)
+    assert type(get_adapter("llava")) is LlavaAdapter
+    assert register_adapter("llava")(LlavaAdapter) is LlavaAdapter  # the same class again is no duplicate
+
+
 def test_bunny_pads_images_to_a_square_with_the_mean_colour(request):
     _, processor = build("bunny", request)
     adapter = get_adapter("vdtrain_bunny")

@@ -9,6 +9,7 @@ from diffusers import DDPMScheduler
 from vdtrain import add_diffusion_noise, register_weighting, target_logprobs, token_weights, visual_dependence
 from vdtrain.method.dependence import dependence_stats, row_logprobs
 from vdtrain.method.losses import per_token_nll
+from vdtrain.method.weighting import get_weighting
 
 
 def test_noise_matches_vcd_formula_and_diffusers():
@@ -118,6 +119,14 @@ def test_token_weights_properties():
     floored = token_weights(d, mask, scheme="neg", temperature=3.0, end_of_turn_mask=eos, eos_min_weight=1.0)
     assert floored[0, 5] >= 1.0 and floored[1, 7] >= 1.0
     assert torch.equal(floored[~eos], plain[~eos])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # SPEC section 3's name is not deprecated
+        spec = token_weights(d, mask, scheme="neg", temperature=3.0, eos_mask=eos, eos_min_weight=1.0)
+    assert torch.equal(spec, floored)
+    with pytest.raises(ValueError, match="one argument"):
+        token_weights(d, mask, eos_mask=eos, end_of_turn_mask=eos)
     assert torch.equal(token_weights(d, mask, temperature=0.0), mask.float())  # tau = 0: vanilla
     assert torch.equal(token_weights(d, mask, scheme="none"), mask.float())
     d.requires_grad_(True)
@@ -134,6 +143,16 @@ def test_weighting_registry():
     assert w[0, 0] > 1 > w[0, 1]
     with pytest.raises(ValueError, match="unknown weighting"):
         token_weights(d, torch.ones(1, 2, dtype=torch.bool), scheme="missing")
+    with pytest.raises(ValueError, match="'neg' is already registered; pass override=True"):
+        register_weighting("neg")(lambda d: d)  # a duplicate name never replaces a scheme silently
+    assert torch.equal(get_weighting("neg")(torch.tensor([-0.5, 0.5])), torch.tensor([0.5, 0.0]))  # Eq. 5.3 still
+
+    @register_weighting("abs-test", override=True)
+    def _negated_abs(d):
+        return -d.abs()
+
+    w = token_weights(d, torch.ones(1, 2, dtype=torch.bool), scheme="abs-test", temperature=1.0)
+    assert w[0, 0] < 1 < w[0, 1]
 
 
 def test_selective_eos_loss_hand_computation():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import torch
@@ -11,8 +10,11 @@ WeightScheme = Callable[[torch.Tensor], torch.Tensor]
 _SCHEMES: dict[str, WeightScheme] = {}
 
 
-def register_weighting(name: str) -> Callable[[WeightScheme], WeightScheme]:
+def register_weighting(name: str, *, override: bool = False) -> Callable[[WeightScheme], WeightScheme]:
     """Register `fn(d) -> w` as weighting scheme `name`; `w` is the pre-softmax score of each token.
+
+    A name already registered is refused (as PEFT refuses a method name twice) unless `override=True`, so two
+    schemes never silently share a name.
 
     Example:
         >>> @register_weighting("abs")
@@ -21,6 +23,8 @@ def register_weighting(name: str) -> Callable[[WeightScheme], WeightScheme]:
     """
 
     def decorator(fn: WeightScheme) -> WeightScheme:
+        if name in _SCHEMES and not override and _SCHEMES[name] is not fn:
+            raise ValueError(f"weighting scheme {name!r} is already registered; pass override=True to replace it")
         _SCHEMES[name] = fn
         return fn
 
@@ -79,12 +83,12 @@ def token_weights(
         temperature (`float`, defaults to 0.5): tau of Eq. 5.5.
         end_of_turn_mask (`torch.Tensor`, *optional*): `(B, L)` bool, the end-of-turn tokens.
         eos_min_weight (`float`, defaults to 1.0): floor applied at `end_of_turn_mask`.
-        eos_mask: deprecated name of `end_of_turn_mask`.
+        eos_mask (`torch.Tensor`, *optional*): the same mask by the design contract's name (SPEC section 3); give
+            one of the two.
     """
     if eos_mask is not None:
         if end_of_turn_mask is not None:
-            raise ValueError("give the end-of-turn tokens once, as `end_of_turn_mask` (`eos_mask` is its old name)")
-        warnings.warn("`token_weights(eos_mask=...)` is deprecated; use `end_of_turn_mask=`", FutureWarning, 2)
+            raise ValueError("give the end-of-turn tokens once: `eos_mask` and `end_of_turn_mask` are one argument")
         end_of_turn_mask = eos_mask
     with torch.no_grad():
         mask = mask.bool()

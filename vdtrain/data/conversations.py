@@ -11,8 +11,8 @@ from typing import Any
 from PIL import Image
 from tqdm.auto import tqdm
 
+from vdtrain.errors import ConversationError
 from vdtrain.io import read_records
-from vdtrain.models.base import ConversationError
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 

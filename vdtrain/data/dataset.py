@@ -19,9 +19,10 @@ from vdtrain.data.conversations import (
     special_token_problem,
     to_messages,
 )
+from vdtrain.errors import ConversationError
 from vdtrain.keys import END_OF_TURN_MASK, HAS_IMAGE
 from vdtrain.method.dependence import IGNORE_INDEX
-from vdtrain.models.base import ConversationError, Example, ModelAdapter, pad_token_id, tokenizer_of
+from vdtrain.models.base import Example, ModelAdapter, pad_token_id, tokenizer_of
 
 logger = logging.getLogger(__name__)
 IMAGE_INPUTS = "image_inputs"  # feature entry holding the adapter's image inputs of the one image

@@ -5,17 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from vdtrain.errors import MissingNLTKDataError as MissingNLTKDataError  # re-exported: it lives in vdtrain.errors
+
 # resource name for the downloader -> path that `nltk.data.find` resolves (zipped copies are found as well)
 NLTK_RESOURCES = {
     "punkt_tab": "tokenizers/punkt_tab/english/",
     "averaged_perceptron_tagger_eng": "taggers/averaged_perceptron_tagger_eng/",
     "wordnet": "corpora/wordnet",
 }
-DOWNLOAD_COMMAND = "python -m nltk.downloader " + " ".join(NLTK_RESOURCES)
-
-
-class MissingNLTKDataError(RuntimeError):
-    """Raised when NLTK resources that CHAIR needs are not installed."""
 
 
 def add_nltk_data_path(nltk_data: str | os.PathLike | None) -> None:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vdtrain.errors import RunMismatchError as RunMismatchError  # re-exported: it lives in vdtrain.errors
 from vdtrain.io import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
 
 SCORES_FILE = "scores.jsonl"
@@ -15,10 +16,6 @@ RUN_FILE = "run.json"
 # run.json fields that must match for a rerun to append to an output directory.
 # (Not image_folder: the same data moved to another machine resumes; the data file itself is checked by hash.)
 CHECKED_FIELDS = ("model", "adapter", "data_sha256", "noise_step", "seed", "max_length", "dtype")
-
-
-class RunMismatchError(ValueError):
-    """An output directory holds scores of a different run (model, data, noise step, seed, max_length or dtype)."""
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -1,8 +1,8 @@
 """Model-family adapters, looked up by `config.model_type`; importing this package registers them all."""
 
 import vdtrain.models.bunny  # noqa: F401  (registers the native Bunny port with the Auto classes)
+from vdtrain.errors import ConversationError
 from vdtrain.models.base import (
-    ConversationError,
     Example,
     ModelAdapter,
     get_adapter,

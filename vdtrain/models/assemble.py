@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from vdtrain.errors import InputError
+
 # LLaVA / Bunny save the projector as `model.mm_projector.{i}.{weight,bias}` (mlp2x_gelu: Linear, GELU, Linear).
 _PROJECTOR_KEY = re.compile(r"^(?:model\.)?mm_projector\.(\d+)\.(weight|bias)$")
 _WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
@@ -28,7 +30,7 @@ LLAVA_IMAGE_TOKEN = "<image>"
 LLAVA_PAD_TOKEN = "<pad>"
 
 
-class AssemblyError(ValueError):
+class AssemblyError(InputError):
     """A part is missing or does not fit the others; the message names the file and what is wrong."""
 
 

@@ -13,14 +13,11 @@ from typing import Any
 import torch
 from PIL import Image
 
+from vdtrain.errors import ConversationError as ConversationError  # re-exported: it lives in vdtrain.errors
 from vdtrain.method.dependence import IGNORE_INDEX
 
 _ADAPTERS: dict[str, type[ModelAdapter]] = {}
 _FALLBACK: list[type[ModelAdapter]] = []  # the adapter for processors with a chat template (models/generic.py)
-
-
-class ConversationError(ValueError):
-    """A sample that cannot become a training example; the message names the sample and what is wrong."""
 
 
 @dataclass
@@ -44,10 +41,20 @@ class Example:
         return Example(self.input_ids[:max_length], self.labels[:max_length], self.end_of_turn_mask[:max_length], cut)
 
 
-def register_adapter(*model_types: str) -> Callable[[type[ModelAdapter]], type[ModelAdapter]]:
-    """Class decorator: use this adapter for models whose `config.model_type` is one of `model_types`."""
+def register_adapter(*model_types: str, override: bool = False) -> Callable[[type[ModelAdapter]], type[ModelAdapter]]:
+    """Class decorator: use this adapter for models whose `config.model_type` is one of `model_types`.
+
+    A model type that already has an adapter is refused unless `override=True` (replacing a built-in on purpose).
+    """
 
     def decorator(cls: type[ModelAdapter]) -> type[ModelAdapter]:
+        name = (cls.__module__, cls.__qualname__)  # the same class again (a module reloaded) is no duplicate
+        taken = [
+            t for t in model_types if t in _ADAPTERS and (_ADAPTERS[t].__module__, _ADAPTERS[t].__qualname__) != name
+        ]
+        if taken and not override:
+            owners = ", ".join(f"{t!r} ({_ADAPTERS[t].__module__}.{_ADAPTERS[t].__qualname__})" for t in taken)
+            raise ValueError(f"model type {owners} already has an adapter; pass override=True to replace it")
         for model_type in model_types:
             _ADAPTERS[model_type] = cls
         return cls
@@ -56,7 +63,8 @@ def register_adapter(*model_types: str) -> Callable[[type[ModelAdapter]], type[M
 
 
 def register_fallback_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
-    """Class decorator: use this adapter for unregistered model types whose processor has a chat template."""
+    """Class decorator: use this adapter for unregistered model types whose processor has a chat template (one
+    fallback: a later one replaces the earlier)."""
     _FALLBACK[:] = [cls]
     return cls
 

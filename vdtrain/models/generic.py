@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from vdtrain.errors import ConversationError
 from vdtrain.method.dependence import IGNORE_INDEX
 from vdtrain.models.base import (
-    ConversationError,
     Example,
     ModelAdapter,
     register_adapter,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from vdtrain.errors import ConversationError
 from vdtrain.method.dependence import IGNORE_INDEX
 from vdtrain.models.base import (
-    ConversationError,
     Example,
     ModelAdapter,
     register_adapter,

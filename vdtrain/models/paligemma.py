@@ -7,8 +7,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from vdtrain.errors import ConversationError
 from vdtrain.method.dependence import IGNORE_INDEX
-from vdtrain.models.base import ConversationError, Example, ModelAdapter, register_adapter, tokenizer_of
+from vdtrain.models.base import Example, ModelAdapter, register_adapter, tokenizer_of
 
 TOKEN_TYPE_IDS = "token_type_ids"
 

@@ -13,14 +13,13 @@ from vdtrain.analysis.object_dependence import (
     dependence_bin,
     dependence_totals,
     distance_shares,
-    token_group,
 )
 from vdtrain.analysis.saliency import pick_tokens, sample_saliency, select_samples, use_eager_attention
 from vdtrain.analysis.spans import object_mentions
 from vdtrain.cli import main as cli_main
 from vdtrain.data.samples import prepare_sample, sample_generator
 from vdtrain.evaluation.chair import extract_objects, load_synonyms
-from vdtrain.method.dependence import target_logprobs, visual_dependence
+from vdtrain.method.dependence import target_logprobs, token_group, visual_dependence
 from vdtrain.method.noise import add_diffusion_noise
 from vdtrain.models import get_adapter
 

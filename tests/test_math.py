@@ -7,7 +7,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from vdtrain import add_diffusion_noise, register_weighting, target_logprobs, token_weights, visual_dependence
-from vdtrain.method.dependence import dependence_stats, row_logprobs
+from vdtrain.method.dependence import dependence_stats_tensor, row_logprobs
 from vdtrain.method.losses import per_token_nll
 from vdtrain.method.weighting import get_weighting
 
@@ -86,10 +86,10 @@ def test_visual_dependence_hand_values():
 def test_dependence_stats_hand_values():
     d = torch.tensor([[0.5, -0.5, 0.1, 0.9], [0.3, 0.0, 0.0, 0.0]])
     mask = torch.tensor([[True, True, True, False], [True, False, False, False]])
-    stats = dependence_stats(d, mask)  # supervised: 0.5, -0.5, 0.1, 0.3
-    assert math.isclose(stats["vd_mean"], 0.1, abs_tol=1e-6)
-    assert (stats["vd_frac_pos"], stats["vd_frac_neg"], stats["vd_frac_inv"]) == (0.5, 0.25, 0.25)
-    assert dependence_stats(d, torch.zeros_like(mask)) == dict.fromkeys(stats, 0.0)  # nothing supervised: no NaN
+    mean, pos, neg, inv = dependence_stats_tensor(d, mask).tolist()  # supervised: 0.5, -0.5, 0.1, 0.3
+    assert math.isclose(mean, 0.1, abs_tol=1e-6)
+    assert (pos, neg, inv) == (0.5, 0.25, 0.25)
+    assert dependence_stats_tensor(d, torch.zeros_like(mask)).tolist() == [0.0] * 4  # nothing supervised: no NaN
 
 
 def test_token_weights_hand_values():

@@ -10,7 +10,7 @@ from transformers import Trainer, TrainingArguments
 
 from vdtrain import VDTrainer, VDTrainingArguments, target_logprobs, token_weights, visual_dependence
 from vdtrain.data import SupervisedDataset, VDDataCollator, load_conversations
-from vdtrain.keys import LOSS_ONLY_KEYS as EXTRA_KEYS
+from vdtrain.keys import LOSS_ONLY_KEYS
 from vdtrain.models import get_adapter
 
 
@@ -50,7 +50,7 @@ def num_items(batch):
 def test_equals_vanilla_trainer_loss_and_gradients(setup, options):
     model, _, dataset, collator, tmp_path = setup
     batch = collator([dataset[i] for i in range(3)])
-    plain = {k: v for k, v in batch.items() if k not in EXTRA_KEYS}
+    plain = {k: v for k, v in batch.items() if k not in LOSS_ONLY_KEYS}
 
     vanilla_model = copy.deepcopy(model).train()
     vanilla = Trainer(model=vanilla_model, args=TrainingArguments(str(tmp_path / "v"), use_cpu=True, report_to="none"))

@@ -266,7 +266,7 @@ def test_qwen2_vl_flattened_patches_get_per_sample_noise(tmp_path):
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
     patches = batch["image_grid_thw"].prod(dim=-1).tolist()
     assert len(patches) == 2 and sum(patches) == batch["pixel_values"].shape[0]
-    assert trainer._rows_with_image(model, batch).tolist() == [True, True]
+    assert trainer._images_per_row(model, batch).tolist() == [1, 1]
 
     def gap(cls, config_cls, **extra):
         one, _ = _qwen2_vl_step(tmp_path, 4, 1, cls, config_cls, **extra)
@@ -333,7 +333,6 @@ def test_qwen2_vl_several_images_in_a_sample_get_one_draw_each(tmp_path):
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
     assert batch["image_grid_thw"].shape[0] == 4
     assert trainer._images_per_row(model, batch).tolist() == [2, 2]
-    assert trainer._rows_with_image(model, batch).tolist() == [True, True]
     image, text = model.config.image_token_id, processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
     tiles = {  # one image per sample in 2 token runs (tiles, as Idefics3 lays them out), one pixel row per sample
         "input_ids": torch.tensor([[text, image, image, text, image, text], [text] * 6]),

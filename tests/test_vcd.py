@@ -11,8 +11,8 @@ from PIL import Image
 from tiny import tiny_llava, tiny_qwen2_vl, write_images
 
 from vdtrain.evaluation.generate import DecodingOptions, generate_batch
-from vdtrain.evaluation.vcd import noise_like, sample_seeds, vcd_generate, vcd_logits
-from vdtrain.method.noise import add_diffusion_noise, image_rows
+from vdtrain.evaluation.vcd import noise_like, vcd_generate, vcd_logits
+from vdtrain.method.noise import add_diffusion_noise, image_rows, seeded_generator
 from vdtrain.models import get_adapter
 
 QUESTIONS = ["What color?", "Please describe this image in detail.", "Is there a red cat on the blue mat by a tree?"]
@@ -39,7 +39,7 @@ def _greedy(model, inputs, **kwargs):
 
 
 def _vcd(model, inputs, **kwargs):
-    kwargs.setdefault("noise", noise_like(inputs["pixel_values"], sample_seeds(0, range(len(inputs["input_ids"])))))
+    kwargs.setdefault("noise", noise_like(inputs["pixel_values"], range(len(inputs["input_ids"]))))
     return vcd_generate(model, inputs, max_new_tokens=STEPS, pad_token_id=3, **kwargs)
 
 
@@ -60,10 +60,12 @@ def test_vcd_logits_by_hand():
 
 def test_per_sample_noise_does_not_depend_on_the_batch():
     pixels = torch.zeros(3, 3, 4, 4)
-    seeds = sample_seeds(7, ["a", "b", "c"])
-    assert torch.equal(noise_like(pixels, seeds)[1:2], noise_like(pixels[1:2], seeds[1:2]))
-    assert not torch.equal(noise_like(pixels, seeds)[0], noise_like(pixels, seeds)[1])
-    assert sample_seeds(7, ["a"]) != sample_seeds(8, ["a"])
+    keys = ["a", "b", "c"]
+    assert torch.equal(noise_like(pixels, keys, 7)[1:2], noise_like(pixels[1:2], keys[1:2], 7))
+    assert not torch.equal(noise_like(pixels, keys, 7)[0], noise_like(pixels, keys, 7)[1])
+    assert not torch.equal(noise_like(pixels[:1], ["a"], 7), noise_like(pixels[:1], ["a"], 8))
+    expected = torch.randn((1, 3, 4, 4), generator=seeded_generator("vcd", 7, "b"))  # the one seeding of vdtrain
+    assert torch.equal(noise_like(pixels, keys, 7)[1:2], expected)
 
 
 def test_alpha_zero_is_plain_greedy(batch):
@@ -85,13 +87,11 @@ def test_contrast_changes_the_output(batch):
 
 def test_batch_sizes_agree(batch):
     model, processor, adapter, prompts, images, inputs = batch
-    seeds = sample_seeds(0, range(3))
-    together = _vcd(model, inputs, alpha=1.0, beta=0.1, noise=noise_like(inputs["pixel_values"], seeds))
+    keys = list(range(3))
+    together = _vcd(model, inputs, alpha=1.0, beta=0.1, noise=noise_like(inputs["pixel_values"], keys))
     for row in range(3):
         single = adapter.generation_inputs(processor, prompts[row : row + 1], images[row : row + 1])
-        alone = _vcd(
-            model, single, alpha=1.0, beta=0.1, noise=noise_like(single["pixel_values"], seeds[row : row + 1])
-        )
+        alone = _vcd(model, single, alpha=1.0, beta=0.1, noise=noise_like(single["pixel_values"], keys[row : row + 1]))
         assert torch.equal(alone[0], together[row, : alone.shape[1]])
         assert (together[row, alone.shape[1] :] == 3).all()
 
@@ -110,9 +110,8 @@ def test_flattened_patches_of_different_sizes_batch_as_one_by_one():
     inputs = adapter.generation_inputs(processor, prompts, images)
     rows = image_rows(inputs, inputs["pixel_values"])
     assert len(rows) == 2 and rows[0] != rows[1] and sum(rows) == inputs["pixel_values"].shape[0]
-    seeds = sample_seeds(0, ["a", "b"])
-    alone = noise_like(inputs["pixel_values"][rows[0] :], seeds[1:])
-    assert torch.equal(noise_like(inputs["pixel_values"], seeds, rows)[rows[0] :], alone)
+    alone = noise_like(inputs["pixel_values"][rows[0] :], ["b"])
+    assert torch.equal(noise_like(inputs["pixel_values"], ["a", "b"], 0, rows)[rows[0] :], alone)
 
     options = DecodingOptions(decoding="vcd", max_new_tokens=STEPS, vcd_alpha=5.0, vcd_beta=0.0, vcd_noise_step=999)
     together = generate_batch(model, processor, adapter, QUESTIONS[:2], images, options, keys=["a", "b"])

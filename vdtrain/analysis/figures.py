@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from vdtrain.method.dependence import POSITIVE_THRESHOLD
+
 GROUP_COLOURS = {"pos": "#2a9d4b", "inv": "#8c8c8c", "neg": "#d1495b"}
 GROUP_NAMES = {"pos": "image-positive", "inv": "image-invariant", "neg": "image-negative"}
 
@@ -39,7 +41,7 @@ def plot_objects_by_dependence(totals: Mapping[str, Any], path: str | os.PathLik
     bins = totals["object_tokens_by_bin"]
     left.bar([c - width / 2 for c in centres], bins["grounded"], width, color="#3a6ea5", label="grounded")
     left.bar([c + width / 2 for c in centres], bins["hallucinated"], width, color="#e07a5f", label="hallucinated")
-    for threshold in (-0.25, 0.25):
+    for threshold in (-POSITIVE_THRESHOLD, POSITIVE_THRESHOLD):
         left.axvline(threshold, color="black", linestyle=":", linewidth=0.8)
     left.set_xlabel("visual dependence d of the object's tokens")
     left.set_ylabel("object tokens")

@@ -17,7 +17,7 @@ from vdtrain.data.samples import collate_samples, prepare_sample
 from vdtrain.evaluation.chair import Synonyms, load_synonyms
 from vdtrain.evaluation.questions import caption_image_id
 from vdtrain.io import read_objects
-from vdtrain.method.dependence import IGNORE_INDEX, POSITIVE_THRESHOLD
+from vdtrain.method.dependence import IGNORE_INDEX, token_group
 from vdtrain.method.passes import batch_dependence
 from vdtrain.models.base import ModelAdapter, accepts_logits_mask, get_adapter, pad_token_id, tokenizer_of
 
@@ -41,13 +41,6 @@ def load_caption_records(path: str | os.PathLike) -> list[dict[str, Any]]:
         image_id = caption_image_id(record.get("image_id", record["image"]), where)
         out.append({**record, "caption": caption, "image_id": image_id})
     return out
-
-
-def token_group(d: float) -> str:
-    """`pos` (d > 0.25), `neg` (d < -0.25) or `inv`, the thesis' three token classes."""
-    if d > POSITIVE_THRESHOLD:
-        return "pos"
-    return "neg" if d < -POSITIVE_THRESHOLD else "inv"
 
 
 def dependence_bin(d: float) -> int:

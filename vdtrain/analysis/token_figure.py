@@ -12,17 +12,18 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vdtrain.method.dependence import IGNORE_INDEX, POSITIVE_THRESHOLD, visual_dependence
+from vdtrain.method.dependence import IGNORE_INDEX, token_group, visual_dependence
 from vdtrain.models.base import accepts_logits_mask, pad_token_id, tokenizer_of
 
 COLOURS = {"image-positive": "#2a9d4b", "image-invariant": "#8c8c8c", "image-negative": "#d1495b"}
 
 
+CLASS_NAMES = {"pos": "image-positive", "inv": "image-invariant", "neg": "image-negative"}
+
+
 def token_class(d: float) -> str:
-    """The thesis' three token classes at |d| > 0.25."""
-    if d > POSITIVE_THRESHOLD:
-        return "image-positive"
-    return "image-negative" if d < -POSITIVE_THRESHOLD else "image-invariant"
+    """The figure's name of `d`'s token class (`token_group`: image-positive at d > 0.25, ...)."""
+    return CLASS_NAMES[token_group(d)]
 
 
 @torch.no_grad()

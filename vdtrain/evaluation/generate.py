@@ -41,7 +41,7 @@ def generate_batch(
         keys (`Sequence`, *optional*): one id per sample; VCD seeds each sample's noise from it and `options.seed`,
             so an answer does not depend on its batch.
     """
-    from vdtrain.evaluation.vcd import noise_like, sample_seeds, vcd_generate
+    from vdtrain.evaluation.vcd import noise_like, vcd_generate
 
     model = unwrap_model(model)
     tokenizer = tokenizer_of(processor, ensure_pad=True)
@@ -54,9 +54,9 @@ def generate_batch(
     }
     if options.decoding == "vcd":
         pixels = inputs[adapter.pixel_key]
-        seeds = sample_seeds(options.seed, keys if keys is not None else range(len(prompts)))
         rows = image_rows(inputs, pixels)  # one image per prompt: each prompt's pixel rows
-        noise = noise_like(pixels, seeds, rows if len(rows) == len(prompts) else None)
+        ids = keys if keys is not None else range(len(prompts))
+        noise = noise_like(pixels, ids, options.seed, rows if len(rows) == len(prompts) else None)
         generator = torch.Generator().manual_seed(options.seed) if options.do_sample else None
         new_tokens = vcd_generate(
             model,

@@ -22,7 +22,6 @@ PERCEPTION = (
 )  # fmt: skip
 COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 GROUPS = {"perception": PERCEPTION, "cognition": COGNITION}
-PROMPT_SUFFIX = "\nAnswer the question using a single word or phrase."  # LLaVA-1.5's MME prompt
 
 
 def parse_answer(text: str) -> str:

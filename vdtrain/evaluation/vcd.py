@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import inspect
 import math
-import zlib
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from vdtrain.compat import cache_keyword, output_cache
-from vdtrain.method.noise import add_diffusion_noise
+from vdtrain.method.noise import add_diffusion_noise, seeded_generator
 
 # Per-token inputs that grow with the sequence (generate's `_update_model_kwargs_for_generation` does the same).
 _REPEAT_LAST = ("token_type_ids",)
@@ -44,28 +43,25 @@ def vcd_logits(clean: torch.Tensor, noisy: torch.Tensor, alpha: float = 1.0, bet
     return contrast.masked_fill(clean < cutoff, float("-inf"))
 
 
-def sample_seeds(seed: int, keys: Sequence[Any]) -> list[int]:
-    """One noise seed per sample from the run seed and the sample's id, so batching and resuming change nothing."""
-    return [(seed * 1_000_003 + zlib.crc32(str(key).encode())) % (2**63) for key in keys]
-
-
 def noise_like(
-    pixel_values: torch.Tensor, seeds: Sequence[int], rows_per_sample: Sequence[int] | None = None
+    pixel_values: torch.Tensor, keys: Sequence[Any], seed: int = 0, rows_per_sample: Sequence[int] | None = None
 ) -> torch.Tensor:
-    """Standard normal noise shaped like `pixel_values`, each sample's rows drawn from its own seeded generator.
+    """Standard normal noise shaped like `pixel_values`, each sample's rows drawn from `seeded_generator("vcd", seed,
+    key)` of its own id, so batching and resuming change nothing (the trainer's noise is keyed the same way).
 
     `rows_per_sample`: how many leading rows of `pixel_values` each sample has (`noise.image_rows`, for models that
     flatten images of different sizes into patches); default: an equal share each.
     """
+    keys = list(keys)
     if rows_per_sample is None:
-        if pixel_values.shape[0] % len(seeds):
-            raise ValueError(f"{pixel_values.shape[0]} pixel rows cannot be split over {len(seeds)} samples")
-        rows_per_sample = [pixel_values.shape[0] // len(seeds)] * len(seeds)
-    if len(rows_per_sample) != len(seeds) or sum(rows_per_sample) != pixel_values.shape[0]:
+        if pixel_values.shape[0] % len(keys):
+            raise ValueError(f"{pixel_values.shape[0]} pixel rows cannot be split over {len(keys)} samples")
+        rows_per_sample = [pixel_values.shape[0] // len(keys)] * len(keys)
+    if len(rows_per_sample) != len(keys) or sum(rows_per_sample) != pixel_values.shape[0]:
         raise ValueError(f"rows per sample {list(rows_per_sample)} do not cover {pixel_values.shape[0]} pixel rows")
     parts = []
-    for seed, rows in zip(seeds, rows_per_sample):
-        generator = torch.Generator().manual_seed(int(seed))
+    for key, rows in zip(keys, rows_per_sample):
+        generator = seeded_generator("vcd", seed, key)
         parts.append(torch.randn((rows, *pixel_values.shape[1:]), generator=generator, dtype=torch.float32))
     return torch.cat(parts).to(pixel_values.device)
 

@@ -27,7 +27,7 @@ from vdtrain.filtering.runs import (
     scored_indices,
 )
 from vdtrain.io import append_jsonl, read_records, repair_jsonl
-from vdtrain.method.dependence import IGNORE_INDEX, POSITIVE_THRESHOLD
+from vdtrain.method.dependence import IGNORE_INDEX, token_groups
 from vdtrain.method.passes import batch_dependence
 from vdtrain.models.base import ModelAdapter, accepts_logits_mask, get_adapter, pad_token_id, unwrap_model
 
@@ -45,7 +45,8 @@ def score_batch(
     """
     d, labels = batch_dependence(model, batch, noise_step=noise_step, pixel_key=pixel_key, logits_mask=logits_mask)
     rows = (labels[:, 1:] != IGNORE_INDEX).nonzero()[:, 0]  # (N,) example of each target, row-major
-    values = torch.stack([d, torch.ones_like(d), d > POSITIVE_THRESHOLD, d < -POSITIVE_THRESHOLD], dim=1)
+    groups = token_groups(d)
+    values = torch.stack([d, torch.ones_like(d), groups == 1, groups == -1], dim=1)
     stats = torch.zeros(len(batch["samples"]), 4, dtype=torch.float64, device=labels.device)
     return stats.index_add_(0, batch["owner"].to(labels.device)[rows], values.double())  # (S, 4)
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 IGNORE_INDEX = -100
 POSITIVE_THRESHOLD = 0.25  # d > 0.25: image-positive; d < -0.25: image-negative; else image-invariant
+TOKEN_GROUPS = {1: "pos", 0: "inv", -1: "neg"}  # `token_groups` value -> name
 
 
 # Elements of float32 logits converted per chunk. On CPU a chunk that stays in cache (32 rows of a 32k vocabulary)
@@ -81,18 +82,25 @@ def visual_dependence(logp_clean: torch.Tensor, logp_noisy: torch.Tensor) -> tor
     return torch.sign(delta) * -torch.expm1(-delta.abs())
 
 
-def dependence_stats(d: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-    """Mean `d` and the shares of image-positive / -negative / -invariant tokens over `mask` (all 0 if it is empty)."""
-    mean, pos, neg, inv = dependence_stats_tensor(d, mask).tolist()
-    return {"vd_mean": mean, "vd_frac_pos": pos, "vd_frac_neg": neg, "vd_frac_inv": inv}
+def token_groups(d: torch.Tensor) -> torch.Tensor:
+    """The thesis' three token classes of each `d`, as int8: 1 image-positive (d > 0.25), -1 image-negative
+    (d < -0.25), 0 image-invariant. The one place the threshold is applied."""
+    return (d > POSITIVE_THRESHOLD).to(torch.int8) - (d < -POSITIVE_THRESHOLD).to(torch.int8)
+
+
+def token_group(d: float) -> str:
+    """`pos`, `neg` or `inv`: `token_groups` of one value."""
+    return TOKEN_GROUPS[int(token_groups(torch.tensor(d, dtype=torch.float64)))]
 
 
 def dependence_stats_tensor(d: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """`dependence_stats` as a `(4,)` float32 tensor on `d`'s device, computed without a host sync."""
+    """Mean `d` and the shares of image-positive / -negative / -invariant tokens over `mask` (all 0 if it is empty),
+    as a `(4,)` float32 tensor on `d`'s device, computed without a host sync (the trainer's `vd_*` metrics)."""
     mask = mask.bool()
     count = mask.sum().clamp_min(1).float()
     values = d.float() * mask
-    pos = ((d > POSITIVE_THRESHOLD) & mask).sum() / count
-    neg = ((d < -POSITIVE_THRESHOLD) & mask).sum() / count
+    groups = token_groups(d)
+    pos = ((groups == 1) & mask).sum() / count
+    neg = ((groups == -1) & mask).sum() / count
     inv = (mask.any().float() - pos - neg).clamp_min(0)
     return torch.stack([values.sum() / count, pos, neg, inv])

@@ -278,11 +278,6 @@ class VDLossMixin:
         generator = seeded_generator(self.args.seed, step, key, device=device)
         return torch.randn(shape, generator=generator, device=device)
 
-    def _rows_with_image(self, model, inputs: dict) -> torch.Tensor | None:
-        """`(B,)` rows holding the config's image token, if that accounts for every image in the batch, else None."""
-        counts = self._images_per_row(model, inputs)
-        return None if counts is None else counts > 0
-
     def _images_per_row(self, model, inputs: dict) -> torch.Tensor | None:
         """`(B,)` images per row: the runs of the config's image token (each image expands to one run), if they
         account for every image in the batch (several images in a sample too); else one per row holding the token,

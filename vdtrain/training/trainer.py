@@ -5,14 +5,11 @@ from __future__ import annotations
 import torch
 from transformers import Trainer
 
-from vdtrain.keys import END_OF_TURN_MASK, HAS_IMAGE, LOSS_ONLY_KEYS
 from vdtrain.training.checkpoints import FullCheckpointLoading
 from vdtrain.training.config import as_vd_arguments
-from vdtrain.training.mixin import PIXEL_KEYS, VD_METRICS, VDLossMixin
+from vdtrain.training.mixin import VDLossMixin
 
-# Older names of the batch keys, kept for code that imports them from here.
-END_OF_TURN_KEY, HAS_IMAGE_KEY, EXTRA_KEYS = END_OF_TURN_MASK, HAS_IMAGE, LOSS_ONLY_KEYS
-__all__ = ["EXTRA_KEYS", "PIXEL_KEYS", "VD_METRICS", "VDTrainer"]
+__all__ = ["VDTrainer"]
 
 
 class VDTrainer(VDLossMixin, FullCheckpointLoading, Trainer):

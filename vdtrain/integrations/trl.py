@@ -18,6 +18,7 @@ from transformers import TrainingArguments
 from trl import SFTConfig, SFTTrainer
 
 from vdtrain.method.dependence import IGNORE_INDEX
+from vdtrain.method.passes import eval_pass
 from vdtrain.training.checkpoints import FullCheckpointLoading
 from vdtrain.training.config import VDArguments, vd_options
 from vdtrain.training.mixin import VDLossMixin
@@ -68,17 +69,11 @@ class VDSFTTrainer(VDLossMixin, FullCheckpointLoading, SFTTrainer):
         reweighting = _ReweightedForward(self, model, end_of_turn, has_image)
         return SFTTrainer.compute_loss(self, reweighting, inputs, return_outputs, num_items_in_batch)
 
-    @torch.no_grad()
     def _no_grad_logprobs(self, model, inputs, labels) -> torch.Tensor:
-        """`(B, L)` target log-probs from TRL's fused LM head, in eval mode (no dropout, no checkpointing)."""
-        was_training = model.training
-        model.eval()
-        try:
+        """`(B, L)` target log-probs from TRL's fused LM head, in an `eval_pass` (no dropout, no checkpointing)."""
+        with eval_pass(model):
             outputs = model(**inputs, labels=labels, fused_lm_head=True)
-        finally:
-            if was_training:
-                model.train()
-        return F.pad(outputs.log_probs.float(), (1, 0))  # the fused head scores labels[:, 1:]
+            return F.pad(outputs.log_probs.float(), (1, 0))  # the fused head scores labels[:, 1:]
 
 
 def _check_args(args: SFTConfig) -> None:

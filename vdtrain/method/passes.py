@@ -7,6 +7,8 @@ forward takes a boolean `logits_to_keep` (transformers 5 models do); a model tha
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -42,23 +44,28 @@ def supervised_logits(
     return (logits if logits.dim() == 2 else logits[targets_at]), outputs  # (N, V)
 
 
-@torch.no_grad()
-def no_grad_logprobs(
-    model: Any, inputs: dict[str, torch.Tensor], labels: torch.Tensor, logits_mask: bool
-) -> torch.Tensor:
-    """`(N,)` float32 `log p(label)` of the supervised labels (row-major) from one no-grad forward in eval mode.
-
-    A model in training mode is switched to eval for the pass (no dropout, no gradient checkpointing) and back.
-    """
+@contextlib.contextmanager
+def eval_pass(model: Any) -> Iterator[None]:
+    """A no-grad pass in eval mode (no dropout, no gradient checkpointing); a model in training mode is switched back
+    afterwards, even if the pass raises. Every extra forward of the method (noised, eval-mode clean) runs in one."""
     was_training = model.training
     if was_training:
         model.eval()
     try:
-        logits, _ = supervised_logits(model, inputs, targets_at(labels), logits_mask)
+        with torch.no_grad():
+            yield
     finally:
         if was_training:
             model.train()
-    return row_logprobs(logits, supervised_targets(labels))
+
+
+def no_grad_logprobs(
+    model: Any, inputs: dict[str, torch.Tensor], labels: torch.Tensor, logits_mask: bool
+) -> torch.Tensor:
+    """`(N,)` float32 `log p(label)` of the supervised labels (row-major) from one `eval_pass` forward."""
+    with eval_pass(model):
+        logits, _ = supervised_logits(model, inputs, targets_at(labels), logits_mask)
+        return row_logprobs(logits, supervised_targets(labels))
 
 
 # ---------------------------------------------------------------------------------------------- teacher forcing

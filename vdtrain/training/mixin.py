@@ -175,7 +175,9 @@ class VDLossMixin:
     def vd_active(self) -> bool:
         """Whether this optimizer step re-weights; depends on the step count only, so all ranks agree."""
         max_steps = self.state.max_steps or 0
-        return self.vd_off_reason is None and max_steps > 0 and self.state.global_step >= math.ceil(self.vd.vd_start * max_steps)
+        if self.vd_off_reason is not None or max_steps <= 0:
+            return False
+        return self.state.global_step >= math.ceil(self.vd.vd_start * max_steps)
 
     def train(self, *args, **kwargs):
         """The host's `train`, counting micro-batches afresh: a run interrupted mid-step and resumed on the same
@@ -201,7 +203,8 @@ class VDLossMixin:
         labels = inputs["labels"]
         if end_of_turn is None and self.end_of_turn_id is not None:
             end_of_turn = labels == self.end_of_turn_id  # a collator that does not flag them
-        masks = StepMasks(labels, supervised_mask(labels), None if end_of_turn is None else end_of_turn.bool(), has_image)
+        end_of_turn = None if end_of_turn is None else end_of_turn.bool()
+        masks = StepMasks(labels, supervised_mask(labels), end_of_turn, has_image)
         return self._vd_loss(model, inputs, masks, active, return_outputs, num_items_in_batch)
 
     @staticmethod

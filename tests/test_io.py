@@ -6,6 +6,7 @@ import pytest
 
 from vdtrain.io import (
     append_jsonl,
+    atomic_path,
     atomic_write_json,
     read_json,
     read_jsonl,
@@ -55,6 +56,21 @@ def test_atomic_write_json_replaces_the_whole_file(tmp_path):
     atomic_write_json(path, {"b": [1, 2]}, indent=1)
     assert path.read_text() == json.dumps({"b": [1, 2]}, indent=1) + "\n"
     assert read_json(path) == {"b": [1, 2]}
+
+
+def test_atomic_path_renames_a_finished_file_and_drops_a_failed_one(tmp_path):
+    """Writers that take a path (savefig, Image.save) write beside the target under its suffix, renamed at the end."""
+    from PIL import Image
+
+    target = tmp_path / "figures" / "plot.png"
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp.suffix == ".png" and not target.exists()
+        Image.new("RGB", (4, 3), "red").save(tmp)  # the format comes from the suffix
+    assert Image.open(target).size == (4, 3) and sorted(p.name for p in target.parent.iterdir()) == ["plot.png"]
+    with pytest.raises(RuntimeError, match="interrupted"), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half a fi")
+        raise RuntimeError("interrupted")
+    assert Image.open(target).size == (4, 3) and sorted(p.name for p in target.parent.iterdir()) == ["plot.png"]
 
 
 def test_append_then_resume_after_a_killed_writer(tmp_path):

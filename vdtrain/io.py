@@ -6,10 +6,11 @@ so a half-written file is never left for a reader and a damaged one is reported 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -85,23 +86,33 @@ def read_objects(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------- writing
-def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = False) -> None:
-    """Write `text` to a temporary file beside `path`, then rename it over `path`: readers never see half a file.
-    `fsync` also forces the bytes to disk before the rename (a completion marker must not outlive a crash alone)."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `path` (same suffix, so writers that go by it still do) to write the whole file to;
+    renamed over `path` when the block ends without an error, removed otherwise: readers never see half a file.
+
+    For writers that take a path (a figure's `savefig`, an image's `save`); text goes through `atomic_write_text`.
+    """
     path = Path(path)
     if path.is_dir():  # os.replace would name the temporary file
         raise IsADirectoryError(f"{path} is a directory; name the file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    tmp = path.with_name(f".{path.stem}.tmp.{os.getpid()}{path.suffix}")
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            if fsync:
-                handle.flush()
-                os.fsync(handle.fileno())
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = False) -> None:
+    """Write `text` to a temporary file beside `path`, then rename it over `path`: readers never see half a file.
+    `fsync` also forces the bytes to disk before the rename (a completion marker must not outlive a crash alone)."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        if fsync:
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 def atomic_write_json(

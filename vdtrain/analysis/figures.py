@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from vdtrain.io import atomic_path
 from vdtrain.method.dependence import POSITIVE_THRESHOLD
 
 GROUP_COLOURS = {"pos": "#2a9d4b", "inv": "#8c8c8c", "neg": "#d1495b"}
@@ -25,8 +26,8 @@ def _pyplot():
 
 def _save(fig: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
     _pyplot().close(fig)
     return path
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from vdtrain.io import atomic_path
 from vdtrain.method.dependence import IGNORE_INDEX, token_group, visual_dependence
 from vdtrain.models.base import accepts_logits_mask, pad_token_id, tokenizer_of
 
@@ -125,7 +126,7 @@ def plot_token_dependence(
         fig.suptitle("\n".join(textwrap.wrap(title, 110)), fontsize=9, y=1.0, va="bottom")
     output = Path(output)
     output = output if output.suffix else output.with_suffix(".png")  # the name matplotlib writes, returned as is
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, bbox_inches="tight")
+    with atomic_path(output) as tmp:
+        fig.savefig(tmp, bbox_inches="tight")
     plt.close(fig)
     return output

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from vdtrain.commands import options
+from vdtrain.io import atomic_write_jsonl
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for strategy, questions in splits.items():
         path = out / f"{args.prefix}_{strategy}.json"
-        path.write_text("".join(json.dumps(q) + "\n" for q in questions))
+        atomic_write_jsonl(path, questions)
         print(f"{path}: {len(questions)} questions on {args.num_images} images")
     return 0

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from vdtrain.commands import options
+from vdtrain.io import atomic_write_json
 
 CLASSES = ("image-positive", "image-invariant", "image-negative")
 
@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     response = args.response or greedy_response(model, processor, adapter, image, args.prompt, args.max_new_tokens)
     rows = token_dependence(model, processor, adapter, image, args.prompt, response, args.noise_step, args.seed)
     figure = plot_token_dependence(rows, args.output, image, title=f"Q: {args.prompt}   A: {response}")
-    figure.with_suffix(".json").write_text(json.dumps({"prompt": args.prompt, "response": response, "tokens": rows}))
+    atomic_write_json(
+        figure.with_suffix(".json"), {"prompt": args.prompt, "response": response, "tokens": rows}, indent=None
+    )
     counts = {name: sum(r["class"] == name for r in rows) for name in CLASSES}
     print(f"{len(rows)} tokens: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + f" -> {figure}")
     return 0

@@ -32,7 +32,7 @@ from vdtrain.demo.shapes import (
     read_synonyms,
     render_scene,
 )
-from vdtrain.io import atomic_write_json, atomic_write_jsonl, read_json, read_records
+from vdtrain.io import atomic_path, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json, read_records
 
 PAIRS: tuple[tuple[str, str], ...] = (("cup", "cake"), ("boat", "flag"), ("tree", "leaf"), ("clock", "book"))
 SPLITS = ("train", "test", "counterfactual")
@@ -133,7 +133,8 @@ def _make_image(cfg: DemoConfig, split: str, index: int, image_folder: Path) -> 
     rng.shuffle(instances)
     image, drawn = render_scene(instances, rng, cfg.image_size, cfg.supersample, cfg.p_small)
     file_name = f"{split}_{image_id:012d}.png"
-    image.save(image_folder / file_name)
+    with atomic_path(image_folder / file_name) as tmp:
+        image.save(tmp)
     record: dict[str, Any] = {
         "image_id": image_id,
         "file_name": file_name,
@@ -265,7 +266,7 @@ def build_demo_dataset(output_dir: str | Path, config: DemoConfig | None = None)
             for i, r in enumerate(records[split])
         )
         atomic_write_jsonl(paths.caption_questions[split], rows)
-    paths.synonyms.write_text("".join(", ".join((c.name, *c.synonyms)) + "\n" for c in CLASSES))
+    atomic_write_text(paths.synonyms, "".join(", ".join((c.name, *c.synonyms)) + "\n" for c in CLASSES))
     meta = {
         "config": asdict(cfg),
         "pairs": [list(p) for p in cfg.pairs],

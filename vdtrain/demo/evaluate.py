@@ -7,7 +7,7 @@ from typing import Any
 
 from vdtrain.demo.data import PAIRS
 from vdtrain.demo.settings import EVAL_SPLITS, POPE_VARIANTS, Context, load_processor
-from vdtrain.io import read_jsonl
+from vdtrain.io import atomic_write_json, read_jsonl
 
 
 def _caption_questions(ctx: Context, split: str, limit: int | None = None) -> list[dict]:
@@ -142,7 +142,6 @@ def match_length(ctx: Context, model: Any, target: float, work: Path) -> tuple[f
 def analyze_captions(ctx: Context, model: Any, run_dir: Path, out_dir: Path, seed: int = 0) -> dict[str, Any]:
     """Thesis Fig. 5.2 / 5.5 (`vdtrain analyze dependence`) on a model's counterfactual captions in `run_dir`:
     writes `dependence.json` and the two figures under `out_dir`; returns the totals and the figure paths."""
-    import json
 
     from vdtrain.analysis.figures import plot_hallucination_distance, plot_objects_by_dependence
     from vdtrain.analysis.object_dependence import analyze_dependence
@@ -163,7 +162,7 @@ def analyze_captions(ctx: Context, model: Any, run_dir: Path, out_dir: Path, see
         batch_size=32,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "dependence.json").write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_json(out_dir / "dependence.json", result, indent=1)
     figures = [
         plot_objects_by_dependence(result["totals"], out_dir / "objects_by_dependence.png", "MLE, counterfactual"),
         plot_hallucination_distance(

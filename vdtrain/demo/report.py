@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from vdtrain.demo.intervals import Stat, describe_difference, format_difference
+from vdtrain.io import atomic_path, atomic_write_text
 
 Runs = Mapping[str, Mapping[str, Mapping[str, float]]]  # seed -> row -> metric key -> value
 
@@ -176,8 +177,8 @@ def plot_metrics(runs: Runs, rows: Sequence[str], path: str | Path) -> Path:
         fontsize=11,
     )
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 
@@ -359,7 +360,7 @@ def write_report(
             lines += [*summary_lines(analysis["totals"]), ""]
             lines += [f"![{Path(f).stem}]({Path(f).as_posix()})" for f in analysis["figures"]]  # relative to root
             lines += [""]
-    (root / "report.md").write_text("\n".join(lines))
+    atomic_write_text(root / "report.md", "\n".join(lines))
     return (
         f"{tables['main']}\n\nPaired differences (same seed; mean [95% interval over seeds]):\n\n"
         f"{tables['differences']}\n\n{tables['difference_lines']}"

@@ -10,6 +10,7 @@ import transformers
 
 from vdtrain.data import SupervisedDataset, VDDataCollator, check_images, load_conversations
 from vdtrain.data.dataset import conversation_problems, invalid_samples_message
+from vdtrain.io import atomic_write_text
 from vdtrain.models.loading import load_model_and_processor, prepare_for_training
 from vdtrain.models.merge import BASE_MODEL_FILE
 from vdtrain.training.checkpoints import MANIFEST_NAME, write_manifest
@@ -87,7 +88,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
         trainer.processing_class.save_pretrained(str(output_dir))
-        (output_dir / BASE_MODEL_FILE).write_text(model_args.model_name_or_path + "\n")
+        atomic_write_text(output_dir / BASE_MODEL_FILE, model_args.model_name_or_path + "\n")
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         write_manifest(output_dir, recursive=False)  # last: the final adapter is complete

@@ -203,6 +203,39 @@ def test_a_new_command_plugs_in_with_one_entry(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err.strip() == "vdtrain eval hello: interrupted: half of it is in out/; rerun to finish"
 
 
+def test_only_input_errors_are_one_line_a_bug_keeps_its_traceback(tmp_path, capsys, monkeypatch):
+    """The error boundary prints one line for vdtrain's `InputError` kinds and the explicit third-party tuple (a YAML
+    file that does not parse, a missing file); a bug's `ValueError`, or any class that merely shares a third-party
+    error's name, propagates with its traceback."""
+    (tmp_path / "errors_command.py").write_text(
+        "import yaml\n"
+        "from vdtrain.errors import ConversationError, MissingNLTKDataError, RunMismatchError\n"
+        "class SafetensorError(Exception):\n"
+        "    pass\n"
+        "def main(argv):\n"
+        "    kind = argv[0]\n"
+        "    if kind == 'bug':\n"
+        "        return int('not a number')\n"
+        "    if kind == 'named':\n"
+        "        raise SafetensorError('only the name of a third-party error')\n"
+        "    if kind == 'yaml':\n"
+        "        yaml.safe_load('a: [1')\n"
+        "    if kind == 'missing':\n"
+        "        open('/no/such/file.json')\n"
+        "    raise {'sample': ConversationError, 'run': RunMismatchError, 'nltk': MissingNLTKDataError}[kind](kind)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(COMMANDS["eval"], "errors", "errors_command")
+    for kind in ("sample", "run", "nltk", "yaml", "missing"):
+        assert main(["eval", "errors", kind]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("vdtrain eval errors: error: ") and "Traceback" not in err
+    with pytest.raises(ValueError, match="invalid literal for int"):
+        main(["eval", "errors", "bug"])
+    with pytest.raises(Exception, match="only the name"):
+        main(["eval", "errors", "named"])
+
+
 def test_pope_build_refuses_image_counts_below_one(capsys):
     argv = ["eval", "pope-build", "--instances", "i.json", "--seed", "0", "--output-dir", "o"]
     for value in ("0", "-3"):  # 0 wrote three empty question files; -3 was random.sample's "or is negative"

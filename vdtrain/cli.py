@@ -83,13 +83,11 @@ def _debug_requested(argv: list[str]) -> tuple[bool, list[str]]:
 
 
 def _is_input_error(error: BaseException) -> bool:
-    """vdtrain's input errors and the library errors bad input causes (not bugs: those keep their traceback)."""
-    from vdtrain.errors import InputError
+    """vdtrain's input errors (`vdtrain.errors.InputError` and its kinds) and the explicit tuple of other libraries'
+    errors that only bad input raises (`third_party_input_errors`); anything else is a bug and keeps its traceback."""
+    from vdtrain.errors import InputError, third_party_input_errors
 
-    if isinstance(error, (InputError, ValueError, OSError, ImportError)):
-        return True
-    name = type(error).__name__
-    return name in ("SafetensorError", "YAMLError", "ScannerError", "ParserError", "MissingNLTKDataError")
+    return isinstance(error, (InputError, *third_party_input_errors()))
 
 
 def error_message(error: BaseException) -> str:
@@ -100,7 +98,9 @@ def error_message(error: BaseException) -> str:
         lines = [line for line in text.splitlines() if line.strip()]
         last = lines[-1]
         text = last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].isidentifier() else last
-    if type(error).__name__ == "HFValidationError":
+    from huggingface_hub.errors import HFValidationError
+
+    if isinstance(error, HFValidationError):
         text += " (a local path that does not exist is read as a hub id: check the path)"
     if isinstance(error, OSError) and not isinstance(error, FileNotFoundError) and error.filename and not text:
         text = f"{error.filename}: {error.strerror}"

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from vdtrain.errors import DataError
+
 logger = logging.getLogger(__name__)
 
 FORMATS = ("json", "jsonl")
@@ -26,7 +28,7 @@ def read_json(path: str | os.PathLike) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}, line {error.lineno}: not valid JSON ({error.msg})") from None
+        raise DataError(f"{path}, line {error.lineno}: not valid JSON ({error.msg})") from None
 
 
 def read_jsonl(path: str | os.PathLike, *, missing_ok: bool = False, skip_bad_lines: bool = False) -> list[Any]:
@@ -49,7 +51,7 @@ def read_jsonl(path: str | os.PathLike, *, missing_ok: bool = False, skip_bad_li
                 rows.append(json.loads(line))
             except json.JSONDecodeError as error:
                 if not skip_bad_lines:
-                    raise ValueError(f"{path}, line {number}: not a JSON line ({error.msg})") from None
+                    raise DataError(f"{path}, line {number}: not a JSON line ({error.msg})") from None
                 logger.warning("%s, line %d: unreadable (an interrupted write?), ignored", path, number)
     return rows
 
@@ -72,7 +74,7 @@ def read_records(path: str | os.PathLike) -> list[Any]:
         return read_jsonl(path)
     records = read_json(path)
     if not isinstance(records, list):
-        raise ValueError(f"{path}: expected a JSON list or JSONL, got a JSON {type(records).__name__}")
+        raise DataError(f"{path}: expected a JSON list or JSONL, got a JSON {type(records).__name__}")
     return records
 
 
@@ -81,7 +83,7 @@ def read_objects(path: str | os.PathLike) -> list[dict[str, Any]]:
     records = read_records(path)
     for number, record in enumerate(records, start=1):
         if not isinstance(record, dict):
-            raise ValueError(f"{path}: record {number} is a {type(record).__name__}; expected JSON objects")
+            raise DataError(f"{path}: record {number} is a {type(record).__name__}; expected JSON objects")
     return records
 
 
@@ -176,7 +178,7 @@ def resume_jsonl(path: str | os.PathLike) -> list[Any]:
             row = ...
         if row is ... or (row is not None and not complete):
             if complete and any(rest.strip() for rest in lines[number:]):
-                raise ValueError(f"{path}:{number}: not a JSON line; the file is damaged before its end")
+                raise DataError(f"{path}:{number}: not a JSON line; the file is damaged before its end")
             with open(path, "r+b") as handle:  # drop the unfinished row; the writer produces it again
                 handle.truncate(offset)
             break

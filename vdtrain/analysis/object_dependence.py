@@ -14,6 +14,7 @@ import torch
 
 from vdtrain.analysis.spans import mention_tokens, object_mentions, token_char_spans
 from vdtrain.data.samples import collate_samples, prepare_sample
+from vdtrain.errors import DataError
 from vdtrain.evaluation.chair import Synonyms, load_synonyms
 from vdtrain.evaluation.questions import caption_image_id
 from vdtrain.io import read_objects
@@ -34,10 +35,10 @@ def load_caption_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     for number, record in enumerate(read_objects(path), 1):
         where = f"{path}: record {number}"
         if not record.get("image"):
-            raise ValueError(f"{where} has no 'image': the analysis teacher-forces each caption with its image")
+            raise DataError(f"{where} has no 'image': the analysis teacher-forces each caption with its image")
         caption = record.get("caption", record.get("text"))
         if not isinstance(caption, str):
-            raise ValueError(f"{where} has no caption text ('caption' or 'text')")
+            raise DataError(f"{where} has no caption text ('caption' or 'text')")
         image_id = caption_image_id(record.get("image_id", record["image"]), where)
         out.append({**record, "caption": caption, "image_id": image_id})
     return out

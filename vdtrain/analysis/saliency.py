@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from vdtrain.analysis.object_dependence import GROUPS, teacher_forced_dependence
 from vdtrain.data.samples import collate_samples, prepare_sample
+from vdtrain.errors import DataError
 from vdtrain.models.base import ModelAdapter, get_adapter, pad_token_id, tokenizer_of, unwrap_model
 
 
@@ -113,7 +114,7 @@ def sample_saliency(
         inputs[adapter.pixel_key] = inputs[adapter.pixel_key].to(dtype)
     image = inputs["input_ids"][0] == image_token_id  # (L,)
     if not image.any():
-        raise ValueError(f"sample {sample['id']!r} has no image tokens (id {image_token_id}) in its input")
+        raise DataError(f"sample {sample['id']!r} has no image tokens (id {image_token_id}) in its input")
     logits, attentions = _grad_forward(model, inputs)
     picked = []
     for group, chosen in pick_tokens(ds, top_k).items():

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from vdtrain.errors import DataError
 from vdtrain.io import atomic_path
 from vdtrain.method.dependence import IGNORE_INDEX, token_group, visual_dependence
 from vdtrain.models.base import accepts_logits_mask, pad_token_id, tokenizer_of
@@ -64,7 +65,7 @@ def token_dependence(
     }
     sample = prepare_sample(record, 0, adapter, processor, None, max_length=1 << 20, seed=seed, image=image)
     if "error" in sample:
-        raise ValueError(sample["error"])
+        raise DataError(sample["error"])
     batch = collate_samples([sample], pad_token_id(processor))
     model.eval()
     logp_clean, logp_noisy, labels = teacher_forced_logprobs(

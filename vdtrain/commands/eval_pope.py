@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from vdtrain.commands import options
+from vdtrain.errors import InputError
 from vdtrain.evaluation.pope import PARSERS
 
 
@@ -37,7 +38,7 @@ def _pairs(args: argparse.Namespace) -> list[tuple[Path, Path]]:
         qdir, adir = Path(args.questions_dir), Path(args.answers_dir)
         questions = sorted(p for p in qdir.iterdir() if p.suffix in (".json", ".jsonl"))
         if not questions:
-            raise ValueError(f"{qdir}: no .json or .jsonl question files")
+            raise InputError(f"{qdir}: no .json or .jsonl question files")
         return [(q, answers_for(q, adir)) for q in questions]
     if len(args.questions) != len(args.answers) or not args.questions:
         raise UsageError("give --questions and --answers in pairs (as many of each), or --questions-dir/--answers-dir")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from vdtrain.commands import options
+from vdtrain.errors import InputError
 from vdtrain.io import atomic_write_jsonl
 
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         categories = read_categories(args.categories_from)
         unknown = sorted(set(categories) - {c["name"] for c in instances["categories"]})
         if unknown:
-            raise ValueError(f"{args.categories_from}: categories not in {args.instances}: {', '.join(unknown[:5])}")
+            raise InputError(f"{args.categories_from}: categories not in {args.instances}: {', '.join(unknown[:5])}")
     splits = build_pope(instances, args.num_images, args.seed, categories)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

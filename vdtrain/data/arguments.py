@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vdtrain.errors import InputError
+
 
 @dataclass
 class DataArguments:
@@ -31,6 +33,6 @@ class DataArguments:
 
     def __post_init__(self) -> None:
         if self.max_length < 1:
-            raise ValueError(f"max_length is a number of tokens of at least 1, got {self.max_length}")
+            raise InputError(f"max_length is a number of tokens of at least 1, got {self.max_length}")
         if self.max_samples is not None and self.max_samples < 1:  # -1 would silently leave out the last sample
-            raise ValueError(f"max_samples is a number of samples of at least 1 (or unset), got {self.max_samples}")
+            raise InputError(f"max_samples is a number of samples of at least 1 (or unset), got {self.max_samples}")

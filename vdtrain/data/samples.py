@@ -11,6 +11,7 @@ from PIL import Image
 
 from vdtrain.data.conversations import image_path, load_image
 from vdtrain.data.dataset import VDDataCollator, encode_record, example_features
+from vdtrain.errors import DataError
 from vdtrain.keys import HAS_IMAGE, LOSS_ONLY_KEYS
 from vdtrain.method.noise import seeded_generator
 from vdtrain.models.base import ModelAdapter
@@ -43,7 +44,7 @@ def prepare_sample(
     sample_id = str(record.get("id", index)) if isinstance(record, dict) else str(index)
     try:
         if not isinstance(record, dict):
-            raise ValueError(f"{source}: record {index} is a {type(record).__name__}, not a JSON object")
+            raise DataError(f"{source}: record {index} is a {type(record).__name__}, not a JSON object")
         record = {**record, "id": sample_id}
         if image is None:
             path = image_path(record, image_folder)
@@ -51,13 +52,13 @@ def prepare_sample(
         encoded = encode_record(record, adapter, processor, image_folder, max_length, source, image=image)
         cut_image = next((tokens for tokens, _, cuts_image in encoded.dropped if cuts_image), None)
         if cut_image is not None:
-            raise ValueError(
+            raise DataError(
                 f"{source}: sample {sample_id!r}: truncation to max_length={max_length} cuts its image tokens "
                 f"({cut_image} tokens); raise --max-length"
             )
         examples = encoded.examples
         if not examples:
-            raise ValueError(
+            raise DataError(
                 f"{source}: sample {sample_id!r}: nothing supervised after truncation to max_length={max_length}; "
                 "raise --max-length"
             )

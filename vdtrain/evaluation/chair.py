@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from vdtrain.errors import InputError
+from vdtrain.errors import DataError, InputError
 
 from .lemmatize import caption_lemmas
 
@@ -182,11 +182,11 @@ def evaluate_chair(
         sentences.append(entry)
     n = len(sentences)
     if n == 0:
-        raise ValueError("CHAIR needs at least one caption; none were given")
+        raise DataError("CHAIR needs at least one caption; none were given")
     if mentions == 0:
-        raise ValueError(f"CHAIR_i is undefined: none of the {n} captions mentions an object of the vocabulary")
+        raise DataError(f"CHAIR_i is undefined: none of the {n} captions mentions an object of the vocabulary")
     if gt_total == 0:
-        raise ValueError(
+        raise DataError(
             f"Recall is undefined: none of the {n} captions' images has ground-truth objects "
             f"(e.g. image id {sentences[0]['image_id']}): do the ids match the annotation files?"
         )

@@ -8,6 +8,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from vdtrain.errors import DataError
 from vdtrain.io import atomic_write_json
 
 from .chair import Synonyms, extract_objects, load_synonyms
@@ -37,10 +38,10 @@ def _load_coco(path: Path, kind: str) -> dict:
         try:
             data = json.load(f)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not a COCO {kind} file: not JSON ({error})") from None
+            raise DataError(f"{path} is not a COCO {kind} file: not JSON ({error})") from None
     needed = ("annotations", "categories") if kind == "instances" else ("annotations",)
     if not isinstance(data, dict) or any(k not in data for k in needed):
-        raise ValueError(f"{path} is not a COCO {kind} file (needs the keys {', '.join(needed)})")
+        raise DataError(f"{path} is not a COCO {kind} file (needs the keys {', '.join(needed)})")
     return data
 
 
@@ -122,13 +123,13 @@ def build_ground_truth(
             ground_truth.setdefault(image["id"], set())
         for ann in data["annotations"]:
             if ann.get("category_id") not in names:
-                raise ValueError(
+                raise DataError(
                     f"{path}: annotation {ann.get('id')} has category_id {ann.get('category_id')!r}, "
                     "which is not in its categories"
                 )
             name = names[ann["category_id"]]
             if name not in synonyms.to_category:
-                raise ValueError(f"{path}: category {name!r} is not in the synonyms file: pass --synonyms")
+                raise DataError(f"{path}: category {name!r} is not in the synonyms file: pass --synonyms")
             ground_truth.setdefault(ann["image_id"], set()).add(synonyms.to_category[name])
     image_ids, texts = [], []
     for path in map(Path, captions_files):

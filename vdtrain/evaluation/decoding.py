@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from vdtrain.errors import InputError
+
 
 @dataclass
 class DecodingOptions:
@@ -25,11 +27,11 @@ class DecodingOptions:
         for spec in fields(self):  # a protocol config's YAML value of the wrong type (`max_new_tokens: abc`)
             value, (kind, what) = getattr(self, spec.name), kinds.get(str(spec.type), (str, "text"))
             if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-                raise ValueError(f"{spec.name} must be {what}, got {value!r}")
+                raise InputError(f"{spec.name} must be {what}, got {value!r}")
         for name in ("max_new_tokens", "num_beams"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.decoding not in ("greedy", "vcd"):
-            raise ValueError(f"decoding must be 'greedy' or 'vcd', got {self.decoding!r}")
+            raise InputError(f"decoding must be 'greedy' or 'vcd', got {self.decoding!r}")
         if self.decoding == "vcd" and self.num_beams != 1:
-            raise ValueError("VCD decodes greedily or by sampling; it does not support --num-beams > 1")
+            raise InputError("VCD decodes greedily or by sampling; it does not support --num-beams > 1")

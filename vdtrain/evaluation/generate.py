@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vdtrain.data.conversations import load_image
+from vdtrain.errors import DataError, RunMismatchError
 from vdtrain.evaluation.decoding import DecodingOptions
 from vdtrain.evaluation.questions import answer_record, read_answers, resolve_image
 from vdtrain.io import append_jsonl, atomic_write_json
@@ -97,7 +98,7 @@ def _check_settings(output: Path, settings: dict, overwrite: bool) -> None:
         changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
         if changed:
             details = ", ".join(f"{k}: {before.get(k)!r} -> {settings.get(k)!r}" for k in changed)
-            raise ValueError(
+            raise RunMismatchError(
                 f"{output} was started with other settings ({details}); pass another --output, or --overwrite"
             )
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -161,9 +162,7 @@ def generate_answers(
     for record in read_answers(output):
         key = str(record.get("question_id"))
         if key not in known:
-            raise ValueError(
-                f"{output} answers question_id {key!r}, which is not among the questions: wrong --output?"
-            )
+            raise DataError(f"{output} answers question_id {key!r}, which is not among the questions: wrong --output?")
         done.add(key)
     todo = [q for q in questions if str(q["question_id"]) not in done]
     missing = [q for q in todo if not resolve_image(image_folder, q["image"]).is_file()]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import re
 
+from vdtrain.errors import InputError
+
 LEMMATIZERS = ("nltk", "pattern")
 
 _PLURAL_PREPOSITIONS = frozenset(
@@ -132,4 +134,4 @@ def caption_lemmas(caption: str, lemmatizer: str = "nltk") -> list[str]:
         return [_wordnet_lemma(token, _WORDNET_POS.get(tag[:1], "n")) for token, tag in _tagger().tag(tokens)]
     if lemmatizer == "pattern":
         return [singularize(token) for token in tokens]
-    raise ValueError(f"unknown lemmatizer {lemmatizer!r}: choose one of {', '.join(LEMMATIZERS)}")
+    raise InputError(f"unknown lemmatizer {lemmatizer!r}: choose one of {', '.join(LEMMATIZERS)}")

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from vdtrain.errors import DataError
 from vdtrain.evaluation.questions import IMAGE_SUFFIXES
 
 PERCEPTION = (
@@ -50,7 +51,7 @@ def _read_pairs(path: Path) -> list[tuple[str, str]]:
             continue
         question, sep, answer = line.rpartition("\t")
         if not sep or answer.strip() not in ("Yes", "No"):
-            raise ValueError(f"{path}:{number}: expected 'question<TAB>Yes|No', got {line!r}")
+            raise DataError(f"{path}:{number}: expected 'question<TAB>Yes|No', got {line!r}")
         pairs.append((question, answer.strip()))
     return pairs
 
@@ -87,12 +88,12 @@ def load_mme_questions(root: str | os.PathLike, categories: Iterable[str] | None
         else:
             texts, images = sorted(folder.glob("*.txt")), folder
         if not texts:
-            raise ValueError(f"{folder}: no question files (*.txt or questions_answers_YN/*.txt)")
+            raise DataError(f"{folder}: no question files (*.txt or questions_answers_YN/*.txt)")
         for text_file in texts:
             image = _image_file(images, text_file.stem, text_file)
             pairs = _read_pairs(text_file)
             if len(pairs) != 2:  # the scorer pairs them: fail here, not after generating every answer
-                raise ValueError(f"{text_file}: {len(pairs)} questions; MME asks two per image")
+                raise DataError(f"{text_file}: {len(pairs)} questions; MME asks two per image")
             for k, (question, answer) in enumerate(pairs):
                 questions.append(
                     {
@@ -125,17 +126,17 @@ def score_mme(answers: Iterable[Mapping[str, Any]], questions: Iterable[Mapping[
         missing = [str(q["question_id"]) for q in questions if str(q["question_id"]) not in answered]
         if missing:
             listed = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
-            raise ValueError(f"{len(missing)} MME questions have no answer: {listed}")
+            raise DataError(f"{len(missing)} MME questions have no answer: {listed}")
     by_image: dict[str, dict[str, list[bool]]] = {}
     for number, record in enumerate(answers, 1):
         for key in ("category", "image", "answer", "text"):
             if not isinstance(record.get(key), str):
                 where = record.get("question_id", f"record {number}")
-                raise ValueError(f"MME answer {where!r} has no {key!r} string (answers files carry each question)")
+                raise DataError(f"MME answer {where!r} has no {key!r} string (answers files carry each question)")
         truth = record["answer"].lower()
         if truth not in ("yes", "no"):
             where = record.get("question_id")
-            raise ValueError(f"MME answer {where!r}: ground truth {record['answer']!r} is not Yes or No")
+            raise DataError(f"MME answer {where!r}: ground truth {record['answer']!r} is not Yes or No")
         by_image.setdefault(record["category"], {}).setdefault(record["image"], []).append(
             parse_answer(record["text"]) == truth
         )
@@ -143,7 +144,7 @@ def score_mme(answers: Iterable[Mapping[str, Any]], questions: Iterable[Mapping[
     for category, images in by_image.items():
         odd = [image for image, right in images.items() if len(right) != 2]
         if odd:
-            raise ValueError(f"MME {category}: images need exactly two questions; {odd[:5]} have other counts")
+            raise DataError(f"MME {category}: images need exactly two questions; {odd[:5]} have other counts")
         n_questions = sum(len(right) for right in images.values())
         acc = 100.0 * sum(sum(right) for right in images.values()) / n_questions
         acc_plus = 100.0 * sum(all(right) for right in images.values()) / len(images)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from vdtrain.errors import DataError, InputError
+
 PARSERS = ("pope", "vcd", "opera")
 RATE_METRICS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
 
@@ -38,8 +40,8 @@ def parse_answer(answer: str, parser: str = "pope", label: str | None = None) ->
             return "yes" if "yes" in text else "no"
         if label == "no":
             return "no" if "no" in text else "yes"
-        raise ValueError(f"the vcd parser needs the question's label ('yes' or 'no'), got {label!r}")
-    raise ValueError(f"unknown POPE parser {parser!r}: choose one of {', '.join(PARSERS)}")
+        raise DataError(f"the vcd parser needs the question's label ('yes' or 'no'), got {label!r}")
+    raise InputError(f"unknown POPE parser {parser!r}: choose one of {', '.join(PARSERS)}")
 
 
 def pope_metrics(labels: Sequence[str], predictions: Sequence[str]) -> dict:
@@ -100,10 +102,10 @@ def evaluate_pope(
     by_id: dict[str, Mapping] = {}
     for number, answer in enumerate(answers, 1):
         if "question_id" not in answer:
-            raise ValueError(f"{answers_name}: record {number} has no 'question_id'")
+            raise DataError(f"{answers_name}: record {number} has no 'question_id'")
         qid = str(answer["question_id"])
         if qid in by_id:
-            raise ValueError(f"{answers_name}: question_id {qid} is answered twice")
+            raise DataError(f"{answers_name}: question_id {qid} is answered twice")
         by_id[qid] = answer
     question_ids = [str(q["question_id"]) for q in questions]
     missing = [q for q in question_ids if q not in by_id]
@@ -114,18 +116,16 @@ def evaluate_pope(
             problems.append(f"no answer in {answers_name} for question_id {_few(missing)}")
         if extra:
             problems.append(f"{answers_name} answers question_id {_few(extra)}, which {questions_name} does not ask")
-        raise ValueError("; ".join(problems) + ": are these the answers to these questions?")
+        raise DataError("; ".join(problems) + ": are these the answers to these questions?")
     labels, predictions, empty = [], [], []
     for question in questions:
         label = str(question.get("label", "")).strip().lower()
         if label not in ("yes", "no"):
-            raise ValueError(
-                f"{questions_name}: question_id {question['question_id']} has label {label!r}, not yes/no"
-            )
+            raise DataError(f"{questions_name}: question_id {question['question_id']} has label {label!r}, not yes/no")
         answer = by_id[str(question["question_id"])]
         text = answer[answer_key] if answer_key in answer else answer.get("text")
         if not isinstance(text, str):
-            raise ValueError(
+            raise DataError(
                 f"{answers_name}: question_id {question['question_id']} has no answer text under "
                 f"{answer_key!r} (or 'text'): pass --answer-key"
             )
@@ -151,7 +151,7 @@ def answers_for(questions: Path, answers_dir: Path) -> Path:
     named = [p for p in files if p.stem.rsplit("_", 1)[-1] == short]
     if len(named) == 1:
         return named[0]
-    raise ValueError(
+    raise DataError(
         f"{answers_dir}: no single answers file for {questions.name} (looked for {questions.stem}.jsonl or "
         f"*_{short}.jsonl among {', '.join(p.name for p in files) or 'nothing'})"
     )

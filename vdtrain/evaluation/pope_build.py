@@ -14,6 +14,8 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from vdtrain.errors import DataError, InputError
+
 STRATEGIES = ("random", "popular", "adversarial")
 NUM_POSITIVES = 3
 
@@ -60,11 +62,11 @@ def build_pope(
     objects = image_objects(instances, categories)
     eligible = sorted(i for i, objs in objects.items() if len(objs) >= NUM_POSITIVES)
     if num_images > len(eligible):
-        raise ValueError(f"asked for {num_images} images but only {len(eligible)} have {NUM_POSITIVES}+ categories")
+        raise InputError(f"asked for {num_images} images but only {len(eligible)} have {NUM_POSITIVES}+ categories")
     sampled = random.Random(seed).sample(eligible, num_images)
     missing = [i for i in sampled if i not in file_names]
     if missing:
-        raise ValueError(f"image ids {missing[:5]} have annotations but no entry in `images` (no file name)")
+        raise DataError(f"image ids {missing[:5]} have annotations but no entry in `images` (no file name)")
 
     seen: list[str] = []  # objects of the sampled images, in order of first appearance
     frequency: Counter[str] = Counter()  # number of sampled images with the object
@@ -96,7 +98,7 @@ def build_pope(
                 if negative is None:
                     pool = candidates or [o for o in fallback_pool if o not in present and o not in asked]
                     if not pool:
-                        raise ValueError(f"image {image}: no object left to ask a 'no' question about")
+                        raise DataError(f"image {image}: no object left to ask a 'no' question about")
                     negative = rng.choice(pool)
                 asked.add(negative)
                 for name, label in ((positive, "yes"), (negative, "no")):
@@ -118,9 +120,9 @@ def load_instances(path: str | os.PathLike) -> dict:
         try:
             instances = json.load(f)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not a COCO instances file: not JSON ({error})") from None
+            raise DataError(f"{path} is not a COCO instances file: not JSON ({error})") from None
     if not isinstance(instances, dict) or not {"annotations", "categories", "images"} <= instances.keys():
-        raise ValueError(f"{path} is not a COCO instances file (needs images, annotations, categories)")
+        raise DataError(f"{path} is not a COCO instances file (needs images, annotations, categories)")
     return instances
 
 

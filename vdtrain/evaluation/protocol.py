@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from vdtrain.errors import DataError
 from vdtrain.evaluation.decoding import DecodingOptions
 from vdtrain.evaluation.questions import load_questions, read_answers
 from vdtrain.io import atomic_write_json, atomic_write_jsonl
@@ -43,33 +44,33 @@ def load_protocol(path: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"protocol config {path} does not exist")
     config = yaml.safe_load(path.read_text()) or {}
     if not isinstance(config, dict):
-        raise ValueError(f"{path}: a protocol is a mapping of key: value")
+        raise DataError(f"{path}: a protocol is a mapping of key: value")
     unknown = sorted(set(config) - CONFIG_KEYS)
     if unknown:
-        raise ValueError(f"{path}: unknown keys {unknown}; known: {sorted(CONFIG_KEYS)}")
+        raise DataError(f"{path}: unknown keys {unknown}; known: {sorted(CONFIG_KEYS)}")
     benchmark = config.get("benchmark")
     if benchmark == "chair":
         if not config.get("questions"):
-            raise ValueError(f"{path}: a chair protocol needs `questions` (the image list)")
+            raise DataError(f"{path}: a chair protocol needs `questions` (the image list)")
         config["splits"] = {"chair": config.pop("questions")}
     elif benchmark == "pope":
         if not isinstance(config.get("splits"), dict) or not config["splits"]:
-            raise ValueError(f"{path}: a pope protocol needs `splits`, a mapping of split name to question file")
+            raise DataError(f"{path}: a pope protocol needs `splits`, a mapping of split name to question file")
     elif benchmark == "mme":  # the questions come from the release folder given as --image-folder
         config["splits"] = {}
     else:
-        raise ValueError(f"{path}: benchmark must be 'chair', 'pope' or 'mme', got {benchmark!r}")
+        raise DataError(f"{path}: benchmark must be 'chair', 'pope' or 'mme', got {benchmark!r}")
     config["splits"] = {name: str((path.parent / file).resolve()) for name, file in config["splits"].items()}
     batch_size = config.get("batch_size")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"{path}: batch_size must be a whole number of at least 1, got {batch_size!r}")
+        raise DataError(f"{path}: batch_size must be a whole number of at least 1, got {batch_size!r}")
     try:
         DecodingOptions(**(config.get("decoding") or {}))
     except ValueError as error:  # a value of the wrong type or range
-        raise ValueError(f"{path}: decoding: {error}") from None
+        raise DataError(f"{path}: decoding: {error}") from None
     except TypeError as error:  # an unknown field
         known = ", ".join(asdict(DecodingOptions()))
-        raise ValueError(f"{path}: decoding: {error}; known fields: {known}") from None
+        raise DataError(f"{path}: decoding: {error}; known fields: {known}") from None
     return config
 
 

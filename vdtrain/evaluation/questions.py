@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from vdtrain.errors import DataError, InputError
 from vdtrain.io import read_objects, resume_jsonl
 
 FORMATS = ("pope", "chair", "images")
@@ -28,7 +29,7 @@ def caption_image_id(value: object, where: str) -> int:
         match = _IMAGE_FILE_ID.search(value)
         if match:
             return int(match.group(1))
-    raise ValueError(f"{where}: cannot read a COCO image id from {value!r}")
+    raise DataError(f"{where}: cannot read a COCO image id from {value!r}")
 
 
 def load_captions(
@@ -60,10 +61,10 @@ def load_captions(
         elif str(record.get("question_id")) in image_of:
             raw = image_of[str(record["question_id"])]
         else:
-            raise ValueError(f"{where} has no {image_id_key!r} or 'image' key: pass --image-id-key or --questions")
+            raise DataError(f"{where} has no {image_id_key!r} or 'image' key: pass --image-id-key or --questions")
         caption = record[caption_key] if caption_key in record else record.get("text")
         if not isinstance(caption, str):
-            raise ValueError(f"{where} has no caption text under {caption_key!r} (or 'text'): pass --caption-key")
+            raise DataError(f"{where} has no caption text under {caption_key!r} (or 'text'): pass --caption-key")
         entry = {"image_id": caption_image_id(raw, where), "caption": caption}
         if "question_id" in record:
             entry["question_id"] = record["question_id"]
@@ -97,26 +98,26 @@ def load_questions(
         else:
             names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
         if not names:
-            raise ValueError(f"{path}: no images listed")
+            raise DataError(f"{path}: no images listed")
         records = [{"question_id": name, "image": name} for name in names]
         fmt = fmt or "images"
     else:
         records = read_objects(path)
         fmt = fmt or ("pope" if any("label" in record for record in records) else "chair")
     if fmt not in FORMATS:
-        raise ValueError(f"question format must be one of {FORMATS}, got {fmt!r}")
+        raise InputError(f"question format must be one of {FORMATS}, got {fmt!r}")
     seen: set[str] = set()
     for number, record in enumerate(records, 1):
         if not record.get("image"):
-            raise ValueError(f"{path}: record {number} has no 'image'")
+            raise DataError(f"{path}: record {number} has no 'image'")
         record.setdefault("question_id", record["image"])
         if prompt is not None:
             record["text"] = prompt
         if not isinstance(record.get("text"), str):
-            raise ValueError(f"{path}: question_id {record['question_id']!r} has no 'text'; pass --prompt")
+            raise DataError(f"{path}: question_id {record['question_id']!r} has no 'text'; pass --prompt")
         key = str(record["question_id"])
         if key in seen:
-            raise ValueError(f"{path}: question_id {key!r} appears twice; answers are matched and resumed by id")
+            raise DataError(f"{path}: question_id {key!r} appears twice; answers are matched and resumed by id")
         seen.add(key)
     return records, fmt
 

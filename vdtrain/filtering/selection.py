@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from vdtrain.errors import InputError
+from vdtrain.errors import DataError, InputError
 from vdtrain.filtering.runs import ERRORS_FILE, RUN_FILE, file_sha256
 from vdtrain.io import read_json, read_jsonl, read_records, records_format, write_records
 
@@ -18,7 +18,7 @@ STRATEGIES = ("lowest", "highest", "random")
 def removal_count(num_scored: int, fraction: float) -> int:
     """How many of `num_scored` samples a `fraction` removes (rounded half up)."""
     if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+        raise InputError(f"fraction must be in [0, 1], got {fraction}")
     return min(num_scored, math.floor(fraction * num_scored + 0.5))
 
 
@@ -35,7 +35,7 @@ def select_removed(scores: list[dict[str, Any]], strategy: str, fraction: float,
     elif strategy == "random":
         order = random.Random(seed).sample(sorted(scores, key=lambda row: row["index"]), len(scores))
     else:
-        raise ValueError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+        raise InputError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
     return sorted(int(row["index"]) for row in order[:count])
 
 
@@ -74,13 +74,13 @@ def _check_scores_match(
         expected = str(record.get("id", index)) if isinstance(record, dict) else str(index)
         if record is None or str(row["id"]) != expected:
             found = "no such index" if record is None else f"id there is {expected!r}"
-            raise ValueError(
+            raise DataError(
                 f"{scores_path}: sample {row['id']!r} at index {index} does not match {data} ({found}); "
                 "pass the file that was scored"
             )
     missing = set(range(len(records))) - {int(r["index"]) for r in scores} - {int(r["index"]) for r in errors}
     if missing:
-        raise ValueError(
+        raise DataError(
             f"{scores_path} covers {len(records) - len(missing)} of the {len(records)} samples of {data}: scoring "
             "is unfinished. Rerun `vdtrain filter score` with the same --output-dir to finish it."
         )
@@ -123,7 +123,7 @@ def select_dataset(
     if not scores_path.is_file():
         raise FileNotFoundError(f"scores file {scores_path} does not exist; run `vdtrain filter score` first")
     if output.resolve() == data.resolve() or removed_path.resolve() in (data.resolve(), output.resolve()):
-        raise ValueError(f"--output {output} / removed {removed_path} would overwrite {data}; choose other paths")
+        raise InputError(f"--output {output} / removed {removed_path} would overwrite {data}; choose other paths")
     check_fingerprint(scores_path, data, force)
     rows = read_jsonl(scores_path, skip_bad_lines=True)
     errors = read_jsonl(scores_path.parent / ERRORS_FILE, missing_ok=True, skip_bad_lines=True)

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from vdtrain.errors import InputError
 from vdtrain.models import ModelAdapter, get_adapter
 from vdtrain.models.arguments import ModelArguments
 
@@ -31,7 +32,7 @@ def load_model_and_processor(
     from vdtrain.models.generic import allow_processors_without_torchvision
 
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        raise InputError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     kwargs: dict[str, Any] = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
@@ -47,7 +48,7 @@ def load_model_and_processor(
     except (OSError, ValueError, TypeError, KeyError) as error:
         processor = get_adapter(model).build_processor(str(path), model.config)
         if processor is None:
-            raise ValueError(f"{path}: no processor could be loaded ({error})") from error
+            raise InputError(f"{path}: no processor could be loaded ({error})") from error
     if not hasattr(processor, "image_processor"):  # a tokenizer alone: the family builds the rest
         processor = get_adapter(model).build_processor(str(path), model.config) or processor
     return model, processor, get_adapter(model, processor)

@@ -7,6 +7,8 @@ import logging
 import os
 from pathlib import Path
 
+from vdtrain.errors import InputError
+
 logger = logging.getLogger("vdtrain")
 BASE_MODEL_FILE = "vdtrain_base_model.txt"  # written next to the final adapter by `vdtrain train`
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
@@ -20,7 +22,7 @@ def base_model_of(adapter_dir: str | os.PathLike) -> str:
     config = adapter_dir / "adapter_config.json"
     if config.is_file() and (base := json.loads(config.read_text()).get("base_model_name_or_path")):
         return base
-    raise ValueError(
+    raise InputError(
         f"{adapter_dir}: no {BASE_MODEL_FILE} and no base_model_name_or_path in adapter_config.json; pass --base DIR"
     )
 

@@ -20,6 +20,7 @@ import torch
 from safetensors import safe_open
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, logging
 
+from vdtrain.errors import CheckpointError
 from vdtrain.io import atomic_write_json
 from vdtrain.models.merge import BASE_MODEL_FILE
 
@@ -76,12 +77,14 @@ def load_full_checkpoint(model: torch.nn.Module, folder: str | os.PathLike) -> N
                     continue
                 source = weights.get_tensor(name)
                 if source.shape != target.shape:
-                    raise ValueError(f"{path}: {name} is {tuple(source.shape)}, the model has {tuple(target.shape)}")
+                    raise CheckpointError(
+                        f"{path}: {name} is {tuple(source.shape)}, the model has {tuple(target.shape)}"
+                    )
                 target.copy_(source)
                 loaded.add(target.data_ptr())
     missing = sorted(name for name, tensor in targets.items() if tensor.data_ptr() not in loaded)
     if unexpected or missing:
-        raise ValueError(
+        raise CheckpointError(
             f"{folder} does not match the model: {len(missing)} weights missing (e.g. {missing[:3]}), "
             f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}); was it saved from another model?"
         )

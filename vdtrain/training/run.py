@@ -10,6 +10,7 @@ import transformers
 
 from vdtrain.data import SupervisedDataset, VDDataCollator, check_images, load_conversations
 from vdtrain.data.dataset import conversation_problems, invalid_samples_message
+from vdtrain.errors import InputError
 from vdtrain.io import atomic_write_text
 from vdtrain.models.loading import load_model_and_processor, prepare_for_training
 from vdtrain.models.merge import BASE_MODEL_FILE
@@ -39,7 +40,7 @@ def build_trainer(
         trust_remote_code=model_args.trust_remote_code,
     )
     if adapter.pixel_key not in _forward_parameters(model):
-        raise ValueError(
+        raise InputError(
             f"{model_args.model_name_or_path}: {type(model).__name__}.forward has no {adapter.pixel_key!r} input; "
             "its adapter does not match the model."
         )

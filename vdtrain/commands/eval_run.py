@@ -8,6 +8,12 @@ from pathlib import Path
 
 from vdtrain.commands import options
 
+# ProtocolRun fields given by the flag of the same name
+RUN_FLAGS = (
+    "model", "adapter", "dtype", "image_folder", "output_dir", "batch_size", "coco_dir", "nltk_data", "cache_dir",
+    "limit", "overwrite",
+)  # fmt: skip
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Options of `vdtrain eval run`."""
@@ -41,19 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     config = load_protocol(args.config)
     run = ProtocolRun(
         config_path=args.config,
-        model=args.model,
-        image_folder=args.image_folder,
-        output_dir=args.output_dir,
         decoding=options.decoding_options(args, config.get("decoding")),
-        adapter=args.adapter,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        coco_dir=args.coco_dir,
-        nltk_data=args.nltk_data,
-        cache_dir=args.cache_dir,
-        limit=args.limit,
-        overwrite=args.overwrite,
         progress=not args.no_progress,
+        **{name: getattr(args, name) for name in RUN_FLAGS},  # --model ... --overwrite, by the same names
     )
     summary = run_protocol(config, run, lambda: options.load_model(args), lambda line: print(line, file=sys.stderr))
     decoding = summary["decoding"]

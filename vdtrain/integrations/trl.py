@@ -18,6 +18,7 @@ from transformers import TrainingArguments
 from trl import SFTConfig, SFTTrainer
 
 from vdtrain.method.passes import eval_pass
+from vdtrain.models.generic import end_of_turn_token
 from vdtrain.training.checkpoints import FullCheckpointLoading
 from vdtrain.training.config import VDArguments, upgrade_arguments, vd_options
 from vdtrain.training.mixin import StepMasks, VDLossMixin
@@ -135,24 +136,6 @@ class _ReweightedForward:
 
 
 def end_of_turn_token_id(processing_class) -> int | None:
-    """The special token the chat template closes an assistant turn with (`<|im_end|>`, `<end_of_turn>`, `</s>`),
-    found by rendering a one-turn conversation; the tokenizer's EOS when the template has none or closes with text."""
-    tokenizer = getattr(processing_class, "tokenizer", processing_class)
-    probe = "vdtrain probe answer"
-    special = set(tokenizer.all_special_ids) | {
-        index for index, token in tokenizer.added_tokens_decoder.items() if token.special
-    }
-    for content in ([{"type": "text", "text": probe}], probe):
-        messages = [{"role": "user", "content": content}, {"role": "assistant", "content": content}]
-        try:
-            text = processing_class.apply_chat_template(messages, tokenize=False)
-        except Exception:  # no template, or one that wants the other content format
-            continue
-        text = text[0] if isinstance(text, list) else text
-        if probe not in text:
-            continue
-        tail = text[text.rindex(probe) + len(probe) :]
-        closing = [index for index in tokenizer(tail, add_special_tokens=False)["input_ids"] if index in special]
-        if closing:
-            return closing[0]
-    return tokenizer.eos_token_id
+    """The id of the special token the chat template closes an assistant turn with (`<|im_end|>`, `<end_of_turn>`,
+    `</s>`); the tokenizer's EOS when the template has none or closes with text (`generic.end_of_turn_token`)."""
+    return end_of_turn_token(processing_class)[1]

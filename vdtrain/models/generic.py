@@ -77,12 +77,7 @@ class ChatTemplateAdapter(ModelAdapter):
             start = _common_prefix(with_image, without)
             end = _common_prefix(with_image[::-1], without[::-1])
             image_text = with_image[start : len(with_image) - end]
-            rendered = self._render(processor, [_user("Q"), _assistant(_SENTINEL)])
-            after = rendered[rendered.index(_SENTINEL) + len(_SENTINEL) :]
-            closer, closer_id = "", tokenizer_of(processor).eos_token_id
-            if after:
-                encoded = tokenizer_of(processor)(after, add_special_tokens=False, return_offsets_mapping=True)
-                closer, closer_id = after[: encoded["offset_mapping"][0][1]], encoded["input_ids"][0]
+            closer, closer_id = end_of_turn_token(processor)
             self.__dict__["_probed"] = {"image_text": image_text, "closer": closer, "closer_id": closer_id}
         return self.__dict__["_probed"]
 
@@ -219,6 +214,33 @@ class ChatTemplateAdapter(ModelAdapter):
         return dict(
             processor(text=prompts, images=images or None, return_tensors="pt", padding=True, add_special_tokens=False)
         )
+
+
+def end_of_turn_token(processor: Any) -> tuple[str, int]:
+    """`(text, id)` of the special token a chat template closes an assistant turn with (`<|im_end|>`,
+    `<end_of_turn>`, `</s>`): the first special token after the message in a rendered one-turn conversation;
+    `("", eos)` when the template has none, closes with plain text, or there is no template. The one probe the
+    chat-template adapter and `VDSFTTrainer` both use."""
+    tokenizer = tokenizer_of(processor)
+    owner = processor if getattr(processor, "chat_template", None) else tokenizer
+    special = set(tokenizer.all_special_ids) | {
+        index for index, token in tokenizer.added_tokens_decoder.items() if token.special
+    }
+    for content in ([{"type": "text", "text": _SENTINEL}], _SENTINEL):  # processors want parts, some templates text
+        chat = [{"role": "user", "content": content}, {"role": "assistant", "content": content}]
+        try:
+            text = owner.apply_chat_template(chat, tokenize=False)
+        except Exception:  # no template, or one that wants the other content format
+            continue
+        text = text[0] if isinstance(text, list) else text
+        if _SENTINEL not in text:
+            continue
+        tail = text[text.rindex(_SENTINEL) + len(_SENTINEL) :]
+        encoded = tokenizer(tail, add_special_tokens=False, return_offsets_mapping=True)
+        for index, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
+            if index in special:
+                return tail[start:end], index
+    return "", tokenizer.eos_token_id
 
 
 def _user(text: str, image: bool = False) -> dict:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from vdtrain.commands import options
 
-STRATEGIES = ("lowest", "highest", "random")  # vdtrain.filtering.selection.STRATEGIES (not imported: torch)
+# vdtrain.filtering.selection.STRATEGIES (not imported: torch)
+STRATEGIES = ("lowest", "highest", "random", "balanced")
 SUBCOMMANDS = ("score", "select", "run")  # the error boundary names them: `vdtrain filter select: error: ...`
 
 DESCRIPTION = """Offline data filtering by visual dependence (thesis section 5.4.5).
@@ -20,7 +21,9 @@ DESCRIPTION = """Offline data filtering by visual dependence (thesis section 5.4
           OUT/summary.json and OUT/score_hist.png. Rerunning with the same OUT resumes. Runs under
           `accelerate launch -m vdtrain filter score ...` with one shard per process.
   select  removes the lowest / highest / a random fraction of the scored samples and writes the rest in the
-          input's order and format, plus the removed records.
+          input's order and format, plus the removed records. --strategy balanced --scores DIR/dominance.jsonl
+          (from `vdtrain select active --dominance DATA`) removes the most modality-dominated samples instead
+          (BMMAL's dominance rho, thesis eq. 3.5).
   run     score, then select.
 """
 

@@ -38,9 +38,9 @@ class ZeroShotTeacher:
     def __init__(self, model: Any, processor: Any, class_names: Sequence[str], template: str = "a photo of a {}."):
         self.model, self.processor = model.eval(), processor
         self.prompts = [template.format(name) for name in class_names]
-        self.logit_scale = float(model.logit_scale.exp())
+        self.logit_scale = float(model.logit_scale.detach().exp())
         bias = getattr(model, "logit_bias", None)
-        self.logit_bias = float(bias) if bias is not None else 0.0
+        self.logit_bias = float(bias.detach()) if bias is not None else 0.0
         self._class_embeds: torch.Tensor | None = None
 
     @classmethod
@@ -54,7 +54,7 @@ class ZeroShotTeacher:
     def class_embeddings(self) -> torch.Tensor:
         """`(C, D)` projected text embeddings of the class prompts (computed once)."""
         if self._class_embeds is None:
-            tokens = self.processor(text=self.prompts, return_tensors="pt", padding="max_length", truncation=True)
+            tokens = self.processor(text=self.prompts, return_tensors="pt", padding=True)
             self._class_embeds = _pooled(self.model.get_text_features(**tokens)).float()
         return self._class_embeds
 

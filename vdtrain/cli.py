@@ -26,6 +26,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "filter": "vdtrain.commands.filter",
     "inspect": "vdtrain.commands.inspect",
     "demo": "vdtrain.demo.run",
+    "select": "vdtrain.commands.select",
     "eval": {
         "chair": "vdtrain.commands.eval_chair",
         "pope": "vdtrain.commands.eval_pope",
@@ -45,6 +46,7 @@ HELP = {
     "merge": "merge a LoRA adapter (and projector) into its base model",
     "filter": "score a dataset by visual dependence and remove a fraction (score | select | run)",
     "inspect": "plot per-token probabilities with the clean and the noised image (thesis Fig. 5.1)",
+    "select": "choose what to label or train on: active (multimodal active learning)",
     "demo": "end-to-end synthetic hallucination benchmark on a tiny model (CPU, minutes)",
     "eval": "evaluation: chair | pope | pope-build | generate | run | mme",
     "chair": "CHAIR object hallucination of captions against COCO annotations",

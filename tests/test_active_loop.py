@@ -202,3 +202,17 @@ def test_cli_select_active_then_balanced_filter(tmp_path, capsys):
            "--output", str(tmp_path / "k2.json")]  # fmt: skip
     (tmp_path / "other.json").write_text(json.dumps(records[:-1]))
     assert main(bad) == 1 and "another data file" in capsys.readouterr().err
+
+
+def test_example_runs_and_reports_every_round():
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    run = subprocess.run(
+        [sys.executable, str(root / "examples" / "active_learning.py"), "--rounds", "2"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines[:3]] == ["round 0", "round 1", "round 2"]
+    assert "30 labels" in lines[0] and "90 labels" in lines[2]
+    assert lines[3].startswith("next 10 to label by BMMAL:") and len(eval(lines[3].split(":", 1)[1])) == 10

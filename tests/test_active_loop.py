@@ -3,6 +3,7 @@ round trip, `vdtrain select active` end to end, and the balanced filter on its d
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -215,4 +216,5 @@ def test_example_runs_and_reports_every_round():
     lines = run.stdout.splitlines()
     assert [line.split(":")[0] for line in lines[:3]] == ["round 0", "round 1", "round 2"]
     assert "30 labels" in lines[0] and "90 labels" in lines[2]
-    assert lines[3].startswith("next 10 to label by BMMAL:") and len(eval(lines[3].split(":", 1)[1])) == 10
+    assert lines[3].startswith("next 10 to label by BMMAL:")
+    assert len(ast.literal_eval(lines[3].split(":", 1)[1].strip())) == 10

@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 from vdtrain.commands import options
+from vdtrain.filtering.selection import STRATEGIES
 
-# vdtrain.filtering.selection.STRATEGIES (not imported: torch)
-STRATEGIES = ("lowest", "highest", "random", "balanced")
 SUBCOMMANDS = ("score", "select", "run")  # the error boundary names them: `vdtrain filter select: error: ...`
 
 DESCRIPTION = """Offline data filtering by visual dependence (thesis section 5.4.5).

@@ -1,33 +1,35 @@
-"""`vdtrain select active`: choose what to label next (multimodal active learning)."""
+"""`vdtrain select <subcommand>`: choose what to train on or label. One entry in `SUBCOMMANDS` adds a subcommand
+(a module with `main(argv) -> int` and its one-line help)."""
 
 from __future__ import annotations
 
-import argparse
+import importlib
 import sys
 
-from vdtrain.commands import options, select_active
+# subcommand -> (module with `main(argv: list[str]) -> int`, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "active": (
+        "vdtrain.commands.select_active",
+        "multimodal active learning: what to label next, round by round (BMMAL, CCMA, BADGE, CoreSet, ...)",
+    ),
+}
 
-SUBCOMMANDS = ("active",)  # the error boundary names them: `vdtrain select active: error: ...`
 
-
-def build_parser() -> argparse.ArgumentParser:
-    """The `vdtrain select` parser with its subcommands."""
-    parser = options.parser("vdtrain select", "Choose what to label or train on.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{active}")
-    active = commands.add_parser(
-        "active",
-        help="pool-based active learning over embeddings (BMMAL, CCMA, BADGE, ...)",
-        description=select_active.DESCRIPTION,
-        formatter_class=options.HelpFormatter,
-    )
-    select_active.add_arguments(active)
-    options.add_debug(active)
-    return parser
+def usage() -> str:
+    """The `vdtrain select --help` text: one line per subcommand."""
+    lines = ["usage: vdtrain select <subcommand> [options]", "", "subcommands:"]
+    lines += [f"  {name:<10} {text}" for name, (_, text) in SUBCOMMANDS.items()]
+    lines += ["", "Run `vdtrain select <subcommand> --help` for its options."]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `vdtrain select`."""
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.command == "active":
-        return select_active.main(args)
-    return 2
+    """Dispatch `vdtrain select <subcommand> ...` to the subcommand's module."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage(), file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    if argv[0] not in SUBCOMMANDS:
+        print(f"vdtrain select: error: unknown subcommand {argv[0]!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    return int(importlib.import_module(SUBCOMMANDS[argv[0]][0]).main(argv[1:]) or 0)

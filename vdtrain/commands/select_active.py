@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 from vdtrain.commands import options
 from vdtrain.errors import InputError, UsageError
-
-STRATEGIES = ("random", "entropy", "margin", "coreset", "badge", "bmmal", "ccma")  # not imported: torch
 
 DESCRIPTION = """Multimodal active learning over a pool of embeddings (thesis ch. 3; CCMA).
 
@@ -30,8 +29,11 @@ what to label next, OUT/labels.jsonl ({"id": ..., "label": ...} per line, class 
 """
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `vdtrain select active`."""
+def build_parser() -> argparse.ArgumentParser:
+    """The `vdtrain select active` parser."""
+    from vdtrain.selection.active.strategies import STRATEGIES
+
+    parser = options.parser("vdtrain select active", DESCRIPTION)
     pool = parser.add_argument_group("pool")
     pool.add_argument(
         "--embeddings",
@@ -48,7 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     classes.add_argument("--classes-file", default=None, help="class names, one per line")
     classes.add_argument("--num-classes", type=options.positive_int, default=None, help="labels are indices < N")
     loop = parser.add_argument_group("loop")
-    loop.add_argument("--strategy", required=True, choices=STRATEGIES, help="how each round picks its samples")
+    loop.add_argument(
+        "--strategy", required=True, choices=[*STRATEGIES, "ccma"], help="how each round picks its samples"
+    )
     loop.add_argument("--budget", type=options.positive_int, required=True, help="samples queried per round")
     loop.add_argument("--rounds", type=int, required=True, help="query rounds after the initial set")
     loop.add_argument("--initial", type=int, default=None, help="size of the random initial set (default: --budget)")
@@ -65,6 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ccma.add_argument("--student", default=None, help="the modality whose head is the student (default: fusion)")
     ccma.add_argument("--kappa", type=options.positive_int, default=20, help="oversampling factor κ")
     parser.add_argument("--dominance", default=None, metavar="DATA", help="write per-sample dominance for DATA")
+    return parser
 
 
 def _read_ids(path: str) -> list[str]:
@@ -169,8 +174,9 @@ def report(summary: dict[str, Any], output_dir: str) -> None:
         print(f"vdtrain select active: done; rounds in {Path(output_dir) / 'rounds'}")
 
 
-def main(args: argparse.Namespace) -> int:
-    """`vdtrain select active` from parsed arguments."""
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `vdtrain select active`."""
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     report(run(args), args.output_dir)
     return 0

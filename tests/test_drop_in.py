@@ -5,7 +5,9 @@ the trainers' own behaviours (gradient accumulation, evaluation, callbacks, chec
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import pickle
 
 import pytest
 import torch
@@ -195,6 +197,29 @@ def test_args_are_the_object_passed(tmp_path):
     data = Dataset.from_dict({"text": ["a red cat on a blue mat."] * 4})
     sft = VDSFTTrainer(model=causal_lm(), args=config, train_dataset=data, processing_class=TOKENIZER)
     assert sft.args is config and isinstance(config, VDSFTConfig) and config.vd_temperature == 0.5
+
+
+@dataclasses.dataclass
+class ProjectArguments(TrainingArguments):
+    """A project's own arguments class, with a field and a method of its own."""
+
+    curriculum: str = "easy-first"
+
+    def hardest(self) -> bool:
+        return self.curriculum == "hard-first"
+
+
+def test_a_project_arguments_class_keeps_its_identity_fields_and_methods(tmp_path):
+    """Given the vd_* fields by a subclass of both classes, made once; the checkpoint's `training_args.bin` (a
+    pickle) loads back to the same class and values."""
+    args = ProjectArguments(str(tmp_path / "out"), use_cpu=True, report_to="none", curriculum="hard-first")
+    trainer = VDTrainer(model=causal_lm(), args=args)
+    assert trainer.args is args and isinstance(args, ProjectArguments) and isinstance(args, VDTrainingArguments)
+    assert args.hardest() and args.vd_weighting == "neg" and args.to_dict()["curriculum"] == "hard-first"
+    other = ProjectArguments(str(tmp_path / "other"), use_cpu=True, report_to="none")
+    assert type(VDTrainer(model=causal_lm(), args=other).args) is type(args)
+    restored = pickle.loads(pickle.dumps(args))
+    assert type(restored) is type(args) and restored.curriculum == "hard-first" and restored.vd_start == 0.5
 
 
 def test_impossible_requests_are_refused_at_construction(tmp_path):

@@ -146,7 +146,10 @@ class VDLossMixin:
                 f"the pixel key {self.pixel_key!r} (vd_pixel_key / pixel_key=) is not an input of {name}.forward"
             )
         if self.pixel_key is None and not any(key in forward for key in PIXEL_KEYS):
-            return True, f"{name}.forward takes no image input ({', '.join(PIXEL_KEYS)}), so d = 0 everywhere"
+            return True, (
+                f"{name}.forward takes no image input ({', '.join(PIXEL_KEYS)}; a model that does under another "
+                "name: pass pixel_key=), so d = 0 everywhere"
+            )
         return True, None
 
     def _host(self) -> type:

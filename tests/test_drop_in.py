@@ -230,6 +230,9 @@ def test_impossible_requests_are_refused_at_construction(tmp_path):
     args = VDTrainingArguments(str(tmp_path / "out"), use_cpu=True, report_to="none", vd_pixel_key="pixel_values")
     with pytest.raises(ValueError, match="'pixel_values' .* is not an input of LlamaForCausalLM.forward"):
         VDTrainer(model=causal_lm(), args=args)
+    args = VDTrainingArguments(str(tmp_path / "out"), use_cpu=True, report_to="none", vd_projector_lr=1e-5)
+    with pytest.raises(ValueError, match=r"vd_projector_lr=1e-05 needs VDTrainer\(projector_modules=...\)"):
+        VDTrainer(model=causal_lm(), args=args)  # the projector's learning rate would silently not apply
 
 
 def _sft_run(trainer_cls, config_cls, output_dir, model_fn=causal_lm, **extra):

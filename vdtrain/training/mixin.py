@@ -96,6 +96,11 @@ class VDLossMixin:
             for name, value in (("label_smoothing_factor", smoothing), ("compute_loss_func", self.compute_loss_func)):
                 if value is not None:
                     raise ValueError(f"{name} replaces the per-token loss the VD loss and vd_eos_selective re-weight")
+        if self.vd.vd_projector_lr is not None and not self.projector_modules:
+            raise ValueError(
+                f"vd_projector_lr={self.vd.vd_projector_lr} needs {type(self).__name__}(projector_modules=...), the "
+                "parameter-name fragments of the multimodal projector: pass **adapter.trainer_kwargs(processor)"
+            )
         if self.vd.vd_eos_selective and end_of_turn_id is None:
             raise ValueError(
                 f"vd_eos_selective=True needs {type(self).__name__}(end_of_turn_id=...) from the model's adapter"

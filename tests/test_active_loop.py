@@ -218,3 +218,27 @@ def test_example_runs_and_reports_every_round():
     assert "30 labels" in lines[0] and "90 labels" in lines[2]
     assert lines[3].startswith("next 10 to label by BMMAL:")
     assert len(ast.literal_eval(lines[3].split(":", 1)[1].strip())) == 10
+
+
+def test_cli_reads_an_embed_directory_and_leaves_out_rows_without_embeddings(tmp_path, capsys):
+    from vdtrain.cli import main
+
+    pool, labels = synthetic_pool(n=60)
+    emb = tmp_path / "emb"
+    emb.mkdir()
+    image = pool.embeddings["image"].numpy().copy()
+    image[5] = np.nan  # a sample `vdtrain embed` could not embed
+    np.save(emb / "image.npy", image)
+    np.save(emb / "text.npy", pool.embeddings["text"].numpy())
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "image": f"{i}.png"}) + "\n" for i in pool.ids))
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"id": i, "label": y}) + "\n" for i, y in zip(pool.ids, labels)))
+    argv = ["select", "active", "--embeddings", str(emb), "--ids", str(data), "--num-classes", "4", "--strategy",
+            "entropy", "--initial", "60", "--budget", "5", "--rounds", "0", "--output-dir", str(tmp_path / "al"),
+            "--labels", str(answers), "--epochs", "5"]  # fmt: skip
+    assert main(argv) == 1 and "initial set of 60 is larger than the 59 candidates" in capsys.readouterr().err
+    argv[argv.index("60")] = "59"  # 59 samples have embeddings
+    assert main(argv) == 0
+    queried = json.loads((tmp_path / "al" / "rounds" / "000" / "round.json").read_text())["queried"]
+    assert len(queried) == 59 and pool.ids[5] not in queried

@@ -8,6 +8,10 @@ import sys
 
 # subcommand -> (module with `main(argv: list[str]) -> int`, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "pairs": (
+        "vdtrain.commands.select_pairs",
+        "cold-start selection of B image-text pairs from an unlabelled pool (MMCSAL, ActiveFT, k-center, k-means)",
+    ),
     "active": (
         "vdtrain.commands.select_active",
         "multimodal active learning: what to label next, round by round (BMMAL, CCMA, BADGE, CoreSet, ...)",

@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         required=True,
         metavar="MODALITY=FILE",
-        help="one (N, D) embedding file per modality (.npy, .pt, .safetensors), rows in --ids order; repeat",
+        help="MODALITY=FILE: an (N, D) embedding file (.npy, .pt, .safetensors; or a `vdtrain embed` directory) per "
+        "modality, rows in --ids order, repeated; or one `vdtrain embed --encoder` directory (image and text)",
     )
     pool.add_argument(
         "--ids", default=None, help="sample ids of the rows (JSON list or JSONL with 'id'); default 0..N-1"
@@ -73,10 +74,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _read_ids(path: str) -> list[str]:
+    """Ids from a JSON list / JSONL of ids, or of records (their `id`, else their index: embed's record order)."""
     from vdtrain.io import read_records
 
     rows = read_records(path)
-    return [str(r["id"]) if isinstance(r, dict) and "id" in r else str(r) for r in rows]
+    return [str(r.get("id", i)) if isinstance(r, dict) else str(r) for i, r in enumerate(rows)]
+
+
+def _embeddings(items: list[str], load_matrix: Any) -> dict[str, Any]:
+    """`{modality: (N, D)}` from `MODALITY=FILE`, `MODALITY=DIR` (DIR/MODALITY.npy, else DIR/embeddings.npy) or a bare
+    `vdtrain embed --encoder` DIR (its image.npy and text.npy)."""
+    matrices: dict[str, Any] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            folder = Path(item)
+            if not (folder / "image.npy").is_file() or not (folder / "text.npy").is_file():
+                raise UsageError(
+                    f"--embeddings {item}: expected MODALITY=FILE, or a directory with image.npy and text.npy"
+                )
+            pairs = [("image", folder / "image.npy"), ("text", folder / "text.npy")]
+        elif not name or not path:
+            raise UsageError(f"--embeddings {item!r}: expected MODALITY=FILE")
+        else:
+            folder = Path(path)
+            if folder.is_dir():
+                path = folder / f"{name}.npy" if (folder / f"{name}.npy").is_file() else folder / "embeddings.npy"
+            pairs = [(name, Path(path))]
+        for modality, file in pairs:
+            if modality in matrices:
+                raise UsageError(f"--embeddings names modality {modality!r} twice")
+            matrices[modality] = load_matrix(file)
+    return matrices
 
 
 def _classes(args: argparse.Namespace) -> tuple[list[str] | None, int]:
@@ -98,7 +127,7 @@ def _evaluation(path: str | None, classes: list[str] | None) -> tuple[list[str],
     from vdtrain.selection.active import FileOracle
 
     oracle = FileOracle(Path(path).parent, classes, labels_file=path)
-    known = oracle._known()  # the same parsing and checks as the answers file
+    known = oracle.known()  # the same parsing and checks as the answers file
     return list(known), list(known.values())
 
 
@@ -106,19 +135,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run or resume the loop of `args`; returns the rounds done and the ids waiting for labels."""
     from vdtrain.selection.active import CCMA, FileOracle, LateFusionLinear, Pool, load_matrix, run_loop
 
-    files = {}
-    for item in args.embeddings:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise UsageError(f"--embeddings {item!r}: expected MODALITY=FILE")
-        if name in files:
-            raise UsageError(f"--embeddings names modality {name!r} twice")
-        files[name] = path
     if args.rounds < 0:
         raise UsageError(f"--rounds must be >= 0, got {args.rounds}")
-    matrices = {name: load_matrix(path) for name, path in files.items()}
+    matrices = _embeddings(args.embeddings, load_matrix)
     rows = len(next(iter(matrices.values())))
     ids = _read_ids(args.ids) if args.ids else [str(i) for i in range(rows)]
+    if len(ids) != rows:
+        raise InputError(f"--ids {args.ids} names {len(ids)} samples, the embeddings have {rows} rows")
+    finite = [i for i in range(rows) if all(bool(m[i].isfinite().all()) for m in matrices.values())]
+    if len(finite) < rows:  # `vdtrain embed` leaves NaN rows for samples it could not embed (its errors.jsonl)
+        logging.getLogger(__name__).warning(
+            "%d samples without embeddings are left out of the pool", rows - len(finite)
+        )
+        ids, matrices = [ids[i] for i in finite], {k: m[finite] for k, m in matrices.items()}
     pool = Pool(ids, matrices)
     classes, num_classes = _classes(args)
     output_dir = Path(args.output_dir)

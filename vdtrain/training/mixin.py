@@ -96,6 +96,11 @@ class VDLossMixin:
             for name, value in (("label_smoothing_factor", smoothing), ("compute_loss_func", self.compute_loss_func)):
                 if value is not None:
                     raise ValueError(f"{name} replaces the per-token loss the VD loss and vd_eos_selective re-weight")
+        if self.vd.vd_projector_lr is not None and not self.projector_modules:
+            raise ValueError(
+                f"vd_projector_lr={self.vd.vd_projector_lr} needs {type(self).__name__}(projector_modules=...), the "
+                "parameter-name fragments of the multimodal projector: pass **adapter.trainer_kwargs(processor)"
+            )
         if self.vd.vd_eos_selective and end_of_turn_id is None:
             raise ValueError(
                 f"vd_eos_selective=True needs {type(self).__name__}(end_of_turn_id=...) from the model's adapter"
@@ -146,7 +151,10 @@ class VDLossMixin:
                 f"the pixel key {self.pixel_key!r} (vd_pixel_key / pixel_key=) is not an input of {name}.forward"
             )
         if self.pixel_key is None and not any(key in forward for key in PIXEL_KEYS):
-            return True, f"{name}.forward takes no image input ({', '.join(PIXEL_KEYS)}), so d = 0 everywhere"
+            return True, (
+                f"{name}.forward takes no image input ({', '.join(PIXEL_KEYS)}; a model that does under another "
+                "name: pass pixel_key=), so d = 0 everywhere"
+            )
         return True, None
 
     def _host(self) -> type:

@@ -152,6 +152,9 @@ def run_loop(
         "pool_ids_sha256": _fingerprint(pool.ids),
         "evaluation_size": len(eval_positions),
     }
+    available = len(pool) - len(set(eval_positions))
+    if initial_ids is None and not 0 <= int(initial) <= available:
+        raise InputError(f"an initial set of {initial} is larger than the {available} candidates")
     _check_run(output_dir, config)
     result = LoopResult(rounds=_finished_rounds(output_dir))
     excluded = set(eval_positions)

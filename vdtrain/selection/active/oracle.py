@@ -54,7 +54,8 @@ class FileOracle:
         self.queries_path = self.directory / QUERIES_FILE
         self.classes = list(classes) if classes is not None else None
 
-    def _known(self) -> dict[str, int]:
+    def known(self) -> dict[str, int]:
+        """`{id: class index}` of every answer in the labels file so far."""
         known: dict[str, int] = {}
         for number, row in enumerate(read_jsonl(self.labels_path, missing_ok=True), start=1):
             if not isinstance(row, dict) or "id" not in row or "label" not in row:
@@ -73,7 +74,7 @@ class FileOracle:
 
     def label(self, ids: Sequence[str], round_index: int) -> list[int] | None:
         """The labels of `ids` if `labels.jsonl` has them all; else writes `queries.jsonl` and returns None."""
-        known = self._known()
+        known = self.known()
         if all(str(i) in known for i in ids):
             return [known[str(i)] for i in ids]
         self.directory.mkdir(parents=True, exist_ok=True)

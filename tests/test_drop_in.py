@@ -343,3 +343,15 @@ def test_a_batch_with_images_but_no_pixels_is_refused_at_its_first_step(tmp_path
     with pytest.raises(KeyError, match=r"2 sample\(s\) of this batch have an image.*remove_unused_columns"):
         trainer.train()
     assert trainer.state.global_step == 0
+
+    def losing_images(features):  # as a column filter would: the collator then flags no row as having an image
+        return collator(
+            [{key: value for key, value in feature.items() if key != "image_inputs"} for feature in features]
+        )
+
+    assert not losing_images([dataset[0], dataset[1]])["has_image"].any()
+    trainer = VDTrainer(
+        model=model, args=args, train_dataset=dataset, data_collator=losing_images, **adapter.trainer_kwargs(processor)
+    )
+    with pytest.raises(KeyError, match=r"2 sample\(s\) of this batch have an image"):  # found from the image tokens
+        trainer.train()

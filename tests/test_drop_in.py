@@ -199,6 +199,21 @@ def test_args_are_the_object_passed(tmp_path):
     assert sft.args is config and isinstance(config, VDSFTConfig) and config.vd_temperature == 0.5
 
 
+def test_model_init_and_predict_as_trainer(tmp_path):
+    """`model_init=` instead of a model (the hyperparameter-search path), then `predict`: the same predictions."""
+    results = []
+    for cls in (Trainer, VDTrainer):
+        args = TrainingArguments(
+            str(tmp_path / cls.__name__), use_cpu=True, report_to="none", disable_tqdm=True, max_steps=2,
+            per_device_train_batch_size=4, learning_rate=1e-2, save_strategy="no", seed=7,
+        )  # fmt: skip
+        trainer = cls(model_init=classifier, args=args, train_dataset=dataset_for("classifier"))
+        trainer.train()
+        results.append(trainer.predict(dataset_for("classifier", 4, seed=9)))
+    assert torch.equal(torch.as_tensor(results[0].predictions), torch.as_tensor(results[1].predictions))
+    assert results[0].metrics["test_loss"] == results[1].metrics["test_loss"]
+
+
 @dataclasses.dataclass
 class ProjectArguments(TrainingArguments):
     """A project's own arguments class, with a field and a method of its own."""

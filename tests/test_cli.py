@@ -236,6 +236,14 @@ def test_only_input_errors_are_one_line_a_bug_keeps_its_traceback(tmp_path, caps
         main(["eval", "errors", "named"])
 
 
+def test_demo_is_a_command_like_the_others(capsys):
+    """`vdtrain demo`'s parser and errors live in the command layer: a bad --steps is a usage error (exit 2) from the
+    error boundary, before any data is drawn."""
+    assert COMMANDS["demo"] == "vdtrain.commands.demo"
+    assert main(["demo", "--steps", "3"]) == 2
+    assert capsys.readouterr().err == "vdtrain demo: error: --steps must be an even number >= 2 and --seeds >= 1\n"
+
+
 def test_pope_build_refuses_image_counts_below_one(capsys):
     argv = ["eval", "pope-build", "--instances", "i.json", "--seed", "0", "--output-dir", "o"]
     for value in ("0", "-3"):  # 0 wrote three empty question files; -3 was random.sample's "or is negative"

@@ -26,7 +26,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "filter": "vdtrain.commands.filter",
     "select": "vdtrain.commands.select",
     "inspect": "vdtrain.commands.inspect",
-    "demo": "vdtrain.demo.run",
+    "demo": "vdtrain.commands.demo",
     "eval": {
         "chair": "vdtrain.commands.eval_chair",
         "pope": "vdtrain.commands.eval_pope",

@@ -8,10 +8,8 @@ point). The data are drawn once (data seed 0); seeds change the model's initiali
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, replace
@@ -39,15 +37,15 @@ from vdtrain.demo.settings import (
     VARIANTS,
     Context,
     DemoSettings,
-    demo_settings,
     length_row,
     load_processor,
 )
 from vdtrain.io import atomic_write_json, read_json, read_jsonl
 
 
-def _init_worker(threads: int, nltk_data: str | None) -> None:
-    """Per-process setup: thread count, quiet libraries, NLTK path."""
+def init_process(threads: int, nltk_data: str | None) -> None:
+    """Per-process setup of the demo (the command's process and each worker): thread count, quiet libraries, NLTK
+    path."""
     import torch
     import transformers
 
@@ -143,7 +141,7 @@ def _run_jobs(ctx: Context, fn: Any, jobs: list[tuple], desc: str) -> list[Any]:
         return [fn(ctx, *job) for job in tqdm(jobs, desc=desc, unit="job", leave=True)]
     threads = max(1, (os.cpu_count() or 1) // workers)
     quiet = replace(ctx, progress=False)
-    with ProcessPoolExecutor(workers, get_context("spawn"), _init_worker, (threads, ctx.nltk_data)) as pool:
+    with ProcessPoolExecutor(workers, get_context("spawn"), init_process, (threads, ctx.nltk_data)) as pool:
         futures = {pool.submit(fn, quiet, *job): k for k, job in enumerate(jobs)}
         results: list[Any] = [None] * len(jobs)
         for future in tqdm(as_completed(futures), total=len(jobs), desc=desc, unit="job"):
@@ -276,50 +274,3 @@ def _load() -> str:
         return "/".join(f"{x:.1f}" for x in os.getloadavg())
     except OSError:
         return "n/a"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="vdtrain demo",
-        description="Train a tiny LLaVA on synthetic shapes with and without visual-dependence weighting, "
-        "evaluate CHAIR / POPE / partner hallucination, and write a report (CPU, minutes, no downloads).",
-    )
-    p.add_argument("--quick", action="store_true", help="pipeline check: tiny data, few steps, 1 seed (~1 min)")
-    p.add_argument("--seeds", type=int, help="number of seeds (default 3; --quick: 1)")
-    p.add_argument("--steps", type=int, help="optimizer steps in all, an even number; the variants branch at half")
-    p.add_argument("--temperature", type=float, help="tau of the vd-neg / vd-pos softmax (default 1.0)")
-    p.add_argument("--output-dir", default="vdtrain-demo", help="where data, runs, results.json, report.md go")
-    p.add_argument(
-        "--workers",
-        type=int,
-        nargs="?",
-        const=0,
-        default=1,
-        help="parallel worker processes (default 1; --workers alone: one per CPU core)",
-    )
-    p.add_argument("--nltk-data", help="NLTK data directory for CHAIR (default: NLTK_DATA or NLTK's paths)")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`vdtrain demo`: run the protocol, print the results table, write the report."""
-    from vdtrain.evaluation.nltk_check import MissingNLTKDataError
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    overrides = {"steps": args.steps, "seeds": args.seeds, "temperature": args.temperature}
-    settings = replace(demo_settings(args.quick), **{k: v for k, v in overrides.items() if v is not None})
-    settings.workers = args.workers if args.workers > 0 else os.cpu_count() or 1
-    if settings.steps < 2 or settings.steps % 2 or settings.seeds < 1:
-        print("vdtrain demo: error: --steps must be an even number >= 2 and --seeds >= 1", file=sys.stderr)
-        return 2
-    nltk_data = find_nltk_data(args.nltk_data)
-    _init_worker(os.cpu_count() or 1, nltk_data)
-    try:
-        results = run_demo(args.output_dir, settings, nltk_data, command=" ".join(["vdtrain demo", *argv]))
-    except MissingNLTKDataError as error:
-        print(f"vdtrain demo: error: {error}", file=sys.stderr)
-        return 1
-    print(f"\n{results['table']}\n")
-    print(f"Report: {Path(args.output_dir) / 'report.md'}  (wall time {results['setup']['wall_time_s'] / 60:.1f} min)")
-    return 0

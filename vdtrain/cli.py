@@ -47,7 +47,7 @@ HELP = {
     "merge": "merge a LoRA adapter (and projector) into its base model",
     "filter": "score a dataset by visual dependence and remove a fraction (score | select | run)",
     "embed": "pool a model's hidden states (or a dual encoder's towers) into embeddings for selection",
-    "select": "choose what to label or train on: pairs (cold-start, MMCSAL)",
+    "select": "choose what to label or train on: pairs (cold-start, MMCSAL) | active (active learning, BMMAL, CCMA)",
     "inspect": "plot per-token probabilities with the clean and the noised image (thesis Fig. 5.1)",
     "demo": "end-to-end synthetic hallucination benchmark on a tiny model (CPU, minutes)",
     "eval": "evaluation: chair | pope | pope-build | generate | run | mme",

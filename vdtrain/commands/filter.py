@@ -23,7 +23,9 @@ DESCRIPTION = """Offline data filtering by visual dependence (thesis section 5.4
           input's order and format, plus the removed records and selected_indices.json. With embeddings
           (score --save-embeddings, or --embeddings): stratified-lowest / stratified-highest remove the fraction
           within each k-means cluster, coverage keeps 1 - f by k-center inside clusters, dedup removes
-          near-duplicates; summary.json then holds coverage metrics.
+          near-duplicates; summary.json then holds coverage metrics. --strategy balanced --scores
+          DIR/dominance.jsonl (from `vdtrain select active --dominance DATA`) removes the most modality-dominated
+          samples (BMMAL's dominance rho, thesis eq. 3.5).
   run     score, then select.
 """
 

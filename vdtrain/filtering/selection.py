@@ -13,7 +13,9 @@ from vdtrain.filtering.coverage import COVERAGE_STRATEGIES, SELECTED_FILE, Cover
 from vdtrain.filtering.runs import ERRORS_FILE, RUN_FILE, file_sha256
 from vdtrain.io import read_json, read_jsonl, read_records, records_format, write_records
 
-STRATEGIES = ("lowest", "highest", "random", *COVERAGE_STRATEGIES)
+STRATEGIES = ("lowest", "highest", "random", "balanced", *COVERAGE_STRATEGIES)
+# balanced: the scores are BMMAL dominance ρ (`vdtrain select active --dominance`, thesis eq. 3.5); the most
+# modality-dominated samples go first
 
 
 def removal_count(num_scored: int, fraction: float) -> int:
@@ -24,7 +26,8 @@ def removal_count(num_scored: int, fraction: float) -> int:
 
 
 def select_removed(scores: list[dict[str, Any]], strategy: str, fraction: float, seed: int = 0) -> list[int]:
-    """Indices of the samples to remove, sorted: the `fraction` with the lowest or highest `score` or a random one.
+    """Indices of the samples to remove, sorted: the `fraction` with the lowest or highest `score`, a random one,
+    or (`balanced`) the highest dominance `rho`.
 
     Ties in score are broken by index (the lower index goes first); `random` is seeded by `seed`.
     """
@@ -33,6 +36,13 @@ def select_removed(scores: list[dict[str, Any]], strategy: str, fraction: float,
         order = sorted(scores, key=lambda row: (row["score"], row["index"]))
     elif strategy == "highest":
         order = sorted(scores, key=lambda row: (-row["score"], row["index"]))
+    elif strategy == "balanced":
+        if scores and "rho" not in scores[0]:
+            raise ValueError(
+                "--strategy balanced reads dominance scores (rows with 'rho'): pass the dominance.jsonl that "
+                "`vdtrain select active --dominance DATA` writes, not visual-dependence scores"
+            )
+        order = sorted(scores, key=lambda row: (-row["rho"], row["index"]))
     elif strategy == "random":
         order = random.Random(seed).sample(sorted(scores, key=lambda row: row["index"]), len(scores))
     else:
@@ -108,10 +118,11 @@ def select_dataset(
     fail training too. Updates `summary.json` and `score_hist.png` beside `scores` with the cut.
 
     Args:
-        scores (`str`): `scores.jsonl` of a finished `score_dataset` run.
+        scores (`str`): `scores.jsonl` of a finished `score_dataset` run (`dominance.jsonl` for `balanced`).
         data (`str`): the data file that was scored (JSON list or JSONL).
         output (`str`): the filtered data file, written in the input's format.
-        strategy (`str`): `"lowest"`, `"highest"` or `"random"`.
+        strategy (`str`): `"lowest"`, `"highest"`, `"random"`, `"balanced"` (dominance scores) or a coverage strategy
+            (`"stratified-lowest"`, `"stratified-highest"`, `"coverage"`, `"dedup"`).
         fraction (`float`): share of the scored samples to remove, e.g. 0.1.
         seed (`int`, defaults to 0): seed of the `random` strategy.
         removed (`str`, *optional*): where the removed records go (JSON list); defaults to `removed.json` beside

@@ -59,6 +59,18 @@ def _add_score_options(parser: argparse.ArgumentParser) -> None:
         help="score in file order instead of batching samples of similar length together (longest first)",
     )
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
+    group.add_argument(
+        "--save-embeddings",
+        choices=("answer-mean", "image-mean", "last-token"),
+        default=None,
+        help="also pool the clean pass' last hidden state into OUT/embeddings.npy (for the coverage strategies)",
+    )
+    group.add_argument(
+        "--embedding-dim",
+        type=options.positive_int,
+        default=None,
+        help="seeded random projection of the saved embeddings to this width (e.g. 256-1024)",
+    )
 
 
 def _add_select_options(parser: argparse.ArgumentParser, *, standalone: bool) -> None:
@@ -161,6 +173,8 @@ def run_score(args: argparse.Namespace) -> dict | None:
         stop_after=args.stop_after,
         progress=not args.no_progress,
         group_by_length=args.group_by_length,
+        save_embeddings=args.save_embeddings,
+        embedding_dim=args.embedding_dim,
     )
 
 

@@ -175,7 +175,7 @@ def test_errors_in_the_cached_path_name_the_file_and_every_sample(tmp_path, llav
     with pytest.raises(ConversationError) as error:
         SupervisedDataset(source, adapter, processor, max_length=20, drop_invalid=True, **kwargs)
     assert "2 sample(s) do not fit max_length=20:\n  sample 's0': " in str(error.value)
-    assert "truncation cuts its image tokens" in str(error.value)
+    assert "tokens, truncation cuts no supervised token\n  sample 's3': " in str(error.value)
 
 
 def test_a_heterogeneous_file_is_checked_sample_by_sample(tmp_path, llava):

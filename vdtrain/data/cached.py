@@ -158,7 +158,7 @@ class ArrowSupervisedDataset(SupervisedDataset):
         self.adapter, self.processor, self.image_folder, self.source = adapter, processor, image_folder, source
         self.allow_external_images, self.table_source = allow_external_images, records
         self.format = detect_format(records.column_names)
-        if check_images and image_folder is not None and not Path(image_folder).is_dir() and _has_images(records):
+        if check_images and image_folder is not None and not Path(image_folder).is_dir() and has_images(records):
             raise FileNotFoundError(f"{source}: the image folder {image_folder} does not exist (image_folder)")
         table, self.reused_cache = build_examples(
             records,
@@ -254,8 +254,8 @@ class ArrowSupervisedDataset(SupervisedDataset):
             raise ConversationError(f"sample {row['sample']!r}: cannot decode its embedded image: {error}") from error
 
 
-def _has_images(records: Any) -> bool:
-    """Whether any sample names an image (a null-count look at the image columns, no rows read)."""
+def has_images(records: Any) -> bool:
+    """Whether any sample may name an image (a null-count look at the image columns, no rows read)."""
     for name in ("image", "images"):
         if name in records.column_names:
             column = records.data.column(name)

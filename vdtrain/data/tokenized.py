@@ -36,7 +36,7 @@ from vdtrain.models.base import ConversationError, ModelAdapter, tokenizer_of
 logger = logging.getLogger("vdtrain")
 CACHE_VERSION = "1"  # bump when the rows' layout changes
 PROBLEM_COLUMNS = ("sample", "image_problem", "problem", "problem_kind")
-_POOL: ThreadPoolExecutor | None = None  # per process: image headers are checked in threads (file access waits)
+_POOLS: dict[int, ThreadPoolExecutor] = {}  # per process id (a forked worker inherits no live threads)
 
 
 def default_cache_dir() -> Path:
@@ -181,8 +181,9 @@ class ExampleEncoder:
         return {key: [] for key in (*PROBLEM_COLUMNS, "ok", "image", "row", "image_runs", "length", *self.token_keys)}
 
     def _add(self, out: dict[str, list], item: dict[str, Any], **values: Any) -> None:
-        tokens = values.pop("tokens", None) or {key: [] for key in self.token_keys}
-        runs = values.pop("image_runs", [])
+        empty = {key: np.zeros(0, dtype=bool if key == END_OF_TURN_MASK else np.int32) for key in self.token_keys}
+        tokens = values.pop("tokens", None) or empty  # typed: an untyped [] would be read as float64
+        runs = values.pop("image_runs", np.zeros(0, dtype=np.int32))
         for key in self.token_keys:
             out[key].append(tokens[key])
         path, embedded = item["path"], EMBEDDED if item["embedded"] is not None else None
@@ -225,11 +226,12 @@ class ExampleEncoder:
         items = [self._prepare(row, index) for row, index in zip(rows, indices)]
         headers = [(None, None)] * len(items)
         if self.check_images:
-            global _POOL
-            _POOL = _POOL or ThreadPoolExecutor(max_workers=16)
+            if os.getpid() not in _POOLS:  # headers are checked in threads: file access waits, even when cached
+                _POOLS[os.getpid()] = ThreadPoolExecutor(max_workers=16)
+            pool = _POOLS[os.getpid()]
             wanted = [i for i, item in enumerate(items) if item["path"] is not None or item["embedded"] is not None]
             for position, header in zip(
-                wanted, _POOL.map(lambda i: _check_header(items[i]["path"], items[i]["embedded"]), wanted)
+                wanted, pool.map(lambda i: _check_header(items[i]["path"], items[i]["embedded"]), wanted)
             ):
                 headers[position] = header
         out = self._empty()

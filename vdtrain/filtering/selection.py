@@ -5,12 +5,15 @@ from __future__ import annotations
 import math
 import os
 import random
+from array import array
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vdtrain.errors import InputError
 from vdtrain.filtering.runs import ERRORS_FILE, RUN_FILE, file_sha256
-from vdtrain.io import read_json, read_jsonl, read_records, records_format, write_records
+from vdtrain.io import RecordWriter, iter_jsonl, iter_records, read_json, read_jsonl, records_format
 
 STRATEGIES = ("lowest", "highest", "random")
 
@@ -27,16 +30,26 @@ def select_removed(scores: list[dict[str, Any]], strategy: str, fraction: float,
 
     Ties in score are broken by index (the lower index goes first); `random` is seeded by `seed`.
     """
-    count = removal_count(len(scores), fraction)
+    indices = np.array([int(row["index"]) for row in scores], dtype=np.int64)
+    values = np.array([float(row["score"]) for row in scores], dtype=np.float64)
+    return removed_indices(indices, values, strategy, fraction, seed)
+
+
+def removed_indices(
+    indices: np.ndarray, scores: np.ndarray, strategy: str, fraction: float, seed: int = 0
+) -> list[int]:
+    """`select_removed` on score columns (a million rows as two arrays, not a million dicts)."""
+    count = removal_count(len(indices), fraction)
     if strategy == "lowest":
-        order = sorted(scores, key=lambda row: (row["score"], row["index"]))
+        order = np.lexsort((indices, scores))
     elif strategy == "highest":
-        order = sorted(scores, key=lambda row: (-row["score"], row["index"]))
-    elif strategy == "random":
-        order = random.Random(seed).sample(sorted(scores, key=lambda row: row["index"]), len(scores))
+        order = np.lexsort((indices, -scores))
+    elif strategy == "random":  # the sample depends on the count alone, so the same rows as sampling the rows
+        by_index = np.argsort(indices, kind="stable").tolist()
+        order = random.Random(seed).sample(by_index, len(by_index))
     else:
         raise ValueError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
-    return sorted(int(row["index"]) for row in order[:count])
+    return sorted(indices[np.asarray(order[:count], dtype=np.int64)].tolist())
 
 
 def check_fingerprint(scores_path: Path, data: Path, force: bool = False) -> None:
@@ -65,25 +78,57 @@ def check_fingerprint(scores_path: Path, data: Path, force: bool = False) -> Non
         )
 
 
-def _check_scores_match(
-    scores: list[dict[str, Any]], errors: list[dict[str, Any]], records: list[Any], scores_path: Path, data: Path
-) -> None:
-    for row in scores:
-        index = int(row["index"])
-        record = records[index] if index < len(records) else None
+def _read_scores(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The score rows as columns, and their ids, read one line at a time (an unreadable last line skipped)."""
+    names = ("index", "n_tokens", "score", "frac_pos", "frac_neg")
+    columns: dict[str, array] = {name: array("q" if name in ("index", "n_tokens") else "d") for name in names}
+    ids: list[str] = []
+    for row in iter_jsonl(path, skip_bad_lines=True):
+        for name in names:
+            columns[name].append(row[name])
+        ids.append(str(row["id"]))
+    return {name: np.asarray(values) for name, values in columns.items()}, ids
+
+
+def _scan_data(
+    data: Path, columns: dict[str, np.ndarray], ids: list[str], errors: list[dict[str, Any]], scores_path: Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """One pass over the data file: every scored id matches the record at its index, every record is scored or
+    failed; returns the records' `word_counts`."""
+    from vdtrain.filtering.report import words  # imports the data layer (torch): not at the top
+
+    indices = columns["index"]
+    position = np.full(int(indices.max()) + 1 if len(indices) else 0, -1, dtype=np.int64)
+    position[indices] = np.arange(len(indices))
+    both, answers, total = array("q"), array("q"), 0
+    for index, record in enumerate(iter_records(data)):
+        total += 1
+        at = position[index] if index < len(position) else -1
         expected = str(record.get("id", index)) if isinstance(record, dict) else str(index)
-        if record is None or str(row["id"]) != expected:
-            found = "no such index" if record is None else f"id there is {expected!r}"
+        if at >= 0 and ids[at] != expected:
             raise ValueError(
-                f"{scores_path}: sample {row['id']!r} at index {index} does not match {data} ({found}); "
-                "pass the file that was scored"
+                f"{scores_path}: sample {ids[at]!r} at index {index} does not match {data} (id there is "
+                f"{expected!r}); pass the file that was scored"
             )
-    missing = set(range(len(records))) - {int(r["index"]) for r in scores} - {int(r["index"]) for r in errors}
+        both.append(words(record, ("user", "assistant")))
+        answers.append(words(record))
+    beyond = np.flatnonzero(indices >= total)
+    if len(beyond):
+        at = int(beyond[0])
+        raise ValueError(
+            f"{scores_path}: sample {ids[at]!r} at index {int(indices[at])} does not match {data} (no such index); "
+            "pass the file that was scored"
+        )
+    covered = np.zeros(total, dtype=bool)
+    covered[indices] = True
+    covered[[int(row["index"]) for row in errors if 0 <= int(row["index"]) < total]] = True
+    missing = total - int(covered.sum())
     if missing:
         raise ValueError(
-            f"{scores_path} covers {len(records) - len(missing)} of the {len(records)} samples of {data}: scoring "
+            f"{scores_path} covers {total - missing} of the {total} samples of {data}: scoring "
             "is unfinished. Rerun `vdtrain filter score` with the same --output-dir to finish it."
         )
+    return np.asarray(both, dtype=np.int64), np.asarray(answers, dtype=np.int64)
 
 
 def select_dataset(
@@ -125,15 +170,22 @@ def select_dataset(
     if output.resolve() == data.resolve() or removed_path.resolve() in (data.resolve(), output.resolve()):
         raise ValueError(f"--output {output} / removed {removed_path} would overwrite {data}; choose other paths")
     check_fingerprint(scores_path, data, force)
-    rows = read_jsonl(scores_path, skip_bad_lines=True)
+    columns, ids = _read_scores(scores_path)  # streamed: 1.2M scores and their data file in well under 2 GB
     errors = read_jsonl(scores_path.parent / ERRORS_FILE, missing_ok=True, skip_bad_lines=True)
-    records, fmt = read_records(data), records_format(data)
-    _check_scores_match(rows, errors, records, scores_path, data)
-    removed_indices = select_removed(rows, strategy, fraction, seed)
-    removed_set = set(removed_indices)
-    kept_indices = sorted(int(row["index"]) for row in rows if int(row["index"]) not in removed_set)
-    write_records(output, [records[index] for index in kept_indices], fmt)
-    write_records(removed_path, [records[index] for index in removed_indices], "json")
+    counts = _scan_data(data, columns, ids, errors, scores_path)
+    del ids
+    removed_list = removed_indices(columns["index"], columns["score"], strategy, fraction, seed)
+    is_removed = np.zeros(len(counts[0]), dtype=bool)
+    is_removed[removed_list] = True
+    is_kept = np.zeros(len(counts[0]), dtype=bool)
+    is_kept[columns["index"]] = True
+    is_kept &= ~is_removed
+    with RecordWriter(output, records_format(data)) as kept_out, RecordWriter(removed_path, "json") as removed_out:
+        for index, record in enumerate(iter_records(data)):
+            if is_kept[index]:
+                kept_out.write(record)
+            elif is_removed[index]:
+                removed_out.write(record)
     selection = {
         "strategy": strategy,
         "fraction": fraction,
@@ -141,4 +193,5 @@ def select_dataset(
         "output": str(output),
         "removed_file": str(removed_path),
     }
-    return write_report(scores_path.parent, rows, errors, records=records, removed=removed_set, selection=selection)
+    removed_array = np.asarray(removed_list, dtype=np.int64)
+    return write_report(scores_path.parent, columns, errors, removed=removed_array, selection=selection, counts=counts)

@@ -60,9 +60,10 @@ def encode_record(
     """
     sample_id = str(record["id"])
     messages = to_messages(record, source) if messages is None else messages
-    path = image_path(record, image_folder, allow_external_images)
+    path = image_path(record, image_folder, allow_external_images) if image is None else None
+    has_image = image is not None or path is not None
     num_tokens = 0
-    if path is not None:
+    if has_image:
         size = (64, 64)
         if image is not None:
             size = image.size
@@ -73,7 +74,7 @@ def encode_record(
     encoded = EncodedRecord([])
     for example in adapter.encode(messages, processor, num_tokens, sample_id=sample_id):
         truncated = example.truncate(max_length)
-        kept_image_tokens = truncated.input_ids.count(image_id) if path is not None else 0
+        kept_image_tokens = truncated.input_ids.count(image_id) if has_image else 0
         no_supervised, cuts_image = truncated.num_supervised == 0, kept_image_tokens != num_tokens
         if no_supervised or cuts_image:
             encoded.dropped.append((len(example.input_ids), no_supervised, cuts_image))

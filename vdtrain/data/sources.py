@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vdtrain.data.formats import JSON_COLUMN, detect_format
+from vdtrain.data.formats import JSON_COLUMN, detect_format, to_record
 from vdtrain.io import read_records
 
 FOLDER_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".json": "json", ".csv": "csv"}
@@ -93,3 +94,24 @@ def load_source(
 def source_name(data_path: str | os.PathLike | None, dataset_name: str | None, split: str = "train") -> str:
     """How errors name the data: the file or folder, else the hub id and split."""
     return str(data_path) if data_path is not None else f"{dataset_name}[{split}]"
+
+
+class TableRecords(Sequence):
+    """A table's rows as LLaVA-style records, converted on access: the input of `vdtrain filter score`. An image
+    the row holds itself is the record's `image` as an `EmbeddedImage`; a row that cannot be read is returned as
+    `{"id", "conversations": None}` with its problem, which the scorer records as that sample's error."""
+
+    def __init__(self, table: Any) -> None:
+        self.table, self.format = table, detect_format(table.column_names)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            record, embedded = to_record(self.table[int(index)], self.format, int(index))
+        except (ValueError, TypeError, AttributeError) as error:
+            return {"id": str(index), "conversations": None, "problem": str(error)}
+        if embedded is not None:
+            record["image"] = embedded
+        return record

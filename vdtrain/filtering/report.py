@@ -14,6 +14,7 @@ from vdtrain.io import atomic_write_json
 
 SUMMARY_FILE = "summary.json"
 HISTOGRAM_FILE = "score_hist.png"
+DOMINANCE_LABEL = r"modality dominance of a sample, $\rho$ (BMMAL, thesis eq. 3.5)"
 QUANTILES = {"min": 0, "p5": 5, "p25": 25, "p50": 50, "p75": 75, "p95": 95, "max": 100}
 
 
@@ -65,9 +66,9 @@ def score_columns(scores: list[dict[str, Any]] | dict[str, np.ndarray]) -> dict[
     return {
         "index": np.array([int(row["index"]) for row in scores], dtype=np.int64),
         "score": np.array([float(row["score"]) for row in scores], dtype=np.float64),
-        "n_tokens": np.array([int(row["n_tokens"]) for row in scores], dtype=np.int64),
-        "frac_pos": np.array([float(row["frac_pos"]) for row in scores], dtype=np.float64),
-        "frac_neg": np.array([float(row["frac_neg"]) for row in scores], dtype=np.float64),
+        "n_tokens": np.array([int(row.get("n_tokens", 0)) for row in scores], dtype=np.int64),
+        "frac_pos": np.array([float(row.get("frac_pos", 0.0)) for row in scores], dtype=np.float64),
+        "frac_neg": np.array([float(row.get("frac_neg", 0.0)) for row in scores], dtype=np.float64),
     }
 
 
@@ -90,7 +91,7 @@ def write_report(
     output_dir = Path(output_dir)
     columns = score_columns(scores)
     values = columns["score"]
-    tokens = int(columns["n_tokens"].sum())
+    tokens = int(columns["n_tokens"].sum())  # dominance rows (balanced) have no tokens
     summary: dict[str, Any] = {
         "counts": {"scored": len(values), "errors": len(errors)},
         "score_quantiles": score_quantiles(values),
@@ -116,7 +117,7 @@ def write_report(
         }
         mask = np.isin(columns["index"], removed)
         strategy = (selection or {}).get("strategy")
-        if mask.any() and strategy in ("lowest", "highest"):
+        if mask.any() and strategy in ("lowest", "highest", "balanced"):
             cut = float(values[mask].max() if strategy == "lowest" else values[mask].min())
             summary["selection"]["cut_score"] = cut
     plot_histogram(
@@ -125,6 +126,7 @@ def write_report(
         removed=mask,
         cut=cut,
         label=_cut_label(selection, cut),
+        xlabel=DOMINANCE_LABEL if (selection or {}).get("strategy") == "balanced" else None,
     )
     summary["histogram"] = str(output_dir / HISTOGRAM_FILE)
     atomic_write_json(output_dir / SUMMARY_FILE, summary)
@@ -145,6 +147,7 @@ def plot_histogram(
     removed: list[bool] | np.ndarray | None = None,
     cut: float | None = None,
     label: str | None = None,
+    xlabel: str | None = None,
 ) -> None:
     """Histogram of per-sample scores (thesis Fig. 5.6), removed samples stacked in another colour, cut as a line."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg without touching pyplot's global backend
@@ -171,8 +174,8 @@ def plot_histogram(
     elif label:
         axes.plot([], [], " ", label=label)
     axes.axvline(0.0, color="grey", linewidth=0.6)
-    axes.set_xlabel(r"visual dependence of a sample, $\sum_t d(y_t)$")
+    axes.set_xlabel(xlabel or r"visual dependence of a sample, $\sum_t d(y_t)$")
     axes.set_ylabel("samples")
-    axes.set_title("Distribution of per-sample visual dependence")
+    axes.set_title("Distribution of per-sample " + ("modality dominance" if xlabel else "visual dependence"))
     axes.legend(framealpha=0.9, edgecolor="none")
     figure.savefig(path)

@@ -6,16 +6,43 @@ import math
 import os
 import random
 from array import array
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vdtrain.errors import InputError
+from vdtrain.filtering.coverage import COVERAGE_STRATEGIES, SELECTED_FILE, CoverageContext, write_selected
 from vdtrain.filtering.runs import ERRORS_FILE, RUN_FILE, file_sha256
 from vdtrain.io import RecordWriter, iter_jsonl, iter_records, read_json, read_jsonl, records_format
 
-STRATEGIES = ("lowest", "highest", "random")
+STRATEGIES = ("lowest", "highest", "random", "balanced", *COVERAGE_STRATEGIES)
+# balanced: the scores are BMMAL dominance ρ (`vdtrain select active --dominance`, thesis eq. 3.5); the most
+# modality-dominated samples go first
+
+
+BALANCED_NEEDS_RHO = (
+    "--strategy balanced reads dominance scores (rows with 'rho'): pass the dominance.jsonl that "
+    "`vdtrain select active --dominance DATA` writes, not visual-dependence scores"
+)
+
+
+class _Rows(Sequence):
+    """Score columns seen as rows `{"index", "score", "id"}` made on access (what `CoverageContext` reads)."""
+
+    def __init__(self, columns: dict[str, np.ndarray], ids: list[str]) -> None:
+        self.columns, self.ids = columns, ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        return {
+            "index": int(self.columns["index"][position]),
+            "score": float(self.columns["score"][position]),
+            "id": self.ids[position],
+        }
 
 
 def removal_count(num_scored: int, fraction: float) -> int:
@@ -26,12 +53,16 @@ def removal_count(num_scored: int, fraction: float) -> int:
 
 
 def select_removed(scores: list[dict[str, Any]], strategy: str, fraction: float, seed: int = 0) -> list[int]:
-    """Indices of the samples to remove, sorted: the `fraction` with the lowest or highest `score` or a random one.
+    """Indices of the samples to remove, sorted: the `fraction` with the lowest or highest `score`, a random one,
+    or (`balanced`) the highest dominance `rho`.
 
     Ties in score are broken by index (the lower index goes first); `random` is seeded by `seed`.
     """
+    if strategy == "balanced" and scores and "rho" not in scores[0]:
+        raise ValueError(BALANCED_NEEDS_RHO)
     indices = np.array([int(row["index"]) for row in scores], dtype=np.int64)
-    values = np.array([float(row["score"]) for row in scores], dtype=np.float64)
+    key = "rho" if strategy == "balanced" else "score"
+    values = np.array([float(row[key]) for row in scores], dtype=np.float64)
     return removed_indices(indices, values, strategy, fraction, seed)
 
 
@@ -43,6 +74,8 @@ def removed_indices(
     if strategy == "lowest":
         order = np.lexsort((indices, scores))
     elif strategy == "highest":
+        order = np.lexsort((indices, -scores))
+    elif strategy == "balanced":  # `scores` are the dominance rho: the most modality-dominated go first
         order = np.lexsort((indices, -scores))
     elif strategy == "random":  # the sample depends on the count alone, so the same rows as sampling the rows
         by_index = np.argsort(indices, kind="stable").tolist()
@@ -80,13 +113,17 @@ def check_fingerprint(scores_path: Path, data: Path, force: bool = False) -> Non
 
 def _read_scores(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
     """The score rows as columns, and their ids, read one line at a time (an unreadable last line skipped)."""
-    names = ("index", "n_tokens", "score", "frac_pos", "frac_neg")
+    names = ("index", "n_tokens", "score", "frac_pos", "frac_neg", "rho")  # dominance rows: rho, no tokens
     columns: dict[str, array] = {name: array("q" if name in ("index", "n_tokens") else "d") for name in names}
     ids: list[str] = []
+    has_rho = None
     for row in iter_jsonl(path, skip_bad_lines=True):
+        has_rho = "rho" in row if has_rho is None else has_rho
         for name in names:
-            columns[name].append(row[name])
+            columns[name].append(row.get(name, 0) if name != "index" else row[name])
         ids.append(str(row["id"]))
+    if not has_rho:
+        del columns["rho"]
     return {name: np.asarray(values) for name, values in columns.items()}, ids
 
 
@@ -141,6 +178,10 @@ def select_dataset(
     seed: int = 0,
     removed: str | os.PathLike | None = None,
     force: bool = False,
+    embeddings: str | os.PathLike | None = None,
+    clusters: int | None = None,
+    coverage_method: str = "kcenter",
+    dedup_threshold: float = 0.95,
 ) -> dict[str, Any]:
     """Write `data` without the removed samples to `output` (original order and format) and the removed ones.
 
@@ -148,15 +189,25 @@ def select_dataset(
     fail training too. Updates `summary.json` and `score_hist.png` beside `scores` with the cut.
 
     Args:
-        scores (`str`): `scores.jsonl` of a finished `score_dataset` run.
+        scores (`str`): `scores.jsonl` of a finished `score_dataset` run (`dominance.jsonl` for `balanced`).
         data (`str`): the data file that was scored (JSON list or JSONL).
         output (`str`): the filtered data file, written in the input's format.
-        strategy (`str`): `"lowest"`, `"highest"` or `"random"`.
+        strategy (`str`): `"lowest"`, `"highest"`, `"random"`, `"balanced"` (dominance scores) or a coverage strategy
+            (`"stratified-lowest"`, `"stratified-highest"`, `"coverage"`, `"dedup"`).
         fraction (`float`): share of the scored samples to remove, e.g. 0.1.
         seed (`int`, defaults to 0): seed of the `random` strategy.
         removed (`str`, *optional*): where the removed records go (JSON list); defaults to `removed.json` beside
             `output`.
         force (`bool`, defaults to `False`): select even without a matching data fingerprint in `run.json`.
+        embeddings (`str`, *optional*): `(N, D)` .npy in record order for the coverage strategies and metrics;
+            defaults to `embeddings.npy` beside `scores` when there is one (`vdtrain filter score --save-embeddings`).
+        clusters (`int`, *optional*): k-means clusters of the embeddings (default `round(sqrt(N / 2))`).
+        coverage_method (`str`, defaults to `"kcenter"`): `coverage` keeps by `"kcenter"` or score-weighted
+            `"kmeans++"`.
+        dedup_threshold (`float`, defaults to 0.95): cosine similarity at which `dedup` calls two samples duplicates.
+
+    Also writes `selected_indices.json` beside `output` (kept and removed indices, seed, embedding fingerprint) and,
+    with embeddings, coverage metrics under `summary["selection"]["coverage"]`.
 
     Returns:
         The summary dict.
@@ -172,9 +223,16 @@ def select_dataset(
     check_fingerprint(scores_path, data, force)
     columns, ids = _read_scores(scores_path)  # streamed: 1.2M scores and their data file in well under 2 GB
     errors = read_jsonl(scores_path.parent / ERRORS_FILE, missing_ok=True, skip_bad_lines=True)
+    if strategy == "balanced" and len(ids) and "rho" not in columns:
+        raise ValueError(BALANCED_NEEDS_RHO)
     counts = _scan_data(data, columns, ids, errors, scores_path)
-    del ids
-    removed_list = removed_indices(columns["index"], columns["score"], strategy, fraction, seed)
+    context = CoverageContext(scores_path, _Rows(columns, ids), embeddings=embeddings, clusters=clusters, seed=seed)
+    if strategy in COVERAGE_STRATEGIES:
+        count = removal_count(len(ids), fraction)
+        removed_list = context.removed(strategy, count, method=coverage_method, threshold=dedup_threshold)
+    else:
+        values = columns["rho"] if strategy == "balanced" else columns["score"]
+        removed_list = removed_indices(columns["index"], values, strategy, fraction, seed)
     is_removed = np.zeros(len(counts[0]), dtype=bool)
     is_removed[removed_list] = True
     is_kept = np.zeros(len(counts[0]), dtype=bool)
@@ -189,9 +247,17 @@ def select_dataset(
     selection = {
         "strategy": strategy,
         "fraction": fraction,
-        "seed": seed if strategy == "random" else None,
+        "seed": seed if strategy == "random" or context.available else None,
         "output": str(output),
         "removed_file": str(removed_path),
     }
+    if strategy in COVERAGE_STRATEGIES:
+        selection.update(clusters=int(context.labels().max()) + 1, coverage_method=coverage_method)
+    removed_set = set(removed_list)
+    coverage = context.report(removed_set)
+    kept_indices = np.flatnonzero(is_kept).tolist()
+    write_selected(output.with_name(SELECTED_FILE), kept_indices, removed_list, selection, context.fingerprint)
+    if coverage is not None:
+        selection["coverage"] = coverage
     removed_array = np.asarray(removed_list, dtype=np.int64)
     return write_report(scores_path.parent, columns, errors, removed=removed_array, selection=selection, counts=counts)

@@ -242,3 +242,90 @@ def test_cli_reads_an_embed_directory_and_leaves_out_rows_without_embeddings(tmp
     assert main(argv) == 0
     queried = json.loads((tmp_path / "al" / "rounds" / "000" / "round.json").read_text())["queried"]
     assert len(queried) == 59 and pool.ids[5] not in queried
+
+
+def test_lazy_pool_embeds_once_in_batches():
+    records = [{"id": f"r{i}", "x": float(i)} for i in range(10)]
+    calls = []
+
+    def embed(batch):
+        calls.append(len(batch))
+        return {"a": [[r["x"], 1.0] for r in batch], "b": np.array([[2 * r["x"]] for r in batch])}
+
+    pool = Pool.from_records(records, embed, batch_size=4)
+    assert calls == [] and pool.ids == [f"r{i}" for i in range(10)]
+    assert pool.modalities == ["a", "b"] and calls == [4, 4, 2]
+    torch.testing.assert_close(pool.features([3, 7])["b"], torch.tensor([[6.0], [14.0]]))
+    assert calls == [4, 4, 2]  # computed once
+    with pytest.raises(InputError, match="do not match the 3 pool ids"):
+        Pool(["a", "b", "c"], {"m": torch.zeros(2, 4)})
+    with pytest.raises(InputError, match="'x' appears more than once"):
+        Pool(["x", "y", "x"], {"m": torch.zeros(3, 4)})
+
+
+def test_ccma_in_the_loop_and_from_the_cli(tmp_path, capsys):
+    from vdtrain.cli import main
+    from vdtrain.selection.active import CCMA
+
+    pool, labels = synthetic_pool()
+    g = torch.Generator().manual_seed(9)
+    teacher = (3.0 * torch.nn.functional.one_hot(torch.tensor(labels), 4) + torch.randn(240, 4, generator=g)).softmax(
+        1
+    )
+    strategy = CCMA(teacher, alpha=0.2, student="image", kappa=3)
+    result = run_simulated(tmp_path / "loop", strategy=strategy, rounds=2, strategy_name="ccma")
+    assert [len(r["queried"]) for r in result.rounds] == [24, 16, 16] and len(set(result.labelled_ids)) == 56
+    assert json.loads((tmp_path / "loop" / "run.json").read_text())["strategy"] == "ccma"
+    np.save(tmp_path / "image.npy", pool.embeddings["image"].numpy())
+    np.save(tmp_path / "text.npy", pool.embeddings["text"].numpy())
+    np.save(tmp_path / "teacher.npy", teacher.numpy())
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"id": str(i), "label": y}) + "\n" for i, y in enumerate(labels)))
+    argv = ["select", "active", "--embeddings", str(tmp_path), "--num-classes", "4", "--strategy", "ccma",
+            "--student", "image", "--ccma-mode", "target-size", "--initial", "20", "--budget", "8", "--rounds", "1",
+            "--output-dir", str(tmp_path / "cli"), "--labels", str(answers), "--epochs", "20"]  # fmt: skip
+    assert main(argv) == 2 and "--teacher-probs" in capsys.readouterr().err
+    assert main([*argv, "--teacher-probs", str(tmp_path / "teacher.npy")]) == 0
+    assert "round 1: 8 queried" in capsys.readouterr().out
+
+
+def test_cli_ccma_with_a_zero_shot_clip_teacher_equals_its_probabilities(tmp_path, capsys):
+    from PIL import Image
+    from tiny import tiny_tokenizer
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
+
+    from vdtrain.cli import main
+    from vdtrain.selection.active.teacher import ZeroShotTeacher
+
+    tokenizer = tiny_tokenizer()
+    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=2, max_position_embeddings=32, eos_token_id=tokenizer.eos_token_id,
+                bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32)
+    torch.manual_seed(0)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config={**vision, "patch_size": 8}, projection_dim=16))
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    model.save_pretrained(tmp_path / "clip")
+    processor.save_pretrained(tmp_path / "clip")
+    classes = ["cat", "dog", "tree"]
+    images = [
+        Image.fromarray(np.random.RandomState(i).randint(0, 255, (32, 32, 3), dtype=np.uint8)) for i in range(40)
+    ]
+    teacher = ZeroShotTeacher(model, processor, classes)
+    emb = tmp_path / "emb"
+    emb.mkdir()
+    np.save(emb / "image.npy", teacher.image_embeddings(images).numpy())  # as `vdtrain embed --encoder` writes
+    np.save(emb / "text.npy", np.random.RandomState(0).randn(40, 5).astype(np.float32))
+    np.save(tmp_path / "teacher.npy", teacher.probs(images).numpy())
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"id": str(i), "label": classes[i % 3]}) + "\n" for i in range(40)))
+    argv = ["select", "active", "--embeddings", str(emb), "--classes", ",".join(classes), "--strategy", "ccma",
+            "--ccma-mode", "target-size", "--student", "image", "--initial", "9", "--budget", "6", "--rounds", "1",
+            "--labels", str(answers), "--epochs", "20"]  # fmt: skip
+    assert main([*argv, "--output-dir", str(tmp_path / "a"), "--teacher", str(tmp_path / "clip")]) == 0
+    assert main([*argv, "--output-dir", str(tmp_path / "b"), "--teacher-probs", str(tmp_path / "teacher.npy")]) == 0
+    picks = [json.loads((tmp_path / d / "rounds" / "001" / "round.json").read_text())["queried"] for d in "ab"]
+    assert picks[0] == picks[1] and len(picks[0]) == 6
+    capsys.readouterr()
+    assert main([*argv, "--output-dir", str(tmp_path / "c")]) == 2 and "--teacher" in capsys.readouterr().err

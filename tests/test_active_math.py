@@ -180,3 +180,17 @@ def test_guideline_3_dominant_modality_keeps_the_larger_weight(dominated):
         scale = block_bal[:, :, cols].norm(dim=(1, 2)) / block_cal[:, :, cols].norm(dim=(1, 2))
         torch.testing.assert_close(scale, weights[:, m])
     assert math.isclose(float(weights.min()), float(1 - dominance(phi).max()), rel_tol=1e-9)
+
+
+def test_badge_and_bmmal_start_at_the_largest_norm_and_pick_distinct_samples(dominated):
+    from vdtrain.selection.active import Query
+    from vdtrain.selection.active.strategies import badge_strategy
+
+    outputs, phi, weights, cal, bal = dominated
+    query = Query(candidates=outputs)
+    badge = badge_strategy(query, 25, torch.Generator().manual_seed(0))
+    bmmal = BMMAL()(query, 25, torch.Generator().manual_seed(0))
+    assert badge[0] == int(cal.argmax()) and bmmal[0] == int(bal.argmax())
+    assert len(set(badge)) == 25 and len(set(bmmal)) == 25
+    assert badge == badge_strategy(query, 25, torch.Generator().manual_seed(0))  # seeded
+    assert badge != bmmal  # the weights change the picks

@@ -96,7 +96,7 @@ def iter_records(path: str | os.PathLike, chunk: int = 1 << 20) -> Iterator[Any]
                     try:
                         yield json.loads(line)
                     except json.JSONDecodeError as error:
-                        raise ValueError(f"{path}, line {number}: not a JSON line ({error.msg})") from None
+                        raise DataError(f"{path}, line {number}: not a JSON line ({error.msg})") from None
         return
     decoder = json.JSONDecoder()
     with open(path, encoding="utf-8-sig") as handle:
@@ -117,7 +117,7 @@ def iter_records(path: str | os.PathLike, chunk: int = 1 << 20) -> Iterator[Any]
                     return buffer[position : position + 1]
 
         if skip() != "[":
-            raise ValueError(f"{path}: expected a JSON list or JSONL")
+            raise DataError(f"{path}: expected a JSON list or JSONL")
         position += 1
         if skip() == "]":
             return
@@ -130,14 +130,14 @@ def iter_records(path: str | os.PathLike, chunk: int = 1 << 20) -> Iterator[Any]
             except json.JSONDecodeError as error:
                 if fill():
                     continue
-                raise ValueError(f"{path}: record {count + 1} is not valid JSON ({error.msg})") from None
+                raise DataError(f"{path}: record {count + 1} is not valid JSON ({error.msg})") from None
             yield value
             count, position = count + 1, end
             following = skip()
             if following == "]":
                 return
             if following != ",":
-                raise ValueError(f"{path}: expected ',' or ']' after record {count}, found {following!r}")
+                raise DataError(f"{path}: expected ',' or ']' after record {count}, found {following!r}")
             position += 1
             if position > chunk:
                 buffer, position = buffer[position:], 0

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from vdtrain.commands import options
+from vdtrain.errors import InputError
 from vdtrain.filtering.selection import STRATEGIES
 
 SUBCOMMANDS = ("score", "select", "run")  # the error boundary names them: `vdtrain filter select: error: ...`
@@ -158,11 +159,11 @@ def run_score(args: argparse.Namespace) -> dict | None:
     from vdtrain.filtering.scoring import score_dataset
 
     if (args.data is None) == (args.dataset_name is None):
-        raise ValueError("give the data as --data (a file or folder) or --dataset-name (a hub id)")
+        raise InputError("give the data as --data (a file or folder) or --dataset-name (a hub id)")
     if args.data is not None and not Path(args.data).exists():
         raise FileNotFoundError(f"--data {args.data}: no such file or folder")
     if args.command == "run" and (args.data is None or not Path(args.data).is_file()):
-        raise ValueError("filter run selects from a JSON or JSONL --data file; score a folder or hub dataset alone")
+        raise InputError("filter run selects from a JSON or JSONL --data file; score a folder or hub dataset alone")
     data = args.data
     if args.dataset_name is not None or (Path(args.data).is_dir() and args.split != "train"):
         from vdtrain.data.sources import load_source

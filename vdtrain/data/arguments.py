@@ -55,9 +55,9 @@ class DataArguments:
 
     def __post_init__(self) -> None:
         if (self.data_path is None) == (self.dataset_name is None):
-            raise ValueError("give the conversations as data_path (a file or folder) or dataset_name (a hub id)")
+            raise InputError("give the conversations as data_path (a file or folder) or dataset_name (a hub id)")
         if self.dataset_num_proc is not None and self.dataset_num_proc < 1:
-            raise ValueError(f"dataset_num_proc is a number of processes of at least 1, got {self.dataset_num_proc}")
+            raise InputError(f"dataset_num_proc is a number of processes of at least 1, got {self.dataset_num_proc}")
         if self.max_length < 1:
             raise InputError(f"max_length is a number of tokens of at least 1, got {self.max_length}")
         if self.max_samples is not None and self.max_samples < 1:  # -1 would silently leave out the last sample

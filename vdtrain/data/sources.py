@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from vdtrain.data.formats import JSON_COLUMN, detect_format, to_record
+from vdtrain.errors import InputError
 from vdtrain.io import read_records
 
 FOLDER_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".json": "json", ".csv": "csv"}
@@ -68,7 +69,7 @@ def load_source(
     from vdtrain.data.conversations import _check_is_sample_list
 
     if (data_path is None) == (dataset_name is None):
-        raise ValueError("give the conversations as data_path (a file or folder) or dataset_name (a hub id), not both")
+        raise InputError("give the conversations as data_path (a file or folder) or dataset_name (a hub id), not both")
     if dataset_name is not None:
         dataset = datasets.load_dataset(dataset_name, dataset_config, split=split)
     else:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from vdtrain.errors import InputError
+from vdtrain.errors import RunMismatchError
 from vdtrain.io import atomic_write_json, read_json, read_records
 from vdtrain.selection.encoders import HiddenCapture, pool_hidden
 from vdtrain.selection.store import EMBEDDINGS, RankWriter, done_indices, file_sha256, merge_rank_rows
@@ -33,7 +33,7 @@ def check_embedding_run(output_dir: Path, info: dict[str, Any], is_main: bool, n
             if previous.get(key) != info.get(key)
         ]
         if changed:
-            raise InputError(f"{path} records other embeddings ({'; '.join(changed)}); use another --output-dir")
+            raise RunMismatchError(f"{path} records other embeddings ({'; '.join(changed)}); use another --output-dir")
     elif is_main:
         atomic_write_json(path, info)
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from vdtrain.errors import InputError
+
 DUAL_ENCODERS = ("clip", "siglip", "siglip2")
 POOLINGS = ("answer-mean", "image-mean", "last-token")
 
@@ -85,7 +87,7 @@ class HiddenCapture:
     def __init__(self, model: torch.nn.Module) -> None:
         decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
         if decoder is None:
-            raise ValueError(f"{type(model).__name__} exposes no decoder (get_decoder) to take hidden states from")
+            raise InputError(f"{type(model).__name__} exposes no decoder (get_decoder) to take hidden states from")
         self.hidden: torch.Tensor | None = None
         self.armed = False
         self.handle = decoder.register_forward_hook(self._hook)

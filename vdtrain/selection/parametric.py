@@ -27,6 +27,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from vdtrain.errors import InputError
+
 FORMS = ("thesis", "contrastive")
 
 
@@ -42,7 +44,7 @@ def mean_cosine(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.T
 def alignment(params: Sequence[torch.Tensor], tau: float) -> torch.Tensor:
     """Eq. 4.10: `A = E_j[log Σ_k exp(cos(θ_j^1, θ_k^2) / τ)]` over the first two modalities."""
     if len(params) < 2 or params[0].shape[-1] != params[1].shape[-1]:
-        raise ValueError(
+        raise InputError(
             "the alignment term needs two modalities in one space (same width): embed both with a dual encoder "
             "(CLIP, SigLIP) or train the stage-1 projector heads first"
         )

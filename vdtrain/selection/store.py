@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vdtrain.errors import InputError
+from vdtrain.errors import DataError, InputError
 from vdtrain.io import read_json, read_jsonl, repair_jsonl
 
 EMBEDDINGS = "embeddings"
@@ -56,7 +56,7 @@ class RankWriter:
         """Append rows `(S, D)` (float32) and then their indices; a crash between the two loses only this batch."""
         array = rows.detach().to(torch.float32).cpu().numpy()
         if self.dim is not None and array.shape[1] != self.dim:
-            raise ValueError(f"{self.rows_path}: rows of width {self.dim} there, {array.shape[1]} now")
+            raise DataError(f"{self.rows_path}: rows of width {self.dim} there, {array.shape[1]} now")
         self.dim = array.shape[1]
         with open(self.rows_path, "ab") as handle:
             handle.write(np.ascontiguousarray(array).tobytes())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from vdtrain.errors import InputError
 from vdtrain.selection.active.conformal import (
     disagreement_scores,
     prediction_sets,
@@ -60,7 +61,7 @@ class CCMA:
         calibration: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ):
         if mode not in MODES:
-            raise ValueError(f"unknown CCMA mode {mode!r}: choose one of {', '.join(MODES)}")
+            raise InputError(f"unknown CCMA mode {mode!r}: choose one of {', '.join(MODES)}")
         if subpool is not None and space is None:
             raise ValueError("a CCMA subpool needs `space`, the teacher-space embeddings to cluster")
         self.teacher_probs = torch.as_tensor(teacher_probs).double()
@@ -73,7 +74,7 @@ class CCMA:
         if self.student is None:
             return outputs.probs, torch.cat(list(outputs.features.values()), dim=1)
         if self.student not in outputs.modality_probs:
-            raise ValueError(f"CCMA student {self.student!r} is not a modality head of the model")
+            raise InputError(f"CCMA student {self.student!r} is not a modality head of the model")
         return outputs.modality_probs[self.student], outputs.features[self.student]
 
     def thresholds(
@@ -88,7 +89,7 @@ class CCMA:
             cal_student, cal_teacher, labels = self.calibration
         else:
             if query.labelled is None or query.labels is None or query.labelled_positions is None:
-                raise ValueError("conformal CCMA needs labelled samples (or `calibration`) to calibrate on")
+                raise InputError("conformal CCMA needs labelled samples (or `calibration`) to calibrate on")
             cal_student = self._student(query.labelled)[0]
             cal_teacher, labels = self.teacher_probs[query.labelled_positions], query.labels
         return (
@@ -129,7 +130,7 @@ class CCMA:
         if budget == 0:
             return []
         if self.subpool is not None and self.subpool < budget:
-            raise ValueError(f"a CCMA subpool of {self.subpool} cannot hold a budget of {budget}")
+            raise InputError(f"a CCMA subpool of {self.subpool} cannot hold a budget of {budget}")
         rows = self._subpool(self._positions(query), generator)
         scores = self.scores(query)[rows]
         top = rows[torch.sort(-scores, stable=True).indices[: min(self.kappa * budget, len(rows))]]

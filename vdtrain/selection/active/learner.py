@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 
+from vdtrain.errors import DataError, InputError
 from vdtrain.selection.active.pool import Pool
 
 
@@ -37,14 +38,14 @@ class Outputs:
     def modality_logits(self) -> dict[str, torch.Tensor]:
         """`{modality: (n, C)}` each modality's additive share W_m z_m of the fusion logits (bias excluded)."""
         if self.fusion_weight is None:
-            raise ValueError("these outputs carry no fusion head weight (fusion_weight); BMMAL and Shapley need it")
+            raise InputError("these outputs carry no fusion head weight (fusion_weight); BMMAL and Shapley need it")
         shares, start = {}, 0
         for name, z in self.features.items():
             width = z.shape[1]
             shares[name] = z @ self.fusion_weight[:, start : start + width].T
             start += width
         if start != self.fusion_weight.shape[1]:
-            raise ValueError(f"features have {start} columns in all, the fusion weight {self.fusion_weight.shape[1]}")
+            raise DataError(f"features have {start} columns in all, the fusion weight {self.fusion_weight.shape[1]}")
         return shares
 
     def subset(self, positions: Sequence[int] | torch.Tensor) -> Outputs:

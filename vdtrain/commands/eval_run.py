@@ -41,9 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     """`vdtrain eval run`: run one protocol config for a model and print its metrics."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     from vdtrain.evaluation.protocol import load_protocol
+    from vdtrain.locks import output_lock
 
     config = load_protocol(args.config)
-    summary = run_protocol(config, args)
+    with output_lock(args.output_dir, "vdtrain eval run"):
+        summary = run_protocol(config, args)
     decoding = summary["decoding"]
     limit = f", limit {args.limit}" if args.limit else ""
     line = summary_line(summary["benchmark"], summary["metrics"], summary.get("categories"))

@@ -83,9 +83,9 @@ def test_missing_and_damaged_files_are_named(uninterrupted: Path, tmp_path: Path
     assert damaged(lambda f: (f / "rng_state.pth").rename(f / "rng_state_0.pth")) == ["rng_state.pth (missing)"]
     no_manifest = tmp_path / "c6"  # the copy whose manifest was removed above: every file there, one RNG state
     assert not (no_manifest / MANIFEST_NAME).exists()
-    assert checkpoint_problems(no_manifest, world_size=2) == [
-        "rng_state_0.pth (missing)",
-        "rng_state_1.pth (missing)",
+    assert checkpoint_problems(no_manifest, world_size=2) == []  # another process count resumes (issue 23)
+    assert damaged(lambda f: [(f / n).unlink() for n in (MANIFEST_NAME, "rng_state.pth")]) == [
+        "rng_state.pth or rng_state_0.pth (missing)"
     ]
 
 

@@ -6,6 +6,7 @@ so a half-written file is never left for a reader and a damaged one is reported 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -51,6 +52,15 @@ def read_jsonl(path: str | os.PathLike, *, missing_ok: bool = False, skip_bad_li
                     raise ValueError(f"{path}, line {number}: not a JSON line ({error.msg})") from None
                 logger.warning("%s, line %d: unreadable (an interrupted write?), ignored", path, number)
     return rows
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's content (identifies a data file wherever it moves)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def records_format(path: str | os.PathLike) -> str:

@@ -18,14 +18,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from vdtrain.errors import InputError
+from vdtrain.errors import OutputLockedError
 
 logger = logging.getLogger(__name__)
 LOCK_NAME = ".vdtrain.lock"
-
-
-class OutputLockedError(InputError):
-    """Another vdtrain process holds the lock of the output folder or file (the message names it and its owner)."""
 
 
 def lock_path(target: str | os.PathLike, is_file: bool = False) -> Path:

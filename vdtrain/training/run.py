@@ -10,6 +10,7 @@ import transformers
 
 from vdtrain.data import SupervisedDataset, VDDataCollator, check_images, load_conversations
 from vdtrain.data.dataset import conversation_problems, invalid_samples_message
+from vdtrain.io import file_sha256
 from vdtrain.models.loading import load_model_and_processor, prepare_for_training
 from vdtrain.models.merge import BASE_MODEL_FILE
 from vdtrain.training.checkpoints import MANIFEST_NAME, write_manifest
@@ -66,7 +67,7 @@ def build_trainer(
     if training_args.vd_pixel_key is None:
         training_args.vd_pixel_key = adapter.pixel_key
     training_args.remove_unused_columns = False
-    return VDTrainer(
+    trainer = VDTrainer(
         model=model,
         args=training_args,
         train_dataset=dataset,
@@ -75,6 +76,10 @@ def build_trainer(
         projector_modules=adapter.projector_modules,
         end_of_turn_id=adapter.end_of_turn_id(processor),
     )
+    model_path = Path(model_args.model_name_or_path)  # a local folder wherever it is named from; a hub id as is
+    model_name = str(model_path.resolve()) if model_path.exists() else model_args.model_name_or_path
+    trainer.vd_run_extra = {"model": model_name, "data_sha256": file_sha256(data_args.data_path)}
+    return trainer
 
 
 def run_training(model_args: ModelArguments, data_args: DataArguments, training_args: VDTrainingArguments) -> Any:
@@ -91,7 +96,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
         (output_dir / BASE_MODEL_FILE).write_text(model_args.model_name_or_path + "\n")
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
-        write_manifest(output_dir, recursive=False)  # last: the final adapter is complete
+        write_manifest(output_dir, recursive=False, run=trainer._run_record())  # last: the adapter is complete
     trainer.accelerator.end_training()  # tear the process group down before exit (ZeRO-3 could abort otherwise)
     return result
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -65,6 +66,27 @@ def check_fingerprint(scores_path: Path, data: Path, force: bool = False) -> Non
         )
 
 
+def check_finite_scores(scores_path: Path) -> None:
+    """Refuse, naming the file and line, a `score` that is not a finite number (JSON allows NaN and Infinity), before
+    anything is written: sorting by it would put the sample anywhere."""
+    with open(scores_path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                row = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                continue  # an interrupted last line: skipped by the reader, as before
+            if row is None:
+                continue
+            score = row.get("score") if isinstance(row, dict) else None
+            if not isinstance(score, (int, float)) or not math.isfinite(score):
+                sample = row.get("id") if isinstance(row, dict) else None
+                raise InputError(
+                    f"{scores_path}, line {number}: sample {sample!r} has score {score!r}, not a finite number (a "
+                    "diverged model?); delete the line and rerun `vdtrain filter score` to rescore it, with a model "
+                    "that gives finite scores"
+                )
+
+
 def _check_scores_match(
     scores: list[dict[str, Any]], errors: list[dict[str, Any]], records: list[Any], scores_path: Path, data: Path
 ) -> None:
@@ -125,6 +147,7 @@ def select_dataset(
     if output.resolve() == data.resolve() or removed_path.resolve() in (data.resolve(), output.resolve()):
         raise ValueError(f"--output {output} / removed {removed_path} would overwrite {data}; choose other paths")
     check_fingerprint(scores_path, data, force)
+    check_finite_scores(scores_path)
     rows = read_jsonl(scores_path, skip_bad_lines=True)
     errors = read_jsonl(scores_path.parent / ERRORS_FILE, missing_ok=True, skip_bad_lines=True)
     records, fmt = read_records(data), records_format(data)

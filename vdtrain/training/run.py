@@ -15,6 +15,7 @@ from vdtrain.models.loading import load_model_and_processor, prepare_for_trainin
 from vdtrain.models.merge import BASE_MODEL_FILE
 from vdtrain.training.checkpoints import MANIFEST_NAME, write_manifest
 from vdtrain.training.config import DataArguments, ModelArguments, VDTrainingArguments
+from vdtrain.training.finite import check_finite_weights
 from vdtrain.training.trainer import VDTrainer
 
 logger = logging.getLogger("vdtrain")
@@ -88,6 +89,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     trainer = build_trainer(model_args, data_args, training_args)
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     output_dir = Path(training_args.output_dir)
+    check_finite_weights(trainer.model, f"the adapter was not saved in {output_dir}")
     if trainer.is_world_process_zero():  # an earlier run's marker must not vouch for this save until it is done
         (output_dir / MANIFEST_NAME).unlink(missing_ok=True)
     trainer.save_model(str(output_dir))

@@ -92,6 +92,13 @@ def _is_input_error(error: BaseException) -> bool:
     return name in ("SafetensorError", "YAMLError", "ScannerError", "ParserError", "MissingNLTKDataError")
 
 
+def _is_storage_error(error: BaseException) -> bool:
+    """A write that failed for lack of space or permission (vdtrain's `StorageError` or a bare `OSError`)."""
+    import errno
+
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
+
+
 def error_message(error: BaseException) -> str:
     """The error's own text, without a DataLoader worker's embedded traceback, with a hint where a library's is
     misleading."""
@@ -133,7 +140,14 @@ def run_command(prog: str, module_name: str, argv: list[str]) -> int:
     except Exception as error:
         if debug or not _is_input_error(error):
             raise
-        print(f"{prog}: error: {error_message(error)}", file=sys.stderr)
+        message = error_message(error)
+        kept = getattr(module, "on_interrupt", None)
+        if _is_storage_error(error):  # a full or read-only disk: the path, and what is kept (as Ctrl-C says)
+            from vdtrain.io import storage_error
+
+            message = error_message(storage_error(error, getattr(error, "filename", None) or "the output"))
+            message += f"; {kept(argv)}" if kept is not None else ""
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return EXIT_USAGE if isinstance(error, UsageError) else EXIT_INPUT
 
 

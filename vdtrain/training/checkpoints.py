@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, logging
 
-from vdtrain.io import atomic_write_json
+from vdtrain.io import atomic_write_json, writing
 from vdtrain.models.merge import BASE_MODEL_FILE
 from vdtrain.training.identity import (
     RUN_FILE,
@@ -347,10 +347,11 @@ class CheckpointIntegrity:
             else:
                 shutil.rmtree(folder)
         self.accelerator.wait_for_everyone()  # no process writes into the folder before it is cleared
-        super()._save_checkpoint(model, trial)
-        self.accelerator.wait_for_everyone()  # every rank's RNG state and shards are on disk
-        if self.args.should_save and folder.is_dir():
-            write_manifest(folder, run=self._run_record())
+        with writing(folder):  # a full disk: one line naming the checkpoint, not torch's inline_container.cc error
+            super()._save_checkpoint(model, trial)
+            self.accelerator.wait_for_everyone()  # every rank's RNG state and shards are on disk
+            if self.args.should_save and folder.is_dir():
+                write_manifest(folder, run=self._run_record())
 
     def _load_rng_state(self, checkpoint: str | None) -> None:
         """The Trainer's own RNG restore, across a change of process count: process i takes `rng_state_i.pth`, a

@@ -10,7 +10,7 @@ import transformers
 
 from vdtrain.data import SupervisedDataset, VDDataCollator, check_images, load_conversations
 from vdtrain.data.dataset import conversation_problems, invalid_samples_message
-from vdtrain.io import file_sha256
+from vdtrain.io import file_sha256, writing
 from vdtrain.models.loading import load_model_and_processor, prepare_for_training
 from vdtrain.models.merge import BASE_MODEL_FILE
 from vdtrain.training.checkpoints import MANIFEST_NAME, write_manifest
@@ -90,15 +90,16 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     output_dir = Path(training_args.output_dir)
     check_finite_weights(trainer.model, f"the adapter was not saved in {output_dir}")
-    if trainer.is_world_process_zero():  # an earlier run's marker must not vouch for this save until it is done
-        (output_dir / MANIFEST_NAME).unlink(missing_ok=True)
-    trainer.save_model(str(output_dir))
-    if trainer.is_world_process_zero():
-        trainer.processing_class.save_pretrained(str(output_dir))
-        (output_dir / BASE_MODEL_FILE).write_text(model_args.model_name_or_path + "\n")
-    trainer.accelerator.wait_for_everyone()
-    if trainer.is_world_process_zero():
-        write_manifest(output_dir, recursive=False, run=trainer._run_record())  # last: the adapter is complete
+    with writing(output_dir):  # a full disk: one line naming the output_dir, whichever library was saving
+        if trainer.is_world_process_zero():  # an earlier run's marker must not vouch for this save until it is done
+            (output_dir / MANIFEST_NAME).unlink(missing_ok=True)
+        trainer.save_model(str(output_dir))
+        if trainer.is_world_process_zero():
+            trainer.processing_class.save_pretrained(str(output_dir))
+            (output_dir / BASE_MODEL_FILE).write_text(model_args.model_name_or_path + "\n")
+        trainer.accelerator.wait_for_everyone()
+        if trainer.is_world_process_zero():
+            write_manifest(output_dir, recursive=False, run=trainer._run_record())  # last: the adapter is complete
     trainer.accelerator.end_training()  # tear the process group down before exit (ZeRO-3 could abort otherwise)
     return result
 

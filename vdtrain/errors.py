@@ -28,3 +28,8 @@ class StorageError(InputError, OSError):
 
 class TrainingDiverged(InputError):
     """A non-finite loss, gradient norm or weight: names the step and what went non-finite."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what SLURM and Kubernetes send before killing a job), raised as Ctrl-C is: the command says what it
+    kept and exits 143."""

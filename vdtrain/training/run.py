@@ -10,12 +10,14 @@ import transformers
 
 from vdtrain.data import SupervisedDataset, VDDataCollator, check_images, load_conversations
 from vdtrain.data.dataset import conversation_problems, invalid_samples_message
+from vdtrain.errors import Terminated
 from vdtrain.io import file_sha256, writing
 from vdtrain.models.loading import load_model_and_processor, prepare_for_training
 from vdtrain.models.merge import BASE_MODEL_FILE
 from vdtrain.training.checkpoints import MANIFEST_NAME, write_manifest
 from vdtrain.training.config import DataArguments, ModelArguments, VDTrainingArguments
 from vdtrain.training.finite import check_finite_weights
+from vdtrain.training.termination import SaveOnSigterm
 from vdtrain.training.trainer import VDTrainer
 
 logger = logging.getLogger("vdtrain")
@@ -87,7 +89,12 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     """Train, then save the final adapter (with projector) and processor in `output_dir`."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     trainer = build_trainer(model_args, data_args, training_args)
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    with SaveOnSigterm() as sigterm:
+        trainer.add_callback(sigterm)
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if sigterm.received:  # a checkpoint of the last step is saved; the final adapter is left to the resumed run
+        trainer.accelerator.end_training()
+        raise Terminated("SIGTERM")
     output_dir = Path(training_args.output_dir)
     check_finite_weights(trainer.model, f"the adapter was not saved in {output_dir}")
     with writing(output_dir):  # a full disk: one line naming the output_dir, whichever library was saving

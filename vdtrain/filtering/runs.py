@@ -6,8 +6,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from vdtrain.io import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
 from vdtrain.io import file_sha256 as file_sha256  # re-exported: the scoring run's data fingerprint
 
@@ -48,8 +46,11 @@ def end_distributed() -> None:
 
 
 def barrier(world_size: int) -> None:
+    """Wait for every process of a multi-process run (nothing to wait for alone)."""
     if world_size > 1:
-        torch.distributed.barrier()
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def scored_indices(output_dir: Path) -> set[int]:

@@ -76,8 +76,7 @@ def build_trainer(
         train_dataset=dataset,
         data_collator=VDDataCollator.for_processor(processor),
         processing_class=processor,
-        projector_modules=adapter.projector_modules,
-        end_of_turn_id=adapter.end_of_turn_id(processor),
+        **adapter.trainer_kwargs(processor),
     )
     model_path = Path(model_args.model_name_or_path)  # a local folder wherever it is named from; a hub id as is
     model_name = str(model_path.resolve()) if model_path.exists() else model_args.model_name_or_path

@@ -108,6 +108,8 @@ def output_lock(
     and names the path.
     """
     path = None
+    folder = lock_path(target, is_file).parent
+    created = not folder.exists()  # made for the lock alone: removed again if nothing else was written there
     if enabled:
         try:
             path = acquire(target, command, is_file)
@@ -119,6 +121,9 @@ def output_lock(
     finally:
         if path is not None:
             release(path)
+            if created:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only if empty
 
 
 def main_process() -> bool:

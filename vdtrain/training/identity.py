@@ -37,8 +37,9 @@ def run_settings(args: Any, extra: dict[str, Any] | None = None) -> dict[str, An
     settings: dict[str, Any] = {
         name: getattr(args, name, default) for name, default in VD_DEFAULTS.items() if name not in _NOT_SETTINGS
     }
-    batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
-    settings["global_batch_size"] = batch
+    if not getattr(args, "auto_find_batch_size", False):  # else the batch finder decides the batch, on resume too
+        batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
+        settings["global_batch_size"] = batch
     settings.update(extra or {})
     return json.loads(json.dumps(settings, default=str))  # as the marker stores them
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import warnings
 from dataclasses import dataclass, field, fields
 
@@ -16,7 +15,6 @@ __all__ = [
     "ModelArguments",
     "VDArguments",
     "VDTrainingArguments",
-    "as_vd_arguments",
     "upgrade_arguments",
 ]
 
@@ -92,7 +90,7 @@ class VDArguments:
         self.check_vd_fields()
 
     def check_vd_fields(self) -> None:
-        """Raise on out-of-range `vd_*` values (also run on arguments upgraded by `as_vd_arguments`)."""
+        """Raise on out-of-range `vd_*` values."""
         check_vd_options({name: getattr(self, name) for name in VD_DEFAULTS})
 
 
@@ -156,14 +154,6 @@ class VDTrainingArguments(VDArguments, TrainingArguments):
         default=False,
         metadata={"help": "Skip optimizer steps whose loss or gradient norm is not finite instead of stopping."},
     )
-
-
-def as_vd_arguments(args: TrainingArguments) -> VDTrainingArguments:
-    """A copy of `args` as `VDTrainingArguments` with the `vd_*` defaults (the processed fields are copied, not
-    re-parsed). `VDTrainer` upgrades the user's object in place instead (`upgrade_arguments`)."""
-    if isinstance(args, VDTrainingArguments):
-        return args
-    return upgrade_arguments(copy.copy(args), VDTrainingArguments)
 
 
 def upgrade_arguments(args: TrainingArguments, vd_class: type | None = None) -> TrainingArguments:

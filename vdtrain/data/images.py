@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -38,7 +39,7 @@ def max_image_pixels() -> int | None:
     return None if limit <= 0 else limit
 
 
-def _too_large(path: Path, size: tuple[int, int], limit: int) -> ConversationError:
+def _too_large(path: Path | str, size: tuple[int, int], limit: int) -> ConversationError:
     width, height = size
     return ConversationError(
         f"image {path} is {width}x{height} = {width * height / 1e6:.0f} megapixels, over the limit of "
@@ -47,26 +48,27 @@ def _too_large(path: Path, size: tuple[int, int], limit: int) -> ConversationErr
     )
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image lazily (header only) under vdtrain's pixel limit; the caller closes it.
+def open_image(path: str | os.PathLike | IO[bytes]) -> Image.Image:
+    """Open an image file (or the bytes of an embedded one) lazily, header only, under vdtrain's pixel limit; the
+    caller closes it.
 
     Raises:
         ConversationError: the image is larger than `max_image_pixels()` (named with the setting that raises it).
         OSError: the file is missing or not an image (PIL's `UnidentifiedImageError`).
     """
-    path = Path(path)
+    name = Path(path) if isinstance(path, (str, os.PathLike)) else "(embedded image)"
     limit = max_image_pixels()
     previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # vdtrain checks the size itself, so the error names the file and the setting
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(name if isinstance(name, Path) else path)
     finally:
         Image.MAX_IMAGE_PIXELS = previous
     if limit is not None and image.size[0] * image.size[1] > limit:
         image.close()
-        raise _too_large(path, image.size, limit)
+        raise _too_large(name, image.size, limit)
     return image
 
 

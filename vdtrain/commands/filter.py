@@ -23,7 +23,9 @@ DESCRIPTION = """Offline data filtering by visual dependence (thesis section 5.4
           input's order and format, plus the removed records and selected_indices.json. With embeddings
           (score --save-embeddings, or --embeddings): stratified-lowest / stratified-highest remove the fraction
           within each k-means cluster, coverage keeps 1 - f by k-center inside clusters, dedup removes
-          near-duplicates; summary.json then holds coverage metrics.
+          near-duplicates; summary.json then holds coverage metrics. --strategy balanced --scores
+          DIR/dominance.jsonl (from `vdtrain select active --dominance DATA`) removes the most modality-dominated
+          samples (BMMAL's dominance rho, thesis eq. 3.5).
   run     score, then select.
 """
 
@@ -31,7 +33,15 @@ DESCRIPTION = """Offline data filtering by visual dependence (thesis section 5.4
 def _add_score_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("scoring")
     options.add_model_options(group, model_help="model directory or hub id (the fine-tuned scoring model)")
-    group.add_argument("--data", required=True, help="LLaVA-format conversation data: a JSON list or JSONL")
+    group.add_argument(
+        "--data",
+        default=None,
+        help="conversation data: a LLaVA JSON list or JSONL, or a folder of parquet/arrow/jsonl files (LLaVA/ShareGPT "
+        "`conversations` or TRL `messages` + `images`), as vdtrain train reads",
+    )
+    group.add_argument("--dataset-name", default=None, help="a hub dataset id instead of --data (score only)")
+    group.add_argument("--dataset-config", default=None, help="the hub dataset's configuration")
+    group.add_argument("--split", default="train", help="the split of a folder or hub dataset")
     group.add_argument("--image-folder", default=None, help="folder the records' 'image' paths are relative to")
     group.add_argument("--output-dir", required=True, help="where scores go; the same directory again resumes")
     options.add_noise_step(group)
@@ -57,6 +67,18 @@ def _add_score_options(parser: argparse.ArgumentParser) -> None:
         help="score in file order instead of batching samples of similar length together (longest first)",
     )
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
+    group.add_argument(
+        "--save-embeddings",
+        choices=("answer-mean", "image-mean", "last-token"),
+        default=None,
+        help="also pool the clean pass' last hidden state into OUT/embeddings.npy (for the coverage strategies)",
+    )
+    group.add_argument(
+        "--embedding-dim",
+        type=options.positive_int,
+        default=None,
+        help="seeded random projection of the saved embeddings to this width (e.g. 256-1024)",
+    )
 
 
 def _add_select_options(parser: argparse.ArgumentParser, *, standalone: bool) -> None:
@@ -135,8 +157,19 @@ def run_score(args: argparse.Namespace) -> dict | None:
     """Load the model on this process's device and score `args.data` into `args.output_dir`."""
     from vdtrain.filtering.scoring import score_dataset
 
-    if not Path(args.data).is_file():
-        raise FileNotFoundError(f"--data {args.data}: no such file")
+    if (args.data is None) == (args.dataset_name is None):
+        raise ValueError("give the data as --data (a file or folder) or --dataset-name (a hub id)")
+    if args.data is not None and not Path(args.data).exists():
+        raise FileNotFoundError(f"--data {args.data}: no such file or folder")
+    if args.command == "run" and (args.data is None or not Path(args.data).is_file()):
+        raise ValueError("filter run selects from a JSON or JSONL --data file; score a folder or hub dataset alone")
+    data = args.data
+    if args.dataset_name is not None or (Path(args.data).is_dir() and args.split != "train"):
+        from vdtrain.data.sources import load_source
+
+        data = load_source(
+            args.data, dataset_name=args.dataset_name, dataset_config=args.dataset_config, split=args.split
+        )
     model, processor, adapter = options.load_model(args)
     device = model.device
     num_workers = args.num_workers if args.num_workers is not None else (4 if device.type == "cuda" else 0)
@@ -145,7 +178,7 @@ def run_score(args: argparse.Namespace) -> dict | None:
     return score_dataset(
         model,
         processor,
-        args.data,
+        data,
         args.output_dir,
         image_folder=args.image_folder,
         adapter=adapter,
@@ -159,6 +192,8 @@ def run_score(args: argparse.Namespace) -> dict | None:
         stop_after=args.stop_after,
         progress=not args.no_progress,
         group_by_length=args.group_by_length,
+        save_embeddings=args.save_embeddings,
+        embedding_dim=args.embedding_dim,
     )
 
 

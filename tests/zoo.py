@@ -467,6 +467,80 @@ def glm4v() -> tuple[Any, Any]:
     return _seeded(Glm4vForConditionalGeneration, config), processor
 
 
+def blip_2() -> tuple[Any, Any]:
+    """BLIP-2 (OPT): no chat template; the processor puts the query tokens in front of the text itself."""
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessorPil
+
+    tok = tokenizer("llama2")  # the processor adds its `<image>` token (a named one it would take for an AddedToken)
+    image_processor = BlipImageProcessorPil(size={"height": IMAGE, "width": IMAGE})
+    processor = Blip2Processor(image_processor=image_processor, tokenizer=tok, num_query_tokens=4)
+    config = Blip2Config(
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": IMAGE,
+            "patch_size": PATCH,
+        },
+        qformer_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "encoder_hidden_size": 32,
+            "vocab_size": 100,
+        },
+        text_config={
+            "model_type": "opt",
+            "hidden_size": 64,
+            "ffn_dim": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "word_embed_proj_dim": 64,
+            "vocab_size": len(tok),
+            "max_position_embeddings": 1024,
+            "bos_token_id": tok.bos_token_id,
+            "eos_token_id": tok.eos_token_id,
+            "pad_token_id": tok.eos_token_id,
+        },
+        num_query_tokens=4,
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+    )
+    return _seeded(Blip2ForConditionalGeneration, config), processor
+
+
+def chameleon() -> tuple[Any, Any]:
+    """Chameleon: a VQ tokenizer turns the image into `IMGIMG...Z` vocabulary tokens; no chat template; its forward
+    takes `logits_to_keep` but fails on a boolean one (it indexes its own 3-D logits)."""
+    from transformers import ChameleonConfig, ChameleonForConditionalGeneration, ChameleonProcessor
+    from transformers.models.chameleon.image_processing_pil_chameleon import ChameleonImageProcessorPil
+
+    codes = 16
+    image_vocab = tuple("IMGIMG" + "".join(chr(ord("A") + int(d)) for d in str(k)) + "Z" for k in range(codes))
+    tok = tokenizer("llama2", ("<image>", "<racm3:break>", "<eoss>", "<reserved08706>", *image_vocab))
+    tok.sep_token = "<reserved08706>"
+    image_processor = ChameleonImageProcessorPil(
+        size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE}
+    )
+    processor = ChameleonProcessor(image_processor=image_processor, tokenizer=tok, image_seq_length=16)
+    config = ChameleonConfig(
+        **{key: value for key, value in llama(tok).items() if key != "model_type"},
+        vq_config={
+            "embed_dim": 32,
+            "num_embeddings": codes,
+            "latent_channels": 32,
+            "resolution": IMAGE,
+            "base_channels": 32,
+            "channel_multiplier": [1, 1, 1, 1],
+            "num_res_blocks": 1,
+            "attn_resolutions": [],
+        },
+        vocabulary_map=tok.get_vocab(),
+    )
+    return _seeded(ChameleonForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "llava_next": llava_next,
     "llava_next_video": llava_next_video,
@@ -478,6 +552,8 @@ BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "internvl": internvl,
     "aya_vision": aya_vision,
     "glm4v": glm4v,
+    "blip_2": blip_2,
+    "chameleon": chameleon,
 }
 FAMILIES = list(BUILDERS)
 

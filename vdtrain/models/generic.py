@@ -140,8 +140,13 @@ class ChatTemplateAdapter(ModelAdapter):
             ids = batch["input_ids"][0]
             count = int((ids == self.image_token_id(processor)).sum())
             cache[image_size] = count
+            kept, extra = ids.tolist(), _empty_prompt_ids(processor)
+            if extra and kept[-len(extra) :] == extra:  # what the processor adds to any text is no part of the image
+                kept = kept[: -len(extra)]
+            elif extra and kept[: len(extra)] == extra:
+                kept = kept[len(extra) :]
             self._expansions[count] = tokenizer.decode(
-                ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
+                kept, skip_special_tokens=False, clean_up_tokenization_spaces=False
             )
             self._type_keys = [key for key, value in batch.items() if _is_type_field(key, value, ids)]
         return cache[image_size]
@@ -295,6 +300,16 @@ def _to_chat(messages: list[dict[str, str]], sample_id: str) -> list[dict]:
         else:
             chat.append(_user(content.replace("<image>", "").strip(), image="<image>" in content))
     return chat
+
+
+def _empty_prompt_ids(processor: Any) -> list[int]:
+    """The ids the processor makes of an empty text (Chameleon appends its `sep_token` to every prompt), so that
+    they are not taken for part of an image's expansion; [] if it adds nothing or refuses an empty text."""
+    try:
+        ids = processor(text=[""], add_special_tokens=False, padding=False)["input_ids"][0]
+    except (TypeError, ValueError, KeyError, IndexError):
+        return []
+    return list(ids.tolist() if hasattr(ids, "tolist") else ids)
 
 
 def _placeholder_bounds(tokenizer: Any, with_image: str, without: str) -> tuple[int, int]:

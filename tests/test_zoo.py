@@ -133,11 +133,15 @@ def test_family(family, tmp_path):
     # the collator batches image inputs exactly as the processor batches the same images (padded tiles, sizes)
     collator = VDDataCollator.for_processor(processor)
     batch = collator([dataset[index] for index in range(len(dataset))])
-    images = [
-        Image.open(tmp_path / record["image"]).convert("RGB") for record, _ in dataset.items if "image" in record
-    ]
-    for key, value in adapter.image_inputs(processor, images).items():
-        assert torch.equal(batch[key], value), f"{family}: {key} differs from the processor's batch"
+    rows = [record for record, _ in dataset.items if "image" in record]
+    images = [[Image.open(tmp_path / record["image"]).convert("RGB")] for record in rows]
+    tokenizer_of(processor, ensure_pad=True)  # the processor's batch of rows of several lengths needs a pad token
+    text = [adapter.image_placeholder(processor)] * len(rows)
+    expected = processor(text=text, images=images, return_tensors="pt", padding=True, add_special_tokens=False)
+    image_keys = [key for key in adapter.image_inputs(processor, images[0]) if key in batch]
+    assert adapter.pixel_key in image_keys
+    for key in image_keys:
+        assert torch.equal(batch[key], expected[key]), f"{family}: {key} differs from the processor's batch"
 
     # tau = 0 with the noisy pass every step: the vanilla Trainer's losses, batch for batch
     vanilla = Trainer(

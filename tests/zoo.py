@@ -541,7 +541,179 @@ def chameleon() -> tuple[Any, Any]:
     return _seeded(ChameleonForConditionalGeneration, config), processor
 
 
+def llava() -> tuple[Any, Any]:
+    """LLaVA-1.5 (vdtrain's own Vicuna-v1 adapter, not the llava-hf template)."""
+    from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    tok = tokenizer("llama2", ("<image>",), {"image_token": "<image>"})
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE})
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=PATCH,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=VICUNA_TEMPLATE,
+    )
+    config = LlavaConfig(
+        vision_config=clip(),
+        text_config=llama(tok),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+    )
+    return _seeded(LlavaForConditionalGeneration, config), processor
+
+
+def gemma3() -> tuple[Any, Any]:
+    """Gemma-3 with the real Gemma-3 tokenizer and its own chat template."""
+    import torch
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil, Gemma3Processor
+
+    tok = tokenizer("gemma3")
+    image_processor = Gemma3ImageProcessorPil(size={"height": IMAGE, "width": IMAGE})
+    processor = Gemma3Processor(
+        image_processor=image_processor, tokenizer=tok, chat_template=tok.chat_template, image_seq_length=4
+    )
+    ids = tok.convert_tokens_to_ids
+    config = Gemma3Config(
+        text_config={
+            **llama(tok),
+            "model_type": None,
+            "num_key_value_heads": 1,
+            "head_dim": 16,
+            "sliding_window": 64,
+            "query_pre_attn_scalar": 16,
+        },
+        vision_config=siglip(),
+        mm_tokens_per_image=4,
+        boi_token_index=ids("<start_of_image>"),
+        eoi_token_index=ids("<end_of_image>"),
+        image_token_index=ids("<image_soft_token>"),
+    )
+    model = _seeded(Gemma3ForConditionalGeneration, config)
+    with torch.no_grad():  # initialised to zeros, which would make every image look the same to the model
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, 0.2)
+    return model, processor
+
+
+def paligemma() -> tuple[Any, Any]:
+    """PaliGemma (prefix/suffix, one example per turn) with the real Gemma tokenizer."""
+    from transformers import (
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+        SiglipImageProcessorPil,
+    )
+
+    tok = tokenizer("gemma3")
+    tok.eos_token = "<eos>"  # PaliGemma's (Gemma-3's tokenizer ends turns with <end_of_turn>)
+    image_processor = SiglipImageProcessorPil(size={"height": IMAGE, "width": IMAGE})
+    image_processor.image_seq_length = (IMAGE // PATCH) ** 2
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tok)
+    text = {**llama(tok), "model_type": "gemma", "num_key_value_heads": 1, "head_dim": 16}
+    config = PaliGemmaConfig(
+        vision_config=siglip(),
+        text_config=text,
+        image_token_index=processor.image_token_id,
+        vocab_size=len(tok),
+        projection_dim=64,
+        hidden_size=64,
+    )
+    return _seeded(PaliGemmaForConditionalGeneration, config), processor
+
+
+# Idefics3's: `User:` / `Assistant:` headers, `<end_of_utterance>` closing every turn.
+IDEFICS_TEMPLATE = (
+    "<|begin_of_text|>{% for message in messages %}{{ message['role'].capitalize() }}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{ line['text'] }}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+
+def idefics3() -> tuple[Any, Any]:
+    """Idefics3: images split into 32-px tiles plus a global one, `<row_r_col_c>` tags between them."""
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+    )
+
+    specials = ("<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>")
+    tok = tokenizer("llama3", specials, {"image_token": "<image>"})
+    image_processor = Idefics3ImageProcessorPil(
+        size={"longest_edge": 2 * IMAGE}, max_image_size={"longest_edge": IMAGE}, do_image_splitting=True
+    )
+    processor = Idefics3Processor(
+        image_processor=image_processor, tokenizer=tok, image_seq_len=4, chat_template=IDEFICS_TEMPLATE
+    )
+    config = Idefics3Config(
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": IMAGE,
+            "patch_size": PATCH,
+        },
+        text_config=llama(tok),
+        scale_factor=2,
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+    )
+    return _seeded(Idefics3ForConditionalGeneration, config), processor
+
+
+# Llama-3.2-Vision's: header tokens, `<|image|>` before the text, `<|eot_id|>` closing every turn.
+MLLAMA_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}<|image|>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] | trim }}{% endif %}{% endfor %}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+
+def mllama() -> tuple[Any, Any]:
+    """Mllama (Llama-3.2-Vision): cross-attention to up to 4 tiles per image, aspect-ratio ids and masks."""
+    import torch
+    from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaImageProcessorPil, MllamaProcessor
+
+    tok = tokenizer("llama3", ("<|image|>",), {"image_token": "<|image|>"})
+    tok.pad_token = "<|finetune_right_pad_id|>" if "<|finetune_right_pad_id|>" in tok.get_vocab() else tok.eos_token
+    image_processor = MllamaImageProcessorPil(size={"height": IMAGE, "width": IMAGE}, max_image_tiles=4)
+    processor = MllamaProcessor(image_processor=image_processor, tokenizer=tok, chat_template=MLLAMA_TEMPLATE)
+    config = MllamaConfig(
+        vision_config={
+            "hidden_size": 32,
+            "attention_heads": 2,
+            "num_hidden_layers": 2,
+            "num_global_layers": 1,
+            "intermediate_size": 64,
+            "vision_output_dim": 64,
+            "intermediate_layers_indices": [0],
+            "image_size": IMAGE,
+            "patch_size": PATCH,
+            "max_num_tiles": 4,
+        },
+        text_config={**llama(tok), "model_type": "mllama_text_model", "cross_attention_layers": [1]},
+        image_token_index=tok.convert_tokens_to_ids("<|image|>"),
+    )
+    model = _seeded(MllamaForConditionalGeneration, config)
+    with torch.no_grad():  # the cross-attention gates start at 0 (tanh 0: the image would not reach the text)
+        for name, parameter in model.named_parameters():
+            if name.endswith("_gate") and "language_model" in name:
+                parameter.fill_(0.5)
+    return model, processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
+    "llava": llava,
+    "gemma3": gemma3,
+    "paligemma": paligemma,
+    "idefics3": idefics3,
+    "mllama": mllama,
     "llava_next": llava_next,
     "llava_next_video": llava_next_video,
     "vipllava": vipllava,

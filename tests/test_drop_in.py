@@ -5,7 +5,9 @@ the trainers' own behaviours (gradient accumulation, evaluation, callbacks, chec
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import pickle
 
 import pytest
 import torch
@@ -197,6 +199,44 @@ def test_args_are_the_object_passed(tmp_path):
     assert sft.args is config and isinstance(config, VDSFTConfig) and config.vd_temperature == 0.5
 
 
+def test_model_init_and_predict_as_trainer(tmp_path):
+    """`model_init=` instead of a model (the hyperparameter-search path), then `predict`: the same predictions."""
+    results = []
+    for cls in (Trainer, VDTrainer):
+        args = TrainingArguments(
+            str(tmp_path / cls.__name__), use_cpu=True, report_to="none", disable_tqdm=True, max_steps=2,
+            per_device_train_batch_size=4, learning_rate=1e-2, save_strategy="no", seed=7,
+        )  # fmt: skip
+        trainer = cls(model_init=classifier, args=args, train_dataset=dataset_for("classifier"))
+        trainer.train()
+        results.append(trainer.predict(dataset_for("classifier", 4, seed=9)))
+    assert torch.equal(torch.as_tensor(results[0].predictions), torch.as_tensor(results[1].predictions))
+    assert results[0].metrics["test_loss"] == results[1].metrics["test_loss"]
+
+
+@dataclasses.dataclass
+class ProjectArguments(TrainingArguments):
+    """A project's own arguments class, with a field and a method of its own."""
+
+    curriculum: str = "easy-first"
+
+    def hardest(self) -> bool:
+        return self.curriculum == "hard-first"
+
+
+def test_a_project_arguments_class_keeps_its_identity_fields_and_methods(tmp_path):
+    """Given the vd_* fields by a subclass of both classes, made once; the checkpoint's `training_args.bin` (a
+    pickle) loads back to the same class and values."""
+    args = ProjectArguments(str(tmp_path / "out"), use_cpu=True, report_to="none", curriculum="hard-first")
+    trainer = VDTrainer(model=causal_lm(), args=args)
+    assert trainer.args is args and isinstance(args, ProjectArguments) and isinstance(args, VDTrainingArguments)
+    assert args.hardest() and args.vd_weighting == "neg" and args.to_dict()["curriculum"] == "hard-first"
+    other = ProjectArguments(str(tmp_path / "other"), use_cpu=True, report_to="none")
+    assert type(VDTrainer(model=causal_lm(), args=other).args) is type(args)
+    restored = pickle.loads(pickle.dumps(args))
+    assert type(restored) is type(args) and restored.curriculum == "hard-first" and restored.vd_start == 0.5
+
+
 def test_impossible_requests_are_refused_at_construction(tmp_path):
     """What the user asked for cannot happen on this model: refused when the trainer is built, not at vd_start."""
     args = VDTrainingArguments(str(tmp_path / "out"), use_cpu=True, report_to="none", vd_eos_selective=True)
@@ -205,6 +245,9 @@ def test_impossible_requests_are_refused_at_construction(tmp_path):
     args = VDTrainingArguments(str(tmp_path / "out"), use_cpu=True, report_to="none", vd_pixel_key="pixel_values")
     with pytest.raises(ValueError, match="'pixel_values' .* is not an input of LlamaForCausalLM.forward"):
         VDTrainer(model=causal_lm(), args=args)
+    args = VDTrainingArguments(str(tmp_path / "out"), use_cpu=True, report_to="none", vd_projector_lr=1e-5)
+    with pytest.raises(ValueError, match=r"vd_projector_lr=1e-05 needs VDTrainer\(projector_modules=...\)"):
+        VDTrainer(model=causal_lm(), args=args)  # the projector's learning rate would silently not apply
 
 
 def _sft_run(trainer_cls, config_cls, output_dir, model_fn=causal_lm, **extra):
@@ -315,3 +358,15 @@ def test_a_batch_with_images_but_no_pixels_is_refused_at_its_first_step(tmp_path
     with pytest.raises(KeyError, match=r"2 sample\(s\) of this batch have an image.*remove_unused_columns"):
         trainer.train()
     assert trainer.state.global_step == 0
+
+    def losing_images(features):  # as a column filter would: the collator then flags no row as having an image
+        return collator(
+            [{key: value for key, value in feature.items() if key != "image_inputs"} for feature in features]
+        )
+
+    assert not losing_images([dataset[0], dataset[1]])["has_image"].any()
+    trainer = VDTrainer(
+        model=model, args=args, train_dataset=dataset, data_collator=losing_images, **adapter.trainer_kwargs(processor)
+    )
+    with pytest.raises(KeyError, match=r"2 sample\(s\) of this batch have an image"):  # found from the image tokens
+        trainer.train()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import warnings
 from dataclasses import dataclass, field, fields
 
@@ -16,7 +15,6 @@ __all__ = [
     "ModelArguments",
     "VDArguments",
     "VDTrainingArguments",
-    "as_vd_arguments",
     "upgrade_arguments",
 ]
 
@@ -92,7 +90,7 @@ class VDArguments:
         self.check_vd_fields()
 
     def check_vd_fields(self) -> None:
-        """Raise on out-of-range `vd_*` values (also run on arguments upgraded by `as_vd_arguments`)."""
+        """Raise on out-of-range `vd_*` values."""
         check_vd_options({name: getattr(self, name) for name in VD_DEFAULTS})
 
 
@@ -140,14 +138,6 @@ def check_vd_options(options: dict) -> None:
 @dataclass
 class VDTrainingArguments(VDArguments, TrainingArguments):
     """`TrainingArguments` plus the visual-dependence fields of `VDArguments` (thesis Eq. 5.1-5.5)."""
-
-
-def as_vd_arguments(args: TrainingArguments) -> VDTrainingArguments:
-    """A copy of `args` as `VDTrainingArguments` with the `vd_*` defaults (the processed fields are copied, not
-    re-parsed). `VDTrainer` upgrades the user's object in place instead (`upgrade_arguments`)."""
-    if isinstance(args, VDTrainingArguments):
-        return args
-    return upgrade_arguments(copy.copy(args), VDTrainingArguments)
 
 
 def upgrade_arguments(args: TrainingArguments, vd_class: type | None = None) -> TrainingArguments:

@@ -96,6 +96,11 @@ class VDLossMixin:
             for name, value in (("label_smoothing_factor", smoothing), ("compute_loss_func", self.compute_loss_func)):
                 if value is not None:
                     raise ValueError(f"{name} replaces the per-token loss the VD loss and vd_eos_selective re-weight")
+        if self.vd.vd_projector_lr is not None and not self.projector_modules:
+            raise ValueError(
+                f"vd_projector_lr={self.vd.vd_projector_lr} needs {type(self).__name__}(projector_modules=...), the "
+                "parameter-name fragments of the multimodal projector: pass **adapter.trainer_kwargs(processor)"
+            )
         if self.vd.vd_eos_selective and end_of_turn_id is None:
             raise ValueError(
                 f"vd_eos_selective=True needs {type(self).__name__}(end_of_turn_id=...) from the model's adapter"
@@ -146,7 +151,10 @@ class VDLossMixin:
                 f"the pixel key {self.pixel_key!r} (vd_pixel_key / pixel_key=) is not an input of {name}.forward"
             )
         if self.pixel_key is None and not any(key in forward for key in PIXEL_KEYS):
-            return True, f"{name}.forward takes no image input ({', '.join(PIXEL_KEYS)}), so d = 0 everywhere"
+            return True, (
+                f"{name}.forward takes no image input ({', '.join(PIXEL_KEYS)}; a model that does under another "
+                "name: pass pixel_key=), so d = 0 everywhere"
+            )
         return True, None
 
     def _host(self) -> type:
@@ -221,7 +229,9 @@ class VDLossMixin:
         (a column filter or a collator of the user's own that dropped the pixels)."""
         if self._find_pixel_key(inputs) in inputs:
             return
-        rows = has_image if has_image is not None else self._image_token_rows(model, inputs)
+        rows = self._image_token_rows(model, inputs)  # a collator's has_image is False when its input lost them
+        if has_image is not None:
+            rows = has_image.to(torch.bool) if rows is None else rows | has_image.to(rows.device, torch.bool)
         if rows is None or not bool(rows.any()):
             return
         raise KeyError(

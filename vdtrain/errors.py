@@ -38,6 +38,23 @@ class MissingNLTKDataError(InputError, RuntimeError):
     """NLTK resources that CHAIR needs are not installed (a `RuntimeError` too, as it was before)."""
 
 
+class OutputLockedError(InputError):
+    """Another vdtrain process holds the lock of the output folder or file (the message names it and its owner)."""
+
+
+class StorageError(InputError, OSError):
+    """A write that failed for lack of space or permission (ENOSPC, EDQUOT, EROFS, EACCES): names the path."""
+
+
+class TrainingDiverged(InputError):
+    """A non-finite loss, gradient norm or weight: names the step and what went non-finite."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what SLURM and Kubernetes send before killing a job), raised as Ctrl-C is: the command says what it
+    kept and exits 143."""
+
+
 def third_party_input_errors() -> tuple[type[BaseException], ...]:
     """Errors of the standard library and other packages that mean bad input, not a bug: files that cannot be read
     or written (`OSError`), a YAML file that does not parse, a damaged safetensors file, a path read as a hub id.

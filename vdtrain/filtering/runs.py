@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
 from vdtrain.errors import RunMismatchError as RunMismatchError  # re-exported: it lives in vdtrain.errors
 from vdtrain.io import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
+from vdtrain.io import file_sha256 as file_sha256  # re-exported: the scoring run's data fingerprint
 
 SCORES_FILE = "scores.jsonl"
 ERRORS_FILE = "errors.jsonl"
@@ -16,15 +16,6 @@ RUN_FILE = "run.json"
 # run.json fields that must match for a rerun to append to an output directory.
 # (Not image_folder: the same data moved to another machine resumes; the data file itself is checked by hash.)
 CHECKED_FIELDS = ("model", "adapter", "data_sha256", "noise_step", "seed", "max_length", "dtype")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's content (identifies the data file of a run, wherever it moves)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- processes and files

@@ -7,12 +7,13 @@ from transformers import Trainer
 
 from vdtrain.training.checkpoints import FullCheckpointLoading
 from vdtrain.training.config import VDTrainingArguments, upgrade_arguments
+from vdtrain.training.finite import FiniteSteps
 from vdtrain.training.mixin import VDLossMixin
 
 __all__ = ["VDTrainer"]
 
 
-class VDTrainer(VDLossMixin, FullCheckpointLoading, Trainer):
+class VDTrainer(VDLossMixin, FiniteSteps, FullCheckpointLoading, Trainer):
     """Drop-in `Trainer` with the visual-dependence loss of Eq. 5.5 (`VDLossMixin` on `transformers.Trainer`).
 
     Before `args.vd_start` (a fraction of the optimizer steps) the loss is the vanilla `Trainer`'s, computed from

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from vdtrain.data.dataset import IMAGE_INPUTS
+from vdtrain.errors import InputError
 from vdtrain.method.noise import image_rows
 from vdtrain.models.base import unwrap_model
 
@@ -31,11 +32,11 @@ def vd_applicability(model: Any, pixel_key: str | None, vd: SimpleNamespace) -> 
     if head is None or head() is None:
         asked = [option for option in ("vd_eos_selective", "vd_masked_logits") if getattr(vd, option)]
         if asked:
-            raise ValueError(f"{asked[0]}=True re-weights token labels; {name} has no language-model head")
+            raise InputError(f"{asked[0]}=True re-weights token labels; {name} has no language-model head")
         return False, f"{name} has no language-model head, so its labels are not tokens"
     forward = inspect.signature(model.forward).parameters
     if pixel_key is not None and pixel_key not in forward:
-        raise ValueError(f"the pixel key {pixel_key!r} (vd_pixel_key / pixel_key=) is not an input of {name}.forward")
+        raise InputError(f"the pixel key {pixel_key!r} (vd_pixel_key / pixel_key=) is not an input of {name}.forward")
     if pixel_key is None and not any(key in forward for key in PIXEL_KEYS):
         return True, (
             f"{name}.forward takes no image input ({', '.join(PIXEL_KEYS)}; a model that does under another name: "
@@ -127,7 +128,7 @@ def check_not_packed(inputs: dict) -> None:
         and bool(((positions[:, 1:] == 0) & (positions[:, :-1] != 0)).any())
     )
     if restarts or "cu_seq_lens_q" in inputs or "cu_seq_lens_k" in inputs:
-        raise ValueError(
+        raise InputError(
             "vdtrain: this batch packs several samples into one row (position_ids restart inside a row, or "
             "cu_seq_lens are given); the visual-dependence weights are a softmax over each sample's tokens and "
             "would mix samples. Train without packing/padding-free batches while the VD loss is active "

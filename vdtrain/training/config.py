@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 from transformers import TrainingArguments
 
 from vdtrain.data.arguments import DataArguments
+from vdtrain.errors import InputError
 from vdtrain.models.arguments import ModelArguments
 
 __all__ = [
@@ -102,7 +103,7 @@ def resolve_deprecated(old: str, old_value, new: str, new_value):
     if old_value is None or old_value == new_value:
         return new_value
     if new_value != VD_DEFAULTS[new]:
-        raise ValueError(f"`{old}` (deprecated) and `{new}` are both set, to {old_value!r} and {new_value!r}")
+        raise InputError(f"`{old}` (deprecated) and `{new}` are both set, to {old_value!r} and {new_value!r}")
     warnings.warn(f"`{old}` is deprecated and will be removed; use `{new}`", FutureWarning, stacklevel=4)
     return old_value
 
@@ -124,15 +125,15 @@ def check_vd_options(options: dict) -> None:
     from vdtrain.method.weighting import available_weightings
 
     if options["vd_weighting"] not in available_weightings():
-        raise ValueError(f"vd_weighting must be one of {available_weightings()}, got {options['vd_weighting']!r}")
+        raise InputError(f"vd_weighting must be one of {available_weightings()}, got {options['vd_weighting']!r}")
     if options["vd_clean_pass"] not in CLEAN_PASSES:
-        raise ValueError(f"vd_clean_pass must be one of {CLEAN_PASSES}, got {options['vd_clean_pass']!r}")
+        raise InputError(f"vd_clean_pass must be one of {CLEAN_PASSES}, got {options['vd_clean_pass']!r}")
     if not 0.0 <= options["vd_start"] <= 1.0:
-        raise ValueError(f"vd_start is a fraction of training in [0, 1], got {options['vd_start']}")
+        raise InputError(f"vd_start is a fraction of training in [0, 1], got {options['vd_start']}")
     if not 0 <= options["vd_noise_step"] <= 999:
-        raise ValueError(f"vd_noise_step must be in [0, 999], got {options['vd_noise_step']}")
+        raise InputError(f"vd_noise_step must be in [0, 999], got {options['vd_noise_step']}")
     if options["vd_temperature"] < 0:
-        raise ValueError(f"vd_temperature must be >= 0, got {options['vd_temperature']}")
+        raise InputError(f"vd_temperature must be >= 0, got {options['vd_temperature']}")
 
 
 @dataclass

@@ -16,6 +16,7 @@ from transformers import Trainer
 from transformers.utils import logging
 
 from vdtrain.data.dataset import IMAGE_INPUTS
+from vdtrain.errors import InputError
 from vdtrain.keys import END_OF_TURN_MASK, HAS_IMAGE, LOSS_ONLY_KEYS
 from vdtrain.method.dependence import dependence_stats_tensor, row_logprobs, visual_dependence
 from vdtrain.method.losses import per_token_nll
@@ -102,14 +103,14 @@ class VDLossMixin:
             smoothing = getattr(self, "label_smoother", None)
             for name, value in (("label_smoothing_factor", smoothing), ("compute_loss_func", self.compute_loss_func)):
                 if value is not None:
-                    raise ValueError(f"{name} replaces the per-token loss the VD loss and vd_eos_selective re-weight")
+                    raise InputError(f"{name} replaces the per-token loss the VD loss and vd_eos_selective re-weight")
         if self.vd.vd_projector_lr is not None and not self.projector_modules:
-            raise ValueError(
+            raise InputError(
                 f"vd_projector_lr={self.vd.vd_projector_lr} needs {type(self).__name__}(projector_modules=...), the "
                 "parameter-name fragments of the multimodal projector: pass **adapter.trainer_kwargs(processor)"
             )
         if self.vd.vd_eos_selective and end_of_turn_id is None:
-            raise ValueError(
+            raise InputError(
                 f"vd_eos_selective=True needs {type(self).__name__}(end_of_turn_id=...) from the model's adapter"
             )
         self._vd_metrics: list[torch.Tensor] = []  # one (5,) device tensor per active micro-batch: VD_METRICS

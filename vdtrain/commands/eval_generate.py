@@ -42,23 +42,26 @@ def main(argv: list[str] | None = None) -> int:
     questions, fmt = load_questions(args.questions, args.format, args.prompt)
     questions = questions[: args.limit] if args.limit else questions
     image_folder = args.image_folder or (args.questions if Path(args.questions).is_dir() else ".")
-    model, processor, adapter = options.load_model(args)
-    settings = run_settings(args.model, args.adapter, args.questions, args.prompt, args.dtype)
-    written = generate_answers(
-        model,
-        processor,
-        questions,
-        args.output,
-        image_folder=image_folder,
-        fmt=fmt,
-        options=decoding,
-        adapter=adapter,
-        prompt_suffix=args.prompt_suffix,
-        batch_size=args.batch_size,
-        settings=settings,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
+    from vdtrain.locks import output_lock
+
+    with output_lock(args.output, "vdtrain eval generate", is_file=True):  # before the model: fail in a second
+        model, processor, adapter = options.load_model(args)
+        settings = run_settings(args.model, args.adapter, args.questions, args.prompt, args.dtype)
+        written = generate_answers(
+            model,
+            processor,
+            questions,
+            args.output,
+            image_folder=image_folder,
+            fmt=fmt,
+            options=decoding,
+            adapter=adapter,
+            prompt_suffix=args.prompt_suffix,
+            batch_size=args.batch_size,
+            settings=settings,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
     print(f"{written} new answers ({len(questions)} questions) -> {args.output}")
     return 0
 

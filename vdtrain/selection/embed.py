@@ -163,8 +163,7 @@ def encoder_dataset(
     Resumes what an earlier run left; records whose image cannot be read get NaN rows and an `errors.jsonl` line.
     Returns the merged files (main process, all done), else None.
     """
-    from PIL import Image
-
+    from vdtrain.data.images import open_image, to_rgb  # the one image loader (EXIF, 16-bit, pixel limit)
     from vdtrain.selection.encoders import encode_images, encode_texts
 
     output_dir, data = Path(output_dir), Path(data)
@@ -184,10 +183,10 @@ def encoder_dataset(
                 record = records[index]
                 try:
                     path = Path(image_folder or "") / record["image"]
-                    with Image.open(path) as image:
-                        images.append(image.convert("RGB"))
+                    with open_image(path) as image:
+                        images.append(to_rgb(image))
                     ok.append(index)
-                except (OSError, KeyError, TypeError) as error:
+                except (OSError, ValueError, KeyError, TypeError) as error:
                     errors.append({"id": str(record.get("id", index)), "index": index, "error": f"image: {error}"})
             chunk = ok
             if chunk:

@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     from vdtrain.evaluation.chair import evaluate_chair, format_summary, load_synonyms
     from vdtrain.evaluation.chair_truth import build_ground_truth, coco_annotation_files
+    from vdtrain.evaluation.nltk_check import require_nltk_data
     from vdtrain.evaluation.questions import load_captions
 
     instances, references = coco_annotation_files(args.coco_dir) if args.coco_dir else ([], [])
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in [*instances, *references, Path(args.captions)]:
         if not path.exists():
             raise FileNotFoundError(f"{path} not found")
+    require_nltk_data(args.nltk_data, args.lemmatizer, fetch=True)  # first use: fetched into the user's folder
     synonyms = load_synonyms(args.synonyms)
     captions = load_captions(args.captions, args.image_id_key, args.caption_key, args.questions)
     ground_truth = build_ground_truth(

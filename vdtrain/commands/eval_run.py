@@ -64,7 +64,7 @@ def _check_scorer_inputs(config: dict, args: argparse.Namespace) -> None:
     if not args.coco_dir:
         raise ValueError("CHAIR needs --coco-dir (the COCO 2014 annotations folder; see eval/README.md)")
     coco_annotation_files(args.coco_dir)
-    require_nltk_data(args.nltk_data, (config.get("chair") or {}).get("lemmatizer", "nltk"))
+    require_nltk_data(args.nltk_data, (config.get("chair") or {}).get("lemmatizer", "nltk"), fetch=True)
 
 
 def _score(config: dict, args: argparse.Namespace, pairs: dict[str, tuple[Path, Path]], out: Path) -> dict:

@@ -115,6 +115,7 @@ def test_import_vdtrain_is_lazy():
         "VDTrainer",
         "VDTrainingArguments",
         "add_diffusion_noise",
+        "load_for_training",
         "register_weighting",
         "target_logprobs",
         "token_weights",
@@ -290,3 +291,36 @@ def test_train_help_snapshot_is_current():
     if written_with == version("transformers"):
         assert body == render_help(HELP_WIDTH)
     assert "--vd_temperature" in body and "--learning_rate" in body
+
+
+def test_readme_exit_code_table_is_what_the_cli_returns(tmp_path, monkeypatch, capsys):
+    """Every row of the README's exit-code table: its code is one the CLI returns, and each example returns it."""
+    import re
+    import shlex
+
+    from vdtrain import cli
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = re.findall(r"^\| (\d+) \| ([^|]+) \|\s*([^|]*?)\s*\|$", readme, re.M)
+    codes = {int(code) for code, _, _ in rows}
+    assert codes == {0, cli.EXIT_INPUT, cli.EXIT_USAGE, cli.EXIT_INTERRUPTED}, rows
+    monkeypatch.chdir(tmp_path)
+    examples = [(int(code), command) for code, _, cell in rows for command in re.findall(r"`(vdtrain [^`]+)`", cell)]
+    assert {code for code, _ in examples} == {0, cli.EXIT_INPUT, cli.EXIT_USAGE}
+    for code, command in examples:
+        assert cli.main(shlex.split(command)[1:]) == code, command
+    capsys.readouterr()
+
+
+def test_mistyped_commands_get_a_suggestion(capsys):
+    from vdtrain import cli
+
+    assert cli.main(["trian"]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err.splitlines()[0] == "vdtrain: error: unknown command 'trian'; did you mean 'train'?"
+    assert cli.main(["eval", "genrate"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err.splitlines()[0]
+    assert err == "vdtrain eval: error: unknown command 'genrate'; did you mean 'generate'?"
+    assert cli.main(["chair"]) == cli.EXIT_USAGE
+    assert "did you mean 'eval chair'?" in capsys.readouterr().err
+    assert cli.main(["zzz"]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err.splitlines()[0] == "vdtrain: error: unknown command 'zzz'"

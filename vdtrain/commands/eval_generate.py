@@ -85,15 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """`vdtrain eval generate`: answer a question file with a model (and LoRA adapter) into a jsonl file."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from vdtrain.evaluation.generate import generate_answers, run_settings
+    from vdtrain.evaluation.generate import generate_answers, generation_settings, remaining_questions, run_settings
     from vdtrain.evaluation.questions import load_questions
 
     decoding = decoding_options(args)
     questions, fmt = load_questions(args.questions, args.format, args.prompt)
     questions = questions[: args.limit] if args.limit else questions
     image_folder = args.image_folder or (args.questions if Path(args.questions).is_dir() else ".")
-    model, processor, adapter = load_model(args.model, args.adapter, args.dtype, args.device)
     settings = run_settings(args.model, args.adapter, args.questions, args.prompt, args.dtype)
+    run = generation_settings(decoding, fmt, args.prompt_suffix, settings)
+    if not args.overwrite and not remaining_questions(questions, args.output, run):  # before minutes of loading
+        print(f"0 new answers ({len(questions)} questions, all answered in {args.output} already) -> {args.output}")
+        return 0
+    model, processor, adapter = load_model(args.model, args.adapter, args.dtype, args.device)
     written = generate_answers(
         model,
         processor,

@@ -168,7 +168,7 @@ def load_config(
         for key in unknown:
             close = difflib.get_close_matches(key, known, n=2)
             hints.append(f"{key} (did you mean {', '.join(close)}?)" if close else key)
-        raise InputError(f"{source}: unknown field(s): {'; '.join(hints)}. `vdtrain train --help` lists them.")
+        raise UsageError(f"{source}: unknown field(s): {'; '.join(hints)}. `vdtrain train --help` lists them.")
     values = _check_lists(values, {action.dest: action for action in hf_parser._actions}, source)
     try:
         return hf_parser.parse_args_into_dataclasses(args=_to_argv(values), look_for_args_file=False)

@@ -108,6 +108,26 @@ def prepare_for_training(model: Any, adapter: ModelAdapter, args: ModelArguments
     return model
 
 
+def load_for_training(
+    model_name_or_path: str | os.PathLike, *, gradient_checkpointing: bool = False, **recipe: Any
+) -> tuple[Any, Any, ModelAdapter]:
+    """`(model, processor, adapter)` set up as `vdtrain train` trains it, for the library path: the vision tower
+    frozen, LoRA (r 128, alpha 256) on the language model's linears and the projector trained fully (kept in every
+    adapter save). `recipe` takes the recipes' model fields to change that (`lora=False` for a full fine-tune,
+    `lora_r`, `lora_alpha`, `lora_dropout`, `lora_target_modules`, `train_projector`, `freeze_vision_tower`) and the
+    loading ones (`dtype`, `attn_implementation`, `trust_remote_code`); `gradient_checkpointing` must match the
+    `TrainingArguments` one. Pass the processor to the trainer as `processing_class` so every save holds it.
+    """
+    args = ModelArguments(model_name_or_path=str(model_name_or_path), **recipe)
+    model, processor, adapter = load_model_and_processor(
+        args.model_name_or_path,
+        dtype=args.dtype,
+        attn_implementation=args.attn_implementation,
+        trust_remote_code=args.trust_remote_code,
+    )
+    return prepare_for_training(model, adapter, args, gradient_checkpointing), processor, adapter
+
+
 def load_for_inference(model_path: str | os.PathLike, adapter_path: str | os.PathLike | None = None, **kwargs):
     """`(model, processor, adapter)` in eval mode; a LoRA adapter directory is applied without merging."""
     model, processor, adapter = load_model_and_processor(model_path, **kwargs)

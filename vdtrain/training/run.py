@@ -11,7 +11,7 @@ import transformers
 from vdtrain.data import SupervisedDataset, VDDataCollator, check_images, load_conversations
 from vdtrain.data.dataset import conversation_problems, invalid_samples_message
 from vdtrain.models.loading import load_model_and_processor, prepare_for_training
-from vdtrain.models.merge import BASE_MODEL_FILE
+from vdtrain.models.merge import BASE_MODEL_FILE, base_model_text
 from vdtrain.training.checkpoints import MANIFEST_NAME, write_manifest
 from vdtrain.training.config import DataArguments, ModelArguments, VDTrainingArguments
 from vdtrain.training.trainer import VDTrainer
@@ -88,7 +88,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
         trainer.processing_class.save_pretrained(str(output_dir))
-        (output_dir / BASE_MODEL_FILE).write_text(model_args.model_name_or_path + "\n")
+        (output_dir / BASE_MODEL_FILE).write_text(base_model_text(model_args.model_name_or_path) + "\n")
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         write_manifest(output_dir, recursive=False)  # last: the final adapter is complete

@@ -300,9 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vdtrain demo",
         description="Train a tiny LLaVA on synthetic shapes with and without visual-dependence weighting, "
-        "evaluate CHAIR / POPE / partner hallucination, and write a report (CPU, minutes, no downloads).",
+        "evaluate CHAIR / POPE / partner hallucination, and write a report (CPU, minutes; CHAIR's NLTK data is "
+        "fetched once into ~/nltk_data on first use).",
     )
-    p.add_argument("--quick", action="store_true", help="pipeline check: tiny data, few steps, 1 seed (~1 min)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="pipeline check: tiny data, few steps, 1 seed (about 2 min on 2 idle cores; the default run up to ~20)",
+    )
     p.add_argument("--seeds", type=int, help="number of seeds (default 3; --quick: 1)")
     p.add_argument("--steps", type=int, help="optimizer steps in all, an even number; the variants branch at half")
     p.add_argument("--temperature", type=float, help="tau of the vd-neg / vd-pos softmax (default 1.0)")

@@ -53,7 +53,7 @@ class DemoSettings:
 
 
 def demo_settings(quick: bool = False) -> DemoSettings:
-    """The default run (about 15 minutes on 2 idle cores), or the `--quick` pipeline check (about 1 minute)."""
+    """The default run (up to ~20 minutes on 2 idle cores), or the `--quick` pipeline check (about 2 minutes)."""
     if not quick:
         return DemoSettings()
     return DemoSettings(

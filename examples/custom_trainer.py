@@ -85,9 +85,7 @@ def main() -> None:
             args=args,
             train_dataset=dataset,
             data_collator=VDDataCollator.for_processor(processor),
-            projector_modules=adapter.projector_modules,
-            end_of_turn_id=adapter.end_of_turn_id(processor),
-            pixel_key=adapter.pixel_key,
+            **adapter.trainer_kwargs(processor),  # projector_modules, end_of_turn_id, pixel_key
         )
         torch.manual_seed(0)
         trainer.train()

@@ -217,8 +217,7 @@ def test_two_vd_steps_train_lora_and_projector(family, tmp_path, request):
         train_dataset=dataset,
         data_collator=VDDataCollator.for_processor(processor),
         processing_class=processor,
-        projector_modules=adapter.projector_modules,
-        end_of_turn_id=adapter.end_of_turn_id(processor),
+        **adapter.trainer_kwargs(processor),
     )
     trainer.train()
     handle.remove()

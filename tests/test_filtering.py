@@ -324,16 +324,3 @@ def test_select_refuses_scores_without_a_matching_fingerprint(workdir, loaded, t
     assert "scores another data file than" in capsys.readouterr().err
     assert cli_main([*argv, "--scores", str(copied / "scores.jsonl"), "--force"]) == 0
     assert len(json.loads((tmp_path / "kept.json").read_text())) == 5
-
-
-def test_cli_shared_constants_match_the_library():
-    from vdtrain.commands import eval_chair, eval_generate, eval_pope
-    from vdtrain.commands import filter as filter_command
-    from vdtrain.evaluation import generate, lemmatize, pope, questions
-    from vdtrain.filtering import STRATEGIES
-
-    assert filter_command.STRATEGIES == STRATEGIES and eval_pope.PARSERS == pope.PARSERS
-    assert eval_generate.FORMATS == questions.FORMATS and eval_chair.LEMMATIZERS == lemmatize.LEMMATIZERS
-    from dataclasses import asdict
-
-    assert eval_generate.DECODING_DEFAULTS == asdict(generate.DecodingOptions())

@@ -12,10 +12,10 @@ from PIL import Image
 from tiny import tiny_llava, write_images
 
 from vdtrain.cli import main as cli
-from vdtrain.commands.eval_generate import load_model
 from vdtrain.evaluation.generate import DecodingOptions, generate_answers
 from vdtrain.evaluation.questions import coco_image_id, load_questions, read_answers, resolve_image
 from vdtrain.models import get_adapter
+from vdtrain.models.loading import load_for_inference
 
 QUESTIONS = [
     "Is there a cat in the image?",
@@ -139,11 +139,11 @@ def test_lora_adapter_loads_unmerged_and_generates(tiny_llava_dir, pope_files, t
 
     path, folder = pope_files
     questions, _ = load_questions(path)
-    base, processor, adapter = load_model(str(tiny_llava_dir))
+    base, processor, adapter = load_for_inference(str(tiny_llava_dir), dtype="float32")
     config = LoraConfig(r=4, target_modules=adapter.lora_target_modules, init_lora_weights=False)
     torch.manual_seed(0)
     get_peft_model(tiny_llava()[0], config).save_pretrained(tmp_path / "adapter")
-    model, processor, adapter = load_model(str(tiny_llava_dir), str(tmp_path / "adapter"))
+    model, processor, adapter = load_for_inference(str(tiny_llava_dir), str(tmp_path / "adapter"), dtype="float32")
     assert isinstance(model, PeftModel)
     assert any("lora_A" in name for name, _ in model.named_modules())  # not merged away
     options = DecodingOptions(max_new_tokens=6)

@@ -24,6 +24,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "train": "vdtrain.commands.train",
     "merge": "vdtrain.commands.merge",
     "filter": "vdtrain.commands.filter",
+    "select": "vdtrain.commands.select",
     "inspect": "vdtrain.commands.inspect",
     "demo": "vdtrain.demo.run",
     "eval": {
@@ -44,6 +45,7 @@ HELP = {
     "train": "fine-tune a vision-language model with the visual-dependence loss (YAML config + overrides)",
     "merge": "merge a LoRA adapter (and projector) into its base model",
     "filter": "score a dataset by visual dependence and remove a fraction (score | select | run)",
+    "select": "choose what to label or train on: pairs (cold-start, MMCSAL)",
     "inspect": "plot per-token probabilities with the clean and the noised image (thesis Fig. 5.1)",
     "demo": "end-to-end synthetic hallucination benchmark on a tiny model (CPU, minutes)",
     "eval": "evaluation: chair | pope | pope-build | generate | run | mme",

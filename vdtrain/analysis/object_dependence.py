@@ -15,7 +15,7 @@ import torch
 from vdtrain.analysis.spans import mention_tokens, object_mentions, token_char_spans
 from vdtrain.data.samples import collate_samples, prepare_sample
 from vdtrain.evaluation.chair import Synonyms, load_synonyms
-from vdtrain.evaluation.questions import _image_id
+from vdtrain.evaluation.questions import caption_image_id
 from vdtrain.io import read_objects
 from vdtrain.method.dependence import IGNORE_INDEX, POSITIVE_THRESHOLD
 from vdtrain.method.passes import batch_dependence
@@ -38,7 +38,7 @@ def load_caption_records(path: str | os.PathLike) -> list[dict[str, Any]]:
         caption = record.get("caption", record.get("text"))
         if not isinstance(caption, str):
             raise ValueError(f"{where} has no caption text ('caption' or 'text')")
-        image_id = _image_id(record.get("image_id", record["image"]), where)
+        image_id = caption_image_id(record.get("image_id", record["image"]), where)
         out.append({**record, "caption": caption, "image_id": image_id})
     return out
 

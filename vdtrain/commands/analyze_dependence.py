@@ -16,22 +16,13 @@ DESCRIPTION = (
 )
 
 
-def add_teacher_forcing_options(parser: argparse.ArgumentParser) -> None:
-    """The model options every analysis shares, plus the noise and the sequence length of the teacher forcing."""
-    options.add_model_options(parser)
-    options.add_seed(parser, 0, "the per-sample noise: sample i draws from (seed, i)")
-    options.add_noise_step(parser)
-    parser.add_argument("--max-length", type=int, default=2048, help="tokens per sequence after image expansion")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
 def build_parser() -> argparse.ArgumentParser:
     from vdtrain.analysis.object_dependence import DEFAULT_PROMPT
-    from vdtrain.commands.eval_chair import _default_cache_dir
     from vdtrain.evaluation.lemmatize import LEMMATIZERS
+    from vdtrain.evaluation.reports import default_cache_dir
 
     p = options.parser("vdtrain analyze dependence", DESCRIPTION)
-    add_teacher_forcing_options(p)
+    options.add_teacher_forcing_options(p)
     options.add_batch_size(p, 8, "captions")
     p.add_argument("--captions", required=True, help="captions .jsonl/.json (from vdtrain eval generate / eval run)")
     p.add_argument("--image-folder", required=True, help="folder of the captions' images (COCO val2014)")
@@ -43,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lemmatizer", choices=LEMMATIZERS, default="nltk", help="CHAIR's lemmatizer (nltk: OPERA's)")
     p.add_argument("--synonyms", help="synonyms file (default: the 80 COCO categories)")
     p.add_argument("--nltk-data", help="NLTK data directory to search first")
-    p.add_argument("--cache-dir", default=str(_default_cache_dir()), help="CHAIR ground-truth cache")
+    p.add_argument("--cache-dir", default=str(default_cache_dir()), help="CHAIR ground-truth cache")
     return p
 
 

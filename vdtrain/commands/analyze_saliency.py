@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from vdtrain.commands import options
-from vdtrain.commands.analyze_dependence import add_teacher_forcing_options
 from vdtrain.errors import InputError
 
 DESCRIPTION = (
@@ -21,7 +20,7 @@ DESCRIPTION = (
 
 def build_parser() -> argparse.ArgumentParser:
     p = options.parser("vdtrain analyze saliency", DESCRIPTION)
-    add_teacher_forcing_options(p)
+    options.add_teacher_forcing_options(p)
     p.add_argument("--data", required=True, help="LLaVA-format conversations .json/.jsonl (the paper: Detail-23k)")
     p.add_argument("--image-folder", help="folder the records' `image` paths are relative to")
     p.add_argument(

@@ -8,13 +8,9 @@ import sys
 from pathlib import Path
 
 from vdtrain.commands import options
+from vdtrain.evaluation.lemmatize import LEMMATIZERS
+from vdtrain.evaluation.reports import default_cache_dir
 from vdtrain.io import atomic_write_json
-
-LEMMATIZERS = ("nltk", "pattern")  # vdtrain.evaluation.lemmatize.LEMMATIZERS
-
-
-def _default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vdtrain" / "chair"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave out captions whose image id is not in the annotations (listed in the output) instead of failing",
     )
-    p.add_argument("--cache-dir", default=str(_default_cache_dir()), help="ground-truth cache")
+    p.add_argument("--cache-dir", default=str(default_cache_dir()), help="ground-truth cache")
     p.add_argument("--no-cache", action="store_true", help="build the ground truth without reading or writing a cache")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="processes for the ground truth")
     return p
@@ -50,37 +46,32 @@ def main(argv: list[str] | None = None) -> int:
     """`vdtrain eval chair`: evaluate a captions file and write the per-caption report."""
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    from vdtrain.evaluation.chair import evaluate_chair, format_summary, load_synonyms
-    from vdtrain.evaluation.chair_truth import build_ground_truth, coco_annotation_files
+    from vdtrain.evaluation.chair import format_summary
+    from vdtrain.evaluation.chair_truth import coco_annotation_files
     from vdtrain.evaluation.nltk_check import require_nltk_data
-    from vdtrain.evaluation.questions import load_captions
+    from vdtrain.evaluation.reports import chair_report
 
     instances, references = coco_annotation_files(args.coco_dir) if args.coco_dir else ([], [])
     instances += [Path(p) for p in args.instances]
     references += [Path(p) for p in args.coco_captions]
     if not instances and not references:
         parser.error("give --coco-dir, or --instances / --coco-captions files")
-    for path in [*instances, *references, Path(args.captions)]:
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found")
     require_nltk_data(args.nltk_data, args.lemmatizer, fetch=True)  # first use: fetched into the user's folder
-    synonyms = load_synonyms(args.synonyms)
-    captions = load_captions(args.captions, args.image_id_key, args.caption_key, args.questions)
-    ground_truth = build_ground_truth(
+    result = chair_report(
+        args.captions,
         instances,
         references,
-        synonyms,
-        args.lemmatizer,
+        lemmatizer=args.lemmatizer,
+        synonyms_path=args.synonyms,
+        image_id_key=args.image_id_key,
+        caption_key=args.caption_key,
+        questions=args.questions,
         cache_dir=None if args.no_cache else args.cache_dir,
         num_workers=args.workers,
         nltk_data=args.nltk_data,
+        unknown_ids="skip" if args.skip_unknown_ids else "error",
         progress=sys.stderr.isatty(),
     )
-    unknown_ids = "skip" if args.skip_unknown_ids else "error"
-    try:
-        result = evaluate_chair(captions, ground_truth, synonyms, args.lemmatizer, unknown_ids=unknown_ids)
-    except ValueError as error:
-        raise type(error)(f"{args.captions}: {error}") from error
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output, result, indent=1)

@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 from vdtrain.commands import options
-
-PARSERS = ("pope", "vcd", "opera")  # vdtrain.evaluation.pope.PARSERS
+from vdtrain.evaluation.pope import PARSERS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,24 +47,12 @@ def _pairs(args: argparse.Namespace) -> list[tuple[Path, Path]]:
 def main(argv: list[str] | None = None) -> int:
     """`vdtrain eval pope`: score answers files against POPE question files and write the report."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from vdtrain.evaluation.pope import average_metrics, evaluate_pope, format_table
-    from vdtrain.io import atomic_write_json, read_objects
+    from vdtrain.evaluation.pope import format_table
+    from vdtrain.evaluation.reports import pope_report
+    from vdtrain.io import atomic_write_json
 
-    splits: dict[str, dict] = {}
-    for questions, answers in _pairs(args):
-        name = questions.stem if questions.stem not in splits else str(questions)
-        result = evaluate_pope(
-            read_objects(questions), read_objects(answers), args.parser, args.answer_key, str(questions), str(answers)
-        )
-        result["num_empty_answers"] = len(result["empty_answers"])
-        splits[name] = {"questions": str(questions), "answers": str(answers), **result}
-    report: dict = {"parser": args.parser}
-    if len(splits) == 1:
-        only = next(iter(splits.values()))
-        report |= {"metrics": only["metrics"], "predictions": only["predictions"]}
-    report["splits"] = splits
-    report["average"] = average_metrics(splits)
-    report["num_empty_answers"] = sum(split["num_empty_answers"] for split in splits.values())
+    report = pope_report(_pairs(args), args.parser, args.answer_key)
+    splits = report["splits"]
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output, report, indent=1)

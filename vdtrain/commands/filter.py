@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from vdtrain.commands import options
+from vdtrain.filtering.selection import STRATEGIES
 
-STRATEGIES = ("lowest", "highest", "random")  # vdtrain.filtering.selection.STRATEGIES (not imported: torch)
 SUBCOMMANDS = ("score", "select", "run")  # the error boundary names them: `vdtrain filter select: error: ...`
 
 DESCRIPTION = """Offline data filtering by visual dependence (thesis section 5.4.5).

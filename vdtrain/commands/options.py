@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from vdtrain.errors import InputError
+from vdtrain.evaluation.decoding import DecodingOptions
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 DTYPE_HELP = "weights dtype: auto (bfloat16 on a GPU that supports it, else float32), bfloat16, float16 or float32"
@@ -106,6 +109,48 @@ def add_noise_step(parser: argparse.ArgumentParser | Any, default: int = 900) ->
     parser.add_argument(
         "--noise-step", type=noise_step, default=default, help="diffusion step of the noised image (0-999)"
     )
+
+
+def add_decoding_arguments(parser: argparse.ArgumentParser, defaults: Mapping[str, Any] | None = None) -> None:
+    """The decoding flags of `eval generate` and `eval run` (`defaults` None: `DecodingOptions`' own; `{}` leaves
+    them unset, so a protocol config's values stand unless a flag is given)."""
+    base = asdict(DecodingOptions()) if defaults is None else dict(defaults)
+    group = parser.add_argument_group("decoding (defaults: the protocol config's, else greedy, 512 tokens)")
+    flag = group.add_argument
+    flag(
+        "--decoding",
+        choices=("greedy", "vcd"),
+        default=base.get("decoding"),
+        help="greedy: transformers generate (sampling / beams by the flags below); vcd: visual contrastive decoding",
+    )
+    flag("--max-new-tokens", type=int, default=base.get("max_new_tokens"), help="most tokens per answer")
+    flag("--do-sample", action="store_true", default=base.get("do_sample"), help="sample instead of greedy")
+    flag("--temperature", type=float, default=base.get("temperature"), help="sampling temperature")
+    flag("--top-p", type=float, default=base.get("top_p"), help="nucleus sampling mass")
+    flag("--num-beams", type=int, default=base.get("num_beams"), help="beam search (greedy decoding only)")
+    flag("--vcd-alpha", type=float, default=base.get("vcd_alpha"), help="VCD contrast strength (1.0)")
+    flag("--vcd-beta", type=float, default=base.get("vcd_beta"), help="VCD plausibility cut-off (0.1)")
+    flag("--vcd-noise-step", type=int, default=base.get("vcd_noise_step"), help="VCD diffusion noise step (500)")
+    add_seed(group, base.get("seed"), "the VCD noise and sampling; 0 when unset")
+    add_batch_size(group, 8 if defaults is None else defaults.get("batch_size"), "prompts (8 when unset)")
+
+
+def decoding_options(args: argparse.Namespace, base: Mapping[str, Any] | None = None) -> DecodingOptions:
+    """`DecodingOptions` from `base` (a config's values) overridden by the flags that were given."""
+    values = dict(base or {})
+    for name in asdict(DecodingOptions()):
+        if getattr(args, name, None) is not None:
+            values[name] = getattr(args, name)
+    return DecodingOptions(**values)
+
+
+def add_teacher_forcing_options(parser: argparse.ArgumentParser) -> None:
+    """The model options every analysis shares, plus the noise and the sequence length of the teacher forcing."""
+    add_model_options(parser)
+    add_seed(parser, 0, "the per-sample noise: sample i draws from (seed, i)")
+    add_noise_step(parser)
+    parser.add_argument("--max-length", type=int, default=2048, help="tokens per sequence after image expansion")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def flag_value(argv: list[str], flag: str) -> str | None:

@@ -277,9 +277,8 @@ def train_demo_model(
         train_dataset=dataset,
         data_collator=VDDataCollator.for_processor(processor),
         processing_class=processor,
-        projector_modules=adapter.projector_modules,
-        end_of_turn_id=adapter.end_of_turn_id(processor),
         callbacks=[StopAt()],
+        **adapter.trainer_kwargs(processor),
     )
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     return trainer

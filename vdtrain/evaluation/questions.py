@@ -18,7 +18,8 @@ _COCO_NAME = re.compile(r"^(?:COCO_[A-Za-z]+\d{4}_)?(\d+)\.(?:jpg|jpeg|png)$", r
 _IMAGE_FILE_ID = re.compile(r"(\d+)\.[A-Za-z]+$")
 
 
-def _image_id(value: object, where: str) -> int:
+def caption_image_id(value: object, where: str) -> int:
+    """The COCO image id of a caption record's `image_id` (an int, digits, or a COCO file name); `where` names it."""
     if isinstance(value, int):
         return value
     if isinstance(value, str):
@@ -63,7 +64,7 @@ def load_captions(
         caption = record[caption_key] if caption_key in record else record.get("text")
         if not isinstance(caption, str):
             raise ValueError(f"{where} has no caption text under {caption_key!r} (or 'text'): pass --caption-key")
-        entry = {"image_id": _image_id(raw, where), "caption": caption}
+        entry = {"image_id": caption_image_id(raw, where), "caption": caption}
         if "question_id" in record:
             entry["question_id"] = record["question_id"]
         captions.append(entry)

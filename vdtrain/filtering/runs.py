@@ -7,8 +7,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from vdtrain.io import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
 
 SCORES_FILE = "scores.jsonl"
@@ -57,8 +55,11 @@ def end_distributed() -> None:
 
 
 def barrier(world_size: int) -> None:
+    """Wait for every process of a multi-process run (nothing to wait for alone)."""
     if world_size > 1:
-        torch.distributed.barrier()
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def scored_indices(output_dir: Path) -> set[int]:

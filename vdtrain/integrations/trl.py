@@ -17,10 +17,9 @@ import torch.nn.functional as F
 from transformers import TrainingArguments
 from trl import SFTConfig, SFTTrainer
 
-from vdtrain.method.dependence import IGNORE_INDEX
 from vdtrain.training.checkpoints import FullCheckpointLoading
-from vdtrain.training.config import VDArguments, vd_options
-from vdtrain.training.mixin import VDLossMixin
+from vdtrain.training.config import VDArguments, upgrade_arguments, vd_options
+from vdtrain.training.mixin import StepMasks, VDLossMixin
 
 __all__ = ["VDSFTConfig", "VDSFTTrainer", "end_of_turn_token_id"]
 
@@ -36,12 +35,16 @@ class VDSFTTrainer(VDLossMixin, FullCheckpointLoading, SFTTrainer):
     Takes `SFTTrainer`'s arguments plus `projector_modules`, `end_of_turn_id` and `pixel_key` (see `VDLossMixin`).
     Without `end_of_turn_id`, the end-of-turn token of the EOS floor is the one the processor's chat template closes
     an assistant turn with (`end_of_turn_token_id`). `args` may be a `VDSFTConfig`, any `TrainingArguments` (the
-    `vd_*` fields it has are kept) or None. Checkpoints are resumed as by `VDTrainer` (`FullCheckpointLoading`):
+    `vd_*` fields it has are kept) or None. An `SFTConfig` stays the object passed (`trainer.args is args`, as with
+    `SFTTrainer`), given the `vd_*` fields in place; other `TrainingArguments` become a `VDSFTConfig`, as
+    `SFTTrainer` makes them an `SFTConfig`. Checkpoints are resumed as by `VDTrainer` (`FullCheckpointLoading`):
     complete ones only, and a full fine-tune's weights by the names they were saved under.
     """
 
     def __init__(self, model, args: TrainingArguments | None = None, *positional, **kwargs) -> None:
-        if isinstance(args, TrainingArguments) and not isinstance(args, VDSFTConfig):
+        if isinstance(args, SFTConfig):
+            upgrade_arguments(args, VDSFTConfig)
+        elif isinstance(args, TrainingArguments):
             names = {spec.name for spec in fields(VDSFTConfig) if spec.init}
             values = {key: value for key, value in args.to_dict().items() if key in names}
             # to_dict hides every `*_token` field (hub_token, SFTConfig's eos_token/pad_token) behind "<NAME>"
@@ -63,18 +66,18 @@ class VDSFTTrainer(VDLossMixin, FullCheckpointLoading, SFTTrainer):
     def _vd_masked_logits(self, model) -> bool:
         return False  # TRL's fused LM head already never builds the logits
 
-    def _vd_loss(self, model, inputs, end_of_turn, has_image, active, return_outputs, num_items_in_batch):
+    def _vd_loss(self, model, inputs, masks: StepMasks, active, return_outputs, num_items_in_batch):
         """`SFTTrainer.compute_loss` on a stand-in for the model that re-weights the fused head's log-probs."""
-        reweighting = _ReweightedForward(self, model, end_of_turn, has_image)
+        reweighting = _ReweightedForward(self, model, masks)
         return SFTTrainer.compute_loss(self, reweighting, inputs, return_outputs, num_items_in_batch)
 
     @torch.no_grad()
-    def _no_grad_logprobs(self, model, inputs, labels) -> torch.Tensor:
+    def _no_grad_logprobs(self, model, inputs, masks: StepMasks) -> torch.Tensor:
         """`(B, L)` target log-probs from TRL's fused LM head, in eval mode (no dropout, no checkpointing)."""
         was_training = model.training
         model.eval()
         try:
-            outputs = model(**inputs, labels=labels, fused_lm_head=True)
+            outputs = model(**inputs, labels=masks.labels, fused_lm_head=True)
         finally:
             if was_training:
                 model.train()
@@ -113,21 +116,22 @@ class _ReweightedForward:
     """Stands in for the model in `SFTTrainer.compute_loss`: runs it, then multiplies the per-token log-probs of the
     fused LM head by the (detached) VD weights, so TRL's `-log_probs.sum() / num_tokens` is the loss of Eq. 5.5."""
 
-    def __init__(self, trainer: VDSFTTrainer, model, end_of_turn, has_image) -> None:
-        self.trainer, self.model, self.end_of_turn, self.has_image = trainer, model, end_of_turn, has_image
+    def __init__(self, trainer: VDSFTTrainer, model, masks: StepMasks) -> None:
+        self.trainer, self.model, self.masks = trainer, model, masks
 
     def __call__(self, **kwargs):
         if not kwargs.get("fused_lm_head") and "labels" not in kwargs:
             return self.model(**kwargs)  # the logits forward of `return_outputs=True`: no loss to re-weight
         if not kwargs.get("fused_lm_head"):
             raise RuntimeError("VDSFTTrainer expects SFTTrainer to call the fused LM head (loss_type='nll')")
-        labels = kwargs["labels"]
+        if kwargs["labels"] is not self.masks.labels:
+            raise RuntimeError("VDSFTTrainer: SFTTrainer.compute_loss passed other labels than the batch's")
         inputs = {key: value for key, value in kwargs.items() if key not in ("labels", "fused_lm_head")}
-        noisy = self.trainer._noisy_pass(self.model, inputs, labels, self.has_image)  # before the graph is built
+        noisy = self.trainer._noisy_pass(self.model, inputs, self.masks)  # before the graph is built
         outputs = self.model(**kwargs)
         log_probs = outputs.log_probs  # (B, L - 1), aligned with labels[:, 1:], 0 where ignored
-        logp_clean = log_probs.detach()[labels[:, 1:] != IGNORE_INDEX]  # (N,)
-        weights = self.trainer._visual_dependence_weights(noisy, labels, logp_clean, self.end_of_turn)  # (B, L)
+        logp_clean = log_probs.detach()[self.masks.supervised[:, 1:]]  # (N,)
+        weights = self.trainer._visual_dependence_weights(noisy, self.masks, logp_clean)  # (B, L)
         outputs.log_probs = log_probs * weights[:, 1:].to(log_probs.dtype)
         return outputs
 

@@ -22,6 +22,11 @@ def targets_at(labels: torch.Tensor) -> torch.Tensor:
     return F.pad(labels[:, 1:] != IGNORE_INDEX, (0, 1), value=False)
 
 
+def supervised_mask(labels: torch.Tensor) -> torch.Tensor:
+    """`(B, L)` bool: the supervised positions, `labels[t] != -100` for `t >= 1` (position 0 is never predicted)."""
+    return F.pad(labels[:, 1:] != IGNORE_INDEX, (1, 0), value=False)
+
+
 def supervised_targets(labels: torch.Tensor) -> torch.Tensor:
     """`(N,)` the supervised labels in row-major order, aligned with the rows of `supervised_logits`."""
     return labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]

@@ -105,6 +105,15 @@ class ModelAdapter:
         """Token id that closes an assistant turn (supervised and flagged)."""
         return tokenizer_of(processor).eos_token_id
 
+    def trainer_kwargs(self, processor: Any) -> dict[str, Any]:
+        """The adapter's wiring of `VDTrainer` / `VDSFTTrainer` / any `VDLossMixin` host, to pass as `**kwargs`:
+        the projector's parameter names (`vd_projector_lr`), the end-of-turn token and the batch key of the pixels."""
+        return {
+            "projector_modules": tuple(self.projector_modules),
+            "end_of_turn_id": self.end_of_turn_id(processor),
+            "pixel_key": self.pixel_key,
+        }
+
     def image_token_id(self, processor: Any) -> int | None:
         tokenizer = tokenizer_of(processor)
         token = getattr(processor, "image_token", None) or getattr(tokenizer, "image_token", None) or "<image>"

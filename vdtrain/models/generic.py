@@ -18,24 +18,6 @@ from vdtrain.models.base import (
 )
 
 _SENTINEL = "VDTRAINSENTINEL"
-# Per-model_type defaults (PEFT-style table); unknown model types get the ModelAdapter defaults.
-FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "qwen2_vl": {
-        "projector_modules": ("visual.merger",),
-        "vision_modules": ("visual.patch_embed", "visual.blocks"),  # not "visual": that would catch the merger
-        "image_tokens_depend_on_size": True,
-    },
-    "qwen2_5_vl": {
-        "projector_modules": ("visual.merger",),
-        "vision_modules": ("visual.patch_embed", "visual.blocks"),
-        "image_tokens_depend_on_size": True,
-    },
-    "gemma3": {
-        "projector_modules": ("multi_modal_projector",),
-        "vision_modules": ("vision_tower",),
-        "image_tokens_depend_on_size": False,  # pan-and-scan off: one 896-px crop per image
-    },
-}
 
 
 def allow_processors_without_torchvision() -> None:
@@ -71,11 +53,8 @@ class ChatTemplateAdapter(ModelAdapter):
     """
 
     pixel_key = "pixel_values"
-    model_type: str | None = None
 
     def __init__(self) -> None:
-        for name, value in FAMILY_DEFAULTS.get(self.model_type or "", {}).items():
-            setattr(self, name, value)
         self._expansions: dict[int, str] = {}  # image token count -> the text the placeholder becomes
         self._type_keys: list[str] | None = None
 
@@ -281,12 +260,24 @@ def _is_type_field(key: str, value: Any, ids: torch.Tensor) -> bool:
     return value.dim() == 2 and value.shape[1] == ids.shape[0] and "type" in key
 
 
-def _family(model_type: str, name: str) -> type[ChatTemplateAdapter]:
-    """A registered `ChatTemplateAdapter` subclass carrying the `FAMILY_DEFAULTS` row of `model_type`."""
-    cls = type(name, (ChatTemplateAdapter,), {"model_type": model_type, "__doc__": f"{model_type} chat template."})
-    return register_adapter(model_type)(cls)
+@register_adapter("qwen2_vl")
+class Qwen2VLAdapter(ChatTemplateAdapter):
+    """Qwen2-VL: the chat template, with the merger as projector and image token counts that grow with image size."""
+
+    projector_modules = ("visual.merger",)
+    vision_modules = ("visual.patch_embed", "visual.blocks")  # not "visual": that would catch the merger
+    image_tokens_depend_on_size = True
 
 
-Qwen2VLAdapter = _family("qwen2_vl", "Qwen2VLAdapter")
-Qwen25VLAdapter = _family("qwen2_5_vl", "Qwen25VLAdapter")
-Gemma3Adapter = _family("gemma3", "Gemma3Adapter")
+@register_adapter("qwen2_5_vl")
+class Qwen25VLAdapter(Qwen2VLAdapter):
+    """Qwen2.5-VL: laid out as Qwen2-VL."""
+
+
+@register_adapter("gemma3")
+class Gemma3Adapter(ChatTemplateAdapter):
+    """Gemma-3: the chat template, with one 896-px crop per image (pan-and-scan off), so one token count."""
+
+    projector_modules = ("multi_modal_projector",)
+    vision_modules = ("vision_tower",)
+    image_tokens_depend_on_size = False

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import copy
 import warnings
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 from transformers import TrainingArguments
 
 from vdtrain.data.arguments import DataArguments
 from vdtrain.models.arguments import ModelArguments
 
-__all__ = ["DataArguments", "ModelArguments", "VDArguments", "VDTrainingArguments", "as_vd_arguments"]
+__all__ = [
+    "DataArguments",
+    "ModelArguments",
+    "VDArguments",
+    "VDTrainingArguments",
+    "upgrade_arguments",
+]
 
 CLEAN_PASSES = ("train", "eval")
 # old name -> new name; the old names still work, with a FutureWarning (issue 16: method options start with `vd_`)
@@ -85,7 +90,7 @@ class VDArguments:
         self.check_vd_fields()
 
     def check_vd_fields(self) -> None:
-        """Raise on out-of-range `vd_*` values (also run on arguments upgraded by `as_vd_arguments`)."""
+        """Raise on out-of-range `vd_*` values."""
         check_vd_options({name: getattr(self, name) for name in VD_DEFAULTS})
 
 
@@ -135,19 +140,45 @@ class VDTrainingArguments(VDArguments, TrainingArguments):
     """`TrainingArguments` plus the visual-dependence fields of `VDArguments` (thesis Eq. 5.1-5.5)."""
 
 
-def as_vd_arguments(args: TrainingArguments) -> VDTrainingArguments:
-    """`args` as `VDTrainingArguments`: a plain `TrainingArguments` (or the Trainer's default one) gets the `vd_*`
-    defaults, so `VDTrainer` is a drop-in `Trainer`. The processed fields are copied, not re-parsed."""
-    if isinstance(args, VDTrainingArguments):
+def upgrade_arguments(args: TrainingArguments, vd_class: type | None = None) -> TrainingArguments:
+    """`args` itself, given the `vd_*` fields: the trainer keeps the very object the user passed, as `Trainer` does
+    (`args.max_steps = 2` after construction still counts), and `trainer.args.vd_start` reads the default.
+
+    Its class becomes `vd_class` (`VDTrainingArguments`, or TRL's `VDSFTConfig`) when it is that class's plain base,
+    else a subclass of both its own class and `vd_class`, so a project's own fields and methods stay.
+    """
+    vd_class = vd_class or VDTrainingArguments
+    if isinstance(args, VDArguments):
         return args
-    upgraded = copy.copy(args)
-    upgraded.__class__ = VDTrainingArguments
     options = vd_options(args)
-    for spec in fields(VDTrainingArguments):
-        if not hasattr(upgraded, spec.name):
-            setattr(upgraded, spec.name, spec.default_factory() if spec.default is MISSING else spec.default)
+    args.__class__ = vd_class if vd_class.__bases__[-1] is type(args) else _vd_subclass(vd_class, type(args))
     for name, value in options.items():
-        setattr(upgraded, name, value)
+        setattr(args, name, value)
     for old, new in DEPRECATED_NAMES.items():
-        setattr(upgraded, old, options[new])
-    return upgraded
+        setattr(args, old, options[new])
+    return args
+
+
+_VD_SUBCLASSES: dict[tuple[type, type], type] = {}
+
+
+def _vd_subclass(vd_class: type, base: type) -> type:
+    """`vd_class` mixed into a project's own arguments class (made once per pair; pickled as a rebuild of it)."""
+    if (vd_class, base) not in _VD_SUBCLASSES:
+        namespace = {"__module__": base.__module__, "__reduce__": _reduce_vd_subclass}
+        klass = dataclass(type(f"VD{base.__name__}", (vd_class, base), namespace))
+        _VD_SUBCLASSES[(vd_class, base)] = klass
+    return _VD_SUBCLASSES[(vd_class, base)]
+
+
+def _reduce_vd_subclass(self):
+    """Pickle support for `_vd_subclass` classes (made at run time, so not importable by name)."""
+    vd_class, base = next(pair for pair, klass in _VD_SUBCLASSES.items() if klass is type(self))
+    return _rebuild_vd_subclass, (vd_class, base, dict(vars(self)))
+
+
+def _rebuild_vd_subclass(vd_class: type, base: type, state: dict):
+    """The unpickled `_vd_subclass` object: the class made again, the attributes restored."""
+    instance = object.__new__(_vd_subclass(vd_class, base))
+    instance.__dict__.update(state)
+    return instance

@@ -6,6 +6,7 @@ then on re-weights its per-token loss by each token's visual dependence, at the 
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections import defaultdict
 from types import SimpleNamespace
@@ -16,11 +17,18 @@ import torch.nn.functional as F
 from transformers import Trainer
 from transformers.utils import logging
 
+from vdtrain.data.dataset import IMAGE_INPUTS
 from vdtrain.keys import END_OF_TURN_MASK, HAS_IMAGE, LOSS_ONLY_KEYS
-from vdtrain.method.dependence import IGNORE_INDEX, dependence_stats_tensor, row_logprobs, visual_dependence
+from vdtrain.method.dependence import dependence_stats_tensor, row_logprobs, visual_dependence
 from vdtrain.method.losses import per_token_nll
 from vdtrain.method.noise import add_diffusion_noise, image_rows, noise_scales, seeded_generator
-from vdtrain.method.passes import no_grad_logprobs, supervised_logits, supervised_targets, targets_at
+from vdtrain.method.passes import (
+    no_grad_logprobs,
+    supervised_logits,
+    supervised_mask,
+    supervised_targets,
+    targets_at,
+)
 from vdtrain.method.weighting import token_weights
 from vdtrain.models.base import accepts_logits_mask, unwrap_model
 from vdtrain.training.config import vd_options
@@ -29,6 +37,15 @@ logger = logging.get_logger(__name__)
 
 PIXEL_KEYS = ("pixel_values", "images", "pixel_values_images")  # tried only when no pixel key was given
 VD_METRICS = ("vd_mean", "vd_frac_pos", "vd_frac_neg", "vd_frac_inv", "vd_weight_max")
+
+
+class StepMasks(NamedTuple):
+    """The masks of one training micro-batch, computed once in `compute_loss` and shared by every pass of the step."""
+
+    labels: torch.Tensor  # (B, L), -100 where unsupervised
+    supervised: torch.Tensor  # (B, L) bool: `supervised_mask(labels)`
+    end_of_turn: torch.Tensor | None  # (B, L) bool: the collator's `end_of_turn_mask`, else labels == end_of_turn_id
+    has_image: torch.Tensor | None  # (B,) bool: the collator's `has_image`, else None (found from the batch)
 
 
 class NoisyPass(NamedTuple):
@@ -72,11 +89,18 @@ class VDLossMixin:
         self.projector_modules = tuple(projector_modules)
         self.end_of_turn_id = end_of_turn_id
         self.pixel_key = pixel_key or self.vd.vd_pixel_key
-        if self.vd.vd_start < 1.0 or self.vd.vd_eos_selective:
-            smoothing = getattr(self.args, "label_smoothing_factor", 0.0)
+        self._token_labels, self.vd_off_reason = self._applicability()
+        if (self.vd.vd_start < 1.0 and self.vd_off_reason is None) or self.vd.vd_eos_selective:
+            # Trainer's own choice: it switches smoothing off where it cannot apply (multi-label classification)
+            smoothing = getattr(self, "label_smoother", None)
             for name, value in (("label_smoothing_factor", smoothing), ("compute_loss_func", self.compute_loss_func)):
-                if value:
+                if value is not None:
                     raise ValueError(f"{name} replaces the per-token loss the VD loss and vd_eos_selective re-weight")
+        if self.vd.vd_projector_lr is not None and not self.projector_modules:
+            raise ValueError(
+                f"vd_projector_lr={self.vd.vd_projector_lr} needs {type(self).__name__}(projector_modules=...), the "
+                "parameter-name fragments of the multimodal projector: pass **adapter.trainer_kwargs(processor)"
+            )
         if self.vd.vd_eos_selective and end_of_turn_id is None:
             raise ValueError(
                 f"vd_eos_selective=True needs {type(self).__name__}(end_of_turn_id=...) from the model's adapter"
@@ -85,7 +109,14 @@ class VDLossMixin:
         self._noise_counter = (-1, -1)  # (global_step, micro-batch index within that step)
         self._logits_mask_ok: bool | None = None
         vanilla_weights = self.vd.vd_weighting == "none" or self.vd.vd_temperature == 0
-        if not vanilla_weights or type(self).compute_token_weights is not VDLossMixin.compute_token_weights:
+        if self.vd_off_reason is not None:
+            if self.vd.vd_start < 1.0:
+                logger.warning(
+                    "vdtrain: the VD loss is off for this model: %s. Every step is %s's own loss.",
+                    self.vd_off_reason,
+                    self._host().__name__,
+                )
+        elif not vanilla_weights or type(self).compute_token_weights is not VDLossMixin.compute_token_weights:
             signal, noise = noise_scales(self.vd.vd_noise_step)
             logger.info(
                 "vdtrain: scheme=%s tau=%s start=%.2f of training, noise step %d (signal x%.3f, noise x%.3f)",
@@ -102,6 +133,34 @@ class VDLossMixin:
                 "step still runs the noisy forward to log vd_* metrics; set vd_start: 1.0 for a plain MLE run",
                 self.vd.vd_start,
             )
+
+    def _applicability(self) -> tuple[bool, str | None]:
+        """`(labels are tokens, why the VD loss cannot apply or None)` for the trainer's model; raises where the
+        user asked for something the model cannot do (a VD option that needs token labels, an absent pixel input)."""
+        model = unwrap_model(self.model)
+        name = type(model).__name__
+        head = getattr(model, "get_output_embeddings", None)
+        if head is None or head() is None:
+            asked = [option for option in ("vd_eos_selective", "vd_masked_logits") if getattr(self.vd, option)]
+            if asked:
+                raise ValueError(f"{asked[0]}=True re-weights token labels; {name} has no language-model head")
+            return False, f"{name} has no language-model head, so its labels are not tokens"
+        forward = inspect.signature(model.forward).parameters
+        if self.pixel_key is not None and self.pixel_key not in forward:
+            raise ValueError(
+                f"the pixel key {self.pixel_key!r} (vd_pixel_key / pixel_key=) is not an input of {name}.forward"
+            )
+        if self.pixel_key is None and not any(key in forward for key in PIXEL_KEYS):
+            return True, (
+                f"{name}.forward takes no image input ({', '.join(PIXEL_KEYS)}; a model that does under another "
+                "name: pass pixel_key=), so d = 0 everywhere"
+            )
+        return True, None
+
+    def _host(self) -> type:
+        """The first class after the mixins that defines `compute_loss` (the host trainer's loss)."""
+        hosts = (klass for klass in type(self).__mro__ if not issubclass(klass, VDLossMixin))
+        return next(klass for klass in hosts if "compute_loss" in vars(klass))
 
     # ------------------------------------------------------------------ hooks a subclass may override
     def compute_token_weights(
@@ -124,7 +183,9 @@ class VDLossMixin:
     def vd_active(self) -> bool:
         """Whether this optimizer step re-weights; depends on the step count only, so all ranks agree."""
         max_steps = self.state.max_steps or 0
-        return max_steps > 0 and self.state.global_step >= math.ceil(self.vd.vd_start * max_steps)
+        if self.vd_off_reason is not None or max_steps <= 0:
+            return False
+        return self.state.global_step >= math.ceil(self.vd.vd_start * max_steps)
 
     def train(self, *args, **kwargs):
         """The host's `train`, counting micro-batches afresh: a run interrupted mid-step and resumed on the same
@@ -139,29 +200,57 @@ class VDLossMixin:
         inputs = dict(inputs)
         end_of_turn = inputs.pop(END_OF_TURN_MASK, None)
         has_image = inputs.pop(HAS_IMAGE, None)
-        training = model.training and "labels" in inputs
+        training = model.training and self._token_labels and self._has_token_labels(inputs)
+        if training and self.vd_off_reason is None:
+            self._check_pixels(model, inputs, has_image)
         active = training and self.vd_active()
         if not (active or (training and (self.vd.vd_eos_selective or self._vd_masked_logits(model)))):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if active:
             check_not_packed(inputs)
+        labels = inputs["labels"]
         if end_of_turn is None and self.end_of_turn_id is not None:
-            end_of_turn = inputs["labels"] == self.end_of_turn_id  # a collator that does not flag them
-        return self._vd_loss(model, inputs, end_of_turn, has_image, active, return_outputs, num_items_in_batch)
+            end_of_turn = labels == self.end_of_turn_id  # a collator that does not flag them
+        end_of_turn = None if end_of_turn is None else end_of_turn.bool()
+        masks = StepMasks(labels, supervised_mask(labels), end_of_turn, has_image)
+        return self._vd_loss(model, inputs, masks, active, return_outputs, num_items_in_batch)
+
+    @staticmethod
+    def _has_token_labels(inputs: dict) -> bool:
+        """Whether the batch has `labels` aligned with `input_ids` (a causal-LM batch); else the host's loss."""
+        labels, ids = inputs.get("labels"), inputs.get("input_ids")
+        tokens = isinstance(labels, torch.Tensor) and labels.dim() == 2 and (ids is None or labels.shape == ids.shape)
+        if not tokens and labels is not None:
+            logger.warning_once("vdtrain: a batch whose labels are not per-token takes the host trainer's loss")
+        return tokens
+
+    def _check_pixels(self, model, inputs: dict, has_image: torch.Tensor | None) -> None:
+        """Refuse a batch whose samples have images but which carries no image tensor: never a silent text-only run
+        (a column filter or a collator of the user's own that dropped the pixels)."""
+        if self._find_pixel_key(inputs) in inputs:
+            return
+        rows = has_image if has_image is not None else self._image_token_rows(model, inputs)
+        if rows is None or not bool(rows.any()):
+            return
+        raise KeyError(
+            f"vdtrain: {int(rows.sum())} sample(s) of this batch have an image, but the batch carries no image "
+            f"tensor (keys: {sorted(inputs)}; looked for {[self.pixel_key] if self.pixel_key else list(PIXEL_KEYS)})."
+            " Something between the dataset and the model dropped it: Trainer's remove_unused_columns=True removes "
+            f"the columns the model's forward does not name (vdtrain keeps {IMAGE_INPUTS!r} of SupervisedDataset; "
+            "set remove_unused_columns=False for a dataset or collator of your own), or set `vd_pixel_key` (or "
+            "pixel_key=) to the model's image input."
+        )
 
     def _vd_masked_logits(self, model) -> bool:
         """Whether the steps before `vd_start` take vdtrain's logits-at-supervised-positions loss (equal value)."""
         if self.vd.vd_masked_logits is not None:
             return self.vd.vd_masked_logits
-        hosts = (klass for klass in type(self).__mro__ if not issubclass(klass, VDLossMixin))
-        host = next(klass for klass in hosts if "compute_loss" in vars(klass))
-        return host is Trainer and self._logits_mask(model)
+        return self.vd_off_reason is None and self._host() is Trainer and self._logits_mask(model)
 
-    def _vd_loss(self, model, inputs, end_of_turn, has_image, active, return_outputs, num_items_in_batch):
+    def _vd_loss(self, model, inputs, masks: StepMasks, active, return_outputs, num_items_in_batch):
         """The loss from logits at the supervised positions only (the lm_head skips every other position)."""
         labels = inputs.pop("labels")
-        supervised = F.pad(labels[:, 1:] != IGNORE_INDEX, (1, 0), value=False)  # (B, L)
-        noisy = self._noisy_pass(model, inputs, labels, has_image) if active else None  # before the graph is built
+        noisy = self._noisy_pass(model, inputs, masks) if active else None  # before the graph is built
         targets = supervised_targets(labels)  # (N,), row-major like the logits rows
         logits, outputs = supervised_logits(model, inputs, targets_at(labels), self._logits_mask(model))  # (N, V)
         eos_id = self.end_of_turn_id if self.vd.vd_eos_selective else None
@@ -170,9 +259,9 @@ class VDLossMixin:
         weights = torch.ones_like(nll)
         if noisy is not None:  # log p_clean of the training forward: over the full softmax, even if the loss drops EOS
             logp_clean = -nll.detach() if eos_id is None else row_logprobs(logits.detach(), targets)
-            weights = self._visual_dependence_weights(noisy, labels, logp_clean, end_of_turn)[supervised]
+            weights = self._visual_dependence_weights(noisy, masks, logp_clean)[masks.supervised]
 
-        denom = num_items_in_batch if num_items_in_batch is not None else supervised.sum().clamp_min(1)
+        denom = num_items_in_batch if num_items_in_batch is not None else masks.supervised.sum().clamp_min(1)
         loss = (nll * weights).sum() / denom
         averaged = self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs
         if averaged and num_items_in_batch is not None:
@@ -181,11 +270,12 @@ class VDLossMixin:
             loss = loss * (scale if self.args.n_gpu <= 1 else self.args.n_gpu)
         return (loss, outputs) if return_outputs else loss
 
-    def _noisy_pass(self, model, inputs, labels, has_image) -> NoisyPass:
+    def _noisy_pass(self, model, inputs, masks: StepMasks) -> NoisyPass:
         """The no-grad forward on diffusion-noised images (and the eval clean pass if asked), run before the
         training forward so that its activations are freed before the training graph holds its own."""
         first = self._first_position()  # every active micro-batch advances the count, text-only ones too
         images_per_row = self._images_per_row(model, inputs)
+        has_image = masks.has_image
         if has_image is None:  # a collator of the user's own: find the image rows from the config's image token
             has_image = None if images_per_row is None else images_per_row > 0
         pixel_key = self._pixel_key(inputs, has_image)
@@ -195,16 +285,16 @@ class VDLossMixin:
             sizes = image_rows(inputs, pixels)
             noise = self._draw_noise(pixels, self._image_owners(has_image, images_per_row, len(sizes)), sizes, first)
             noisy_inputs[pixel_key] = add_diffusion_noise(pixels, self.vd.vd_noise_step, noise=noise)
-        logp_noisy = self._no_grad_logprobs(model, noisy_inputs, labels)
-        logp_clean = self._no_grad_logprobs(model, inputs, labels) if self.vd.vd_clean_pass == "eval" else None
+        logp_noisy = self._no_grad_logprobs(model, noisy_inputs, masks)
+        logp_clean = self._no_grad_logprobs(model, inputs, masks) if self.vd.vd_clean_pass == "eval" else None
         return NoisyPass(logp_noisy, logp_clean, has_image)
 
     def _visual_dependence_weights(
-        self, noisy: NoisyPass, labels: torch.Tensor, logp_clean_flat: torch.Tensor, end_of_turn: torch.Tensor | None
+        self, noisy: NoisyPass, masks: StepMasks, logp_clean_flat: torch.Tensor
     ) -> torch.Tensor:
         """`(B, L)` detached weights from `d` of Eq. 5.1; `logp_clean_flat` `(N,)` holds log p_clean of the training
         forward at the supervised positions in row-major order (unused when the eval clean pass ran)."""
-        supervised = F.pad(labels[:, 1:] != IGNORE_INDEX, (1, 0), value=False)  # (B, L)
+        supervised = masks.supervised
         logp_clean = noisy.logp_clean
         if logp_clean is None:
             logp_clean = torch.zeros_like(noisy.logp_noisy)
@@ -212,15 +302,14 @@ class VDLossMixin:
         d = visual_dependence(logp_clean, noisy.logp_noisy) * supervised
         if noisy.has_image is not None:
             d = d * noisy.has_image.to(d.device)[:, None]  # text-only samples: d = 0, weight 1
-        weights = self.compute_token_weights(d, supervised, None if end_of_turn is None else end_of_turn.bool())
+        weights = self.compute_token_weights(d, supervised, masks.end_of_turn)
         self._record(d, supervised, weights)
         return weights.detach()
 
-    def _no_grad_logprobs(self, model, inputs, labels) -> torch.Tensor:
+    def _no_grad_logprobs(self, model, inputs, masks: StepMasks) -> torch.Tensor:
         """`(B, L)` target log-probs from one no-grad forward in eval mode (no dropout, no checkpointing)."""
-        supervised = F.pad(labels[:, 1:] != IGNORE_INDEX, (1, 0), value=False)  # (B, L)
-        out = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)
-        out[supervised] = no_grad_logprobs(model, inputs, labels, self._logits_mask(model))
+        out = torch.zeros(masks.labels.shape, dtype=torch.float32, device=masks.labels.device)
+        out[masks.supervised] = no_grad_logprobs(model, inputs, masks.labels, self._logits_mask(model))
         return out
 
     def _logits_mask(self, model) -> bool:
@@ -283,6 +372,16 @@ class VDLossMixin:
         counts = self._images_per_row(model, inputs)
         return None if counts is None else counts > 0
 
+    @staticmethod
+    def _image_token_rows(model, inputs: dict) -> torch.Tensor | None:
+        """`(B,)` rows holding the config's image token (None: the config names none, or the batch has no ids)."""
+        config = getattr(unwrap_model(model), "config", None)
+        token = getattr(config, "image_token_id", None)
+        token = getattr(config, "image_token_index", None) if token is None else token
+        if token is None or "input_ids" not in inputs:
+            return None
+        return (inputs["input_ids"] == token).any(dim=-1)
+
     def _images_per_row(self, model, inputs: dict) -> torch.Tensor | None:
         """`(B,)` images per row: the runs of the config's image token (each image expands to one run), if they
         account for every image in the batch (several images in a sample too); else one per row holding the token,
@@ -338,7 +437,8 @@ class VDLossMixin:
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
-        self._signature_columns = list(dict.fromkeys([*self._signature_columns, *LOSS_ONLY_KEYS]))
+        # what vdtrain's collator reads: with remove_unused_columns=True, Trainer would drop SupervisedDataset's images
+        self._signature_columns = list(dict.fromkeys([*self._signature_columns, *LOSS_ONLY_KEYS, IMAGE_INPUTS]))
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         """The host's optimizer, with the projector's parameters in their own group at `vd_projector_lr`."""

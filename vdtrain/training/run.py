@@ -72,8 +72,7 @@ def build_trainer(
         train_dataset=dataset,
         data_collator=VDDataCollator.for_processor(processor),
         processing_class=processor,
-        projector_modules=adapter.projector_modules,
-        end_of_turn_id=adapter.end_of_turn_id(processor),
+        **adapter.trainer_kwargs(processor),
     )
 
 

@@ -7,7 +7,7 @@ from transformers import Trainer
 
 from vdtrain.keys import END_OF_TURN_MASK, HAS_IMAGE, LOSS_ONLY_KEYS
 from vdtrain.training.checkpoints import FullCheckpointLoading
-from vdtrain.training.config import as_vd_arguments
+from vdtrain.training.config import VDTrainingArguments, upgrade_arguments
 from vdtrain.training.mixin import PIXEL_KEYS, VD_METRICS, VDLossMixin
 
 # Older names of the batch keys, kept for code that imports them from here.
@@ -34,7 +34,7 @@ class VDTrainer(VDLossMixin, FullCheckpointLoading, Trainer):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.args = as_vd_arguments(self.args)  # plain TrainingArguments: the vd_* defaults
+        upgrade_arguments(self.args, VDTrainingArguments)  # the user's object itself, given the vd_* defaults
 
     def _get_train_sampler(self, train_dataset=None) -> torch.utils.data.Sampler | None:
         """`group_by_length` from the dataset's own `lengths` when it has them (`SupervisedDataset`): the Trainer

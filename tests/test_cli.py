@@ -324,3 +324,42 @@ def test_mistyped_commands_get_a_suggestion(capsys):
     assert "did you mean 'eval chair'?" in capsys.readouterr().err
     assert cli.main(["zzz"]) == cli.EXIT_USAGE
     assert capsys.readouterr().err.splitlines()[0] == "vdtrain: error: unknown command 'zzz'"
+
+
+def test_every_help_answers_without_torch_or_transformers(tmp_path):
+    """Every command's `--help`, on a fresh install (no cache) and whatever the installed transformers release: none
+    imports torch or transformers (seconds on a quiet machine), so each answers at once."""
+    leaves = []
+    for name, target in COMMANDS.items():
+        leaves += [[name, sub] for sub in target] if isinstance(target, dict) else [[name]]
+    code = (
+        "import sys\n"
+        "from vdtrain.cli import main\n"
+        f"for argv in {leaves!r}:\n"
+        "    assert main([*argv, '--help']) == 0, argv\n"
+        "    heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+        "    assert not heavy, (argv, heavy)\n"
+    )
+    result = _run("-c", code, env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(leaves) >= 14
+
+
+def test_train_help_of_another_transformers_release_is_the_packaged_copy_with_a_note(tmp_path):
+    """The packaged help was rendered with another transformers release: printed at once, saying so."""
+    from vdtrain.commands.train import HELP_SNAPSHOT, help_key
+
+    header, _, body = HELP_SNAPSHOT.read_text().partition("\n")
+    other = tmp_path / "train_help.txt"
+    other.write_text(f"# transformers 0.0.1 config {help_key().split(' config ')[1]}\n{body}")
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from vdtrain.commands.train import help_text\n"
+        f"print(help_text(Path({str(other)!r})))\n"
+        "assert 'transformers' not in sys.modules\n"
+    )
+    result = _run("-c", code, env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith(body.rstrip("\n"))
+    assert "Listed with transformers 0.0.1's TrainingArguments; this machine has transformers " in result.stdout

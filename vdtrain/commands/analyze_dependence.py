@@ -17,7 +17,7 @@ DESCRIPTION = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vdtrain.analysis.object_dependence import DEFAULT_PROMPT
+    from vdtrain.analysis.prompts import DEFAULT_PROMPT
     from vdtrain.evaluation.lemmatize import LEMMATIZERS
     from vdtrain.evaluation.reports import default_cache_dir
 

@@ -73,20 +73,28 @@ def render_help(width: int | None = None) -> str:
             os.environ["COLUMNS"] = previous
 
 
-def help_text() -> str:
+def help_text(snapshot: Path = HELP_SNAPSHOT) -> str:
     """`vdtrain train --help`, without importing transformers when it can: a copy rendered for this terminal width
-    (cached under ~/.cache/vdtrain), else the package's 80-column copy for the tested transformers release, else
-    rendered now and cached."""
+    (cached under ~/.cache/vdtrain), else the package's 80-column copy (with a note when it was rendered for another
+    transformers release than this machine's: its TrainingArguments fields may differ a little), else (the vdtrain
+    fields changed since the copy: a development tree) rendered now and cached."""
     key = help_key()
     width = shutil.get_terminal_size().columns
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vdtrain" / "help"
     path = cache / f"train-{hashlib.sha256(f'{key} {width}'.encode()).hexdigest()[:20]}.txt"
     if path.is_file():
         return path.read_text()
-    if HELP_SNAPSHOT.is_file():
-        header, _, body = HELP_SNAPSHOT.read_text().partition("\n")
+    if snapshot.is_file():
+        header, _, body = snapshot.read_text().partition("\n")
         if header == f"# {key}":
             return body
+        packaged, _, fields = header[2:].partition(" config ")
+        release, _, ours = key.partition(" config ")
+        if fields == ours:  # the same vdtrain fields, listed with another transformers release's TrainingArguments
+            return body.rstrip("\n") + (
+                f"\n\nListed with {packaged}'s TrainingArguments; this machine has {release}: any field its "
+                "TrainingArguments has is accepted, listed here or not.\n"
+            )
     text = render_help()
     try:
         atomic_write_text(path, text)

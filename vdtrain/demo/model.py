@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from vdtrain.io import read_json
-from vdtrain.models.llava import VICUNA_SYSTEM
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
 
@@ -43,6 +42,8 @@ class DemoModelConfig:
 
 def demo_corpus(train_json: str | Path, extra: Iterable[str] = ()) -> list[str]:
     """Every text the model will read or write: the Vicuna frame, the training turns, and `extra` (eval prompts)."""
+    from vdtrain.models.llava import VICUNA_SYSTEM  # here, not at the top: `vdtrain demo --help` needs no transformers
+
     texts = [VICUNA_SYSTEM, "USER: ASSISTANT:"]
     for record in read_json(train_json):
         texts += [turn["value"].replace("<image>", "").strip() for turn in record["conversations"]]
@@ -52,6 +53,8 @@ def demo_corpus(train_json: str | Path, extra: Iterable[str] = ()) -> list[str]:
 def demo_tokenizer(corpus: Iterable[str], vocab_size: int = 1024) -> Any:
     """A byte-level BPE trained on `corpus`, with Llama-style `<s>`/`</s>`, `<pad>`, `<image>`, and the Vicuna
     system prompt as a single (non-special) token: one token instead of ~28 makes training and decoding ~35% faster."""
+    from vdtrain.models.llava import VICUNA_SYSTEM
+
     return bpe_tokenizer(corpus, vocab_size, SPECIAL_TOKENS, added=(VICUNA_SYSTEM,))
 
 

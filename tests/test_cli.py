@@ -274,6 +274,8 @@ def test_readme_commands_parse():
         module = importlib.import_module(target)
         if argv[0] == "filter":
             rest = argv[1:]
+        if isinstance(getattr(module, "SUBCOMMANDS", None), dict):  # `vdtrain select <sub>`: the sub's own parser
+            module, rest = importlib.import_module(module.SUBCOMMANDS[rest[0]][0]), rest[1:]
         module.build_parser().parse_args(rest)
 
 

@@ -199,6 +199,21 @@ def test_args_are_the_object_passed(tmp_path):
     assert sft.args is config and isinstance(config, VDSFTConfig) and config.vd_temperature == 0.5
 
 
+def test_model_init_and_predict_as_trainer(tmp_path):
+    """`model_init=` instead of a model (the hyperparameter-search path), then `predict`: the same predictions."""
+    results = []
+    for cls in (Trainer, VDTrainer):
+        args = TrainingArguments(
+            str(tmp_path / cls.__name__), use_cpu=True, report_to="none", disable_tqdm=True, max_steps=2,
+            per_device_train_batch_size=4, learning_rate=1e-2, save_strategy="no", seed=7,
+        )  # fmt: skip
+        trainer = cls(model_init=classifier, args=args, train_dataset=dataset_for("classifier"))
+        trainer.train()
+        results.append(trainer.predict(dataset_for("classifier", 4, seed=9)))
+    assert torch.equal(torch.as_tensor(results[0].predictions), torch.as_tensor(results[1].predictions))
+    assert results[0].metrics["test_loss"] == results[1].metrics["test_loss"]
+
+
 @dataclasses.dataclass
 class ProjectArguments(TrainingArguments):
     """A project's own arguments class, with a field and a method of its own."""
@@ -343,3 +358,15 @@ def test_a_batch_with_images_but_no_pixels_is_refused_at_its_first_step(tmp_path
     with pytest.raises(KeyError, match=r"2 sample\(s\) of this batch have an image.*remove_unused_columns"):
         trainer.train()
     assert trainer.state.global_step == 0
+
+    def losing_images(features):  # as a column filter would: the collator then flags no row as having an image
+        return collator(
+            [{key: value for key, value in feature.items() if key != "image_inputs"} for feature in features]
+        )
+
+    assert not losing_images([dataset[0], dataset[1]])["has_image"].any()
+    trainer = VDTrainer(
+        model=model, args=args, train_dataset=dataset, data_collator=losing_images, **adapter.trainer_kwargs(processor)
+    )
+    with pytest.raises(KeyError, match=r"2 sample\(s\) of this batch have an image"):  # found from the image tokens
+        trainer.train()

@@ -84,9 +84,12 @@ def test_infonce_and_concentrations_by_hand():
     assert torch.allclose(cross_modal_infonce(a, b, 0.5), by_hand)
     z = torch.tensor([[0.0, 1.0], [0.0, 3.0], [2.0, 0.0]])
     centroids = torch.tensor([[0.0, 2.0], [2.0, 0.0]])
-    phi = concentrations(z, centroids, torch.tensor([0, 0, 1]), tau=0.1)
-    raw = torch.tensor([1.0 / math.log(12.0), 0.0 / math.log(11.0)])
+    z = torch.cat([z, torch.tensor([[2.0, 1.0]])])  # cluster 1: rows at distance 0 and 1 from (2, 0)
+    phi = concentrations(z, centroids, torch.tensor([0, 0, 1, 1]), tau=0.1)
+    raw = torch.tensor([1.0 / math.log(12.0), 0.5 / math.log(12.0)])
     assert torch.allclose(phi, raw * 0.1 / raw.mean())
+    lone = concentrations(z[:3], centroids, torch.tensor([0, 0, 1]), tau=0.1)  # a one-row cluster: no zero φ
+    assert torch.allclose(lone, torch.tensor([0.1, 0.1]))
 
 
 def test_stage1_shrinks_the_distance_between_paired_rows():

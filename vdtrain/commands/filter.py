@@ -20,7 +20,12 @@ DESCRIPTION = """Offline data filtering by visual dependence (thesis section 5.4
           OUT/summary.json and OUT/score_hist.png. Rerunning with the same OUT resumes. Runs under
           `accelerate launch -m vdtrain filter score ...` with one shard per process.
   select  removes the lowest / highest / a random fraction of the scored samples and writes the rest in the
-          input's order and format, plus the removed records.
+          input's order and format, plus the removed records and selected_indices.json. With embeddings
+          (score --save-embeddings, or --embeddings): stratified-lowest / stratified-highest remove the fraction
+          within each k-means cluster, coverage keeps 1 - f by k-center inside clusters, dedup removes
+          near-duplicates; summary.json then holds coverage metrics. --strategy balanced --scores
+          DIR/dominance.jsonl (from `vdtrain select active --dominance DATA`) removes the most modality-dominated
+          samples (BMMAL's dominance rho, thesis eq. 3.5).
   run     score, then select.
 """
 
@@ -54,6 +59,18 @@ def _add_score_options(parser: argparse.ArgumentParser) -> None:
         help="score in file order instead of batching samples of similar length together (longest first)",
     )
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
+    group.add_argument(
+        "--save-embeddings",
+        choices=("answer-mean", "image-mean", "last-token"),
+        default=None,
+        help="also pool the clean pass' last hidden state into OUT/embeddings.npy (for the coverage strategies)",
+    )
+    group.add_argument(
+        "--embedding-dim",
+        type=options.positive_int,
+        default=None,
+        help="seeded random projection of the saved embeddings to this width (e.g. 256-1024)",
+    )
 
 
 def _add_select_options(parser: argparse.ArgumentParser, *, standalone: bool) -> None:
@@ -64,7 +81,11 @@ def _add_select_options(parser: argparse.ArgumentParser, *, standalone: bool) ->
     group.add_argument("--strategy", required=True, choices=STRATEGIES, help="which samples to remove by score")
     group.add_argument("--fraction", type=float, required=True, help="share of the scored samples to remove, e.g. 0.1")
     options.add_seed(
-        group, 0, "the random strategy", flag="--seed" if standalone else "--select-seed", dest="select_seed"
+        group,
+        0,
+        "the random strategy and k-means of the embeddings",
+        flag="--seed" if standalone else "--select-seed",
+        dest="select_seed",
     )
     group.add_argument(
         "--force",
@@ -74,6 +95,24 @@ def _add_select_options(parser: argparse.ArgumentParser, *, standalone: bool) ->
     group.add_argument("--output", required=True, help="filtered data file, written in the input's format")
     group.add_argument(
         "--removed", default=None, help="removed records (JSON list); default: removed.json beside --output"
+    )
+    coverage = parser.add_argument_group("coverage (stratified-lowest, stratified-highest, coverage, dedup)")
+    coverage.add_argument(
+        "--embeddings",
+        default=None,
+        help="(N, D) .npy in record order; default: embeddings.npy beside the scores (filter score --save-embeddings)",
+    )
+    coverage.add_argument(
+        "--clusters", type=options.positive_int, default=None, help="k-means clusters (default: round(sqrt(N / 2)))"
+    )
+    coverage.add_argument(
+        "--coverage-method",
+        default="kcenter",
+        choices=("kcenter", "kmeans++"),
+        help="coverage keeps by k-center greedy or by k-means++ weighted by score rank, inside each cluster",
+    )
+    coverage.add_argument(
+        "--dedup-threshold", type=float, default=0.95, help="cosine similarity at which dedup calls samples duplicates"
     )
 
 
@@ -134,6 +173,8 @@ def run_score(args: argparse.Namespace) -> dict | None:
         stop_after=args.stop_after,
         progress=not args.no_progress,
         group_by_length=args.group_by_length,
+        save_embeddings=args.save_embeddings,
+        embedding_dim=args.embedding_dim,
     )
 
 
@@ -155,6 +196,10 @@ def run_select(args: argparse.Namespace, scores: str) -> dict:
         seed=args.select_seed,
         removed=args.removed,
         force=args.force,
+        embeddings=args.embeddings,
+        clusters=args.clusters,
+        coverage_method=args.coverage_method,
+        dedup_threshold=args.dedup_threshold,
     )
 
 

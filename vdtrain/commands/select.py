@@ -12,6 +12,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "vdtrain.commands.select_pairs",
         "cold-start selection of B image-text pairs from an unlabelled pool (MMCSAL, ActiveFT, k-center, k-means)",
     ),
+    "active": (
+        "vdtrain.commands.select_active",
+        "multimodal active learning: what to label next, round by round (BMMAL, CCMA, BADGE, CoreSet, ...)",
+    ),
 }
 
 

@@ -13,6 +13,7 @@ from vdtrain.io import atomic_write_json
 
 SUMMARY_FILE = "summary.json"
 HISTOGRAM_FILE = "score_hist.png"
+DOMINANCE_LABEL = r"modality dominance of a sample, $\rho$ (BMMAL, thesis eq. 3.5)"
 QUANTILES = {"min": 0, "p5": 5, "p25": 25, "p50": 50, "p75": 75, "p95": 95, "max": 100}
 
 
@@ -64,7 +65,7 @@ def write_report(
     """
     output_dir = Path(output_dir)
     values = [float(row["score"]) for row in scores]
-    tokens = sum(int(row["n_tokens"]) for row in scores)
+    tokens = sum(int(row.get("n_tokens", 0)) for row in scores)  # dominance rows (balanced) have no tokens
     summary: dict[str, Any] = {
         "counts": {"scored": len(scores), "errors": len(errors)},
         "score_quantiles": score_quantiles(values),
@@ -87,7 +88,7 @@ def write_report(
         }
         removed_scores = [float(row["score"]) for row in scores if int(row["index"]) in removed]
         strategy = (selection or {}).get("strategy")
-        if removed_scores and strategy in ("lowest", "highest"):
+        if removed_scores and strategy in ("lowest", "highest", "balanced"):
             cut = max(removed_scores) if strategy == "lowest" else min(removed_scores)
             summary["selection"]["cut_score"] = cut
     plot_histogram(
@@ -96,6 +97,7 @@ def write_report(
         removed=[int(row["index"]) in removed for row in scores] if removed is not None else None,
         cut=cut,
         label=_cut_label(selection, cut),
+        xlabel=DOMINANCE_LABEL if (selection or {}).get("strategy") == "balanced" else None,
     )
     summary["histogram"] = str(output_dir / HISTOGRAM_FILE)
     atomic_write_json(output_dir / SUMMARY_FILE, summary)
@@ -116,6 +118,7 @@ def plot_histogram(
     removed: list[bool] | None = None,
     cut: float | None = None,
     label: str | None = None,
+    xlabel: str | None = None,
 ) -> None:
     """Histogram of per-sample scores (thesis Fig. 5.6), removed samples stacked in another colour, cut as a line."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg without touching pyplot's global backend
@@ -142,8 +145,8 @@ def plot_histogram(
     elif label:
         axes.plot([], [], " ", label=label)
     axes.axvline(0.0, color="grey", linewidth=0.6)
-    axes.set_xlabel(r"visual dependence of a sample, $\sum_t d(y_t)$")
+    axes.set_xlabel(xlabel or r"visual dependence of a sample, $\sum_t d(y_t)$")
     axes.set_ylabel("samples")
-    axes.set_title("Distribution of per-sample visual dependence")
+    axes.set_title("Distribution of per-sample " + ("modality dominance" if xlabel else "visual dependence"))
     axes.legend(framealpha=0.9, edgecolor="none")
     figure.savefig(path)

@@ -115,6 +115,8 @@ def score_dataset(
     stop_after: int | None = None,
     progress: bool = True,
     group_by_length: bool = True,
+    save_embeddings: str | None = None,
+    embedding_dim: int | None = None,
 ) -> dict[str, Any] | None:
     """Score every sample of `data` by visual dependence into `output_dir`, resuming what an earlier run left.
 
@@ -140,6 +142,9 @@ def score_dataset(
         progress (`bool`, defaults to `True`): show a progress bar on the main process.
         group_by_length (`bool`, defaults to `True`): batch samples of similar text length together, longest first
             (scores do not depend on batching; rows are merged by index).
+        save_embeddings (`str`, *optional*): also pool the clean pass' last hidden state into `embeddings.npy`
+            (record order) for the coverage strategies: `"answer-mean"`, `"image-mean"` or `"last-token"`.
+        embedding_dim (`int`, *optional*): project those rows to this width (seeded random projection).
 
     Returns:
         The summary dict (main process, all samples done), else None.
@@ -166,6 +171,7 @@ def score_dataset(
         output_dir.mkdir(parents=True, exist_ok=True)
     barrier(world)
     check_run(output_dir, info, is_main)
+    sink = _embedding_sink(model, output_dir, rank, info, save_embeddings, embedding_dim, seed)
     if is_main:  # a killed run may have left half a line; failed samples are retried every run
         for path in output_dir.glob("scores.rank*.jsonl"):
             repair_jsonl(path)
@@ -199,8 +205,12 @@ def score_dataset(
         open(output_dir / f"errors.rank{rank}.jsonl", "a") as errors_out,
     ):
         for batch in loader:
+            if sink is not None:
+                sink.arm()
             rows, errors = _score_or_split(model, batch, adapter.pixel_key, noise_step, logits_mask, pad, scored)
             errors += [{"id": s["id"], "index": s["index"], "error": s["error"]} for s in batch["errors"]]
+            if sink is not None:  # before the scores: a scored sample always has its row
+                sink.write(batch, rows)
             append_jsonl(scores_out, rows)
             append_jsonl(errors_out, errors)
             scored, failed = scored + len(rows), failed + len(errors)
@@ -209,6 +219,8 @@ def score_dataset(
             if stop_after is not None and scored >= stop_after:
                 break
     bar.close()
+    if sink is not None:
+        sink.close()
     barrier(world)
     if not is_main:
         return None
@@ -218,7 +230,22 @@ def score_dataset(
         logger.warning("vdtrain filter: %d samples not scored yet; rerun to resume", len(remaining))
         return None
     scores = merge_rank_files(output_dir, "scores")
+    if sink is not None:
+        sink.merge(len(records))
     return write_report(output_dir, scores, errors)
+
+
+def _embedding_sink(model, output_dir, rank, info, pooling, dim, seed):
+    """The `--save-embeddings` hook on the clean pass (None without it), after checking earlier rows match."""
+    if pooling is None:
+        return None
+    from vdtrain.selection.embed import EmbeddingSink, check_embedding_run
+
+    meta = {"model": info["model"], "data_sha256": info["data_sha256"], "dtype": info["dtype"], "pooling": pooling}
+    check_embedding_run(
+        output_dir, {**meta, "projection": None if dim is None else {"dim": dim, "seed": seed}}, rank == 0
+    )
+    return EmbeddingSink(model, output_dir, rank, pooling, dim, seed)
 
 
 def _score_or_split(model, batch, pixel_key, noise_step, logits_mask, pad, scored_so_far):

@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from vdtrain.errors import InputError
+from vdtrain.filtering.coverage import COVERAGE_STRATEGIES, SELECTED_FILE, CoverageContext, write_selected
 from vdtrain.filtering.runs import ERRORS_FILE, RUN_FILE, file_sha256
 from vdtrain.io import read_json, read_jsonl, read_records, records_format, write_records
 
-STRATEGIES = ("lowest", "highest", "random")
+STRATEGIES = ("lowest", "highest", "random", "balanced", *COVERAGE_STRATEGIES)
+# balanced: the scores are BMMAL dominance ρ (`vdtrain select active --dominance`, thesis eq. 3.5); the most
+# modality-dominated samples go first
 
 
 def removal_count(num_scored: int, fraction: float) -> int:
@@ -23,7 +26,8 @@ def removal_count(num_scored: int, fraction: float) -> int:
 
 
 def select_removed(scores: list[dict[str, Any]], strategy: str, fraction: float, seed: int = 0) -> list[int]:
-    """Indices of the samples to remove, sorted: the `fraction` with the lowest or highest `score` or a random one.
+    """Indices of the samples to remove, sorted: the `fraction` with the lowest or highest `score`, a random one,
+    or (`balanced`) the highest dominance `rho`.
 
     Ties in score are broken by index (the lower index goes first); `random` is seeded by `seed`.
     """
@@ -32,6 +36,13 @@ def select_removed(scores: list[dict[str, Any]], strategy: str, fraction: float,
         order = sorted(scores, key=lambda row: (row["score"], row["index"]))
     elif strategy == "highest":
         order = sorted(scores, key=lambda row: (-row["score"], row["index"]))
+    elif strategy == "balanced":
+        if scores and "rho" not in scores[0]:
+            raise ValueError(
+                "--strategy balanced reads dominance scores (rows with 'rho'): pass the dominance.jsonl that "
+                "`vdtrain select active --dominance DATA` writes, not visual-dependence scores"
+            )
+        order = sorted(scores, key=lambda row: (-row["rho"], row["index"]))
     elif strategy == "random":
         order = random.Random(seed).sample(sorted(scores, key=lambda row: row["index"]), len(scores))
     else:
@@ -96,6 +107,10 @@ def select_dataset(
     seed: int = 0,
     removed: str | os.PathLike | None = None,
     force: bool = False,
+    embeddings: str | os.PathLike | None = None,
+    clusters: int | None = None,
+    coverage_method: str = "kcenter",
+    dedup_threshold: float = 0.95,
 ) -> dict[str, Any]:
     """Write `data` without the removed samples to `output` (original order and format) and the removed ones.
 
@@ -103,15 +118,25 @@ def select_dataset(
     fail training too. Updates `summary.json` and `score_hist.png` beside `scores` with the cut.
 
     Args:
-        scores (`str`): `scores.jsonl` of a finished `score_dataset` run.
+        scores (`str`): `scores.jsonl` of a finished `score_dataset` run (`dominance.jsonl` for `balanced`).
         data (`str`): the data file that was scored (JSON list or JSONL).
         output (`str`): the filtered data file, written in the input's format.
-        strategy (`str`): `"lowest"`, `"highest"` or `"random"`.
+        strategy (`str`): `"lowest"`, `"highest"`, `"random"`, `"balanced"` (dominance scores) or a coverage strategy
+            (`"stratified-lowest"`, `"stratified-highest"`, `"coverage"`, `"dedup"`).
         fraction (`float`): share of the scored samples to remove, e.g. 0.1.
         seed (`int`, defaults to 0): seed of the `random` strategy.
         removed (`str`, *optional*): where the removed records go (JSON list); defaults to `removed.json` beside
             `output`.
         force (`bool`, defaults to `False`): select even without a matching data fingerprint in `run.json`.
+        embeddings (`str`, *optional*): `(N, D)` .npy in record order for the coverage strategies and metrics;
+            defaults to `embeddings.npy` beside `scores` when there is one (`vdtrain filter score --save-embeddings`).
+        clusters (`int`, *optional*): k-means clusters of the embeddings (default `round(sqrt(N / 2))`).
+        coverage_method (`str`, defaults to `"kcenter"`): `coverage` keeps by `"kcenter"` or score-weighted
+            `"kmeans++"`.
+        dedup_threshold (`float`, defaults to 0.95): cosine similarity at which `dedup` calls two samples duplicates.
+
+    Also writes `selected_indices.json` beside `output` (kept and removed indices, seed, embedding fingerprint) and,
+    with embeddings, coverage metrics under `summary["selection"]["coverage"]`.
 
     Returns:
         The summary dict.
@@ -129,7 +154,12 @@ def select_dataset(
     errors = read_jsonl(scores_path.parent / ERRORS_FILE, missing_ok=True, skip_bad_lines=True)
     records, fmt = read_records(data), records_format(data)
     _check_scores_match(rows, errors, records, scores_path, data)
-    removed_indices = select_removed(rows, strategy, fraction, seed)
+    context = CoverageContext(scores_path, rows, embeddings=embeddings, clusters=clusters, seed=seed)
+    if strategy in COVERAGE_STRATEGIES:
+        count = removal_count(len(rows), fraction)
+        removed_indices = context.removed(strategy, count, method=coverage_method, threshold=dedup_threshold)
+    else:
+        removed_indices = select_removed(rows, strategy, fraction, seed)
     removed_set = set(removed_indices)
     kept_indices = sorted(int(row["index"]) for row in rows if int(row["index"]) not in removed_set)
     write_records(output, [records[index] for index in kept_indices], fmt)
@@ -137,8 +167,14 @@ def select_dataset(
     selection = {
         "strategy": strategy,
         "fraction": fraction,
-        "seed": seed if strategy == "random" else None,
+        "seed": seed if strategy == "random" or context.available else None,
         "output": str(output),
         "removed_file": str(removed_path),
     }
+    if strategy in COVERAGE_STRATEGIES:
+        selection.update(clusters=int(context.labels().max()) + 1, coverage_method=coverage_method)
+    coverage = context.report(removed_set)
+    write_selected(output.with_name(SELECTED_FILE), kept_indices, removed_indices, selection, context.fingerprint)
+    if coverage is not None:
+        selection["coverage"] = coverage
     return write_report(scores_path.parent, rows, errors, records=records, removed=removed_set, selection=selection)

@@ -30,14 +30,16 @@ def cross_modal_infonce(first: torch.Tensor, second: torch.Tensor, tau: float = 
 
 
 def concentrations(z: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, tau: float, alpha: float = 10.0):
-    """Eq. 4.3: per-prototype `φ_c = E_{i∈C}|z_i - p_c| / log(|C| + α)`, rescaled to mean `τ` (empty: the mean)."""
+    """Eq. 4.3: per-prototype `φ_c = E_{i∈C}|z_i - p_c| / log(|C| + α)`, rescaled to mean `τ`."""
     k = centroids.shape[0]
     distance = (z - centroids[labels]).norm(dim=1)
     sizes = torch.bincount(labels, minlength=k).to(z.dtype)
     mean_distance = torch.zeros(k, dtype=z.dtype).index_add_(0, labels, distance) / sizes.clamp_min(1)
     phi = mean_distance / torch.log(sizes + alpha)
-    phi = torch.where(sizes > 0, phi, phi[sizes > 0].mean())
-    return phi * (tau / phi.mean().clamp_min(1e-12))
+    spread = sizes > 1
+    fill = phi[spread].max() if bool(spread.any()) else torch.tensor(1.0, dtype=z.dtype)
+    phi = torch.where(spread, phi, fill).clamp_min(1e-6)  # a cluster of 0 or 1 rows: the loosest one's (as PCL)
+    return phi * (tau / phi.mean())
 
 
 def prototype_loss(z: torch.Tensor, prototypes: torch.Tensor, labels: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:

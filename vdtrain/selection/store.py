@@ -1,6 +1,6 @@
-"""Embedding files: `{name}.npy` `(N, D)` float32 in record order with a `run.json` fingerprint beside it, written
-incrementally per process (`{name}.rank{r}.f32` rows + `{name}.rank{r}.jsonl` their indices) so a killed run resumes,
-then merged. Rows of samples that could not be embedded are NaN (and listed in `errors.jsonl`)."""
+"""Embedding files: `{name}.npy` `(N, D)` float32 in record order with a fingerprint beside it, written incrementally
+per process (`{name}.rank{r}.f32` rows + `{name}.rank{r}.jsonl` their indices and width) so a killed run resumes, then
+merged. Rows of samples that could not be embedded are NaN (and listed in `errors.jsonl`)."""
 
 from __future__ import annotations
 
@@ -45,10 +45,9 @@ class RankWriter:
         self.index_path = output_dir / f"{name}.rank{rank}.jsonl"
         self.dim: int | None = None
         repair_jsonl(self.index_path) if self.index_path.is_file() else None
-        committed = len(read_jsonl(self.index_path, missing_ok=True, skip_bad_lines=True))
-        if self.rows_path.is_file() and committed:
-            size = self.rows_path.stat().st_size
-            self.dim = size // 4 // committed if size >= 4 * committed else None
+        lines = read_jsonl(self.index_path, missing_ok=True, skip_bad_lines=True)
+        committed = len(lines)
+        self.dim = int(lines[0]["dim"]) if lines else None
         if self.rows_path.is_file():  # drop rows written after the last committed index line
             with open(self.rows_path, "r+b") as handle:
                 handle.truncate(committed * 4 * (self.dim or 0))
@@ -64,7 +63,7 @@ class RankWriter:
             handle.flush()
             os.fsync(handle.fileno())
         with open(self.index_path, "a") as handle:
-            handle.write("".join(json.dumps({"index": int(i)}) + "\n" for i in indices))
+            handle.write("".join(json.dumps({"index": int(i), "dim": self.dim}) + "\n" for i in indices))
 
 
 def done_indices(output_dir: Path, name: str) -> set[int]:
@@ -83,11 +82,12 @@ def merge_rank_rows(output_dir: Path, name: str, n: int) -> Path:
     """Merge the rank files (and an earlier `{name}.npy`) into `{name}.npy` `(n, D)`, NaN where no row exists."""
     merged, dim, parts = output_dir / f"{name}.npy", None, []
     for index_path in sorted(output_dir.glob(f"{name}.rank*.jsonl")):
-        indices = [int(row["index"]) for row in read_jsonl(index_path, skip_bad_lines=True)]
+        lines = read_jsonl(index_path, skip_bad_lines=True)
+        indices = [int(row["index"]) for row in lines]
         rows_path = index_path.with_suffix(".f32")
         if indices:
             rows = np.fromfile(rows_path, dtype=np.float32)
-            dim = rows.size // len(indices)
+            dim = int(lines[0]["dim"])
             parts.append((indices, rows[: len(indices) * dim].reshape(len(indices), dim)))
     previous = np.load(merged) if merged.is_file() else None
     if previous is not None:

@@ -229,7 +229,9 @@ class VDLossMixin:
         (a column filter or a collator of the user's own that dropped the pixels)."""
         if self._find_pixel_key(inputs) in inputs:
             return
-        rows = has_image if has_image is not None else self._image_token_rows(model, inputs)
+        rows = self._image_token_rows(model, inputs)  # a collator's has_image is False when its input lost them
+        if has_image is not None:
+            rows = has_image.to(torch.bool) if rows is None else rows | has_image.to(rows.device, torch.bool)
         if rows is None or not bool(rows.any()):
             return
         raise KeyError(

@@ -122,6 +122,19 @@ def test_fresh_machine_with_the_fetched_data_runs_to_its_report(fresh_machine, q
     assert (quick_run / "report.md").is_file()
 
 
+def test_log_without_a_terminal_is_plain_named_lines(fresh_machine, quick_run):
+    """Not a TTY: no bars or cursor escapes, one line per finished job, every loss line named by its run, and no
+    warning the demo causes itself (vd_start, PEFT/transformers deprecations)."""
+    first = fresh_machine["first"]
+    log = first.stdout + first.stderr
+    assert "\r" not in log and "\x1b[" not in log
+    for variant in VARIANTS:
+        assert f"[seed0 {variant}] step " in first.stdout and f"variants: train + evaluate: {variant} (seed 0) done" in log
+    assert all(line.startswith("[seed0 ") for line in first.stdout.splitlines() if " loss " in line)
+    assert "Warning" not in log and "set vd_start: 1.0" not in log
+    assert len(log) < 20_000, len(log)
+
+
 def test_rerun_goes_on_from_the_finished_jobs_and_never_deletes_them(fresh_machine, quick_run):
     again = fresh_machine["again"]
     assert again.returncode == 0, again.stderr[-3000:]

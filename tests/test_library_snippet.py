@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -41,13 +42,15 @@ def snippet_run(tiny_llava_dir, tmp_path_factory) -> dict:
         code = code.replace(old, new)
     setup, rest = code.split("trainer.train()", 1)
     scope: dict = {}
-    exec(setup, scope)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exec(setup, scope)
     seen: list[set[str]] = []
     scope["model"].register_forward_pre_hook(
         lambda module, args, kwargs: seen.append({k for k, v in kwargs.items() if v is not None}), with_kwargs=True
     )
     exec("trainer.train()" + rest, scope)
-    return {"scope": scope, "seen": seen, "out": tmp / "out", "data": tmp}
+    return {"scope": scope, "seen": seen, "out": tmp / "out", "data": tmp, "warnings": caught}
 
 
 def test_snippet_trains_the_recipe_lora_with_a_frozen_tower(snippet_run):
@@ -56,6 +59,11 @@ def test_snippet_trains_the_recipe_lora_with_a_frozen_tower(snippet_run):
     assert trainable and all("lora_" in name or "multi_modal_projector" in name for name in trainable)
     assert any("lora_" in name for name in trainable) and any("multi_modal_projector" in name for name in trainable)
     assert not any(p.requires_grad for name, p in model.named_parameters() if "vision_tower" in name)
+
+
+def test_loading_for_training_warns_nothing(snippet_run):
+    """No deprecation warning the user cannot act on (PEFT's read of `is_gradient_checkpointing` on every wrap)."""
+    assert [str(w.message) for w in snippet_run["warnings"] if issubclass(w.category, FutureWarning)] == []
 
 
 def test_snippet_images_reach_the_model_and_the_loss_is_reweighted(snippet_run):

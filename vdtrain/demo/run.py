@@ -73,7 +73,7 @@ def train_trunk(ctx: Context, seed: int) -> str:
     pretrain_vision_tower(
         model, load_processor(ctx), images, labels, steps=s.vision_steps, seed=seed, progress=ctx.progress
     )
-    _train(ctx, model, out, seed, stop_at=branch)
+    _train(ctx, model, out, seed, stop_at=branch, label=f"seed{seed} trunk")
     return str(out / f"checkpoint-{branch}")
 
 
@@ -100,7 +100,7 @@ def train_variant(ctx: Context, seed: int, variant: str, checkpoint: str) -> tup
     s, out = ctx.settings, ctx.run_dir(seed, variant)
     options = {"vd_temperature": s.temperature, "vd_noise_step": s.noise_step, **VARIANTS[variant]}
     model = demo_model(load_processor(ctx), s.model, seed=seed)  # its weights come from `checkpoint` on resume
-    trainer = _train(ctx, model, out, seed, resume_from=checkpoint, **options)
+    trainer = _train(ctx, model, out, seed, resume_from=checkpoint, label=f"seed{seed} {variant}", **options)
     logs = [e for e in trainer.state.log_history if "loss" in e and e["step"] > s.steps // 2]  # after the branch
     summary: dict[str, Any] = {"final_loss": logs[-1]["loss"], "losses": [[e["step"], e["loss"]] for e in logs]}
     summary |= {k: v for k, v in logs[-1].items() if k.startswith("vd_")}
@@ -152,11 +152,29 @@ def _run_jobs(ctx: Context, fn: Any, jobs: list[tuple], names: list[str], desc: 
         resume.mark_finished(folders[k], result)
         results[k] = result
 
+    # one bar per phase on a terminal (the jobs' own bars stay off), one plain line per finished job elsewhere
+    tty, quiet, start = sys.stderr.isatty(), replace(ctx, progress=False), time.time()
+    bar = tqdm(total=len(todo), desc=desc, unit="job", leave=True, disable=not todo or not tty)
+
+    def finish(k: int, result: Any) -> None:
+        done(k, result)
+        bar.update(1)
+        if not tty:
+            count = sum(results[j] is not None for j in todo)
+            print(f"{desc}: {names[k]} (seed {jobs[k][0]}) done, {count}/{len(todo)} in {time.time() - start:.0f} s")
+
     workers = min(ctx.settings.workers, len(todo))
     if workers <= 1:
-        for k in tqdm(todo, desc=desc, unit="job", leave=True, disable=not todo):
-            done(k, fn(ctx, *jobs[k]))
-        return results
+        for k in todo:
+            finish(k, fn(quiet, *jobs[k]))
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(workers, get_context("spawn"), _init_worker, (threads, ctx.nltk_data)) as pool:
+            futures = {pool.submit(fn, quiet, *jobs[k]): k for k in todo}
+            for future in as_completed(futures):
+                finish(futures[future], future.result())
+    bar.close()
+    return results
     threads = max(1, (os.cpu_count() or 1) // workers)
     quiet = replace(ctx, progress=False)
     with ProcessPoolExecutor(workers, get_context("spawn"), _init_worker, (threads, ctx.nltk_data)) as pool:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +104,21 @@ def prepare_for_training(model: Any, adapter: ModelAdapter, args: ModelArguments
     )
     if gradient_checkpointing:
         model.enable_input_require_grads()  # frozen embeddings would otherwise cut the checkpointed graph
-    model = get_peft_model(model, config, autocast_adapter_dtype=False)
+    with quiet_peft():
+        model = get_peft_model(model, config, autocast_adapter_dtype=False)
     trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
     total = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ds_numel: ZeRO-3 partitions
     logger.info("vdtrain: %d trainable parameters of %d (%.2f%%)", trainable, total, 100 * trainable / max(total, 1))
     return model
+
+
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """PEFT reads `model.is_gradient_checkpointing`, which transformers >= 5.24 deprecates with a `FutureWarning` on
+    every LoRA wrap and load: not the user's to act on, so not shown (every other warning is)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def load_for_training(
@@ -134,5 +147,6 @@ def load_for_inference(model_path: str | os.PathLike, adapter_path: str | os.Pat
     if adapter_path:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter_path)
+        with quiet_peft():
+            model = PeftModel.from_pretrained(model, adapter_path)
     return model.eval(), processor, adapter

@@ -83,6 +83,8 @@ def merge_adapter(
     """
     from peft import PeftModel
 
+    from vdtrain.models.loading import quiet_peft
+
     adapter_dir, output_dir = Path(adapter_dir), Path(output_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json; is this a LoRA adapter directory?")
@@ -92,7 +94,8 @@ def merge_adapter(
         raise FileExistsError(f"{output_dir}: the output directory must be new or empty; pass another --output")
     base, source = (str(base), None) if base is not None else base_model_source(adapter_dir)
     model, processor, _ = load_base_model(base, source, dtype=dtype)
-    model = PeftModel.from_pretrained(model, adapter_dir)
+    with quiet_peft():
+        model = PeftModel.from_pretrained(model, adapter_dir)
     merged = model.merge_and_unload()  # LoRA folded in; modules_to_save (the projector) replace the originals
     if any(file.is_file() for file in map(adapter_dir.joinpath, PROCESSOR_FILES)):  # saved by training: prefer it
         from transformers import AutoProcessor
@@ -105,5 +108,5 @@ def merge_adapter(
             )
     merged.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
-    logger.info("vdtrain merge: %s + %s -> %s", base, adapter_dir, output_dir)
+    logger.debug("vdtrain merge: %s + %s -> %s", base, adapter_dir, output_dir)  # the command prints its own line
     return output_dir

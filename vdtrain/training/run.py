@@ -78,7 +78,7 @@ def build_trainer(
 
 def run_training(model_args: ModelArguments, data_args: DataArguments, training_args: VDTrainingArguments) -> Any:
     """Train, then save the final adapter (with projector) and processor in `output_dir`."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)  # messages say vdtrain
     trainer = build_trainer(model_args, data_args, training_args)
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     output_dir = Path(training_args.output_dir)

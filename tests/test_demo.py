@@ -129,7 +129,8 @@ def test_log_without_a_terminal_is_plain_named_lines(fresh_machine, quick_run):
     log = first.stdout + first.stderr
     assert "\r" not in log and "\x1b[" not in log
     for variant in VARIANTS:
-        assert f"[seed0 {variant}] step " in first.stdout and f"variants: train + evaluate: {variant} (seed 0) done" in log
+        assert f"[seed0 {variant}] step " in first.stdout
+        assert f"variants: train + evaluate: {variant} (seed 0) done" in log
     assert all(line.startswith("[seed0 ") for line in first.stdout.splitlines() if " loss " in line)
     assert "Warning" not in log and "set vd_start: 1.0" not in log
     assert len(log) < 20_000, len(log)

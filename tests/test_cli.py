@@ -365,3 +365,12 @@ def test_train_help_of_another_transformers_release_is_the_packaged_copy_with_a_
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith(body.rstrip("\n"))
     assert "Listed with transformers 0.0.1's TrainingArguments; this machine has transformers " in result.stdout
+
+
+def test_train_help_says_what_resume_and_no_lora_do_here():
+    from vdtrain.commands.train import HELP_SNAPSHOT
+
+    flat = " ".join(HELP_SNAPSHOT.read_text().split())
+    assert "--no_lora, --no-lora A full fine-tune: train the language model itself instead of LoRA adapters" in flat
+    assert "Go on from a checkpoint: a checkpoint-N folder, the run's output_dir, or true/last" in flat
+    assert "Not directly used by Trainer" not in flat

@@ -39,7 +39,19 @@ def parser() -> Any:
         def error(self, message: str) -> None:  # type: ignore[override]
             raise InputError(message)
 
-    return Parser((ModelArguments, DataArguments, VDTrainingArguments), usage=USAGE)
+    result = Parser((ModelArguments, DataArguments, VDTrainingArguments), usage=USAGE)
+    for action in result._actions:  # help texts that say what these fields do here (HF's are for its own scripts)
+        name = action.option_strings[0][2:] if action.option_strings else ""
+        action.help = HELP_OVERRIDES.get(name, action.help)
+    return result
+
+
+HELP_OVERRIDES = {
+    "resume_from_checkpoint": "Go on from a checkpoint: a checkpoint-N folder, the run's output_dir, or true/last "
+    "for the newest complete checkpoint in output_dir (an incomplete or damaged one is refused by name).",
+    "no_lora": "A full fine-tune: train the language model itself instead of LoRA adapters on it (the projector "
+    "trains either way; the vision tower stays frozen unless freeze_vision_tower is false).",
+}
 
 
 HELP_SNAPSHOT = Path(__file__).with_name("train_help.txt")  # `scripts/write_train_help.py` writes it

@@ -227,6 +227,7 @@ def train_demo_model(
     resume_from: str | Path | None = None,
     freeze_vision: bool = True,
     progress: bool = True,
+    label: str | None = None,
     **vd_options: Any,
 ) -> Any:
     """Fine-tune projector and language model fully (no LoRA) with `VDTrainer` for `steps` optimizer steps (cosine
@@ -237,9 +238,11 @@ def train_demo_model(
         resume_from (`str`, *optional*): checkpoint to continue (weights, optimizer, schedule, data order and RNG
             state); `VDTrainer` loads the full-model weights into `model` by their saved names.
         freeze_vision (`bool`, defaults to `True`): keep the vision tower fixed, as LLaVA keeps CLIP.
+        label (`str`, *optional*): the run's name (`seed0 vd-neg`): its loss lines are plain lines that start with it
+            (instead of the Trainer's bar and bare dicts).
         vd_options: `VDTrainingArguments` fields of the variant (`vd_weighting`, `vd_temperature`, `vd_start`, ...).
     """
-    from transformers import TrainerCallback
+    from transformers import PrinterCallback, TrainerCallback
 
     from vdtrain.data import SupervisedDataset, VDDataCollator, load_conversations
     from vdtrain.models import get_adapter
@@ -250,6 +253,15 @@ def train_demo_model(
         def on_step_end(self, args, state, control, **kwargs):
             if stop_at is not None and state.global_step >= stop_at:
                 control.should_save = control.should_training_stop = True
+
+    class LossLines(TrainerCallback):
+        """`[seed0 vd-neg] step 80/160 loss 1.234 vd_mean -0.012 ...`: one plain line per log, named."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if label is None or not logs or "loss" not in logs:
+                return
+            values = " ".join(f"{k} {v:.4g}" for k, v in logs.items() if k == "loss" or k.startswith("vd_"))
+            print(f"[{label}] step {state.global_step}/{state.max_steps} {values}", flush=True)
 
     args = VDTrainingArguments(
         output_dir=str(output_dir),
@@ -265,10 +277,10 @@ def train_demo_model(
         report_to="none",
         save_strategy="no",
         logging_steps=max(1, steps // 20),
-        disable_tqdm=not progress,
+        disable_tqdm=not progress or label is not None,
         remove_unused_columns=False,
         dataloader_pin_memory=False,
-        **{"vd_weighting": "none", "vd_temperature": 0.0, **vd_options},
+        **{"vd_weighting": "none", "vd_temperature": 0.0, "vd_start": 1.0, **vd_options},  # plain MLE unless asked
     )
     model.model.vision_tower.requires_grad_(not freeze_vision)
     adapter = get_adapter(model)
@@ -280,9 +292,11 @@ def train_demo_model(
         train_dataset=dataset,
         data_collator=VDDataCollator.for_processor(processor),
         processing_class=processor,
-        callbacks=[StopAt()],
+        callbacks=[StopAt(), LossLines()],
         **adapter.trainer_kwargs(processor),
     )
+    if label is not None:
+        trainer.remove_callback(PrinterCallback)  # its bare dicts say not which run they belong to
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     return trainer
 

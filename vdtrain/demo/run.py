@@ -369,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         print("vdtrain demo: error: --steps must be an even number >= 2 and --seeds >= 1", file=sys.stderr)
         return 2
     nltk_data = args.nltk_data
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the jobs' own bars (tokenizing, saving shards): one bar per phase
     _init_worker(os.cpu_count() or 1, nltk_data)
     try:
         command = " ".join(["vdtrain demo", *argv])

@@ -28,13 +28,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vdtrain.selection.active import ArrayOracle, LateFusionLinear, Pool, run_loop  # noqa: E402
+from vdtrain.selection.active import ArrayOracle, LateFusionLinear, Pool, run_loop, sample_dominance  # noqa: E402
 
 NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 NAMED = ("a handwritten digit {}", "the number {} written by hand", "a scan of the digit {}", "{}, handwritten")
 GENERIC = ("a handwritten digit", "a number written by hand", "a scan of a digit", "handwriting")
 STRATEGIES = ("bmmal", "badge", "random", "entropy")
-METRICS = ("accuracy", "accuracy_image", "accuracy_text", "phi_gap")
+METRICS = ("accuracy", "accuracy_image", "accuracy_text", "phi_gap", "weak_share", "queried_rho")
 
 
 def minilm_embed(texts: list[str]) -> dict[str, np.ndarray]:
@@ -98,11 +98,23 @@ def main() -> None:
                     pool, learner, strategy, ArrayOracle(labels, pool.ids), folder, budget=args.budget,
                     rounds=args.rounds, initial=args.initial, seed=seed, evaluation=(test_ids, test_labels),
                 )  # fmt: skip
+                queried_balance(pool, learner, Path(folder), result.rounds)
             results[strategy].append([r["metrics"] for r in result.rounds])
         print(f"seed {seed} done ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
     report(results, args)
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+
+
+def queried_balance(pool: Pool, learner: LateFusionLinear, folder: Path, rounds: list[dict]) -> None:
+    """Add to each round k >= 1 what the model that chose its picks (round k-1's) saw in them: the share dominated
+    by the weak modality (Φ_image >= Φ_text, for the pseudo-label) and their mean dominance ρ (thesis Fig. 3.5)."""
+    rounds[0]["metrics"].update(weak_share=float("nan"), queried_rho=float("nan"))
+    for previous, record in zip(rounds, rounds[1:]):
+        learner.load(folder / "rounds" / f"{previous['round']:03d}" / "model.pt")
+        rho, phi = sample_dominance(learner.outputs(pool.positions(record["queried"])))
+        record["metrics"]["weak_share"] = float((phi[:, 0] >= phi[:, 1]).double().mean())
+        record["metrics"]["queried_rho"] = float(rho.mean())
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -114,15 +126,20 @@ def report(results: dict[str, list[list[dict]]], args: argparse.Namespace) -> No
     and BMMAL − BADGE per seed."""
     labelled = [m["labelled"] for m in next(iter(results.values()))[0]]
     print(f"\nq = {args.q}, pixel noise {args.pixel_noise}, {args.seeds} seeds, labels per round {labelled}\n")
-    print(f"| strategy | {' | '.join(f'{m} @ {labelled[-1]}' for m in METRICS)} | mean accuracy over rounds 1+ |")
-    print("|---" * (len(METRICS) + 2) + "|")
+    final = METRICS[:4]
+    print(
+        f"| strategy | {' | '.join(f'{m} @ {labelled[-1]}' for m in final)} | mean accuracy over rounds 1+ "
+        "| weak-dominated share of the picks | mean ρ of the picks |"
+    )
+    print("|---" * (len(final) + 4) + "|")
     for strategy, runs in results.items():
-        last = [_mean_sd([run[-1][m] for run in runs]) for m in METRICS]
+        last = [_mean_sd([run[-1][m] for run in runs]) for m in final]
         curve = _mean_sd([statistics.mean(r["accuracy"] for r in run[1:]) for run in runs])
-        print(f"| {strategy} | {' | '.join(last)} | {curve} |")
+        picks = [_mean_sd([statistics.mean(r[m] for r in run[1:]) for run in runs]) for m in METRICS[4:]]
+        print(f"| {strategy} | {' | '.join(last)} | {curve} | {' | '.join(picks)} |")
     if "bmmal" in results and "badge" in results:
         print("\nBMMAL − BADGE per seed at the last round (mean ± sd, seeds where BMMAL is higher):")
-        for metric in METRICS:
+        for metric in final:
             diff = [b[-1][metric] - a[-1][metric] for a, b in zip(results["badge"], results["bmmal"])]
             print(f"  {metric}: {_mean_sd(diff)}  ({sum(d > 0 for d in diff)}/{len(diff)})")
 

@@ -287,3 +287,45 @@ def test_ccma_in_the_loop_and_from_the_cli(tmp_path, capsys):
     assert main(argv) == 2 and "--teacher-probs" in capsys.readouterr().err
     assert main([*argv, "--teacher-probs", str(tmp_path / "teacher.npy")]) == 0
     assert "round 1: 8 queried" in capsys.readouterr().out
+
+
+def test_cli_ccma_with_a_zero_shot_clip_teacher_equals_its_probabilities(tmp_path, capsys):
+    from PIL import Image
+    from tiny import tiny_tokenizer
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
+
+    from vdtrain.cli import main
+    from vdtrain.selection.active.teacher import ZeroShotTeacher
+
+    tokenizer = tiny_tokenizer()
+    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=2, max_position_embeddings=32, eos_token_id=tokenizer.eos_token_id,
+                bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32)
+    torch.manual_seed(0)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config={**vision, "patch_size": 8}, projection_dim=16))
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    model.save_pretrained(tmp_path / "clip")
+    processor.save_pretrained(tmp_path / "clip")
+    classes = ["cat", "dog", "tree"]
+    images = [
+        Image.fromarray(np.random.RandomState(i).randint(0, 255, (32, 32, 3), dtype=np.uint8)) for i in range(40)
+    ]
+    teacher = ZeroShotTeacher(model, processor, classes)
+    emb = tmp_path / "emb"
+    emb.mkdir()
+    np.save(emb / "image.npy", teacher.image_embeddings(images).numpy())  # as `vdtrain embed --encoder` writes
+    np.save(emb / "text.npy", np.random.RandomState(0).randn(40, 5).astype(np.float32))
+    np.save(tmp_path / "teacher.npy", teacher.probs(images).numpy())
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"id": str(i), "label": classes[i % 3]}) + "\n" for i in range(40)))
+    argv = ["select", "active", "--embeddings", str(emb), "--classes", ",".join(classes), "--strategy", "ccma",
+            "--ccma-mode", "target-size", "--student", "image", "--initial", "9", "--budget", "6", "--rounds", "1",
+            "--labels", str(answers), "--epochs", "20"]  # fmt: skip
+    assert main([*argv, "--output-dir", str(tmp_path / "a"), "--teacher", str(tmp_path / "clip")]) == 0
+    assert main([*argv, "--output-dir", str(tmp_path / "b"), "--teacher-probs", str(tmp_path / "teacher.npy")]) == 0
+    picks = [json.loads((tmp_path / d / "rounds" / "001" / "round.json").read_text())["queried"] for d in "ab"]
+    assert picks[0] == picks[1] and len(picks[0]) == 6
+    capsys.readouterr()
+    assert main([*argv, "--output-dir", str(tmp_path / "c")]) == 2 and "--teacher" in capsys.readouterr().err

@@ -324,3 +324,38 @@ def test_select_refuses_scores_without_a_matching_fingerprint(workdir, loaded, t
     assert "scores another data file than" in capsys.readouterr().err
     assert cli_main([*argv, "--scores", str(copied / "scores.jsonl"), "--force"]) == 0
     assert len(json.loads((tmp_path / "kept.json").read_text())) == 5
+
+
+def test_a_trl_parquet_folder_scores_as_its_llava_json(workdir, loaded, tmp_path):
+    """`filter score` reads what training reads: TRL `messages` + embedded `images` give the JSON's scores."""
+    import datasets
+
+    model, processor, adapter = loaded
+    records = json.loads((workdir / "data.json").read_text())[: NUM_IMAGES + 1]  # the scorable ones
+    (tmp_path / "data.json").write_text(json.dumps(records))
+    rows_out = []
+    for record in records:
+        messages = []
+        for turn in record["conversations"]:
+            content = [{"type": "text", "text": turn["value"].replace("<image>\n", "")}]
+            if "<image>" in turn["value"]:
+                content.insert(0, {"type": "image", "text": None})
+            messages.append({"role": "user" if turn["from"] == "human" else "assistant", "content": content})
+        image = record.get("image")
+        images = [{"bytes": (workdir / "images" / image).read_bytes(), "path": None}] if image else []
+        rows_out.append({"id": record["id"], "messages": messages, "images": images})
+    part = {"type": datasets.Value("string"), "text": datasets.Value("string")}
+    features = datasets.Features(
+        id=datasets.Value("string"),
+        messages=datasets.List({"role": datasets.Value("string"), "content": datasets.List(part)}),
+        images=datasets.List(datasets.Image()),
+    )
+    (tmp_path / "trl").mkdir()
+    datasets.Dataset.from_list(rows_out, features=features).to_parquet(str(tmp_path / "trl" / "train.parquet"))
+    for data, out in ((tmp_path / "data.json", "json"), (tmp_path / "trl", "trl")):
+        score_dataset(
+            model, processor, data, tmp_path / out, image_folder=workdir / "images", adapter=adapter, progress=False
+        )
+    assert_same_scores(rows(tmp_path / "json" / "scores.jsonl"), rows(tmp_path / "trl" / "scores.jsonl"), 1e-6)
+    assert len(rows(tmp_path / "trl" / "scores.jsonl")) == NUM_IMAGES + 1
+    assert json.loads((tmp_path / "trl" / "run.json").read_text())["data"] == str((tmp_path / "trl").resolve())

@@ -5,8 +5,10 @@ import json
 import pytest
 
 from vdtrain.io import (
+    RecordWriter,
     append_jsonl,
     atomic_write_json,
+    iter_records,
     read_json,
     read_jsonl,
     read_objects,
@@ -92,3 +94,34 @@ def test_files_saved_with_a_byte_order_mark_read_as_without(tmp_path):
     written = tmp_path / "out.json"
     atomic_write_json(written, [record])
     assert written.read_bytes()[:1] == b"["  # what vdtrain writes has no BOM
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_streamed_records_equal_the_whole_file_read_and_written(tmp_path, fmt):
+    """`iter_records` yields what `read_records` returns and `RecordWriter` writes what `write_records` writes,
+    also when a record spans chunks or a chunk ends inside a number."""
+    records = [{"id": i, "text": 'é\n"x' * (i % 7), "score": i / 3, "list": [1, {"a": None}]} for i in range(300)]
+    records += [12345, "text", None, 1.5e10, []]
+    whole, streamed = tmp_path / f"whole.{fmt}", tmp_path / f"streamed.{fmt}"
+    for subset in (records, records[:1], []):
+        write_records(whole, subset, fmt)
+        assert list(iter_records(whole, chunk=7)) == read_records(whole) == subset
+        with RecordWriter(streamed, fmt) as out:
+            for record in subset:
+                out.write(record)
+        assert streamed.read_bytes() == whole.read_bytes()
+    compact = tmp_path / "compact.json"
+    compact.write_text(json.dumps(records, separators=(",", ":")))
+    assert list(iter_records(compact, chunk=5)) == records
+    compact.write_text('[{"a": 1}, {"b": ]')
+    with pytest.raises(ValueError, match=r"compact\.json: record 2 is not valid JSON"):
+        list(iter_records(compact))
+
+
+def test_a_failed_record_writer_leaves_the_old_file(tmp_path):
+    path = tmp_path / "out.json"
+    write_records(path, [{"a": 1}], "json")
+    with pytest.raises(RuntimeError), RecordWriter(path, "json") as out:
+        out.write({"b": 2})
+        raise RuntimeError("stopped")
+    assert read_records(path) == [{"a": 1}] and [p.name for p in tmp_path.iterdir()] == ["out.json"]

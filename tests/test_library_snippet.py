@@ -34,6 +34,7 @@ def snippet_run(tiny_llava_dir, tmp_path_factory) -> dict:
         ('"llava-hf/llava-1.5-7b-hf", dtype="bfloat16"', f'"{tiny_llava_dir}", lora_r=8, lora_alpha=16'),
         ('"detail_23k.json"', f'"{tmp / "data.json"}"'),
         ('"coco/train2017"', f'"{tmp / "images"}"'),
+        ("num_proc=8", "num_proc=1"),
         ('output_dir="out"', f'output_dir="{tmp / "out"}"'),
         ("vd_start=0.5", "vd_start=0.0"),
         ("bf16=True", 'use_cpu=True, max_steps=2, per_device_train_batch_size=2, report_to="none", logging_steps=1'),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -39,18 +39,23 @@ def read_jsonl(path: str | os.PathLike, *, missing_ok: bool = False, skip_bad_li
     path = Path(path)
     if missing_ok and not path.is_file():
         return []
-    rows = []
+    return list(iter_jsonl(path, skip_bad_lines=skip_bad_lines))
+
+
+def iter_jsonl(path: str | os.PathLike, *, skip_bad_lines: bool = False) -> Iterator[Any]:
+    """`read_jsonl`'s rows one at a time (a million score rows need not be a million dicts at once)."""
     with open(path, encoding="utf-8-sig") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as error:
                 if not skip_bad_lines:
                     raise ValueError(f"{path}, line {number}: not a JSON line ({error.msg})") from None
                 logger.warning("%s, line %d: unreadable (an interrupted write?), ignored", path, number)
-    return rows
+                continue
+            yield row
 
 
 def records_format(path: str | os.PathLike) -> str:
@@ -73,6 +78,66 @@ def read_records(path: str | os.PathLike) -> list[Any]:
     if not isinstance(records, list):
         raise ValueError(f"{path}: expected a JSON list or JSONL, got a JSON {type(records).__name__}")
     return records
+
+
+def iter_records(path: str | os.PathLike, chunk: int = 1 << 20) -> Iterator[Any]:
+    """The records of a JSON list or JSONL file one at a time, as `read_records` has them, holding one chunk of the
+    file (not the file) in memory."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} {'is a directory' if path.is_dir() else 'does not exist'}")
+    if records_format(path) == "jsonl":
+        with open(path, encoding="utf-8-sig") as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except json.JSONDecodeError as error:
+                        raise ValueError(f"{path}, line {number}: not a JSON line ({error.msg})") from None
+        return
+    decoder = json.JSONDecoder()
+    with open(path, encoding="utf-8-sig") as handle:
+        buffer, position, count, done = "", 0, 0, False
+
+        def fill() -> bool:  # more text after the unread part; False at the end of the file
+            nonlocal buffer, position, done
+            more = handle.read(chunk)
+            buffer, position, done = buffer[position:] + more, 0, not more
+            return bool(more)
+
+        def skip() -> str:  # the next non-blank character ("" at the end of the file)
+            nonlocal position
+            while True:
+                while position < len(buffer) and buffer[position] in " \t\r\n":
+                    position += 1
+                if position < len(buffer) or not fill():
+                    return buffer[position : position + 1]
+
+        if skip() != "[":
+            raise ValueError(f"{path}: expected a JSON list or JSONL")
+        position += 1
+        if skip() == "]":
+            return
+        while True:
+            skip()
+            try:
+                value, end = decoder.raw_decode(buffer, position)
+                if end == len(buffer) and not done:  # a number or literal may go on in the next chunk
+                    raise json.JSONDecodeError("cut", buffer, end)
+            except json.JSONDecodeError as error:
+                if fill():
+                    continue
+                raise ValueError(f"{path}: record {count + 1} is not valid JSON ({error.msg})") from None
+            yield value
+            count, position = count + 1, end
+            following = skip()
+            if following == "]":
+                return
+            if following != ",":
+                raise ValueError(f"{path}: expected ',' or ']' after record {count}, found {following!r}")
+            position += 1
+            if position > chunk:
+                buffer, position = buffer[position:], 0
 
 
 def read_objects(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -124,6 +189,42 @@ def write_records(path: str | os.PathLike, records: list[Any], fmt: str) -> None
         atomic_write_text(path, json.dumps(records, ensure_ascii=False, indent=1))
     else:
         atomic_write_jsonl(path, records, ensure_ascii=False)
+
+
+class RecordWriter:
+    """`write_records` one record at a time: the same bytes, in a temporary file renamed over `path` on success."""
+
+    def __init__(self, path: str | os.PathLike, fmt: str) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"record format must be one of {FORMATS}, got {fmt!r}")
+        self.path, self.fmt, self.count = Path(path), fmt, 0
+        if self.path.is_dir():
+            raise IsADirectoryError(f"{self.path} is a directory; name the file to write")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp.{os.getpid()}")
+        self.handle = open(self.tmp, "w", encoding="utf-8")
+
+    def write(self, record: Any) -> None:
+        if self.fmt == "jsonl":
+            self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        else:  # json.dumps(list, indent=1) indents each element's lines by one space
+            text = json.dumps(record, ensure_ascii=False, indent=1).replace("\n", "\n ")
+            self.handle.write(("[\n " if not self.count else ",\n ") + text)
+        self.count += 1
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        try:
+            if kind is None:
+                if self.fmt == "json":
+                    self.handle.write("\n]" if self.count else "[]")
+                self.handle.close()
+                os.replace(self.tmp, self.path)
+        finally:
+            self.handle.close()
+            self.tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------- append and resume

@@ -33,7 +33,15 @@ DESCRIPTION = """Offline data filtering by visual dependence (thesis section 5.4
 def _add_score_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("scoring")
     options.add_model_options(group, model_help="model directory or hub id (the fine-tuned scoring model)")
-    group.add_argument("--data", required=True, help="LLaVA-format conversation data: a JSON list or JSONL")
+    group.add_argument(
+        "--data",
+        default=None,
+        help="conversation data: a LLaVA JSON list or JSONL, or a folder of parquet/arrow/jsonl files (LLaVA/ShareGPT "
+        "`conversations` or TRL `messages` + `images`), as vdtrain train reads",
+    )
+    group.add_argument("--dataset-name", default=None, help="a hub dataset id instead of --data (score only)")
+    group.add_argument("--dataset-config", default=None, help="the hub dataset's configuration")
+    group.add_argument("--split", default="train", help="the split of a folder or hub dataset")
     group.add_argument("--image-folder", default=None, help="folder the records' 'image' paths are relative to")
     group.add_argument("--output-dir", required=True, help="where scores go; the same directory again resumes")
     options.add_noise_step(group)
@@ -149,8 +157,19 @@ def run_score(args: argparse.Namespace) -> dict | None:
     """Load the model on this process's device and score `args.data` into `args.output_dir`."""
     from vdtrain.filtering.scoring import score_dataset
 
-    if not Path(args.data).is_file():
-        raise FileNotFoundError(f"--data {args.data}: no such file")
+    if (args.data is None) == (args.dataset_name is None):
+        raise ValueError("give the data as --data (a file or folder) or --dataset-name (a hub id)")
+    if args.data is not None and not Path(args.data).exists():
+        raise FileNotFoundError(f"--data {args.data}: no such file or folder")
+    if args.command == "run" and (args.data is None or not Path(args.data).is_file()):
+        raise ValueError("filter run selects from a JSON or JSONL --data file; score a folder or hub dataset alone")
+    data = args.data
+    if args.dataset_name is not None or (Path(args.data).is_dir() and args.split != "train"):
+        from vdtrain.data.sources import load_source
+
+        data = load_source(
+            args.data, dataset_name=args.dataset_name, dataset_config=args.dataset_config, split=args.split
+        )
     model, processor, adapter = options.load_model(args)
     device = model.device
     num_workers = args.num_workers if args.num_workers is not None else (4 if device.type == "cuda" else 0)
@@ -159,7 +178,7 @@ def run_score(args: argparse.Namespace) -> dict | None:
     return score_dataset(
         model,
         processor,
-        args.data,
+        data,
         args.output_dir,
         image_folder=args.image_folder,
         adapter=adapter,

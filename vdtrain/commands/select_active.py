@@ -25,7 +25,9 @@ Round 0 labels a seeded random draw of --initial samples; each later round train
 (one head per modality and one on their concatenation, eq. 3.1) on every label so far and queries --budget more by
 --strategy. Rounds are written to OUT/rounds/NNN/ (queried ids, labels, metrics, model.pt); OUT/queries.jsonl lists
 what to label next, OUT/labels.jsonl ({"id": ..., "label": ...} per line, class name or index) is read back.
---dominance DATA writes OUT/dominance/dominance.jsonl for `vdtrain filter select --strategy balanced`.
+--strategy ccma needs the teacher: --teacher-probs (N, C), or a CLIP/SigLIP --teacher that classifies the image
+embeddings (its own, from `vdtrain embed --encoder`) zero-shot. --dominance DATA writes
+OUT/dominance/dominance.jsonl for `vdtrain filter select --strategy balanced`.
 """
 
 
@@ -65,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     loop.add_argument("--lr", type=float, default=0.01, help="the learner's learning rate")
     ccma = parser.add_argument_group("ccma")
     ccma.add_argument("--teacher-probs", default=None, help="(N, C) teacher class probabilities, rows as --ids")
+    ccma.add_argument("--teacher", default=None, help="or a CLIP/SigLIP model: zero-shot probabilities of the classes")
+    ccma.add_argument("--teacher-space", default="image", help="the modality holding --teacher's own image embeddings")
+    ccma.add_argument("--prompt", default="a photo of a {}.", help="--teacher's prompt; {} is the class name")
     ccma.add_argument("--ccma-mode", default="conformal", choices=("conformal", "target-size"), help="set thresholds")
     ccma.add_argument("--alpha", type=float, default=0.1, help="miscoverage of the conformal mode")
     ccma.add_argument("--student", default=None, help="the modality whose head is the student (default: fusion)")
@@ -131,6 +136,34 @@ def _evaluation(path: str | None, classes: list[str] | None) -> tuple[list[str],
     return list(known), list(known.values())
 
 
+def _teacher_probs(
+    args: argparse.Namespace, pool: Any, classes: list[str] | None, rows: int, finite: list[int]
+) -> Any:
+    """CCMA's teacher probabilities for the pool's rows: from --teacher-probs, or zero-shot from a CLIP/SigLIP
+    --teacher over the --teacher-space embeddings (its own image embeddings, as `vdtrain embed --encoder` writes)."""
+    from vdtrain.selection.active import load_matrix
+
+    num_classes = len(classes) if classes else args.num_classes
+    if args.teacher_probs is not None:
+        probs = load_matrix(args.teacher_probs)
+        if tuple(probs.shape) != (rows, num_classes):
+            raise InputError(
+                f"--teacher-probs {args.teacher_probs}: shape {tuple(probs.shape)}, expected ({rows}, {num_classes})"
+            )
+        return probs[finite]
+    if args.teacher is None:
+        raise UsageError("--strategy ccma needs --teacher-probs (an (N, C) file) or --teacher (a CLIP/SigLIP model)")
+    if classes is None:
+        raise UsageError("--teacher needs the class names (--classes or --classes-file) for its prompts")
+    if args.teacher_space not in pool.modalities:
+        raise UsageError(f"--teacher-space {args.teacher_space!r} is not a modality of --embeddings")
+    from vdtrain.selection.active.teacher import ZeroShotTeacher
+
+    teacher = ZeroShotTeacher.from_pretrained(options.check_model_path(args.teacher, "--teacher"), classes,
+                                              template=args.prompt)  # fmt: skip
+    return teacher.probs_from_embeddings(pool.embeddings[args.teacher_space])
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run or resume the loop of `args`; returns the rounds done and the ids waiting for labels."""
     from vdtrain.selection.active import CCMA, FileOracle, LateFusionLinear, Pool, load_matrix, run_loop
@@ -155,14 +188,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     learner = LateFusionLinear(pool, num_classes, epochs=args.epochs, lr=args.lr)
     strategy: Any = args.strategy
     if args.strategy == "ccma":
-        if args.teacher_probs is None:
-            raise UsageError("--strategy ccma needs --teacher-probs (the teacher's (N, C) class probabilities)")
-        teacher = load_matrix(args.teacher_probs)
-        if tuple(teacher.shape) != (len(pool), num_classes):
-            raise InputError(
-                f"--teacher-probs {args.teacher_probs}: shape {tuple(teacher.shape)}, "
-                f"expected ({len(pool)}, {num_classes})"
-            )
+        teacher = _teacher_probs(args, pool, classes, rows, finite)
         strategy = CCMA(teacher, mode=args.ccma_mode, alpha=args.alpha, student=args.student, kappa=args.kappa)
     result = run_loop(
         pool,

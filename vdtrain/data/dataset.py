@@ -60,9 +60,10 @@ def encode_record(
     """
     sample_id = str(record["id"])
     messages = to_messages(record, source) if messages is None else messages
-    path = image_path(record, image_folder, allow_external_images)
+    path = image_path(record, image_folder, allow_external_images) if image is None else None
+    has_image = image is not None or path is not None
     num_tokens = 0
-    if path is not None:
+    if has_image:
         size = (64, 64)
         if image is not None:
             size = image.size
@@ -73,7 +74,7 @@ def encode_record(
     encoded = EncodedRecord([])
     for example in adapter.encode(messages, processor, num_tokens, sample_id=sample_id):
         truncated = example.truncate(max_length)
-        kept_image_tokens = sum(token == image_id for token in truncated.input_ids) if path is not None else 0
+        kept_image_tokens = truncated.input_ids.count(image_id) if has_image else 0
         no_supervised, cuts_image = truncated.num_supervised == 0, kept_image_tokens != num_tokens
         if no_supervised or cuts_image:
             encoded.dropped.append((len(example.input_ids), no_supervised, cuts_image))
@@ -141,8 +142,12 @@ class SupervisedDataset(torch.utils.data.Dataset):
     truncation to `max_length` leaves without supervised tokens or cuts into their image tokens
     (`drop_truncated=True` drops those). Images are read per item.
 
+    Given a `datasets.Dataset` instead of a list (LLaVA `conversations` or TRL `messages` + `images` rows, e.g.
+    from `vdtrain.data.sources.load_source`), it is an `ArrowSupervisedDataset`: the same checks in one cached
+    `Dataset.map` pass, examples memory-mapped from an Arrow file.
+
     Args:
-        records: LLaVA-format records (`load_conversations`).
+        records: LLaVA-format records (`load_conversations`), or a `datasets.Dataset`.
         adapter: the model family's `ModelAdapter`.
         processor: the model's processor (tokenizer + image processor).
         image_folder: folder the records' `image` paths are relative to.
@@ -152,6 +157,14 @@ class SupervisedDataset(torch.utils.data.Dataset):
         drop_invalid: drop samples with bad turns or special-token text (with a warning) instead of refusing them.
         allow_external_images: accept image paths that resolve outside `image_folder`.
     """
+
+    def __new__(cls, records: Any, *args: Any, **kwargs: Any) -> SupervisedDataset:
+        """A `datasets.Dataset` of conversations gets the Arrow-cached `ArrowSupervisedDataset`."""
+        if cls is SupervisedDataset and not isinstance(records, list) and hasattr(records, "column_names"):
+            from vdtrain.data.cached import ArrowSupervisedDataset
+
+            return super().__new__(ArrowSupervisedDataset)
+        return super().__new__(cls)
 
     def __init__(
         self,

@@ -11,6 +11,7 @@ from PIL import Image
 
 from vdtrain.data.conversations import image_path, load_image
 from vdtrain.data.dataset import VDDataCollator, encode_record, example_features
+from vdtrain.data.formats import EmbeddedImage
 from vdtrain.keys import HAS_IMAGE, LOSS_ONLY_KEYS
 from vdtrain.method.noise import seeded_generator
 from vdtrain.models.base import ModelAdapter
@@ -45,7 +46,9 @@ def prepare_sample(
         if not isinstance(record, dict):
             raise ValueError(f"{source}: record {index} is a {type(record).__name__}, not a JSON object")
         record = {**record, "id": sample_id}
-        if image is None:
+        if isinstance(record.get("image"), EmbeddedImage):  # a table row's own image (TableRecords)
+            image = record["image"].open().convert("RGB")
+        elif image is None:
             path = image_path(record, image_folder)
             image = load_image(path, sample_id) if path is not None else None
         encoded = encode_record(record, adapter, processor, image_folder, max_length, source, image=image)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,9 @@ DOMINANCE_LABEL = r"modality dominance of a sample, $\rho$ (BMMAL, thesis eq. 3.
 QUANTILES = {"min": 0, "p5": 5, "p25": 25, "p50": 50, "p75": 75, "p95": 95, "max": 100}
 
 
-def score_quantiles(scores: list[float]) -> dict[str, float]:
+def score_quantiles(scores: list[float] | np.ndarray) -> dict[str, float]:
     """Min, 5/25/50/75/95th percentiles, max and mean of the per-sample scores."""
-    if not scores:
+    if not len(scores):
         return {}
     values = np.asarray(scores, dtype=np.float64)
     out = {name: float(np.percentile(values, q)) for name, q in QUANTILES.items()}
@@ -39,62 +40,90 @@ def words(record: Any, roles: tuple[str, ...] = ("assistant",)) -> int:
     return total
 
 
-def _lengths(records: list[Any]) -> dict[str, float | None]:
+def word_counts(records: Any) -> tuple[np.ndarray, np.ndarray]:
+    """`(words of the whole conversation, words of the assistant turns)` of each record, in one pass."""
+    both, answers = array("q"), array("q")
+    for record in records:
+        both.append(words(record, ("user", "assistant")))
+        answers.append(words(record))
+    return np.asarray(both, dtype=np.int64), np.asarray(answers, dtype=np.int64)
+
+
+def _lengths(counts: tuple[np.ndarray, np.ndarray], indices: np.ndarray) -> dict[str, float | None]:
     """Table 5.3's columns: mean words per sample of the whole conversation and of the assistant turns."""
-    if not records:
+    if not len(indices):
         return {"data_len_words": None, "response_len_words": None}
     return {
-        "data_len_words": float(np.mean([words(r, ("user", "assistant")) for r in records])),
-        "response_len_words": float(np.mean([words(r) for r in records])),
+        "data_len_words": float(np.mean(counts[0][indices])),
+        "response_len_words": float(np.mean(counts[1][indices])),
+    }
+
+
+def score_columns(scores: list[dict[str, Any]] | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`index`, `score`, `n_tokens`, `frac_pos`, `frac_neg` of the score rows as arrays (as given if already so)."""
+    if isinstance(scores, dict):
+        return scores
+    return {
+        "index": np.array([int(row["index"]) for row in scores], dtype=np.int64),
+        "score": np.array([float(row["score"]) for row in scores], dtype=np.float64),
+        "n_tokens": np.array([int(row.get("n_tokens", 0)) for row in scores], dtype=np.int64),
+        "frac_pos": np.array([float(row.get("frac_pos", 0.0)) for row in scores], dtype=np.float64),
+        "frac_neg": np.array([float(row.get("frac_neg", 0.0)) for row in scores], dtype=np.float64),
     }
 
 
 def write_report(
     output_dir: str | os.PathLike,
-    scores: list[dict[str, Any]],
+    scores: list[dict[str, Any]] | dict[str, np.ndarray],
     errors: list[dict[str, Any]],
     *,
     records: list[Any] | None = None,
-    removed: set[int] | None = None,
+    removed: set[int] | np.ndarray | None = None,
     selection: dict[str, Any] | None = None,
+    counts: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Write `summary.json` and `score_hist.png` into `output_dir` and return the summary.
 
-    With `records` and `removed` (after a selection) the counts include kept/removed, the lengths of Table 5.3
-    are given for all, kept and removed samples, and the histogram marks the cut.
+    With `records` (or their `word_counts` as `counts`) and `removed` (after a selection) the counts include
+    kept/removed, the lengths of Table 5.3 are given for all, kept and removed samples, and the histogram marks
+    the cut. `scores` are the score rows, or their `score_columns`.
     """
     output_dir = Path(output_dir)
-    values = [float(row["score"]) for row in scores]
-    tokens = sum(int(row.get("n_tokens", 0)) for row in scores)  # dominance rows (balanced) have no tokens
+    columns = score_columns(scores)
+    values = columns["score"]
+    tokens = int(columns["n_tokens"].sum())  # dominance rows (balanced) have no tokens
     summary: dict[str, Any] = {
-        "counts": {"scored": len(scores), "errors": len(errors)},
+        "counts": {"scored": len(values), "errors": len(errors)},
         "score_quantiles": score_quantiles(values),
         "tokens": {
             "total": tokens,
-            "mean_d": sum(values) / tokens if tokens else None,
-            "frac_pos": sum(r["frac_pos"] * r["n_tokens"] for r in scores) / tokens if tokens else None,
-            "frac_neg": sum(r["frac_neg"] * r["n_tokens"] for r in scores) / tokens if tokens else None,
+            "mean_d": sum(values.tolist()) / tokens if tokens else None,
+            "frac_pos": sum((columns["frac_pos"] * columns["n_tokens"]).tolist()) / tokens if tokens else None,
+            "frac_neg": sum((columns["frac_neg"] * columns["n_tokens"]).tolist()) / tokens if tokens else None,
         },
     }
-    cut = None
-    if records is not None and removed is not None:
-        scored = {int(row["index"]) for row in scores}
-        summary["counts"].update(kept=len(scored - removed), removed=len(removed))
+    cut, mask = None, None
+    if (records is not None or counts is not None) and removed is not None:
+        counts = counts if counts is not None else word_counts(records)
+        removed = np.unique(np.fromiter(removed, dtype=np.int64) if isinstance(removed, set) else removed)
+        scored = np.unique(columns["index"])
+        kept = np.setdiff1d(scored, removed, assume_unique=True)
+        summary["counts"].update(kept=len(kept), removed=len(removed))
         summary["selection"] = dict(selection or {})
         summary["lengths"] = {
-            "all": _lengths([records[i] for i in sorted(scored)]),
-            "kept": _lengths([records[i] for i in sorted(scored - removed)]),
-            "removed": _lengths([records[i] for i in sorted(removed)]),
+            "all": _lengths(counts, scored),
+            "kept": _lengths(counts, kept),
+            "removed": _lengths(counts, removed),
         }
-        removed_scores = [float(row["score"]) for row in scores if int(row["index"]) in removed]
+        mask = np.isin(columns["index"], removed)
         strategy = (selection or {}).get("strategy")
-        if removed_scores and strategy in ("lowest", "highest", "balanced"):
-            cut = max(removed_scores) if strategy == "lowest" else min(removed_scores)
+        if mask.any() and strategy in ("lowest", "highest", "balanced"):
+            cut = float(values[mask].max() if strategy == "lowest" else values[mask].min())
             summary["selection"]["cut_score"] = cut
     plot_histogram(
         output_dir / HISTOGRAM_FILE,
         values,
-        removed=[int(row["index"]) in removed for row in scores] if removed is not None else None,
+        removed=mask,
         cut=cut,
         label=_cut_label(selection, cut),
         xlabel=DOMINANCE_LABEL if (selection or {}).get("strategy") == "balanced" else None,
@@ -113,9 +142,9 @@ def _cut_label(selection: dict[str, Any] | None, cut: float | None) -> str | Non
 
 def plot_histogram(
     path: str | os.PathLike,
-    scores: list[float],
+    scores: list[float] | np.ndarray,
     *,
-    removed: list[bool] | None = None,
+    removed: list[bool] | np.ndarray | None = None,
     cut: float | None = None,
     label: str | None = None,
     xlabel: str | None = None,
@@ -129,7 +158,7 @@ def plot_histogram(
     axes = figure.add_subplot()
     values = np.asarray(scores, dtype=np.float64)
     bins = np.histogram_bin_edges(values, bins=min(80, max(10, int(np.sqrt(len(values)))))) if len(values) else 10
-    if removed is not None and any(removed):
+    if removed is not None and np.any(removed):
         mask = np.asarray(removed, dtype=bool)
         axes.hist(
             [values[~mask], values[mask]],

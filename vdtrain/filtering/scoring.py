@@ -127,7 +127,8 @@ def score_dataset(
     Args:
         model (`torch.nn.Module`): the scoring model (a fine-tuned one, as in the paper), on its device, eval mode.
         processor: the model's processor.
-        data (`str`): LLaVA-format JSON list or JSONL.
+        data (`str`): LLaVA-format JSON list or JSONL, or a `datasets.Dataset` or folder in any format training
+            reads (`vdtrain.data.sources.load_source`).
         output_dir (`str`): where scores go; rerunning with the same directory resumes.
         image_folder (`str`, *optional*): folder the records' `image` paths are relative to.
         adapter (`ModelAdapter`, *optional*): the model family's adapter (looked up from the model if not given).
@@ -153,14 +154,13 @@ def score_dataset(
 
     rank, world = distributed()
     is_main = rank == 0
-    output_dir, data = Path(output_dir), Path(data)
+    output_dir = Path(output_dir)
+    records, data, identity = _records(data)
     adapter = adapter or get_adapter(model, processor)
     info = {
         "model": model_name or str(getattr(unwrap_model(model).config, "_name_or_path", "") or type(model).__name__),
         "adapter": adapter_name,
-        "data": str(data.resolve()),
-        "data_sha256": file_sha256(data),
-        "data_size": data.stat().st_size,
+        **identity,
         "noise_step": int(noise_step),
         "seed": int(seed),
         "max_length": int(max_length),
@@ -178,7 +178,6 @@ def score_dataset(
         for path in [output_dir / ERRORS_FILE, *output_dir.glob("errors.rank*.jsonl")]:
             path.unlink(missing_ok=True)
     barrier(world)
-    records = read_records(data)
     done = scored_indices(output_dir)
     barrier(world)  # every process has read the same `done` before anyone appends
     todo = [index for index in range(len(records)) if index not in done]
@@ -233,6 +232,20 @@ def score_dataset(
     if sink is not None:
         sink.merge(len(records))
     return write_report(output_dir, scores, errors)
+
+
+def _records(data: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """`(records, name, identity for run.json)` of a JSON/JSONL file, or of a `datasets.Dataset` or folder of any
+    format `vdtrain.data.sources.load_source` reads (records converted per access, images embedded or named)."""
+    if isinstance(data, (str, os.PathLike)) and Path(data).is_file():
+        data = Path(data)
+        identity = {"data": str(data.resolve()), "data_sha256": file_sha256(data), "data_size": data.stat().st_size}
+        return read_records(data), data, identity
+    from vdtrain.data.sources import TableRecords, load_source
+
+    table = data if hasattr(data, "column_names") else load_source(data)
+    name = Path(data).resolve() if isinstance(data, (str, os.PathLike)) else table.info.dataset_name or "dataset"
+    return TableRecords(table), name, {"data": str(name), "data_sha256": table._fingerprint, "data_size": len(table)}
 
 
 def _embedding_sink(model, output_dir, rank, info, pooling, dim, seed):

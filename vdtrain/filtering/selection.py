@@ -5,17 +5,44 @@ from __future__ import annotations
 import math
 import os
 import random
+from array import array
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from vdtrain.errors import InputError
 from vdtrain.filtering.coverage import COVERAGE_STRATEGIES, SELECTED_FILE, CoverageContext, write_selected
 from vdtrain.filtering.runs import ERRORS_FILE, RUN_FILE, file_sha256
-from vdtrain.io import read_json, read_jsonl, read_records, records_format, write_records
+from vdtrain.io import RecordWriter, iter_jsonl, iter_records, read_json, read_jsonl, records_format
 
 STRATEGIES = ("lowest", "highest", "random", "balanced", *COVERAGE_STRATEGIES)
 # balanced: the scores are BMMAL dominance ρ (`vdtrain select active --dominance`, thesis eq. 3.5); the most
 # modality-dominated samples go first
+
+
+BALANCED_NEEDS_RHO = (
+    "--strategy balanced reads dominance scores (rows with 'rho'): pass the dominance.jsonl that "
+    "`vdtrain select active --dominance DATA` writes, not visual-dependence scores"
+)
+
+
+class _Rows(Sequence):
+    """Score columns seen as rows `{"index", "score", "id"}` made on access (what `CoverageContext` reads)."""
+
+    def __init__(self, columns: dict[str, np.ndarray], ids: list[str]) -> None:
+        self.columns, self.ids = columns, ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        return {
+            "index": int(self.columns["index"][position]),
+            "score": float(self.columns["score"][position]),
+            "id": self.ids[position],
+        }
 
 
 def removal_count(num_scored: int, fraction: float) -> int:
@@ -31,23 +58,31 @@ def select_removed(scores: list[dict[str, Any]], strategy: str, fraction: float,
 
     Ties in score are broken by index (the lower index goes first); `random` is seeded by `seed`.
     """
-    count = removal_count(len(scores), fraction)
+    if strategy == "balanced" and scores and "rho" not in scores[0]:
+        raise ValueError(BALANCED_NEEDS_RHO)
+    indices = np.array([int(row["index"]) for row in scores], dtype=np.int64)
+    key = "rho" if strategy == "balanced" else "score"
+    values = np.array([float(row[key]) for row in scores], dtype=np.float64)
+    return removed_indices(indices, values, strategy, fraction, seed)
+
+
+def removed_indices(
+    indices: np.ndarray, scores: np.ndarray, strategy: str, fraction: float, seed: int = 0
+) -> list[int]:
+    """`select_removed` on score columns (a million rows as two arrays, not a million dicts)."""
+    count = removal_count(len(indices), fraction)
     if strategy == "lowest":
-        order = sorted(scores, key=lambda row: (row["score"], row["index"]))
+        order = np.lexsort((indices, scores))
     elif strategy == "highest":
-        order = sorted(scores, key=lambda row: (-row["score"], row["index"]))
-    elif strategy == "balanced":
-        if scores and "rho" not in scores[0]:
-            raise ValueError(
-                "--strategy balanced reads dominance scores (rows with 'rho'): pass the dominance.jsonl that "
-                "`vdtrain select active --dominance DATA` writes, not visual-dependence scores"
-            )
-        order = sorted(scores, key=lambda row: (-row["rho"], row["index"]))
-    elif strategy == "random":
-        order = random.Random(seed).sample(sorted(scores, key=lambda row: row["index"]), len(scores))
+        order = np.lexsort((indices, -scores))
+    elif strategy == "balanced":  # `scores` are the dominance rho: the most modality-dominated go first
+        order = np.lexsort((indices, -scores))
+    elif strategy == "random":  # the sample depends on the count alone, so the same rows as sampling the rows
+        by_index = np.argsort(indices, kind="stable").tolist()
+        order = random.Random(seed).sample(by_index, len(by_index))
     else:
         raise ValueError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
-    return sorted(int(row["index"]) for row in order[:count])
+    return sorted(indices[np.asarray(order[:count], dtype=np.int64)].tolist())
 
 
 def check_fingerprint(scores_path: Path, data: Path, force: bool = False) -> None:
@@ -76,25 +111,61 @@ def check_fingerprint(scores_path: Path, data: Path, force: bool = False) -> Non
         )
 
 
-def _check_scores_match(
-    scores: list[dict[str, Any]], errors: list[dict[str, Any]], records: list[Any], scores_path: Path, data: Path
-) -> None:
-    for row in scores:
-        index = int(row["index"])
-        record = records[index] if index < len(records) else None
+def _read_scores(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The score rows as columns, and their ids, read one line at a time (an unreadable last line skipped)."""
+    names = ("index", "n_tokens", "score", "frac_pos", "frac_neg", "rho")  # dominance rows: rho, no tokens
+    columns: dict[str, array] = {name: array("q" if name in ("index", "n_tokens") else "d") for name in names}
+    ids: list[str] = []
+    has_rho = None
+    for row in iter_jsonl(path, skip_bad_lines=True):
+        has_rho = "rho" in row if has_rho is None else has_rho
+        for name in names:
+            columns[name].append(row.get(name, 0) if name != "index" else row[name])
+        ids.append(str(row["id"]))
+    if not has_rho:
+        del columns["rho"]
+    return {name: np.asarray(values) for name, values in columns.items()}, ids
+
+
+def _scan_data(
+    data: Path, columns: dict[str, np.ndarray], ids: list[str], errors: list[dict[str, Any]], scores_path: Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """One pass over the data file: every scored id matches the record at its index, every record is scored or
+    failed; returns the records' `word_counts`."""
+    from vdtrain.filtering.report import words  # imports the data layer (torch): not at the top
+
+    indices = columns["index"]
+    position = np.full(int(indices.max()) + 1 if len(indices) else 0, -1, dtype=np.int64)
+    position[indices] = np.arange(len(indices))
+    both, answers, total = array("q"), array("q"), 0
+    for index, record in enumerate(iter_records(data)):
+        total += 1
+        at = position[index] if index < len(position) else -1
         expected = str(record.get("id", index)) if isinstance(record, dict) else str(index)
-        if record is None or str(row["id"]) != expected:
-            found = "no such index" if record is None else f"id there is {expected!r}"
+        if at >= 0 and ids[at] != expected:
             raise ValueError(
-                f"{scores_path}: sample {row['id']!r} at index {index} does not match {data} ({found}); "
-                "pass the file that was scored"
+                f"{scores_path}: sample {ids[at]!r} at index {index} does not match {data} (id there is "
+                f"{expected!r}); pass the file that was scored"
             )
-    missing = set(range(len(records))) - {int(r["index"]) for r in scores} - {int(r["index"]) for r in errors}
+        both.append(words(record, ("user", "assistant")))
+        answers.append(words(record))
+    beyond = np.flatnonzero(indices >= total)
+    if len(beyond):
+        at = int(beyond[0])
+        raise ValueError(
+            f"{scores_path}: sample {ids[at]!r} at index {int(indices[at])} does not match {data} (no such index); "
+            "pass the file that was scored"
+        )
+    covered = np.zeros(total, dtype=bool)
+    covered[indices] = True
+    covered[[int(row["index"]) for row in errors if 0 <= int(row["index"]) < total]] = True
+    missing = total - int(covered.sum())
     if missing:
         raise ValueError(
-            f"{scores_path} covers {len(records) - len(missing)} of the {len(records)} samples of {data}: scoring "
+            f"{scores_path} covers {total - missing} of the {total} samples of {data}: scoring "
             "is unfinished. Rerun `vdtrain filter score` with the same --output-dir to finish it."
         )
+    return np.asarray(both, dtype=np.int64), np.asarray(answers, dtype=np.int64)
 
 
 def select_dataset(
@@ -150,20 +221,29 @@ def select_dataset(
     if output.resolve() == data.resolve() or removed_path.resolve() in (data.resolve(), output.resolve()):
         raise ValueError(f"--output {output} / removed {removed_path} would overwrite {data}; choose other paths")
     check_fingerprint(scores_path, data, force)
-    rows = read_jsonl(scores_path, skip_bad_lines=True)
+    columns, ids = _read_scores(scores_path)  # streamed: 1.2M scores and their data file in well under 2 GB
     errors = read_jsonl(scores_path.parent / ERRORS_FILE, missing_ok=True, skip_bad_lines=True)
-    records, fmt = read_records(data), records_format(data)
-    _check_scores_match(rows, errors, records, scores_path, data)
-    context = CoverageContext(scores_path, rows, embeddings=embeddings, clusters=clusters, seed=seed)
+    if strategy == "balanced" and len(ids) and "rho" not in columns:
+        raise ValueError(BALANCED_NEEDS_RHO)
+    counts = _scan_data(data, columns, ids, errors, scores_path)
+    context = CoverageContext(scores_path, _Rows(columns, ids), embeddings=embeddings, clusters=clusters, seed=seed)
     if strategy in COVERAGE_STRATEGIES:
-        count = removal_count(len(rows), fraction)
-        removed_indices = context.removed(strategy, count, method=coverage_method, threshold=dedup_threshold)
+        count = removal_count(len(ids), fraction)
+        removed_list = context.removed(strategy, count, method=coverage_method, threshold=dedup_threshold)
     else:
-        removed_indices = select_removed(rows, strategy, fraction, seed)
-    removed_set = set(removed_indices)
-    kept_indices = sorted(int(row["index"]) for row in rows if int(row["index"]) not in removed_set)
-    write_records(output, [records[index] for index in kept_indices], fmt)
-    write_records(removed_path, [records[index] for index in removed_indices], "json")
+        values = columns["rho"] if strategy == "balanced" else columns["score"]
+        removed_list = removed_indices(columns["index"], values, strategy, fraction, seed)
+    is_removed = np.zeros(len(counts[0]), dtype=bool)
+    is_removed[removed_list] = True
+    is_kept = np.zeros(len(counts[0]), dtype=bool)
+    is_kept[columns["index"]] = True
+    is_kept &= ~is_removed
+    with RecordWriter(output, records_format(data)) as kept_out, RecordWriter(removed_path, "json") as removed_out:
+        for index, record in enumerate(iter_records(data)):
+            if is_kept[index]:
+                kept_out.write(record)
+            elif is_removed[index]:
+                removed_out.write(record)
     selection = {
         "strategy": strategy,
         "fraction": fraction,
@@ -173,8 +253,11 @@ def select_dataset(
     }
     if strategy in COVERAGE_STRATEGIES:
         selection.update(clusters=int(context.labels().max()) + 1, coverage_method=coverage_method)
+    removed_set = set(removed_list)
     coverage = context.report(removed_set)
-    write_selected(output.with_name(SELECTED_FILE), kept_indices, removed_indices, selection, context.fingerprint)
+    kept_indices = np.flatnonzero(is_kept).tolist()
+    write_selected(output.with_name(SELECTED_FILE), kept_indices, removed_list, selection, context.fingerprint)
     if coverage is not None:
         selection["coverage"] = coverage
-    return write_report(scores_path.parent, rows, errors, records=records, removed=removed_set, selection=selection)
+    removed_array = np.asarray(removed_list, dtype=np.int64)
+    return write_report(scores_path.parent, columns, errors, removed=removed_array, selection=selection, counts=counts)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -34,7 +35,7 @@ class Example:
 
     @property
     def num_supervised(self) -> int:
-        return sum(label != IGNORE_INDEX for label in self.labels)
+        return len(self.labels) - list(self.labels).count(IGNORE_INDEX)
 
     def truncate(self, max_length: int) -> Example:
         """Cut to `max_length` tokens (right side)."""
@@ -185,15 +186,12 @@ def tokenize_spans(
     lies in a supervised piece. One tokenizer call keeps merges across piece boundaries exactly as at inference."""
     text = "".join(piece for piece, _ in pieces)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    flags, position = [], 0
-    spans = []
-    for piece, supervised in pieces:
-        spans.append((position, position + len(piece), supervised))
-        position += len(piece)
     ids = list(encoded["input_ids"])
-    for start, end in encoded["offset_mapping"]:
-        char = start if end > start else max(start - 1, 0)
-        flags.append(any(lo <= char < hi and sup for lo, hi, sup in spans))
+    ends = np.cumsum([len(piece) for piece, _ in pieces])  # piece i holds the characters [ends[i-1], ends[i])
+    supervised = np.array([sup for _, sup in pieces] + [False], dtype=bool)  # past the last piece: not supervised
+    offsets = np.asarray(encoded["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+    char = np.where(offsets[:, 1] > offsets[:, 0], offsets[:, 0], np.maximum(offsets[:, 0] - 1, 0))
+    flags = supervised[np.searchsorted(ends, char, side="right")].tolist()  # the piece a token's character is in
     if add_bos and tokenizer.bos_token_id is not None:
         ids, flags = [tokenizer.bos_token_id, *ids], [False, *flags]
     return ids, flags

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from vdtrain.method.dependence import IGNORE_INDEX
 from vdtrain.models.base import (
     ConversationError,
@@ -49,13 +51,11 @@ def examples_from_pieces(
 ) -> Example:
     """Tokenise pieces once, expand each image token to `num_image_tokens` copies, mask and flag end-of-turn."""
     ids, supervised = tokenize_spans(tokenizer_of(processor), pieces)
-    input_ids, labels, eot = [], [], []
-    for token, is_supervised in zip(ids, supervised):
-        repeat = num_image_tokens if image_id is not None and token == image_id else 1
-        input_ids += [token] * repeat
-        labels += [token if is_supervised and repeat == 1 else IGNORE_INDEX] * repeat
-        eot += [bool(is_supervised and token == eot_id)] * repeat
-    return Example(input_ids, labels, eot)
+    ids, supervised = np.asarray(ids, dtype=np.int64), np.asarray(supervised, dtype=bool)
+    repeat = np.where(ids == image_id, num_image_tokens, 1) if image_id is not None else np.ones_like(ids)
+    labels = np.where(supervised & (repeat == 1), ids, IGNORE_INDEX)
+    eot = supervised & (ids == eot_id) if eot_id is not None else np.zeros_like(supervised)
+    return Example(*(np.repeat(values, repeat).tolist() for values in (ids, labels, eot)))
 
 
 @register_adapter("llava")

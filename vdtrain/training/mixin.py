@@ -6,14 +6,12 @@ then on re-weights its per-token loss by each token's visual dependence, at the 
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections import defaultdict
 from types import SimpleNamespace
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from transformers import Trainer
 from transformers.utils import logging
 
@@ -30,12 +28,21 @@ from vdtrain.method.passes import (
     targets_at,
 )
 from vdtrain.method.weighting import token_weights
-from vdtrain.models.base import accepts_logits_mask, unwrap_model
+from vdtrain.models.base import accepts_logits_mask
+from vdtrain.training.batches import (
+    PIXEL_KEYS,
+    check_not_packed,
+    check_pixels,
+    find_pixel_key,
+    has_token_labels,
+    image_owners,
+    images_per_row,
+    vd_applicability,
+)
 from vdtrain.training.config import vd_options
 
 logger = logging.get_logger(__name__)
 
-PIXEL_KEYS = ("pixel_values", "images", "pixel_values_images")  # tried only when no pixel key was given
 VD_METRICS = ("vd_mean", "vd_frac_pos", "vd_frac_neg", "vd_frac_inv", "vd_weight_max")
 
 
@@ -89,7 +96,7 @@ class VDLossMixin:
         self.projector_modules = tuple(projector_modules)
         self.end_of_turn_id = end_of_turn_id
         self.pixel_key = pixel_key or self.vd.vd_pixel_key
-        self._token_labels, self.vd_off_reason = self._applicability()
+        self._token_labels, self.vd_off_reason = vd_applicability(self.model, self.pixel_key, self.vd)
         if (self.vd.vd_start < 1.0 and self.vd_off_reason is None) or self.vd.vd_eos_selective:
             # Trainer's own choice: it switches smoothing off where it cannot apply (multi-label classification)
             smoothing = getattr(self, "label_smoother", None)
@@ -134,29 +141,6 @@ class VDLossMixin:
                 self.vd.vd_start,
             )
 
-    def _applicability(self) -> tuple[bool, str | None]:
-        """`(labels are tokens, why the VD loss cannot apply or None)` for the trainer's model; raises where the
-        user asked for something the model cannot do (a VD option that needs token labels, an absent pixel input)."""
-        model = unwrap_model(self.model)
-        name = type(model).__name__
-        head = getattr(model, "get_output_embeddings", None)
-        if head is None or head() is None:
-            asked = [option for option in ("vd_eos_selective", "vd_masked_logits") if getattr(self.vd, option)]
-            if asked:
-                raise ValueError(f"{asked[0]}=True re-weights token labels; {name} has no language-model head")
-            return False, f"{name} has no language-model head, so its labels are not tokens"
-        forward = inspect.signature(model.forward).parameters
-        if self.pixel_key is not None and self.pixel_key not in forward:
-            raise ValueError(
-                f"the pixel key {self.pixel_key!r} (vd_pixel_key / pixel_key=) is not an input of {name}.forward"
-            )
-        if self.pixel_key is None and not any(key in forward for key in PIXEL_KEYS):
-            return True, (
-                f"{name}.forward takes no image input ({', '.join(PIXEL_KEYS)}; a model that does under another "
-                "name: pass pixel_key=), so d = 0 everywhere"
-            )
-        return True, None
-
     def _host(self) -> type:
         """The first class after the mixins that defines `compute_loss` (the host trainer's loss)."""
         hosts = (klass for klass in type(self).__mro__ if not issubclass(klass, VDLossMixin))
@@ -200,9 +184,11 @@ class VDLossMixin:
         inputs = dict(inputs)
         end_of_turn = inputs.pop(END_OF_TURN_MASK, None)
         has_image = inputs.pop(HAS_IMAGE, None)
-        training = model.training and self._token_labels and self._has_token_labels(inputs)
+        training = model.training and self._token_labels and has_token_labels(inputs)
+        if model.training and self._token_labels and not training and "labels" in inputs:
+            logger.warning_once("vdtrain: a batch whose labels are not per-token takes the host trainer's loss")
         if training and self.vd_off_reason is None:
-            self._check_pixels(model, inputs, has_image)
+            check_pixels(model, inputs, has_image, self.pixel_key)
         active = training and self.vd_active()
         if not (active or (training and (self.vd.vd_eos_selective or self._vd_masked_logits(model)))):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -214,34 +200,6 @@ class VDLossMixin:
         end_of_turn = None if end_of_turn is None else end_of_turn.bool()
         masks = StepMasks(labels, supervised_mask(labels), end_of_turn, has_image)
         return self._vd_loss(model, inputs, masks, active, return_outputs, num_items_in_batch)
-
-    @staticmethod
-    def _has_token_labels(inputs: dict) -> bool:
-        """Whether the batch has `labels` aligned with `input_ids` (a causal-LM batch); else the host's loss."""
-        labels, ids = inputs.get("labels"), inputs.get("input_ids")
-        tokens = isinstance(labels, torch.Tensor) and labels.dim() == 2 and (ids is None or labels.shape == ids.shape)
-        if not tokens and labels is not None:
-            logger.warning_once("vdtrain: a batch whose labels are not per-token takes the host trainer's loss")
-        return tokens
-
-    def _check_pixels(self, model, inputs: dict, has_image: torch.Tensor | None) -> None:
-        """Refuse a batch whose samples have images but which carries no image tensor: never a silent text-only run
-        (a column filter or a collator of the user's own that dropped the pixels)."""
-        if self._find_pixel_key(inputs) in inputs:
-            return
-        rows = self._image_token_rows(model, inputs)  # a collator's has_image is False when its input lost them
-        if has_image is not None:
-            rows = has_image.to(torch.bool) if rows is None else rows | has_image.to(rows.device, torch.bool)
-        if rows is None or not bool(rows.any()):
-            return
-        raise KeyError(
-            f"vdtrain: {int(rows.sum())} sample(s) of this batch have an image, but the batch carries no image "
-            f"tensor (keys: {sorted(inputs)}; looked for {[self.pixel_key] if self.pixel_key else list(PIXEL_KEYS)})."
-            " Something between the dataset and the model dropped it: Trainer's remove_unused_columns=True removes "
-            f"the columns the model's forward does not name (vdtrain keeps {IMAGE_INPUTS!r} of SupervisedDataset; "
-            "set remove_unused_columns=False for a dataset or collator of your own), or set `vd_pixel_key` (or "
-            "pixel_key=) to the model's image input."
-        )
 
     def _vd_masked_logits(self, model) -> bool:
         """Whether the steps before `vd_start` take vdtrain's logits-at-supervised-positions loss (equal value)."""
@@ -353,17 +311,7 @@ class VDLossMixin:
             return torch.cat(draws)
         return self._randn(pixels.shape, step, f"micro{first}", pixels.device)
 
-    @staticmethod
-    def _image_owners(
-        has_image: torch.Tensor | None, images_per_row: torch.Tensor | None, images: int
-    ) -> list[int] | None:
-        """The batch row of each of the `images` images, in order: the rows with an image when there is one image per
-        such row, else from the image-token counts per row; None when neither accounts for every image."""
-        if has_image is not None and int(has_image.sum()) == images:
-            return has_image.nonzero().flatten().tolist()
-        if images_per_row is not None and int(images_per_row.sum()) == images:
-            return torch.repeat_interleave(torch.arange(len(images_per_row)), images_per_row.cpu()).tolist()
-        return None
+    _image_owners = staticmethod(image_owners)
 
     def _randn(self, shape: torch.Size, step: int, key: int | str, device: torch.device) -> torch.Tensor:
         generator = seeded_generator(self.args.seed, step, key, device=device)
@@ -374,37 +322,13 @@ class VDLossMixin:
         counts = self._images_per_row(model, inputs)
         return None if counts is None else counts > 0
 
-    @staticmethod
-    def _image_token_rows(model, inputs: dict) -> torch.Tensor | None:
-        """`(B,)` rows holding the config's image token (None: the config names none, or the batch has no ids)."""
-        config = getattr(unwrap_model(model), "config", None)
-        token = getattr(config, "image_token_id", None)
-        token = getattr(config, "image_token_index", None) if token is None else token
-        if token is None or "input_ids" not in inputs:
-            return None
-        return (inputs["input_ids"] == token).any(dim=-1)
-
     def _images_per_row(self, model, inputs: dict) -> torch.Tensor | None:
-        """`(B,)` images per row: the runs of the config's image token (each image expands to one run), if they
-        account for every image in the batch (several images in a sample too); else one per row holding the token,
-        if that does (an image split into tiles, one pixel row per sample); else None."""
-        config = unwrap_model(model).config
-        token = getattr(config, "image_token_id", None)
-        token = getattr(config, "image_token_index", None) if token is None else token
-        if token is None or "input_ids" not in inputs:
-            return None
-        is_image = inputs["input_ids"] == token
-        counts = (is_image & ~F.pad(is_image[:, :-1], (1, 0), value=False)).sum(dim=-1)  # run starts per row
-        key = self._find_pixel_key(inputs)
-        images = len(image_rows(inputs, inputs[key])) if key in inputs else 0
-        if int(counts.sum()) == images:
-            return counts
-        rows = is_image.any(dim=-1).long()
-        return rows if int(rows.sum()) == images else None
+        """`(B,)` images per row of the batch (`batches.images_per_row`), None when the config's image token does
+        not account for every image."""
+        return images_per_row(model, inputs, self.pixel_key)
 
     def _find_pixel_key(self, inputs: dict) -> str | None:
-        """The given pixel key, else the first of `PIXEL_KEYS` in the batch (it may be absent from the batch)."""
-        return self.pixel_key or next((name for name in PIXEL_KEYS if name in inputs), None)
+        return find_pixel_key(self.pixel_key, inputs)
 
     def _pixel_key(self, inputs: dict, has_image: torch.Tensor | None) -> str | None:
         """The batch key holding the images; None for a batch of text-only samples."""
@@ -464,20 +388,3 @@ class VDLossMixin:
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer
-
-
-def check_not_packed(inputs: dict) -> None:
-    """Refuse a batch that packs several samples in one row: the softmax of Eq. 5.5 is per sample."""
-    positions = inputs.get("position_ids")
-    restarts = (
-        positions is not None
-        and positions.dim() == 2
-        and bool(((positions[:, 1:] == 0) & (positions[:, :-1] != 0)).any())
-    )
-    if restarts or "cu_seq_lens_q" in inputs or "cu_seq_lens_k" in inputs:
-        raise ValueError(
-            "vdtrain: this batch packs several samples into one row (position_ids restart inside a row, or "
-            "cu_seq_lens are given); the visual-dependence weights are a softmax over each sample's tokens and "
-            "would mix samples. Train without packing/padding-free batches while the VD loss is active "
-            "(TRL: packing=False, padding_free=False), or set vd_start=1.0."
-        )

@@ -8,8 +8,10 @@ from typing import Any
 
 import transformers
 
-from vdtrain.data import SupervisedDataset, VDDataCollator, check_images, load_conversations
-from vdtrain.data.dataset import conversation_problems, invalid_samples_message
+from vdtrain.data import SupervisedDataset, VDDataCollator
+from vdtrain.data.cached import has_images
+from vdtrain.data.sources import load_source, source_name
+from vdtrain.data.tokenized import main_process_first
 from vdtrain.models.loading import load_model_and_processor, prepare_for_training
 from vdtrain.models.merge import BASE_MODEL_FILE, base_model_text
 from vdtrain.training.checkpoints import MANIFEST_NAME, write_manifest
@@ -24,13 +26,19 @@ def build_trainer(
 ) -> VDTrainer:
     """Everything up to `trainer.train()`: checked data, the wrapped model and a configured `VDTrainer`."""
     transformers.set_seed(training_args.seed)
-    records = load_conversations(data_args.data_path, data_args.max_samples)
-    image_problems = None
-    if data_args.check_images:
-        try:
-            check_images(records, data_args.image_folder, data_args.data_path, data_args.allow_external_images)
-        except FileNotFoundError as error:  # raised with the conversations' problems: every one in one error
-            image_problems = error
+    _ = training_args.device  # a launch's process group exists before the main process builds the data first
+    name = source_name(data_args.data_path, data_args.dataset_name, data_args.split)
+    with main_process_first():  # the others then read the Arrow table datasets made of the data file
+        source = load_source(
+            data_args.data_path,
+            dataset_name=data_args.dataset_name,
+            dataset_config=data_args.dataset_config,
+            split=data_args.split,
+            max_samples=data_args.max_samples,
+        )
+    folder = data_args.image_folder
+    if data_args.check_images and folder is not None and not Path(folder).is_dir() and has_images(source):
+        raise FileNotFoundError(f"{name}: the image folder {folder} does not exist (image_folder)")
     model, processor, adapter = load_model_and_processor(
         model_args.model_name_or_path,
         dtype=model_args.dtype,
@@ -42,23 +50,21 @@ def build_trainer(
             f"{model_args.model_name_or_path}: {type(model).__name__}.forward has no {adapter.pixel_key!r} input; "
             "its adapter does not match the model."
         )
-    if image_problems is not None:
-        _, invalid = conversation_problems(records, adapter, processor, data_args.data_path)
-        if invalid and not data_args.drop_invalid:
-            message = invalid_samples_message(data_args.data_path, invalid, len(records))
-            raise FileNotFoundError(f"{image_problems}\n{message}") from None
-        raise image_problems
-    dataset = SupervisedDataset(
-        records,
-        adapter,
-        processor,
-        data_args.image_folder,
-        data_args.max_length,
-        source=data_args.data_path,
-        drop_truncated=data_args.drop_truncated,
-        drop_invalid=data_args.drop_invalid,
-        allow_external_images=data_args.allow_external_images,
-    )
+    with main_process_first():  # one build of the examples; the other ranks load its cache
+        dataset = SupervisedDataset(
+            source,
+            adapter,
+            processor,
+            folder,
+            data_args.max_length,
+            source=name,
+            drop_truncated=data_args.drop_truncated,
+            drop_invalid=data_args.drop_invalid,
+            allow_external_images=data_args.allow_external_images,
+            check_images=data_args.check_images,
+            num_proc=data_args.dataset_num_proc,
+            cache_dir=data_args.dataset_cache_dir,
+        )
     logger.info("vdtrain: %d training sequences (%d samples dropped)", len(dataset), len(dataset.dropped))
     # transformers 5.24 renamed gradient_checkpointing to activation_checkpointing (the old name stays an alias)
     checkpointing = getattr(training_args, "activation_checkpointing", None) or training_args.gradient_checkpointing

@@ -128,6 +128,8 @@ class CCMA:
         budget = min(budget, n)
         if budget == 0:
             return []
+        if self.subpool is not None and self.subpool < budget:
+            raise ValueError(f"a CCMA subpool of {self.subpool} cannot hold a budget of {budget}")
         rows = self._subpool(self._positions(query), generator)
         scores = self.scores(query)[rows]
         top = rows[torch.sort(-scores, stable=True).indices[: min(self.kappa * budget, len(rows))]]

@@ -84,7 +84,9 @@ class LateFusionLinear(torch.nn.Module):
         weight_decay (`float`, defaults to 1e-3): L2 penalty (AdamW) on the weights.
     """
 
-    def __init__(self, pool: Pool, num_classes: int, *, epochs: int = 300, lr: float = 0.01, weight_decay=1e-3):
+    def __init__(
+        self, pool: Pool, num_classes: int, *, epochs: int = 300, lr: float = 0.01, weight_decay: float = 1e-3
+    ):
         super().__init__()
         self.pool, self.num_classes = pool, int(num_classes)
         self.epochs, self.lr, self.weight_decay = int(epochs), float(lr), float(weight_decay)

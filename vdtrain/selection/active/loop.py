@@ -21,6 +21,7 @@ from vdtrain.errors import InputError
 from vdtrain.io import atomic_write_json, read_json
 from vdtrain.selection.active.learner import Learner, Outputs
 from vdtrain.selection.active.oracle import Oracle
+from vdtrain.selection.active.pool import Pool
 from vdtrain.selection.active.shapley import contributions, modality_shapley
 from vdtrain.selection.active.strategies import STRATEGIES, Query, Strategy
 
@@ -104,7 +105,7 @@ def _write_round(output_dir: Path, record: dict[str, Any], learner: Learner) -> 
 
 
 def run_loop(
-    pool,
+    pool: Pool,
     learner: Learner,
     strategy: str | Strategy,
     oracle: Oracle,

@@ -48,7 +48,12 @@ class FileOracle:
     Labels are class indices, or class names when `classes` is given.
     """
 
-    def __init__(self, directory: str | os.PathLike, classes: Sequence[str] | None = None, labels_file=None):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        classes: Sequence[str] | None = None,
+        labels_file: str | os.PathLike | None = None,
+    ):
         self.directory = Path(directory)
         self.labels_path = Path(labels_file) if labels_file else self.directory / LABELS_FILE
         self.queries_path = self.directory / QUERIES_FILE

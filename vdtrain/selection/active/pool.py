@@ -21,7 +21,13 @@ class Pool:
     (`from_records`), whose rows are computed on first use and kept.
     """
 
-    def __init__(self, ids: Sequence[Any], embeddings: dict[str, Any] | None = None, *, loader=None):
+    def __init__(
+        self,
+        ids: Sequence[Any],
+        embeddings: dict[str, Any] | None = None,
+        *,
+        loader: Callable[[], dict[str, Any]] | None = None,
+    ):
         self.ids = [str(i) for i in ids]
         if len(set(self.ids)) != len(self.ids):
             seen: set[str] = set()

@@ -373,4 +373,5 @@ def test_train_help_says_what_resume_and_no_lora_do_here():
     flat = " ".join(HELP_SNAPSHOT.read_text().split())
     assert "--no_lora, --no-lora A full fine-tune: train the language model itself instead of LoRA adapters" in flat
     assert "Go on from a checkpoint: a checkpoint-N folder, the run's output_dir, or true/last" in flat
-    assert "Not directly used by Trainer" not in flat
+    resume = flat.split("--resume_from_checkpoint RESUME_FROM_CHECKPOINT", 1)[1].split(" --", 2)[1]
+    assert "Not directly used by Trainer" not in resume and "Go on from a checkpoint" in resume

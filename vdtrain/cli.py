@@ -62,7 +62,7 @@ HELP = {
     "mme": "score MME answers exactly as the benchmark's calculation.py (perception, cognition)",
 }
 
-EXIT_INPUT, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_INPUT, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
 
 
 def _usage(group: dict[str, str | dict[str, str]], prefix: str) -> str:
@@ -107,6 +107,13 @@ def _is_input_error(error: BaseException) -> bool:
     return name in ("SafetensorError", "YAMLError", "ScannerError", "ParserError", "MissingNLTKDataError")
 
 
+def _is_storage_error(error: BaseException) -> bool:
+    """A write that failed for lack of space or permission (vdtrain's `StorageError` or a bare `OSError`)."""
+    import errno
+
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
+
+
 def error_message(error: BaseException) -> str:
     """The error's own text, without a DataLoader worker's embedded traceback, with a hint where a library's is
     misleading."""
@@ -122,24 +129,42 @@ def error_message(error: BaseException) -> str:
     return text
 
 
+def _raise_on_sigterm() -> object:
+    """SIGTERM (SLURM, Kubernetes) ends a command as Ctrl-C does, with its line saying what was kept (training
+    installs its own handler, which saves a checkpoint first); returns the handler to restore, or None."""
+    import signal
+    import threading
+
+    def terminate(signum: int, frame: object) -> None:
+        from vdtrain.errors import Terminated
+
+        raise Terminated("SIGTERM")
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, terminate)
+
+
 def run_command(prog: str, module_name: str, argv: list[str]) -> int:
     """Run `module_name.main(argv)` inside the error boundary; `prog` (e.g. `vdtrain eval chair`) prefixes messages."""
-    from vdtrain.errors import UsageError
+    from vdtrain.errors import Terminated, UsageError
 
     debug, argv = _debug_requested(argv)
     module = None
+    previous_sigterm = _raise_on_sigterm()
     try:
         module = importlib.import_module(module_name)
         if argv and argv[0] in getattr(module, "SUBCOMMANDS", ()):  # `vdtrain filter select: error: ...`
             prog = f"{prog} {argv[0]}"
         return int(module.main(argv) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         if debug:
             raise
         kept = getattr(module, "on_interrupt", None)
         detail = kept(argv) if kept is not None else "results written so far are kept; rerun the command to go on"
-        print(f"\n{prog}: interrupted: {detail}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        terminated = isinstance(stop, Terminated)
+        print(f"\n{prog}: {'terminated (SIGTERM)' if terminated else 'interrupted'}: {detail}", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except SystemExit as stop:  # argparse's usage errors (already printed) and `--help`
         if isinstance(stop.code, str):
             print(f"{prog}: error: {stop.code}", file=sys.stderr)
@@ -148,8 +173,20 @@ def run_command(prog: str, module_name: str, argv: list[str]) -> int:
     except Exception as error:
         if debug or not _is_input_error(error):
             raise
-        print(f"{prog}: error: {error_message(error)}", file=sys.stderr)
+        message = error_message(error)
+        kept = getattr(module, "on_interrupt", None)
+        if _is_storage_error(error):  # a full or read-only disk: the path, and what is kept (as Ctrl-C says)
+            from vdtrain.io import storage_error
+
+            message = error_message(storage_error(error, getattr(error, "filename", None) or "the output"))
+            message += f"; {kept(argv)}" if kept is not None else ""
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return EXIT_USAGE if isinstance(error, UsageError) else EXIT_INPUT
+    finally:
+        if previous_sigterm is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,12 +6,17 @@ so a half-written file is never left for a reader and a damaged one is reported 
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from vdtrain.errors import StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +61,15 @@ def iter_jsonl(path: str | os.PathLike, *, skip_bad_lines: bool = False) -> Iter
                 logger.warning("%s, line %d: unreadable (an interrupted write?), ignored", path, number)
                 continue
             yield row
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's content (identifies a data file wherever it moves)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def records_format(path: str | os.PathLike) -> str:
@@ -149,6 +163,66 @@ def read_objects(path: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
+# ---------------------------------------------------------------------------------------------- full disks
+STORAGE_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+}
+_NEARLY_FULL = 64 << 20  # bytes: a save that failed with less than this left was most likely cut by the full disk
+
+
+def storage_problem(path: str | os.PathLike) -> str | None:
+    """Why nothing more can be written under `path` (full, read-only or not ours), from the file system; else None."""
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    folder = folder if folder.is_dir() else folder.parent
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return None
+    if stats.f_flag & os.ST_RDONLY:
+        return STORAGE_ERRNOS[errno.EROFS]
+    if not os.access(folder, os.W_OK):
+        return STORAGE_ERRNOS[errno.EACCES]
+    free = stats.f_bavail * stats.f_frsize
+    if free < _NEARLY_FULL:
+        return f"{STORAGE_ERRNOS[errno.ENOSPC]} ({free / 2**20:.1f} MiB free)"
+    return None
+
+
+def storage_error(error: BaseException, path: str | os.PathLike) -> StorageError | None:
+    """`error` as one `StorageError` line naming the path, when a full, read-only or unwritable disk caused it (an
+    `OSError` with that errno, or any library's save error while the disk is in that state); else None."""
+    if isinstance(error, StorageError):
+        return error
+    reason = STORAGE_ERRNOS.get(getattr(error, "errno", None)) if isinstance(error, OSError) else None
+    a_save_error = isinstance(error, (OSError, RuntimeError)) or type(error) is Exception  # tokenizers' is bare
+    if reason is None and (a_save_error or type(error).__name__ == "SafetensorError"):
+        reason = storage_problem(path)
+    if reason is None:
+        return None
+    target = getattr(error, "filename", None) or path
+    converted = StorageError(f"cannot write {target}: {reason}")
+    converted.errno = getattr(error, "errno", None) or errno.ENOSPC
+    return converted
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Turn any error of the block that a full, read-only or unwritable disk under `path` caused (torch's
+    `inline_container.cc` errors, a tokenizers exception, a bare `[Errno 28]`) into a `StorageError` naming it."""
+    try:
+        yield
+    except Exception as error:
+        converted = storage_error(error, path)
+        if converted is None or converted is error:
+            raise
+        raise converted from error
+
+
 # ---------------------------------------------------------------------------------------------- writing
 def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = False) -> None:
     """Write `text` to a temporary file beside `path`, then rename it over `path`: readers never see half a file.
@@ -159,12 +233,13 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = False
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            if fsync:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        with writing(path):
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                if fsync:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -232,11 +307,21 @@ def append_jsonl(handle: IO[str], rows: Iterable[Any], *, fsync: bool = False, *
     """Append rows to an open JSONL file and flush (and `fsync`, for results that took minutes to compute), so a
     killed process loses at most the rows in flight."""
     text = "".join(json.dumps(row, **dump_kwargs) + "\n" for row in rows)
-    if text:
+    if not text:
+        return
+    try:
+        descriptor = handle.fileno()
+    except (AttributeError, OSError, ValueError):  # an in-memory handle
         handle.write(text)
         handle.flush()
+        return
+    handle.flush()
+    data = memoryview(text.encode(getattr(handle, "encoding", None) or "utf-8"))
+    with writing(getattr(handle, "name", "output")):  # unbuffered: a failed write leaves nothing for close() to retry
+        while data:
+            data = data[os.write(descriptor, data) :]
         if fsync:
-            os.fsync(handle.fileno())
+            os.fsync(descriptor)
 
 
 def repair_jsonl(path: str | os.PathLike) -> None:

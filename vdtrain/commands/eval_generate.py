@@ -42,27 +42,31 @@ def main(argv: list[str] | None = None) -> int:
     questions, fmt = load_questions(args.questions, args.format, args.prompt)
     questions = questions[: args.limit] if args.limit else questions
     image_folder = args.image_folder or (args.questions if Path(args.questions).is_dir() else ".")
+    from vdtrain.locks import output_lock
+
     settings = run_settings(args.model, args.adapter, args.questions, args.prompt, args.dtype)
     run = generation_settings(decoding, fmt, args.prompt_suffix, settings)
-    if not args.overwrite and not remaining_questions(questions, args.output, run):  # before minutes of loading
-        print(f"0 new answers ({len(questions)} questions, all answered in {args.output} already) -> {args.output}")
-        return 0
-    model, processor, adapter = options.load_model(args)
-    written = generate_answers(
-        model,
-        processor,
-        questions,
-        args.output,
-        image_folder=image_folder,
-        fmt=fmt,
-        options=decoding,
-        adapter=adapter,
-        prompt_suffix=args.prompt_suffix,
-        batch_size=args.batch_size,
-        settings=settings,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
+    with output_lock(args.output, "vdtrain eval generate", is_file=True):  # before the model: fail in a second
+        if not args.overwrite and not remaining_questions(questions, args.output, run):  # before minutes of loading
+            done = f"0 new answers ({len(questions)} questions, all answered in {args.output} already)"
+            print(f"{done} -> {args.output}")
+            return 0
+        model, processor, adapter = options.load_model(args)
+        written = generate_answers(
+            model,
+            processor,
+            questions,
+            args.output,
+            image_folder=image_folder,
+            fmt=fmt,
+            options=decoding,
+            adapter=adapter,
+            prompt_suffix=args.prompt_suffix,
+            batch_size=args.batch_size,
+            settings=settings,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
     print(f"{written} new answers ({len(questions)} questions) -> {args.output}")
     return 0
 

@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     """`vdtrain eval run`: run one protocol config for a model and print its metrics."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     from vdtrain.evaluation.protocol import ProtocolRun, load_protocol, run_protocol
+    from vdtrain.locks import output_lock
 
     config = load_protocol(args.config)
     run = ProtocolRun(
@@ -55,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
-    summary = run_protocol(config, run, lambda: options.load_model(args), lambda line: print(line, file=sys.stderr))
+    with output_lock(args.output_dir, "vdtrain eval run"):
+        summary = run_protocol(
+            config, run, lambda: options.load_model(args), lambda line: print(line, file=sys.stderr)
+        )
     decoding = summary["decoding"]
     limit = f", limit {args.limit}" if args.limit else ""
     line = summary_line(summary["benchmark"], summary["metrics"], summary.get("categories"))

@@ -253,14 +253,16 @@ def main(argv: list[str] | None = None) -> int:
         _print_summary(run_select(args, args.scores))
         return 0
     from vdtrain.filtering.runs import end_distributed
+    from vdtrain.locks import main_process, output_lock
 
-    summary = run_score(args)
-    end_distributed()  # under torchrun/accelerate launch; the selection below runs on the main process only
-    if summary is None:  # another process, or unfinished (stopped, or errors to retry)
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"vdtrain filter: scoring unfinished; rerun with --output-dir {args.output_dir} to resume")
-        return 0
-    if args.command == "run":
-        summary = run_select(args, str(Path(args.output_dir) / "scores.jsonl"))
+    with output_lock(args.output_dir, f"vdtrain filter {args.command}", enabled=main_process()):
+        summary = run_score(args)
+        end_distributed()  # under torchrun/accelerate launch; the selection below runs on the main process only
+        if summary is None:  # another process, or unfinished (stopped, or errors to retry)
+            if main_process():
+                print(f"vdtrain filter: scoring unfinished; rerun with --output-dir {args.output_dir} to resume")
+            return 0
+        if args.command == "run":
+            summary = run_select(args, str(Path(args.output_dir) / "scores.jsonl"))
     _print_summary(summary)
     return 0

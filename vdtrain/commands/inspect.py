@@ -33,17 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `vdtrain inspect`."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from PIL import Image
-
     from vdtrain.analysis.token_figure import greedy_response, plot_token_dependence, token_dependence
+    from vdtrain.data.images import open_image, to_rgb
     from vdtrain.errors import InputError
 
     if not Path(args.image).is_file():
         raise FileNotFoundError(f"--image {args.image}: no such file")
     try:  # before the model loads: a bad image fails in a second, not after minutes
-        with Image.open(args.image) as opened:
-            image = opened.convert("RGB")
-    except OSError as error:
+        with open_image(args.image) as opened:
+            image = to_rgb(opened)
+    except (OSError, ValueError) as error:
         raise InputError(f"--image {args.image}: cannot be read as an image ({error})") from None
     model, processor, adapter = options.load_model(args)
     response = args.response or greedy_response(model, processor, adapter, image, args.prompt, args.max_new_tokens)

@@ -245,9 +245,11 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(f"output_dir {training_args.output_dir} is a file; name a directory for the checkpoints")
     model_args.dtype = resolve_dtype(model_args.dtype, "cpu" if training_args.use_cpu else "auto")
     _state["output_dir"] = training_args.output_dir
+    from vdtrain.locks import main_process, output_lock
     from vdtrain.training.run import run_training
 
-    run_training(model_args, data_args, training_args)
+    with output_lock(training_args.output_dir, "vdtrain train", enabled=main_process()):
+        run_training(model_args, data_args, training_args)
     return 0
 
 

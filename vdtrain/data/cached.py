@@ -15,6 +15,7 @@ import numpy as np
 from vdtrain.data.conversations import load_image
 from vdtrain.data.dataset import SupervisedDataset, _listed, example_features, invalid_samples_message
 from vdtrain.data.formats import EMBEDDED, detect_format, to_record
+from vdtrain.data.images import to_rgb
 from vdtrain.data.tokenized import (
     PROBLEM_COLUMNS,
     ExampleEncoder,
@@ -249,7 +250,7 @@ class ArrowSupervisedDataset(SupervisedDataset):
             return load_image(Path(row["image"]), row["sample"])
         embedded = to_record(self.table_source[row["row"]], self.format, row["row"])[1]
         try:
-            return embedded.open().convert("RGB")
+            return to_rgb(embedded.open())
         except OSError as error:
             raise ConversationError(f"sample {row['sample']!r}: cannot decode its embedded image: {error}") from error
 

@@ -9,9 +9,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
 from tqdm.auto import tqdm
 
+from vdtrain.data.images import image_problem
+from vdtrain.data.images import load_image as load_image  # re-exported: callers import it from here
 from vdtrain.io import read_records
 from vdtrain.models.base import ConversationError
 
@@ -217,11 +218,8 @@ def check_images(
         if not path.is_file():
             bad.append((record["id"], f"{path} (missing)"))
             continue
-        try:
-            with Image.open(path):
-                pass
-        except (OSError, ValueError) as error:  # UnidentifiedImageError is an OSError
-            bad.append((record["id"], f"{path} (cannot be read as an image: {type(error).__name__})"))
+        if (problem := image_problem(path)) is not None:
+            bad.append((record["id"], f"{path} ({problem})"))
     if bad:
         listed = "\n".join(f"  sample {sample_id!r}: {what}" for sample_id, what in bad[:20])
         more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
@@ -229,14 +227,3 @@ def check_images(
             f"{source}: {len(bad)} of {len(records)} images are missing or unreadable (or outside the image "
             f"folder {image_folder}):\n{listed}{more}"
         )
-
-
-def load_image(path: Path, sample_id: str = "?") -> Image.Image:
-    """Open an image as RGB, with an error that names the sample and the file."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"sample {sample_id!r}: image {path} does not exist") from error
-    except OSError as error:
-        raise ConversationError(f"sample {sample_id!r}: cannot decode image {path}: {error}") from error

@@ -31,7 +31,9 @@ class EmbeddedImage:
         """The image as PIL opens it (lazily: the header only until its pixels are used)."""
         if isinstance(self.value, Image.Image):
             return self.value
-        return Image.open(io.BytesIO(self.value))
+        from vdtrain.data.images import open_image  # the pixel limit of every image vdtrain reads
+
+        return open_image(io.BytesIO(self.value))
 
 
 def detect_format(columns: list[str]) -> str:

@@ -30,6 +30,7 @@ from PIL import Image
 
 from vdtrain.data.conversations import image_path, special_token_pattern, special_token_problem, to_messages
 from vdtrain.data.formats import EMBEDDED, EmbeddedImage, to_record
+from vdtrain.data.images import open_image
 from vdtrain.keys import END_OF_TURN_MASK
 from vdtrain.models.base import ConversationError, ModelAdapter, tokenizer_of
 
@@ -107,8 +108,11 @@ def _check_header(path: Path | None, embedded: EmbeddedImage | None) -> tuple[Im
             return image, None
         if not path.is_file():
             return None, f"{path} (missing)"
-        with Image.open(path) as image:
+        with open_image(path) as image:
             return image, None
+    except ConversationError as error:  # over the pixel limit: the size and the setting that raises it
+        where = "(embedded image)" if embedded is not None else str(path)
+        return None, f"{where} ({str(error).removeprefix('image ').removeprefix(where).strip()})"
     except (OSError, ValueError) as error:  # UnidentifiedImageError is an OSError
         where = "(embedded image)" if embedded is not None else str(path)
         return None, f"{where} (cannot be read as an image: {type(error).__name__})"

@@ -172,15 +172,15 @@ def pretrain_vision_tower(
         labels (`list[list[int]]`): the class indices present in each image.
     """
     import torch
-    from PIL import Image
     from tqdm.auto import tqdm
+
+    from vdtrain.data.images import load_image
 
     tower = model.model.vision_tower
     layer = model.config.vision_feature_layer
     images = []
     for path in image_paths:
-        with Image.open(path) as image:
-            images.append(image.convert("RGB"))
+        images.append(load_image(path))
     pixels = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]  # (N, 3, H, W)
     n_classes = 1 + max(c for row in labels for c in row)
     targets = torch.zeros(len(labels), n_classes)

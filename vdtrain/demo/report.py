@@ -261,15 +261,13 @@ def inspect_figure(
         return None, "_No per-token dependence figure: `vdtrain.analysis.token_figure` is not in this install._"
     if example is None:
         return None, "_No per-token dependence figure: no caption to inspect._"
-    from PIL import Image
-
+    from vdtrain.data.images import load_image
     from vdtrain.models import get_adapter
 
     model, image_path, caption = example
     prompt = "Describe this image."
     try:
-        with Image.open(image_path) as opened:
-            image = opened.convert("RGB")
+        image = load_image(image_path)
         rows = token_dependence(model, processor, get_adapter(model), image, prompt, caption, noise_step, seed=0)
         plot_token_dependence(rows, output, image, title=f"{image_path.name}: {caption}")  # one line: no wrap
     except Exception as error:  # a figure must not cost the whole run

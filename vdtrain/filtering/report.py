@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from vdtrain.data.conversations import ROLES
-from vdtrain.io import atomic_write_json
+from vdtrain.io import atomic_write_json, writing
 
 SUMMARY_FILE = "summary.json"
 HISTOGRAM_FILE = "score_hist.png"
@@ -178,4 +178,5 @@ def plot_histogram(
     axes.set_ylabel("samples")
     axes.set_title("Distribution of per-sample " + ("modality dominance" if xlabel else "visual dependence"))
     axes.legend(framealpha=0.9, edgecolor="none")
-    figure.savefig(path)
+    with writing(path):
+        figure.savefig(path)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
 from vdtrain.io import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
+from vdtrain.io import file_sha256 as file_sha256  # re-exported: the scoring run's data fingerprint
 
 SCORES_FILE = "scores.jsonl"
 ERRORS_FILE = "errors.jsonl"
@@ -19,15 +19,6 @@ CHECKED_FIELDS = ("model", "adapter", "data_sha256", "noise_step", "seed", "max_
 
 class RunMismatchError(ValueError):
     """An output directory holds scores of a different run (model, data, noise step, seed, max_length or dtype)."""
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's content (identifies the data file of a run, wherever it moves)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- processes and files

@@ -9,6 +9,7 @@ index) once every sample is scored or failed. The noise of sample `i` comes from
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -51,9 +52,17 @@ def score_batch(
 
 
 def score_row(sample: dict[str, Any], stats: list[float]) -> dict[str, Any]:
-    """The `scores.jsonl` line of one sample from its `[sum d, n_tokens, n_pos, n_neg]`."""
+    """The `scores.jsonl` line of one sample from its `[sum d, n_tokens, n_pos, n_neg]`; a score that is not finite
+    is an `errors.jsonl` row instead (it has an `error` key), never a score."""
     total, count, positive, negative = stats
     count = int(count)
+    if not math.isfinite(total):
+        return {
+            "id": sample["id"],
+            "index": sample["index"],
+            "error": f"score is {total}: the model's log-probabilities are not finite (a diverged adapter, or "
+            "float16 overflow: score in bfloat16 or float32)",
+        }
     return {
         "id": sample["id"],
         "index": sample["index"],
@@ -273,7 +282,8 @@ def _score_or_split(model, batch, pixel_key, noise_step, logits_mask, pad, score
         )
     try:
         stats = score_batch(model, batch, noise_step=noise_step, pixel_key=pixel_key, logits_mask=logits_mask)
-        return [score_row(sample, row) for sample, row in zip(samples, stats.tolist())], []
+        rows = [score_row(sample, row) for sample, row in zip(samples, stats.tolist())]
+        return [row for row in rows if "error" not in row], [row for row in rows if "error" in row]
     except Exception as error:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -109,6 +110,28 @@ def check_fingerprint(scores_path: Path, data: Path, force: bool = False) -> Non
             f"{scores_path} scores another data file than {data} ({run_file} records sha256 {recorded[:12]}..., "
             f"{data} has {actual[:12]}...); pass the file that was scored (or --force)"
         )
+
+
+def check_finite_scores(scores_path: Path) -> None:
+    """Refuse, naming the file and line, a `score` that is not a finite number (JSON allows NaN and Infinity), before
+    anything is written: sorting by it would put the sample anywhere."""
+    with open(scores_path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                row = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                continue  # an interrupted last line: skipped by the reader, as before
+            if not isinstance(row, dict):
+                continue
+            for key in ("score", "rho"):  # a dominance run's rows carry rho; a key left out reads as 0
+                value = row.get(key, 0.0)
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    continue
+                raise InputError(
+                    f"{scores_path}, line {number}: sample {row.get('id')!r} has {key} {value!r}, not a finite "
+                    "number (a diverged model?); delete the line and rerun `vdtrain filter score` to rescore it, "
+                    "with a model that gives finite scores"
+                )
 
 
 def _read_scores(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -221,6 +244,7 @@ def select_dataset(
     if output.resolve() == data.resolve() or removed_path.resolve() in (data.resolve(), output.resolve()):
         raise ValueError(f"--output {output} / removed {removed_path} would overwrite {data}; choose other paths")
     check_fingerprint(scores_path, data, force)
+    check_finite_scores(scores_path)
     columns, ids = _read_scores(scores_path)  # streamed: 1.2M scores and their data file in well under 2 GB
     errors = read_jsonl(scores_path.parent / ERRORS_FILE, missing_ok=True, skip_bad_lines=True)
     if strategy == "balanced" and len(ids) and "rho" not in columns:

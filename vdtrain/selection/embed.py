@@ -14,7 +14,7 @@ import torch
 from vdtrain.errors import InputError
 from vdtrain.io import atomic_write_json, read_json, read_records
 from vdtrain.selection.encoders import HiddenCapture, pool_hidden
-from vdtrain.selection.store import EMBEDDINGS, RankWriter, done_indices, file_sha256, merge_rank_rows
+from vdtrain.selection.store import EMBEDDINGS, RUN_FILE, RankWriter, done_indices, file_sha256, merge_rank_rows
 from vdtrain.selection.store import random_projection as project
 
 logger = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class EmbeddingSink:
 
 
 def embedding_info(model_name: str, data: Path, dtype: str, pooling: str, dim: int | None, seed: int) -> dict:
-    """The `embeddings.json` fingerprint: data hash, model, dtype, pooling, projection."""
+    """The fingerprint of an embedding run (run.json, or embeddings.json beside scores): data, model, pooling."""
     return {
         "model": model_name,
         "data": str(data.resolve()),
@@ -163,13 +163,12 @@ def encoder_dataset(
     Resumes what an earlier run left; records whose image cannot be read get NaN rows and an `errors.jsonl` line.
     Returns the merged files (main process, all done), else None.
     """
-    from PIL import Image
-
+    from vdtrain.data.images import open_image, to_rgb  # the one image loader (EXIF, 16-bit, pixel limit)
     from vdtrain.selection.encoders import encode_images, encode_texts
 
     output_dir, data = Path(output_dir), Path(data)
     output_dir.mkdir(parents=True, exist_ok=True)
-    check_embedding_run(output_dir, info, rank == 0)
+    check_embedding_run(output_dir, info, rank == 0, RUN_FILE)
     records = read_records(data)
     names = ["text", "image"] if dual else ["text"]
     done = set.intersection(*(done_indices(output_dir, name) for name in names))
@@ -184,10 +183,10 @@ def encoder_dataset(
                 record = records[index]
                 try:
                     path = Path(image_folder or "") / record["image"]
-                    with Image.open(path) as image:
-                        images.append(image.convert("RGB"))
+                    with open_image(path) as image:
+                        images.append(to_rgb(image))
                     ok.append(index)
-                except (OSError, KeyError, TypeError) as error:
+                except (OSError, ValueError, KeyError, TypeError) as error:
                     errors.append({"id": str(record.get("id", index)), "index": index, "error": f"image: {error}"})
             chunk = ok
             if chunk:
@@ -234,7 +233,7 @@ def pooled_dataset(
 
     output_dir, data = Path(output_dir), Path(data)
     output_dir.mkdir(parents=True, exist_ok=True)
-    check_embedding_run(output_dir, info, rank == 0)
+    check_embedding_run(output_dir, info, rank == 0, RUN_FILE)
     records = read_records(data)
     done = done_indices(output_dir, EMBEDDINGS)
     todo = [i for i in range(len(records)) if i not in done][rank::world]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,18 @@ import torch
 from safetensors import safe_open
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, logging
 
-from vdtrain.io import atomic_write_json
+from vdtrain.io import atomic_write_json, writing
 from vdtrain.models.merge import BASE_MODEL_FILE
+from vdtrain.training.identity import (
+    RUN_FILE,
+    check_resume_settings,
+    current_run,
+    new_run_id,
+    recorded_run,
+    run_record,
+    run_settings,
+    start_run,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -127,7 +139,8 @@ def _required_files(folder: Path, world_size: int, deepspeed: bool, save_only_mo
     required.append("trainer_state.json")
     if not save_only_model:
         required += [] if deepspeed else ["optimizer.pt", "scheduler.pt"]
-        required += ["rng_state.pth"] if world_size <= 1 else [f"rng_state_{rank}.pth" for rank in range(world_size)]
+        if not (folder / MANIFEST_NAME).is_file():  # else the marker names the RNG files that were saved
+            required.append("rng_state.pth|rng_state_0.pth")  # one process or several: any process count resumes
     return required
 
 
@@ -155,6 +168,8 @@ def checkpoint_problems(
         tag = (folder / "latest").read_text().strip()
         if not (folder / tag).is_dir() or not any((folder / tag).iterdir()):
             problems.append(f"{tag}/ (the DeepSpeed state named by `latest`: missing or empty)")
+    if not problems and (folder.parent / RUN_FILE).is_file() and not (folder / MANIFEST_NAME).is_file():
+        problems.append(f"{MANIFEST_NAME} (missing: its save did not finish)")  # vdtrain marks every checkpoint
     return _with_manifest_problems(folder, problems)
 
 
@@ -215,9 +230,12 @@ def complete_checkpoints(output_dir: str | os.PathLike, **checks: Any) -> list[P
     return [path for path in checkpoint_folders(output_dir) if not checkpoint_problems(path, **checks)]
 
 
-def resolve_resume(value: str | bool | None, output_dir: str | os.PathLike, **checks: Any) -> str | None:
+def resolve_resume(
+    value: str | bool | None, output_dir: str | os.PathLike, run_id: str | None = None, **checks: Any
+) -> str | None:
     """The checkpoint to resume from: `True`/`"true"`/`"last"` is the newest complete one in `output_dir` (newer
-    incomplete ones are skipped with a warning naming their files); a path is checked and refused if incomplete.
+    incomplete ones, and with `run_id` those another run saved, are skipped with a warning naming them); a path is
+    checked and refused if incomplete.
 
     Raises:
         CheckpointError: no complete checkpoint to take, or the named one has missing or damaged files.
@@ -232,17 +250,28 @@ def resolve_resume(value: str | bool | None, output_dir: str | os.PathLike, **ch
             raise CheckpointError(
                 f"{output_dir}: no checkpoint-N folder to resume from; drop --resume_from_checkpoint to start anew"
             )
-        skipped = []
+        skipped, other_runs = [], []
         for folder in reversed(folders):
             problems = checkpoint_problems(folder, **checks)
+            recorded = recorded_run(folder / MANIFEST_NAME) if not problems else None
+            if recorded is not None and run_id is not None and recorded["id"] != run_id:
+                other_runs.append(folder)
+                skipped.append((folder.name, f"saved by another run, {recorded['id']}; this folder's run is {run_id}"))
+                continue
             if not problems:
                 for name, why in skipped:
-                    logger.warning("vdtrain: skipping %s (incomplete: %s)", name, why)
+                    logger.warning("vdtrain: skipping %s (%s)", name, why if " run" in why else f"incomplete: {why}")
                 logger.warning("vdtrain: resuming from %s, the newest complete checkpoint", folder)
                 return str(folder)
             skipped.append((folder.name, "; ".join(problems)))
         listed = "\n".join(f"  {name}: {why}" for name, why in skipped)
-        raise CheckpointError(f"{output_dir}: no complete checkpoint to resume from:\n{listed}")
+        hint = (
+            f"\n{other_runs[0]} is the newest complete checkpoint, of another run: name it in "
+            "--resume_from_checkpoint to go on with that run"
+            if other_runs
+            else ""
+        )
+        raise CheckpointError(f"{output_dir}: no complete checkpoint to resume from:\n{listed}{hint}")
     folder = Path(value)
     problems = checkpoint_problems(folder, **checks)
     if problems:
@@ -257,9 +286,10 @@ def resolve_resume(value: str | bool | None, output_dir: str | os.PathLike, **ch
     return str(folder)
 
 
-def write_manifest(folder: str | os.PathLike, recursive: bool = True) -> Path:
+def write_manifest(folder: str | os.PathLike, recursive: bool = True, run: dict[str, Any] | None = None) -> Path:
     """Record every file of a saved checkpoint with its size, atomically; its presence means saving finished.
-    `recursive=False` records only the folder's own files (a final `output_dir` beside its `checkpoint-N`s)."""
+    `recursive=False` records only the folder's own files (a final `output_dir` beside its `checkpoint-N`s); `run`
+    (`identity.run_record`) says which run and settings saved it."""
     folder = Path(folder)
     files = {
         str(path.relative_to(folder)): path.stat().st_size
@@ -267,13 +297,18 @@ def write_manifest(folder: str | os.PathLike, recursive: bool = True) -> Path:
         if path.is_file() and path.name != MANIFEST_NAME and not path.name.startswith(".")
     }
     target = folder / MANIFEST_NAME
-    atomic_write_json(target, {"format": 1, "files": files}, indent=1, fsync=True)
+    record = {"format": 1, "files": files, **({"run": run} if run is not None else {})}
+    atomic_write_json(target, record, indent=1, fsync=True)
     return target
 
 
 class CheckpointIntegrity:
-    """`Trainer` mixin: resume only from complete checkpoints (`"last"`/`True`: the newest complete one), and mark
-    each saved checkpoint complete with `vdtrain_checkpoint.json`, written after every process finished saving."""
+    """`Trainer` mixin: resume only from complete checkpoints of this run and its settings (`"last"`/`True`: the
+    newest complete one), and save each checkpoint so that `vdtrain_checkpoint.json`, written after every process
+    finished saving, only ever describes the files beside it. Resumes across a change of process count."""
+
+    vd_run_extra: dict[str, Any] | None = None  # settings only the caller knows (model, data fingerprint): run.py
+    vd_run_id: str | None = None
 
     def _checkpoint_checks(self) -> dict[str, Any]:
         return {
@@ -282,19 +317,80 @@ class CheckpointIntegrity:
             "save_only_model": bool(self.args.save_only_model),
         }
 
+    def _run_record(self) -> dict[str, Any]:
+        return run_record(self.vd_run_id or "unknown", run_settings(self.args, self.vd_run_extra))
+
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
-        checks = self._checkpoint_checks()
-        resume_from_checkpoint = resolve_resume(resume_from_checkpoint, self.args.output_dir, **checks)
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        checks, output_dir = self._checkpoint_checks(), self.args.output_dir
+        previous = current_run(output_dir)
+        resume = resolve_resume(resume_from_checkpoint, output_dir, previous and previous["id"], **checks)
+        settings = run_settings(self.args, self.vd_run_extra)
+        self.vd_run_id = new_run_id()
+        if resume is not None:
+            recorded = recorded_run(Path(resume) / MANIFEST_NAME)
+            check_resume_settings(resume, recorded, settings, bool(getattr(self.args, "resume_changed_settings", 0)))
+            self.vd_run_id = recorded["id"] if recorded else self.vd_run_id
+        self._vd_resumed_from = resume
+        if self.args.should_save:
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            start_run(output_dir, self.vd_run_id, settings)
+        return super().train(resume, *args, **kwargs)
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        super()._save_checkpoint(model, trial)
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-        self.accelerator.wait_for_everyone()  # every rank's RNG state and shards are on disk
         folder = Path(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        if self.args.should_save and folder.is_dir():
-            write_manifest(folder)
+        if self.args.should_save and folder.is_dir():  # another run's (or an older) checkpoint-N: its marker must
+            resumed = getattr(self, "_vd_resumed_from", None)  # not vouch for files rewritten now, nor its files stay
+            if resumed is not None and folder.resolve() == Path(resumed).resolve():
+                (folder / MANIFEST_NAME).unlink(missing_ok=True)
+            else:
+                shutil.rmtree(folder)
+        self.accelerator.wait_for_everyone()  # no process writes into the folder before it is cleared
+        with writing(folder):  # a full disk: one line naming the checkpoint, not torch's inline_container.cc error
+            super()._save_checkpoint(model, trial)
+            self.accelerator.wait_for_everyone()  # every rank's RNG state and shards are on disk
+            if self.args.should_save and folder.is_dir():
+                write_manifest(folder, run=self._run_record())
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        """The Trainer's own RNG restore, across a change of process count: process i takes `rng_state_i.pth`, a
+        single process `rng_state.pth` (or process 0's state of a multi-process save); a process without a saved
+        state says so and keeps its seeded one."""
+        if checkpoint is None:
+            return super()._load_rng_state(checkpoint)
+        folder, index, world = Path(checkpoint), self.args.process_index, self.args.world_size
+        own = f"rng_state_{index}.pth" if world > 1 else "rng_state.pth"
+        saved = sorted(path.name for path in folder.glob("rng_state*.pth"))
+        if (folder / own).is_file() and len(saved) == max(world, 1):
+            return super()._load_rng_state(checkpoint)
+        saved_by = f"{len(saved)} process{'es' if len(saved) != 1 else ''}"
+        source = own if (folder / own).is_file() else None
+        if source is None and index == 0:
+            source = next((name for name in ("rng_state.pth", "rng_state_0.pth") if (folder / name).is_file()), None)
+        if source is None:
+            logger.warning(
+                "vdtrain: %s was saved by %s and holds no random state for process %d of %d: its random draws "
+                "(dropout, sampling) start from the seed, so the run will not repeat an uninterrupted one exactly",
+                folder.name,
+                saved_by,
+                index,
+                world,
+            )
+            return None
+        logger.warning(
+            "vdtrain: %s was saved by %s and is resumed by %d: process %d restores the random state in %s",
+            folder.name,
+            saved_by,
+            world,
+            index,
+            source,
+        )
+        if source == own:
+            return super()._load_rng_state(checkpoint)
+        with tempfile.TemporaryDirectory() as alias:  # the Trainer reads the file under the name it expects
+            os.symlink((folder / source).resolve(), Path(alias) / own)
+            return super()._load_rng_state(alias)
 
 
 class FullCheckpointLoading(CheckpointIntegrity):

@@ -137,7 +137,23 @@ def check_vd_options(options: dict) -> None:
 
 @dataclass
 class VDTrainingArguments(VDArguments, TrainingArguments):
-    """`TrainingArguments` plus the visual-dependence fields of `VDArguments` (thesis Eq. 5.1-5.5)."""
+    """`TrainingArguments` plus the visual-dependence fields of `VDArguments` (thesis Eq. 5.1-5.5).
+
+    Args:
+        resume_changed_settings (`bool`, defaults to `False`): resume from a checkpoint saved with other `vd_*`
+            settings, model, data file or global batch size (refused otherwise, naming each change).
+        skip_nonfinite_steps (`bool`, defaults to `False`): skip an optimizer step whose loss or gradient norm is
+            not finite (logged) instead of stopping the run there.
+    """
+
+    resume_changed_settings: bool = field(
+        default=False,
+        metadata={"help": "Resume from a checkpoint saved with other vd_* settings, model, data or global batch."},
+    )
+    skip_nonfinite_steps: bool = field(
+        default=False,
+        metadata={"help": "Skip optimizer steps whose loss or gradient norm is not finite instead of stopping."},
+    )
 
 
 def upgrade_arguments(args: TrainingArguments, vd_class: type | None = None) -> TrainingArguments:

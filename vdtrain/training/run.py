@@ -12,10 +12,14 @@ from vdtrain.data import SupervisedDataset, VDDataCollator
 from vdtrain.data.cached import has_images
 from vdtrain.data.sources import load_source, source_name
 from vdtrain.data.tokenized import main_process_first
+from vdtrain.errors import Terminated
+from vdtrain.io import file_sha256, writing
 from vdtrain.models.loading import load_model_and_processor, prepare_for_training
 from vdtrain.models.merge import BASE_MODEL_FILE, base_model_text
 from vdtrain.training.checkpoints import MANIFEST_NAME, write_manifest
 from vdtrain.training.config import DataArguments, ModelArguments, VDTrainingArguments
+from vdtrain.training.finite import check_finite_weights
+from vdtrain.training.termination import SaveOnSigterm
 from vdtrain.training.trainer import VDTrainer
 
 logger = logging.getLogger("vdtrain")
@@ -72,7 +76,7 @@ def build_trainer(
     if training_args.vd_pixel_key is None:
         training_args.vd_pixel_key = adapter.pixel_key
     training_args.remove_unused_columns = False
-    return VDTrainer(
+    trainer = VDTrainer(
         model=model,
         args=training_args,
         train_dataset=dataset,
@@ -80,23 +84,36 @@ def build_trainer(
         processing_class=processor,
         **adapter.trainer_kwargs(processor),
     )
+    model_path = Path(model_args.model_name_or_path)  # a local folder wherever it is named from; a hub id as is
+    model_name = str(model_path.resolve()) if model_path.exists() else model_args.model_name_or_path
+    data_file = Path(data_args.data_path) if data_args.data_path else None
+    data = file_sha256(data_file) if data_file is not None and data_file.is_file() else name  # a hub dataset: its name
+    trainer.vd_run_extra = {"model": model_name, "data_sha256": data}
+    return trainer
 
 
 def run_training(model_args: ModelArguments, data_args: DataArguments, training_args: VDTrainingArguments) -> Any:
     """Train, then save the final adapter (with projector) and processor in `output_dir`."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)  # messages say vdtrain
     trainer = build_trainer(model_args, data_args, training_args)
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    with SaveOnSigterm() as sigterm:
+        trainer.add_callback(sigterm)
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if sigterm.received:  # a checkpoint of the last step is saved; the final adapter is left to the resumed run
+        trainer.accelerator.end_training()
+        raise Terminated("SIGTERM")
     output_dir = Path(training_args.output_dir)
-    if trainer.is_world_process_zero():  # an earlier run's marker must not vouch for this save until it is done
-        (output_dir / MANIFEST_NAME).unlink(missing_ok=True)
-    trainer.save_model(str(output_dir))
-    if trainer.is_world_process_zero():
-        trainer.processing_class.save_pretrained(str(output_dir))
-        (output_dir / BASE_MODEL_FILE).write_text(base_model_text(model_args.model_name_or_path) + "\n")
-    trainer.accelerator.wait_for_everyone()
-    if trainer.is_world_process_zero():
-        write_manifest(output_dir, recursive=False)  # last: the final adapter is complete
+    check_finite_weights(trainer.model, f"the adapter was not saved in {output_dir}")
+    with writing(output_dir):  # a full disk: one line naming the output_dir, whichever library was saving
+        if trainer.is_world_process_zero():  # an earlier run's marker must not vouch for this save until it is done
+            (output_dir / MANIFEST_NAME).unlink(missing_ok=True)
+        trainer.save_model(str(output_dir))
+        if trainer.is_world_process_zero():
+            trainer.processing_class.save_pretrained(str(output_dir))
+            (output_dir / BASE_MODEL_FILE).write_text(base_model_text(model_args.model_name_or_path) + "\n")
+        trainer.accelerator.wait_for_everyone()
+        if trainer.is_world_process_zero():
+            write_manifest(output_dir, recursive=False, run=trainer._run_record())  # last: the adapter is complete
     trainer.accelerator.end_training()  # tear the process group down before exit (ZeRO-3 could abort otherwise)
     return result
 

@@ -8,6 +8,7 @@ from transformers import Trainer
 from vdtrain.keys import END_OF_TURN_MASK, HAS_IMAGE, LOSS_ONLY_KEYS
 from vdtrain.training.checkpoints import FullCheckpointLoading
 from vdtrain.training.config import VDTrainingArguments, upgrade_arguments
+from vdtrain.training.finite import FiniteSteps
 from vdtrain.training.mixin import PIXEL_KEYS, VD_METRICS, VDLossMixin
 
 # Older names of the batch keys, kept for code that imports them from here.
@@ -15,7 +16,7 @@ END_OF_TURN_KEY, HAS_IMAGE_KEY, EXTRA_KEYS = END_OF_TURN_MASK, HAS_IMAGE, LOSS_O
 __all__ = ["EXTRA_KEYS", "PIXEL_KEYS", "VD_METRICS", "VDTrainer"]
 
 
-class VDTrainer(VDLossMixin, FullCheckpointLoading, Trainer):
+class VDTrainer(VDLossMixin, FiniteSteps, FullCheckpointLoading, Trainer):
     """Drop-in `Trainer` with the visual-dependence loss of Eq. 5.5 (`VDLossMixin` on `transformers.Trainer`).
 
     Before `args.vd_start` (a fraction of the optimizer steps) the loss is the vanilla `Trainer`'s, computed from

@@ -782,6 +782,56 @@ def idefics2() -> tuple[Any, Any]:
     return _seeded(Idefics2ForConditionalGeneration, config), processor
 
 
+# Janus's: `<|User|>: ` / `<|Assistant|>: ` turns, the image as `<image_placeholder>`, EOS closing every answer.
+JANUS_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}<|User|>: "
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}<image_placeholder>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}\n\n"
+    "{% elif message['role'] == 'assistant' %}<|Assistant|>: {{ message['content'][0]['text'] }}{{ eos_token }}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|Assistant|>:{% endif %}"
+)
+
+
+def janus() -> tuple[Any, Any]:
+    """Janus: a SigLIP understanding tower beside a VQ generation head; the understanding path is what trains."""
+    from transformers import JanusConfig, JanusForConditionalGeneration, JanusProcessor
+    from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
+
+    named = {"image_token": "<image_placeholder>", "boi_token": "<begin_of_image>", "eoi_token": "<end_of_image>"}
+    tok = tokenizer("llama2", (*named.values(), "<|User|>", "<|Assistant|>"), named)
+    image_processor = JanusImageProcessorPil(size={"height": IMAGE, "width": IMAGE})
+    tokens = (IMAGE // PATCH) ** 2
+    processor = JanusProcessor(
+        image_processor=image_processor, tokenizer=tok, chat_template=JANUS_TEMPLATE, num_image_tokens=tokens
+    )
+    config = JanusConfig(
+        text_config=llama(tok),
+        vision_config={
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": IMAGE,
+            "patch_size": PATCH,
+            "mlp_ratio": 2.0,
+            "projection_dim": 64,
+            "num_image_tokens": tokens,
+        },
+        vq_config={
+            "embed_dim": 8,
+            "num_embeddings": 16,
+            "latent_channels": 32,
+            "base_channels": 32,
+            "channel_multiplier": [1, 1],
+            "num_res_blocks": 1,
+            "num_patches": 4,
+            "projection_dim": 64,
+            "image_token_embed_dim": 64,
+        },
+        image_token_id=tok.convert_tokens_to_ids("<image_placeholder>"),
+    )
+    return _seeded(JanusForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "llava": llava,
     "gemma3": gemma3,
@@ -790,6 +840,7 @@ BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "mllama": mllama,
     "deepseek_vl": deepseek_vl,
     "idefics2": idefics2,
+    "janus": janus,
     "llava_next": llava_next,
     "llava_next_video": llava_next_video,
     "vipllava": vipllava,

@@ -51,7 +51,9 @@ def main() -> None:
         return time.perf_counter(), time.process_time()
 
     def since(start: tuple[float, float]) -> tuple[float, float]:
-        return time.perf_counter() - start[0], time.process_time() - start[1]
+        wall, cpu = time.perf_counter() - start[0], time.process_time() - start[1]
+        print(f"  ... {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
+        return wall, cpu
 
     k = default_clusters(args.rows)
     t = clock()

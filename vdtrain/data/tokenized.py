@@ -65,6 +65,22 @@ def main_process_first() -> Iterator[bool]:
             dist.barrier()
 
 
+@contextlib.contextmanager
+def plain_progress() -> Iterator[None]:
+    """`datasets`' progress bars (rate, ETA) on a terminal; in a log file none (they would be carriage-return
+    spam), the few plain lines vdtrain logs instead."""
+    import datasets
+
+    quiet = not sys.stderr.isatty() and datasets.is_progress_bar_enabled()
+    if quiet:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if quiet:
+            datasets.enable_progress_bars()
+
+
 def _source_files(dataset: Any) -> list[tuple[str, int, int]]:
     """`(file, size, mtime)` of the Arrow files behind a dataset, so a changed file never reuses a stale cache."""
     found = []

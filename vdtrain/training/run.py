@@ -16,7 +16,7 @@ from vdtrain.data.tokenized import main_process_first, plain_progress
 from vdtrain.errors import Terminated
 from vdtrain.io import file_sha256, writing
 from vdtrain.models.loading import load_model_and_processor, prepare_for_training
-from vdtrain.models.merge import BASE_MODEL_FILE
+from vdtrain.models.merge import BASE_MODEL_FILE, base_model_text
 from vdtrain.training.checkpoints import MANIFEST_NAME, write_manifest
 from vdtrain.training.config import DataArguments, ModelArguments, VDTrainingArguments
 from vdtrain.training.finite import check_finite_weights
@@ -103,7 +103,7 @@ def build_trainer(
 
 def run_training(model_args: ModelArguments, data_args: DataArguments, training_args: VDTrainingArguments) -> Any:
     """Train, then save the final adapter (with projector) and processor in `output_dir`."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)  # messages say vdtrain
     trainer = build_trainer(model_args, data_args, training_args)
     with SaveOnSigterm() as sigterm:
         trainer.add_callback(sigterm)
@@ -119,7 +119,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
         trainer.save_model(str(output_dir))
         if trainer.is_world_process_zero():
             trainer.processing_class.save_pretrained(str(output_dir))
-            (output_dir / BASE_MODEL_FILE).write_text(model_args.model_name_or_path + "\n")
+            (output_dir / BASE_MODEL_FILE).write_text(base_model_text(model_args.model_name_or_path) + "\n")
         trainer.accelerator.wait_for_everyone()
         if trainer.is_world_process_zero():
             write_manifest(output_dir, recursive=False, run=trainer._run_record())  # last: the adapter is complete

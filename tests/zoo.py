@@ -708,12 +708,139 @@ def mllama() -> tuple[Any, Any]:
     return model, processor
 
 
+# DeepSeek-VL's: `User: ` / `Assistant: ` turns separated by blank lines, EOS closing every answer.
+DEEPSEEK_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}User: "
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}<image_placeholder>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}\n\n"
+    "{% elif message['role'] == 'assistant' %}Assistant: {{ message['content'][0]['text'] }}{{ eos_token }}\n\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+def deepseek_vl() -> tuple[Any, Any]:
+    """DeepSeek-VL: a SigLIP tower, a fixed number of image tokens, Llama text model."""
+    from transformers import DeepseekVLConfig, DeepseekVLForConditionalGeneration, DeepseekVLProcessor
+    from transformers.models.deepseek_vl.image_processing_pil_deepseek_vl import DeepseekVLImageProcessorPil
+
+    tok = tokenizer("llama2", ("<image_placeholder>",), {"image_token": "<image_placeholder>"})
+    image_processor = DeepseekVLImageProcessorPil(size={"height": IMAGE, "width": IMAGE})
+    tokens = (IMAGE // PATCH) ** 2
+    processor = DeepseekVLProcessor(
+        image_processor=image_processor, tokenizer=tok, chat_template=DEEPSEEK_TEMPLATE, num_image_tokens=tokens
+    )
+    config = DeepseekVLConfig(
+        vision_config=siglip(),
+        text_config=llama(tok),
+        image_token_id=tok.convert_tokens_to_ids("<image_placeholder>"),
+    )
+    return _seeded(DeepseekVLForConditionalGeneration, config), processor
+
+
+def idefics2() -> tuple[Any, Any]:
+    """Idefics2: a perceiver resampler to a fixed number of image tokens, the Idefics chat format."""
+    from transformers import (
+        Idefics2Config,
+        Idefics2ForConditionalGeneration,
+        Idefics2ImageProcessorPil,
+        Idefics2Processor,
+    )
+
+    specials = ("<fake_token_around_image>", "<image>", "<end_of_utterance>")
+    tok = tokenizer(
+        "llama2", specials, {"image_token": "<image>", "image_boundary_token": "<fake_token_around_image>"}
+    )
+    image_processor = Idefics2ImageProcessorPil(
+        size={"longest_edge": IMAGE, "shortest_edge": IMAGE}, do_image_splitting=False
+    )
+    processor = Idefics2Processor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        image_seq_len=4,
+        chat_template=IDEFICS_TEMPLATE.replace("<|begin_of_text|>", "{{ bos_token }}"),
+    )
+    config = Idefics2Config(
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": IMAGE,
+            "patch_size": PATCH,
+        },
+        perceiver_config={
+            "hidden_size": 64,
+            "resampler_n_latents": 4,
+            "resampler_depth": 1,
+            "resampler_n_heads": 2,
+            "resampler_head_dim": 16,
+            "num_key_value_heads": 1,
+        },
+        text_config={**llama(tok), "model_type": "mistral"},
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+    )
+    return _seeded(Idefics2ForConditionalGeneration, config), processor
+
+
+# Janus's: `<|User|>: ` / `<|Assistant|>: ` turns, the image as `<image_placeholder>`, EOS closing every answer.
+JANUS_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}<|User|>: "
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}<image_placeholder>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}\n\n"
+    "{% elif message['role'] == 'assistant' %}<|Assistant|>: {{ message['content'][0]['text'] }}{{ eos_token }}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|Assistant|>:{% endif %}"
+)
+
+
+def janus() -> tuple[Any, Any]:
+    """Janus: a SigLIP understanding tower beside a VQ generation head; the understanding path is what trains."""
+    from transformers import JanusConfig, JanusForConditionalGeneration, JanusProcessor
+    from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
+
+    named = {"image_token": "<image_placeholder>", "boi_token": "<begin_of_image>", "eoi_token": "<end_of_image>"}
+    tok = tokenizer("llama2", (*named.values(), "<|User|>", "<|Assistant|>"), named)
+    image_processor = JanusImageProcessorPil(size={"height": IMAGE, "width": IMAGE})
+    tokens = (IMAGE // PATCH) ** 2
+    processor = JanusProcessor(
+        image_processor=image_processor, tokenizer=tok, chat_template=JANUS_TEMPLATE, num_image_tokens=tokens
+    )
+    config = JanusConfig(
+        text_config=llama(tok),
+        vision_config={
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": IMAGE,
+            "patch_size": PATCH,
+            "mlp_ratio": 2.0,
+            "projection_dim": 64,
+            "num_image_tokens": tokens,
+        },
+        vq_config={
+            "embed_dim": 8,
+            "num_embeddings": 16,
+            "latent_channels": 32,
+            "base_channels": 32,
+            "channel_multiplier": [1, 1],
+            "num_res_blocks": 1,
+            "num_patches": 4,
+            "projection_dim": 64,
+            "image_token_embed_dim": 64,
+        },
+        image_token_id=tok.convert_tokens_to_ids("<image_placeholder>"),
+    )
+    return _seeded(JanusForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "llava": llava,
     "gemma3": gemma3,
     "paligemma": paligemma,
     "idefics3": idefics3,
     "mllama": mllama,
+    "deepseek_vl": deepseek_vl,
+    "idefics2": idefics2,
+    "janus": janus,
     "llava_next": llava_next,
     "llava_next_video": llava_next_video,
     "vipllava": vipllava,

@@ -12,11 +12,12 @@ from typing import Any
 
 import torch
 
+from vdtrain.analysis.prompts import DEFAULT_PROMPT
 from vdtrain.analysis.spans import mention_tokens, object_mentions, token_char_spans
 from vdtrain.data.samples import collate_samples, prepare_sample
 from vdtrain.errors import DataError
 from vdtrain.evaluation.chair import Synonyms, load_synonyms
-from vdtrain.evaluation.questions import CAPTION_PROMPT, caption_image_id
+from vdtrain.evaluation.questions import caption_image_id
 from vdtrain.io import read_objects
 from vdtrain.method.dependence import IGNORE_INDEX, token_group
 from vdtrain.method.passes import batch_dependence
@@ -25,7 +26,6 @@ from vdtrain.models.base import ModelAdapter, accepts_logits_mask, get_adapter, 
 GROUPS = ("pos", "inv", "neg")
 BINS = 20  # width 0.1 over [-1, 1]
 MAX_DISTANCE = 10
-DEFAULT_PROMPT = CAPTION_PROMPT  # of captions that carry none
 
 
 def load_caption_records(path: str | os.PathLike) -> list[dict[str, Any]]:

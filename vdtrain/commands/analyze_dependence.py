@@ -17,8 +17,8 @@ DESCRIPTION = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vdtrain.analysis.prompts import DEFAULT_PROMPT
     from vdtrain.evaluation.lemmatize import LEMMATIZERS
-    from vdtrain.evaluation.questions import CAPTION_PROMPT
     from vdtrain.evaluation.reports import default_cache_dir
 
     p = options.parser("vdtrain analyze dependence", DESCRIPTION)
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instances", action="append", default=[], help="a COCO-format instances file (repeatable)")
     p.add_argument("--coco-captions", action="append", default=[], help="a COCO-format captions file (repeatable)")
     p.add_argument("--output-dir", required=True, help="dependence.json and figures/ go here")
-    p.add_argument("--prompt", default=CAPTION_PROMPT, help="prompt of captions that carry none")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt of captions that carry none")
     p.add_argument("--lemmatizer", choices=LEMMATIZERS, default="nltk", help="CHAIR's lemmatizer (nltk: OPERA's)")
     p.add_argument("--synonyms", help="synonyms file (default: the 80 COCO categories)")
     p.add_argument("--nltk-data", help="NLTK data directory to search first")
@@ -53,7 +53,7 @@ def main(argv: list[str]) -> int:
     references += [Path(p) for p in args.coco_captions]
     if not instances and not references:
         raise UsageError("give --coco-dir, or --instances / --coco-captions files (CHAIR's ground truth)")
-    require_nltk_data(args.nltk_data, args.lemmatizer)
+    require_nltk_data(args.nltk_data, args.lemmatizer, fetch=True)
     captions = load_caption_records(args.captions)
     synonyms = load_synonyms(args.synonyms)
     ground_truth = build_ground_truth(

@@ -12,7 +12,6 @@ from vdtrain.errors import DataError, InputError
 from vdtrain.io import read_objects, resume_jsonl
 
 FORMATS = ("pope", "chair", "images")
-CAPTION_PROMPT = "Please describe this image in detail."  # CHAIR's captioning prompt (eval/chair-coco500.yaml)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _COCO_NAME = re.compile(r"^(?:COCO_[A-Za-z]+\d{4}_)?(\d+)\.(?:jpg|jpeg|png)$", re.IGNORECASE)
 

@@ -11,6 +11,11 @@ again), in one process and under `torchrun --nproc_per_node 2` (gloo). Each run 
 launch to the end of the first optimizer step, the CPU time of every process involved (the machine is shared), the
 peak RSS of the training process(es) and of the map workers, and whether that rank built or reused the examples.
 Prints a Markdown table and appends one JSON line per run to WORKDIR/results.jsonl.
+
+    python scripts/bench_data.py --select 1200000
+
+measures `vdtrain filter select` alone (peak RSS and CPU time of the command) on that many score rows and a data
+file of the same shape (written once into WORKDIR/select_N).
 """
 
 from __future__ import annotations
@@ -176,6 +181,40 @@ def run(workdir: Path, size: int, procs: int, num_proc: int, cache: Path, label:
     return summary
 
 
+def bench_select(workdir: Path, count: int) -> dict:
+    """Peak RSS and CPU time of `vdtrain filter select` on `count` score rows and their data file (the mix's shape)."""
+    from vdtrain.filtering.runs import file_sha256
+
+    folder = workdir / f"select_{count}"
+    (folder / "scores").mkdir(parents=True, exist_ok=True)
+    data = folder / "data.json"
+    if not data.is_file():
+        write_data(data, count, 10_000)
+    scores = folder / "scores" / "scores.jsonl"
+    if not scores.is_file():
+        rng = random.Random(1)
+        with open(scores, "w") as out:
+            for index in range(count):
+                tokens = rng.randint(20, 2000)
+                score = rng.gauss(0, 5)
+                row = {"id": f"{index:07d}", "index": index, "score": score, "n_tokens": tokens}
+                row.update(mean=score / tokens, frac_pos=rng.random() / 2, frac_neg=rng.random() / 4)
+                out.write(json.dumps(row) + "\n")
+        (folder / "scores" / "run.json").write_text(json.dumps({"data_sha256": file_sha256(data)}))
+    command = [sys.executable, "-m", "vdtrain", "filter", "select", "--scores", str(scores), "--data", str(data)]
+    command += ["--strategy", "lowest", "--fraction", "0.1", "--output", str(folder / "kept.json")]
+    start = time.time()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "select_rows": count,
+        "data_gb": data.stat().st_size / 1e9,
+        "wall_s": time.time() - start,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_gb": usage.ru_maxrss / 2**20,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 665_000])
@@ -188,7 +227,12 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--t0", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--select", type=int, default=None, help="measure `filter select` on this many scores alone")
     args = parser.parse_args()
+    if args.select:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        print(json.dumps(bench_select(args.workdir, args.select)))
+        return
     if args.child:
         child(args)
         return

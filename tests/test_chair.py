@@ -265,8 +265,15 @@ def test_missing_nltk_data(monkeypatch, tmp_path, coco, capsys):
     captions = tmp_path / "captions.jsonl"
     captions.write_text(json.dumps({"image_id": 1, "caption": "A dog."}) + "\n")
     argv = ["--captions", str(captions), "--coco-dir", str(coco[0].parent), "--output", str(tmp_path / "o.json")]
-    assert chair_main([*argv, "--no-cache"]) == 1
-    assert "python -m nltk.downloader" in capsys.readouterr().err
+    for name in ("https_proxy", "http_proxy"):  # the network cut: the first-use fetch fails at once
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.setenv("NLTK_ALLOW_PROXIED_URLOPEN", "1")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert chair_main([*argv, "--no-cache", "--nltk-data", str(tmp_path / "mine")]) == 1
+    err = capsys.readouterr().err
+    fetching = "vdtrain: fetching NLTK data punkt_tab, averaged_perceptron_tagger_eng, wordnet (first use, ~40 MB)"
+    assert err.startswith(f"{fetching} into {tmp_path / 'mine'}\n")
+    assert f"fetching it into {tmp_path / 'mine'} failed: " in err and "python -m nltk.downloader" in err
 
 
 def test_load_captions_llava_style(tmp_path):

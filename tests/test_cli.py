@@ -115,6 +115,7 @@ def test_import_vdtrain_is_lazy():
         "VDTrainer",
         "VDTrainingArguments",
         "add_diffusion_noise",
+        "load_for_training",
         "register_weighting",
         "target_logprobs",
         "token_weights",
@@ -292,3 +293,85 @@ def test_train_help_snapshot_is_current():
     if written_with == version("transformers"):
         assert body == render_help(HELP_WIDTH)
     assert "--vd_temperature" in body and "--learning_rate" in body
+
+
+def test_readme_exit_code_table_is_what_the_cli_returns(tmp_path, monkeypatch, capsys):
+    """Every row of the README's exit-code table: its code is one the CLI returns, and each example returns it."""
+    import re
+    import shlex
+
+    from vdtrain import cli
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = re.findall(r"^\| (\d+) \| ([^|]+) \|\s*([^|]*?)\s*\|$", readme, re.M)
+    codes = {int(code) for code, _, _ in rows}
+    assert codes == {0, cli.EXIT_INPUT, cli.EXIT_USAGE, cli.EXIT_INTERRUPTED}, rows
+    monkeypatch.chdir(tmp_path)
+    examples = [(int(code), command) for code, _, cell in rows for command in re.findall(r"`(vdtrain [^`]+)`", cell)]
+    assert {code for code, _ in examples} == {0, cli.EXIT_INPUT, cli.EXIT_USAGE}
+    for code, command in examples:
+        assert cli.main(shlex.split(command)[1:]) == code, command
+    capsys.readouterr()
+
+
+def test_mistyped_commands_get_a_suggestion(capsys):
+    from vdtrain import cli
+
+    assert cli.main(["trian"]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err.splitlines()[0] == "vdtrain: error: unknown command 'trian'; did you mean 'train'?"
+    assert cli.main(["eval", "genrate"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err.splitlines()[0]
+    assert err == "vdtrain eval: error: unknown command 'genrate'; did you mean 'generate'?"
+    assert cli.main(["chair"]) == cli.EXIT_USAGE
+    assert "did you mean 'eval chair'?" in capsys.readouterr().err
+    assert cli.main(["zzz"]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err.splitlines()[0] == "vdtrain: error: unknown command 'zzz'"
+
+
+def test_every_help_answers_without_torch_or_transformers(tmp_path):
+    """Every command's `--help`, on a fresh install (no cache) and whatever the installed transformers release: none
+    imports torch or transformers (seconds on a quiet machine), so each answers at once."""
+    leaves = []
+    for name, target in COMMANDS.items():
+        leaves += [[name, sub] for sub in target] if isinstance(target, dict) else [[name]]
+    code = (
+        "import sys\n"
+        "from vdtrain.cli import main\n"
+        f"for argv in {leaves!r}:\n"
+        "    assert main([*argv, '--help']) == 0, argv\n"
+        "    heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+        "    assert not heavy, (argv, heavy)\n"
+    )
+    result = _run("-c", code, env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(leaves) >= 14
+
+
+def test_train_help_of_another_transformers_release_is_the_packaged_copy_with_a_note(tmp_path):
+    """The packaged help was rendered with another transformers release: printed at once, saying so."""
+    from vdtrain.commands.train import HELP_SNAPSHOT, help_key
+
+    header, _, body = HELP_SNAPSHOT.read_text().partition("\n")
+    other = tmp_path / "train_help.txt"
+    other.write_text(f"# transformers 0.0.1 config {help_key().split(' config ')[1]}\n{body}")
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from vdtrain.commands.train import help_text\n"
+        f"print(help_text(Path({str(other)!r})))\n"
+        "assert 'transformers' not in sys.modules\n"
+    )
+    result = _run("-c", code, env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith(body.rstrip("\n"))
+    assert "Listed with transformers 0.0.1's TrainingArguments; this machine has transformers " in result.stdout
+
+
+def test_train_help_says_what_resume_and_no_lora_do_here():
+    from vdtrain.commands.train import HELP_SNAPSHOT
+
+    flat = " ".join(HELP_SNAPSHOT.read_text().split())
+    assert "--no_lora, --no-lora A full fine-tune: train the language model itself instead of LoRA adapters" in flat
+    assert "Go on from a checkpoint: a checkpoint-N folder, the run's output_dir, or true/last" in flat
+    resume = flat.split("--resume_from_checkpoint RESUME_FROM_CHECKPOINT", 1)[1].split(" --", 2)[1]
+    assert "Not directly used by Trainer" not in resume and "Go on from a checkpoint" in resume

@@ -213,3 +213,16 @@ def test_batches_from_the_arrow_dataset_collate(tmp_path, llava):
     assert batch["has_image"].tolist() == [True, True, False] and batch["pixel_values"].shape[0] == 2
     image = Image.open(tmp_path / "img" / names[0])
     assert image.size == (32, 32)
+
+
+def test_a_saved_dataset_and_a_dataset_name_read_as_the_file(tmp_path, llava):
+    """A `save_to_disk` folder and `dataset_name` (here a local folder, as a hub id is read) give the file's rows."""
+    names = write_images(tmp_path / "img", 2)
+    records = write_conversations(tmp_path / "d.json", names, text_only=1)
+    table = datasets.Dataset.from_list(_trl_rows(records, tmp_path / "img", as_bytes=False))
+    table.save_to_disk(str(tmp_path / "saved"))
+    table.to_json(str(tmp_path / "hub" / "train.jsonl"))
+    for source in (load_source(tmp_path / "saved"), load_source(dataset_name=str(tmp_path / "hub"), split="train")):
+        assert len(source) == 3 and source[0]["images"] == [names[0]] and source[2]["images"] == []
+    with pytest.raises(ValueError, match="data_path .* or dataset_name"):
+        load_source(tmp_path / "d.json", dataset_name="x")

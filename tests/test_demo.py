@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from vdtrain.cli import main as cli_main
 from vdtrain.demo.intervals import confidence_interval, describe_difference, format_difference
 from vdtrain.demo.report import (
     Column,
@@ -37,11 +41,127 @@ def _numbers(obj):
             yield from _numbers(value)
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _fresh_machine(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a fresh install: an empty home, no NLTK_DATA, vdtrain from this tree, nothing else."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NLTK") and k.lower() not in PROXIES}
+    env.update(HOME=str(home), PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **extra)
+    return env
+
+
+PROXIES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+# the network cut: every download goes through a proxy that refuses connections (NLTK fetches through proxies only
+# when told to)
+NETWORK_CUT = {
+    "https_proxy": "http://127.0.0.1:9",
+    "http_proxy": "http://127.0.0.1:9",
+    "NLTK_ALLOW_PROXIED_URLOPEN": "1",
+}
+
+
+def _demo(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """`python -m vdtrain demo --quick ...` as a user runs it, in `cwd`."""
+    command = [sys.executable, "-m", "vdtrain", "demo", "--quick", *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
+
+
+def _nltk_source() -> Path:
+    """The NLTK data this machine has (NLTK_DATA: CI points it at ../shared/nltk_data) to pre-place for a user."""
+    source = os.environ.get("NLTK_DATA")
+    if not source or not (Path(source) / "corpora").is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail("the fresh-machine demo needs NLTK data in NLTK_DATA to pre-place")
+        pytest.skip("no NLTK data in NLTK_DATA to pre-place")
+    return Path(source)
+
+
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo")
-    assert cli_main(["demo", "--quick", "--output-dir", str(out)]) == 0
-    return out
+def fresh_machine(tmp_path_factory) -> dict:
+    """`vdtrain demo --quick` on a fresh machine (empty home, no NLTK_DATA, no ../shared): first with the network cut
+    (refused, naming the user's NLTK folder), then with the data placed in that folder as the first-use fetch would
+    place it, run to its report; then the same command again (resumed)."""
+    source = _nltk_source()
+    home, cwd = tmp_path_factory.mktemp("home"), tmp_path_factory.mktemp("work")
+    offline = _demo(cwd, _fresh_machine(home, **NETWORK_CUT))
+    folder = Path(re.search(r"into (\S+)\n", offline.stderr).group(1))
+    for sub in ("corpora", "taggers", "tokenizers"):
+        shutil.copytree(source / sub, folder / sub)
+    first = _demo(cwd, _fresh_machine(home, **NETWORK_CUT))
+    if first.returncode == 0:
+        shutil.copy(cwd / "vdtrain-demo" / "results.json", cwd / "first-results.json")
+    again = _demo(cwd, _fresh_machine(home, **NETWORK_CUT))
+    return {"home": home, "out": cwd / "vdtrain-demo", "offline": offline, "first": first, "again": again, "cwd": cwd}
+
+
+@pytest.fixture(scope="module")
+def quick_run(fresh_machine) -> Path:
+    assert fresh_machine["first"].returncode == 0, fresh_machine["first"].stderr[-3000:]
+    return fresh_machine["out"]
+
+
+def test_fresh_machine_without_network_is_refused_before_any_work(fresh_machine):
+    offline, home = fresh_machine["offline"], fresh_machine["home"]
+    assert offline.returncode == 1, offline.stderr[-2000:]
+    lines = offline.stderr.strip().splitlines()
+    assert lines[0] == (
+        "vdtrain: fetching NLTK data punkt_tab, averaged_perceptron_tagger_eng, wordnet (first use, ~40 MB) into "
+        f"{home / 'nltk_data'}"
+    )
+    assert lines[-1].startswith("vdtrain demo: error: missing NLTK data: punkt_tab, averaged_perceptron_tagger_eng")
+    assert f"fetching it into {home / 'nltk_data'} failed: " in lines[-1] and "Connection refused" in lines[-1]
+    assert "python -m nltk.downloader punkt_tab averaged_perceptron_tagger_eng wordnet" in lines[-1]
+    assert len(lines) == 2  # nothing else: no traceback, no NLTK chatter
+
+
+def test_fresh_machine_with_the_fetched_data_runs_to_its_report(fresh_machine, quick_run):
+    first = fresh_machine["first"]
+    assert "fetching NLTK data" not in first.stderr  # found in the user's folder: nothing to fetch
+    assert "Report: vdtrain-demo/report.md" in first.stdout
+    assert (quick_run / "report.md").is_file()
+
+
+def test_log_without_a_terminal_is_plain_named_lines(fresh_machine, quick_run):
+    """Not a TTY: no bars or cursor escapes, one line per finished job, every loss line named by its run, and no
+    warning the demo causes itself (vd_start, PEFT/transformers deprecations)."""
+    first = fresh_machine["first"]
+    log = first.stdout + first.stderr
+    assert "\r" not in log and "\x1b[" not in log
+    for variant in VARIANTS:
+        assert f"[seed0 {variant}] step " in first.stdout
+        assert f"variants: train + evaluate: {variant} (seed 0) done" in log
+    assert all(line.startswith("[seed0 ") for line in first.stdout.splitlines() if " loss " in line)
+    assert "Warning" not in log and "set vd_start: 1.0" not in log
+    assert len(log) < 20_000, len(log)
+
+
+def test_rerun_goes_on_from_the_finished_jobs_and_never_deletes_them(fresh_machine, quick_run):
+    again = fresh_machine["again"]
+    assert again.returncode == 0, again.stderr[-3000:]
+    for line in (
+        "MLE to the branch point: 1 of 1 jobs",
+        "variants: train + evaluate: 4 of 4 jobs",
+        "length-matched MLE: 2 of 2 jobs",
+    ):
+        assert line + " done by an earlier run, kept" in again.stderr
+    first = json.loads((fresh_machine["cwd"] / "first-results.json").read_text())
+    results = json.loads((quick_run / "results.json").read_text())
+    assert results["runs"] == first["runs"]  # the same finished jobs, not new ones
+    assert sorted(p.name for p in (quick_run / "runs" / "seed0").iterdir()) == sorted(
+        ["trunk", *VARIANTS, "mle_at_len-vd-neg", "mle_at_len-vd-pos"]
+    )
+
+
+def test_rerun_with_other_settings_is_refused_unless_overwrite(fresh_machine, quick_run, tmp_path):
+    env = _fresh_machine(fresh_machine["home"], **NETWORK_CUT)
+    other = _demo(fresh_machine["cwd"], env, "--steps", "8", "--output-dir", "vdtrain-demo")
+    assert other.returncode == 1
+    assert other.stderr.strip().splitlines()[-1] == (
+        "vdtrain demo: error: vdtrain-demo holds a demo run with other settings (steps: 160 -> 8): rerun with its "
+        "settings to go on, pass --overwrite to replace it, or choose another --output-dir"
+    )
+    assert (quick_run / "runs" / "seed0" / "vd-neg" / "job.json").is_file()  # untouched
 
 
 def test_quick_demo_writes_report_results_and_figures(quick_run):
@@ -189,3 +309,20 @@ def test_readme_block_from_results():
     assert block[-1] == (
         "- `vd-pos − mle`: partner rate lower by 10.0 points (95% interval -10.0 to -10.0 over 3 seeds)."
     )
+
+
+def test_overwrite_clears_only_what_the_demo_wrote(tmp_path):
+    from vdtrain.demo.resume import STATE, open_run
+    from vdtrain.demo.settings import demo_settings
+    from vdtrain.errors import InputError
+
+    (tmp_path / "runs" / "seed0" / "mle").mkdir(parents=True)
+    (tmp_path / "report.md").write_text("old")
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="holds an earlier demo run \\(runs, report.md\\) this version cannot resume"):
+        open_run(tmp_path, demo_settings(True), overwrite=False)
+    assert (tmp_path / "runs" / "seed0" / "mle").is_dir()
+    state = open_run(tmp_path, demo_settings(True), overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["notes.txt", STATE])
+    assert state["settings"]["steps"] == 160 and "workers" not in state["settings"]
+    assert open_run(tmp_path, demo_settings(True), overwrite=False) == json.loads((tmp_path / STATE).read_text())

@@ -34,6 +34,12 @@ def _free_port() -> int:
 
 def _launch(launcher: list[str], config: dict, folder: Path, timeout: int = 600) -> Path:
     """Write `config` as a recipe, run `launcher -m vdtrain train recipe.yaml`, return the output directory."""
+    _launched(launcher, config, folder, timeout)
+    return Path(config["output_dir"])
+
+
+def _launched(launcher: list[str], config: dict, folder: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`_launch`, returning the finished process (its stderr holds every rank's log)."""
     recipe = folder / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(config))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -49,7 +55,7 @@ def _launch(launcher: list[str], config: dict, folder: Path, timeout: int = 600)
     )
     print(f"{' '.join(launcher[:4])}: {time.perf_counter() - start:.0f} s")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
-    return Path(config["output_dir"])
+    return run
 
 
 def _torchrun(nproc: int) -> list[str]:
@@ -121,6 +127,16 @@ def test_ddp_two_processes_equal_one(tiny_llava_dir: Path, data_dir: Path):
     for name in weights_one:
         assert torch.allclose(weights_one[name], weights_two[name], atol=1e-5), name
     assert any("lora_B" in name and weights_one[name].abs().sum() > 0 for name in weights_one)  # it trained
+
+
+def test_two_processes_build_the_examples_once(tiny_llava_dir: Path, data_dir: Path, tmp_path: Path):
+    """The main process tokenizes and checks the data into the cache; the other rank loads what it wrote."""
+    config = _config(tiny_llava_dir, data_dir, "cache-once", use_cpu=True, per_device_train_batch_size=2)
+    config.update(max_steps=1, save_strategy="no", dataset_cache_dir=str(tmp_path / "cache"), dataset_num_proc=2)
+    run = _launched(_torchrun(2), config, data_dir)
+    assert run.stderr.count("examples built into") == 1 and run.stderr.count("examples reused from") == 1
+    assert run.stderr.count(" 8 training sequences") == 2 and "examples built into" in run.stderr
+    assert len(list((tmp_path / "cache").glob("examples-*.arrow"))) == 2  # one build, in dataset_num_proc shards
 
 
 def _check_adapter(output_dir: Path, tiny_dir: Path) -> None:

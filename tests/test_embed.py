@@ -67,6 +67,11 @@ def test_filter_score_saves_answer_mean_embeddings_and_embed_matches(workdir, tm
     argv = ["embed", *base, "--output-dir", str(embedded), "--pooling", "answer-mean", "--batch-size", "2"]
     assert cli_main(argv) == 0
     np.testing.assert_allclose(np.load(embedded / "embeddings.npy")[:5], saved[:5], rtol=1e-4, atol=1e-5)
+    assert json.loads((embedded / "run.json").read_text())["pooling"] == "answer-mean"
+    from vdtrain.selection.store import load_embeddings
+
+    for folder in (out, embedded):  # the fingerprint a selection records names the pooling either way
+        assert load_embeddings(folder)[1]["run"]["pooling"] == "answer-mean"
     # another pooling in the same directory is refused, not mixed
     argv[argv.index("answer-mean")] = "last-token"
     assert cli_main(argv) == 1
@@ -120,3 +125,42 @@ def test_embed_encoder_equals_sentence_transformers(workdir, tmp_path):
     ours_unit = ours / np.linalg.norm(ours, axis=1, keepdims=True)
     theirs_unit = theirs / np.linalg.norm(theirs, axis=1, keepdims=True)
     np.testing.assert_allclose(ours_unit, theirs_unit, atol=1e-5)
+
+
+def test_embed_encoder_dual_towers_equal_the_models_features(workdir, tmp_path):
+    from PIL import Image
+    from tiny import tiny_tokenizer
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
+
+    from vdtrain.selection.embed import answer_text
+
+    tokenizer = tiny_tokenizer()
+    text = dict(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=64, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32)
+    torch.manual_seed(0)
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config={**vision, "patch_size": 8}, projection_dim=16))
+    model.save_pretrained(tmp_path / "clip")
+    processor.save_pretrained(tmp_path / "clip")
+    out = tmp_path / "emb"
+    argv = ["embed", "--model", str(tmp_path / "clip"), "--encoder", "--data", str(workdir / "data.json")]
+    assert cli_main([*argv, "--image-folder", str(workdir / "images"), "--output-dir", str(out)]) == 0
+    image_rows, text_rows = np.load(out / "image.npy"), np.load(out / "text.npy")
+    assert image_rows.shape == (6, 16) and text_rows.shape == (6, 16)
+    records = json.loads((workdir / "data.json").read_text())
+    assert np.isnan(image_rows[[4, 5]]).all() and np.isnan(text_rows[[4, 5]]).all()  # text-only, missing image
+    with Image.open(workdir / "images" / records[1]["image"]) as image:
+        pixels = processor(images=[image.convert("RGB")], return_tensors="pt")["pixel_values"]
+    tokens = tokenizer([answer_text(records[1])], return_tensors="pt", truncation=True, max_length=64)
+    with torch.no_grad():
+        expected_image = model.get_image_features(pixel_values=pixels)
+        expected_text = model.get_text_features(**tokens)
+    expected_image = getattr(expected_image, "pooler_output", expected_image)
+    expected_text = getattr(expected_text, "pooler_output", expected_text)
+    np.testing.assert_allclose(image_rows[1], expected_image[0].numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(text_rows[1], expected_text[0].numpy(), rtol=1e-4, atol=1e-5)

@@ -16,6 +16,7 @@ _LAZY = {
     "VDTrainer": "vdtrain.training.trainer",
     "VDTrainingArguments": "vdtrain.training.config",
     "add_diffusion_noise": "vdtrain.method.noise",
+    "load_for_training": "vdtrain.models.loading",
     "register_weighting": "vdtrain.method.weighting",
     "target_logprobs": "vdtrain.method.dependence",
     "token_weights": "vdtrain.method.weighting",
@@ -27,6 +28,7 @@ if TYPE_CHECKING:  # names for type checkers and IDEs
     from vdtrain.method.dependence import target_logprobs, visual_dependence  # noqa: F401
     from vdtrain.method.noise import add_diffusion_noise  # noqa: F401
     from vdtrain.method.weighting import register_weighting, token_weights  # noqa: F401
+    from vdtrain.models.loading import load_for_training  # noqa: F401
     from vdtrain.training.config import VDTrainingArguments  # noqa: F401
     from vdtrain.training.mixin import VDLossMixin  # noqa: F401
     from vdtrain.training.trainer import VDTrainer  # noqa: F401

@@ -74,6 +74,17 @@ def _usage(group: dict[str, str | dict[str, str]], prefix: str) -> str:
     return "\n".join(lines)
 
 
+def _suggestion(name: str, group: dict[str, str | dict[str, str]]) -> str:
+    """`; did you mean 'train'?` for a mistyped command (or a subcommand given without its group), else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(group), n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    parents = [parent for parent, sub in group.items() if isinstance(sub, dict) and name in sub]
+    return f"; did you mean '{parents[0]} {name}'?" if parents else ""
+
+
 def _debug_requested(argv: list[str]) -> tuple[bool, list[str]]:
     """Whether `--debug` (bare; `train --debug <mode>` is TrainingArguments') or VDTRAIN_DEBUG asks for tracebacks."""
     rest, debug = [], os.environ.get("VDTRAIN_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
@@ -189,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if argv else EXIT_USAGE
         name = argv.pop(0)
         if name not in group:
-            print(f"{prefix}: error: unknown command {name!r}\n\n{_usage(group, prefix)}", file=sys.stderr)
+            print(f"{prefix}: error: unknown command {name!r}{_suggestion(name, group)}", file=sys.stderr)
+            print(f"\n{_usage(group, prefix)}", file=sys.stderr)
             return EXIT_USAGE
         target = group[name]
         prefix = f"{prefix} {name}"

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from vdtrain.analysis.prompts import DEFAULT_PROMPT
 from vdtrain.analysis.spans import mention_tokens, object_mentions, token_char_spans
 from vdtrain.data.samples import collate_samples, prepare_sample
 from vdtrain.evaluation.chair import Synonyms, load_synonyms
@@ -24,7 +25,6 @@ from vdtrain.models.base import ModelAdapter, accepts_logits_mask, get_adapter, 
 GROUPS = ("pos", "inv", "neg")
 BINS = 20  # width 0.1 over [-1, 1]
 MAX_DISTANCE = 10
-DEFAULT_PROMPT = "Please describe this image in detail."
 
 
 def load_caption_records(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ DESCRIPTION = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vdtrain.analysis.object_dependence import DEFAULT_PROMPT
+    from vdtrain.analysis.prompts import DEFAULT_PROMPT
     from vdtrain.evaluation.lemmatize import LEMMATIZERS
     from vdtrain.evaluation.reports import default_cache_dir
 
@@ -53,7 +53,7 @@ def main(argv: list[str]) -> int:
     references += [Path(p) for p in args.coco_captions]
     if not instances and not references:
         raise UsageError("give --coco-dir, or --instances / --coco-captions files (CHAIR's ground truth)")
-    require_nltk_data(args.nltk_data, args.lemmatizer)
+    require_nltk_data(args.nltk_data, args.lemmatizer, fetch=True)
     captions = load_caption_records(args.captions)
     synonyms = load_synonyms(args.synonyms)
     ground_truth = build_ground_truth(

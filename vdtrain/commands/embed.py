@@ -23,7 +23,7 @@ each process embeds a share.
                    or a sentence encoder (OUT/text.npy, mean-pooled; reads long answers, which CLIP's 77-token text
                    tower truncates). The text is the record's assistant turns.
 
-OUT/embeddings.json fingerprints the run (data hash, model, dtype, pooling, projection); rows of records that
+OUT/run.json fingerprints the run (data hash, model, dtype, pooling, projection); rows of records that
 cannot be embedded are NaN and listed in OUT/errors.rank*.jsonl.
 """
 

@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     from vdtrain.evaluation.chair import format_summary
     from vdtrain.evaluation.chair_truth import coco_annotation_files
+    from vdtrain.evaluation.nltk_check import require_nltk_data
     from vdtrain.evaluation.reports import chair_report
 
     instances, references = coco_annotation_files(args.coco_dir) if args.coco_dir else ([], [])
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     references += [Path(p) for p in args.coco_captions]
     if not instances and not references:
         parser.error("give --coco-dir, or --instances / --coco-captions files")
+    require_nltk_data(args.nltk_data, args.lemmatizer, fetch=True)  # first use: fetched into the user's folder
     result = chair_report(
         args.captions,
         instances,

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """`vdtrain eval generate`: answer a question file with a model (and LoRA adapter) into a jsonl file."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from vdtrain.evaluation.generate import generate_answers, run_settings
+    from vdtrain.evaluation.generate import generate_answers, generation_settings, remaining_questions, run_settings
     from vdtrain.evaluation.questions import load_questions
 
     decoding = options.decoding_options(args)
@@ -44,9 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     image_folder = args.image_folder or (args.questions if Path(args.questions).is_dir() else ".")
     from vdtrain.locks import output_lock
 
+    settings = run_settings(args.model, args.adapter, args.questions, args.prompt, args.dtype)
+    run = generation_settings(decoding, fmt, args.prompt_suffix, settings)
     with output_lock(args.output, "vdtrain eval generate", is_file=True):  # before the model: fail in a second
+        if not args.overwrite and not remaining_questions(questions, args.output, run):  # before minutes of loading
+            done = f"0 new answers ({len(questions)} questions, all answered in {args.output} already)"
+            print(f"{done} -> {args.output}")
+            return 0
         model, processor, adapter = options.load_model(args)
-        settings = run_settings(args.model, args.adapter, args.questions, args.prompt, args.dtype)
         written = generate_answers(
             model,
             processor,

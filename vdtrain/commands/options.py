@@ -227,10 +227,30 @@ def check_adapter_path(path: str | os.PathLike | None, flag: str = "--adapter") 
 def load_model(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """`(model, processor, adapter)` for inference from `--model/--adapter/--dtype/--device`, on its device."""
     from vdtrain.models.loading import load_for_inference
+    from vdtrain.models.merge import base_model_source
 
     device = resolve_device(getattr(args, "device", "auto"))
     dtype = resolve_dtype(args.dtype, str(device))
-    model_path = check_model_path(args.model)
-    adapter_path = check_adapter_path(getattr(args, "adapter", None))
-    model, processor, adapter = load_for_inference(model_path, adapter_path, dtype=dtype)
+    model_path, adapter_path = model_and_adapter(args.model, getattr(args, "adapter", None))
+    source = base_model_source(adapter_path)[1] if adapter_path and adapter_path == str(args.model) else None
+    try:
+        model, processor, adapter = load_for_inference(model_path, adapter_path, dtype=dtype)
+    except (OSError, ValueError) as error:
+        if source is None:
+            raise
+        reason = " ".join(str(error).split())
+        raise InputError(f"base model {model_path} (named in {source}) could not be loaded: {reason}") from error
     return model.to(device), processor, adapter
+
+
+def model_and_adapter(model: str, adapter: str | None) -> tuple[str, str | None]:
+    """`--model` and `--adapter` as paths to load; `--model` may be any folder `vdtrain train` writes: a LoRA
+    adapter folder (no `config.json`) is loaded on the base model it names."""
+    folder = Path(model)
+    if adapter is None and (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+        from vdtrain.models.merge import base_model_of
+
+        return check_model_path(base_model_of(folder), "the adapter's base model"), check_adapter_path(
+            model, "--model"
+        )
+    return check_model_path(model), check_adapter_path(adapter)

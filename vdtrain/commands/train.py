@@ -39,7 +39,19 @@ def parser() -> Any:
         def error(self, message: str) -> None:  # type: ignore[override]
             raise InputError(message)
 
-    return Parser((ModelArguments, DataArguments, VDTrainingArguments), usage=USAGE)
+    result = Parser((ModelArguments, DataArguments, VDTrainingArguments), usage=USAGE)
+    for action in result._actions:  # help texts that say what these fields do here (HF's are for its own scripts)
+        name = action.option_strings[0][2:] if action.option_strings else ""
+        action.help = HELP_OVERRIDES.get(name, action.help)
+    return result
+
+
+HELP_OVERRIDES = {
+    "resume_from_checkpoint": "Go on from a checkpoint: a checkpoint-N folder, the run's output_dir, or true/last "
+    "for the newest complete checkpoint in output_dir (an incomplete or damaged one is refused by name).",
+    "no_lora": "A full fine-tune: train the language model itself instead of LoRA adapters on it (the projector "
+    "trains either way; the vision tower stays frozen unless freeze_vision_tower is false).",
+}
 
 
 HELP_SNAPSHOT = Path(__file__).with_name("train_help.txt")  # `scripts/write_train_help.py` writes it
@@ -73,20 +85,28 @@ def render_help(width: int | None = None) -> str:
             os.environ["COLUMNS"] = previous
 
 
-def help_text() -> str:
+def help_text(snapshot: Path = HELP_SNAPSHOT) -> str:
     """`vdtrain train --help`, without importing transformers when it can: a copy rendered for this terminal width
-    (cached under ~/.cache/vdtrain), else the package's 80-column copy for the tested transformers release, else
-    rendered now and cached."""
+    (cached under ~/.cache/vdtrain), else the package's 80-column copy (with a note when it was rendered for another
+    transformers release than this machine's: its TrainingArguments fields may differ a little), else (the vdtrain
+    fields changed since the copy: a development tree) rendered now and cached."""
     key = help_key()
     width = shutil.get_terminal_size().columns
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vdtrain" / "help"
     path = cache / f"train-{hashlib.sha256(f'{key} {width}'.encode()).hexdigest()[:20]}.txt"
     if path.is_file():
         return path.read_text()
-    if HELP_SNAPSHOT.is_file():
-        header, _, body = HELP_SNAPSHOT.read_text().partition("\n")
+    if snapshot.is_file():
+        header, _, body = snapshot.read_text().partition("\n")
         if header == f"# {key}":
             return body
+        packaged, _, fields = header[2:].partition(" config ")
+        release, _, ours = key.partition(" config ")
+        if fields == ours:  # the same vdtrain fields, listed with another transformers release's TrainingArguments
+            return body.rstrip("\n") + (
+                f"\n\nListed with {packaged}'s TrainingArguments; this machine has {release}: any field its "
+                "TrainingArguments has is accepted, listed here or not.\n"
+            )
     text = render_help()
     try:
         atomic_write_text(path, text)
@@ -168,7 +188,7 @@ def load_config(
         for key in unknown:
             close = difflib.get_close_matches(key, known, n=2)
             hints.append(f"{key} (did you mean {', '.join(close)}?)" if close else key)
-        raise InputError(f"{source}: unknown field(s): {'; '.join(hints)}. `vdtrain train --help` lists them.")
+        raise UsageError(f"{source}: unknown field(s): {'; '.join(hints)}. `vdtrain train --help` lists them.")
     values = _check_lists(values, {action.dest: action for action in hf_parser._actions}, source)
     try:
         return hf_parser.parse_args_into_dataclasses(args=_to_argv(values), look_for_args_file=False)

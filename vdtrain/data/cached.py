@@ -3,10 +3,8 @@ every bad sample listed before training, items read from the memory-mapped table
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from vdtrain.data.tokenized import (
     default_cache_dir,
     examples_fingerprint,
     expand_images,
+    plain_progress,
 )
 from vdtrain.keys import END_OF_TURN_MASK
 from vdtrain.models.base import ConversationError, Example, ModelAdapter
@@ -47,21 +46,6 @@ def _features(extra_keys: list[str]) -> Any:
     )
     columns.update({key: ints for key in extra_keys})
     return datasets.Features(columns)
-
-
-@contextlib.contextmanager
-def _plain_log_when_not_a_terminal():
-    """`datasets`' progress bars on a terminal; in a log file, the encoder's few plain lines instead."""
-    import datasets
-
-    quiet = not sys.stderr.isatty() and datasets.is_progress_bar_enabled()
-    if quiet:
-        datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if quiet:
-            datasets.enable_progress_bars()
 
 
 def build_examples(
@@ -107,7 +91,7 @@ def build_examples(
     )
     if not reused:
         logger.info("vdtrain: tokenizing and checking %d samples of %s into %s", len(source), source_name, cache_dir)
-    with _plain_log_when_not_a_terminal():
+    with plain_progress():
         table = source.map(
             encoder,
             with_indices=True,
@@ -159,6 +143,7 @@ class ArrowSupervisedDataset(SupervisedDataset):
         self.adapter, self.processor, self.image_folder, self.source = adapter, processor, image_folder, source
         self.allow_external_images, self.table_source = allow_external_images, records
         self.format = detect_format(records.column_names)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         if check_images and image_folder is not None and not Path(image_folder).is_dir() and has_images(records):
             raise FileNotFoundError(f"{source}: the image folder {image_folder} does not exist (image_folder)")
         table, self.reused_cache = build_examples(
@@ -171,7 +156,7 @@ class ArrowSupervisedDataset(SupervisedDataset):
             check_images=check_images,
             allow_external_images=allow_external_images,
             num_proc=num_proc,
-            cache_dir=cache_dir,
+            cache_dir=self.cache_dir,
         )
         ok = table.data.column("ok").to_numpy(zero_copy_only=False).astype(bool)
         bad = np.flatnonzero(~ok)

@@ -237,7 +237,8 @@ class SupervisedDataset(torch.utils.data.Dataset):
 
 @dataclass
 class VDDataCollator:
-    """Right-pads token fields and concatenates per-image tensors along dim 0 (text-only samples add none).
+    """Right-pads token fields and batches per-image inputs as the processor would (`batch_image_field`; text-only
+    samples add none).
 
     Adds `END_OF_TURN_MASK` (B, L) and `HAS_IMAGE` (B,) (`vdtrain.keys`), which the loss takes out before the
     forward.
@@ -267,6 +268,25 @@ class VDDataCollator:
         )
         images = [feature[IMAGE_INPUTS] for feature in features if IMAGE_INPUTS in feature]
         for key in images[0] if images else ():
-            batch[key] = torch.cat([image[key] for image in images], dim=0)
+            batch[key] = batch_image_field([image[key] for image in images])
         batch[HAS_IMAGE] = torch.tensor([IMAGE_INPUTS in f for f in features], dtype=torch.bool)
         return batch
+
+
+def batch_image_field(values: list[Any]) -> Any:
+    """One image input of several samples batched as the processor batches it: tensors concatenated along dim 0,
+    zero-padded at the end of every other dim where they differ (the any-resolution tile counts of LLaVA-NeXT and
+    Idefics, which the processor pads and the model drops by `image_sizes`/`pixel_attention_mask`); lists (images of
+    per-image sizes) joined."""
+    if not all(isinstance(value, torch.Tensor) for value in values):
+        return [item for value in values for item in (value if isinstance(value, (list, tuple)) else [value])]
+    if len({value.dim() for value in values}) != 1:
+        raise ValueError(f"image inputs of {sorted({value.dim() for value in values})} dims cannot be batched")
+    shape = [max(sizes) for sizes in zip(*(value.shape[1:] for value in values))]
+    padded = []
+    for value in values:
+        pad: list[int] = []
+        for have, want in zip(reversed(value.shape[1:]), reversed(shape)):
+            pad += [0, want - have]
+        padded.append(torch.nn.functional.pad(value, pad) if any(pad) else value)
+    return torch.cat(padded, dim=0)

@@ -12,6 +12,7 @@ from PIL import Image
 from vdtrain.data.conversations import image_path, load_image
 from vdtrain.data.dataset import VDDataCollator, encode_record, example_features
 from vdtrain.data.formats import EmbeddedImage
+from vdtrain.data.images import to_rgb
 from vdtrain.keys import HAS_IMAGE, LOSS_ONLY_KEYS
 from vdtrain.method.noise import seeded_generator
 from vdtrain.models.base import ModelAdapter
@@ -47,7 +48,7 @@ def prepare_sample(
             raise ValueError(f"{source}: record {index} is a {type(record).__name__}, not a JSON object")
         record = {**record, "id": sample_id}
         if isinstance(record.get("image"), EmbeddedImage):  # a table row's own image (TableRecords)
-            image = record["image"].open().convert("RGB")
+            image = to_rgb(record["image"].open())
         elif image is None:
             path = image_path(record, image_folder)
             image = load_image(path, sample_id) if path is not None else None

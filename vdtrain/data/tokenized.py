@@ -32,6 +32,7 @@ from vdtrain.data.conversations import image_path, special_token_pattern, specia
 from vdtrain.data.formats import EMBEDDED, EmbeddedImage, to_record
 from vdtrain.data.images import open_image
 from vdtrain.keys import END_OF_TURN_MASK
+from vdtrain.models import spans as supervised_spans
 from vdtrain.models.base import ConversationError, ModelAdapter, tokenizer_of
 
 logger = logging.getLogger("vdtrain")
@@ -64,6 +65,22 @@ def main_process_first() -> Iterator[bool]:
             dist.barrier()
 
 
+@contextlib.contextmanager
+def plain_progress() -> Iterator[None]:
+    """`datasets`' progress bars (rate, ETA) on a terminal; in a log file none (they would be carriage-return
+    spam), the few plain lines vdtrain logs instead."""
+    import datasets
+
+    quiet = not sys.stderr.isatty() and datasets.is_progress_bar_enabled()
+    if quiet:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if quiet:
+            datasets.enable_progress_bars()
+
+
 def _source_files(dataset: Any) -> list[tuple[str, int, int]]:
     """`(file, size, mtime)` of the Arrow files behind a dataset, so a changed file never reuses a stale cache."""
     found = []
@@ -90,7 +107,9 @@ def examples_fingerprint(source: Any, adapter: ModelAdapter, processor: Any, set
         type(adapter).__module__ + "." + type(adapter).__qualname__,
         repr(sorted(settings.items())),
     ]
-    for module in (type(adapter), sys.modules[__name__], to_messages):
+    # every class the adapter inherits its encoding from (generic.py under plain.py) and the span rules it applies
+    adapter_code = [klass for klass in type(adapter).__mro__ if klass.__module__.startswith("vdtrain.")]
+    for module in (*adapter_code, supervised_spans, sys.modules[__name__], to_messages):
         with contextlib.suppress(OSError, TypeError):
             parts.append(inspect.getsource(inspect.getmodule(module)))
     digest = hashlib.sha256()

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from vdtrain.io import read_json
-from vdtrain.models.llava import VICUNA_SYSTEM
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
 
@@ -43,6 +42,8 @@ class DemoModelConfig:
 
 def demo_corpus(train_json: str | Path, extra: Iterable[str] = ()) -> list[str]:
     """Every text the model will read or write: the Vicuna frame, the training turns, and `extra` (eval prompts)."""
+    from vdtrain.models.llava import VICUNA_SYSTEM  # here, not at the top: `vdtrain demo --help` needs no transformers
+
     texts = [VICUNA_SYSTEM, "USER: ASSISTANT:"]
     for record in read_json(train_json):
         texts += [turn["value"].replace("<image>", "").strip() for turn in record["conversations"]]
@@ -52,6 +53,8 @@ def demo_corpus(train_json: str | Path, extra: Iterable[str] = ()) -> list[str]:
 def demo_tokenizer(corpus: Iterable[str], vocab_size: int = 1024) -> Any:
     """A byte-level BPE trained on `corpus`, with Llama-style `<s>`/`</s>`, `<pad>`, `<image>`, and the Vicuna
     system prompt as a single (non-special) token: one token instead of ~28 makes training and decoding ~35% faster."""
+    from vdtrain.models.llava import VICUNA_SYSTEM
+
     return bpe_tokenizer(corpus, vocab_size, SPECIAL_TOKENS, added=(VICUNA_SYSTEM,))
 
 
@@ -224,6 +227,7 @@ def train_demo_model(
     resume_from: str | Path | None = None,
     freeze_vision: bool = True,
     progress: bool = True,
+    label: str | None = None,
     **vd_options: Any,
 ) -> Any:
     """Fine-tune projector and language model fully (no LoRA) with `VDTrainer` for `steps` optimizer steps (cosine
@@ -234,9 +238,11 @@ def train_demo_model(
         resume_from (`str`, *optional*): checkpoint to continue (weights, optimizer, schedule, data order and RNG
             state); `VDTrainer` loads the full-model weights into `model` by their saved names.
         freeze_vision (`bool`, defaults to `True`): keep the vision tower fixed, as LLaVA keeps CLIP.
+        label (`str`, *optional*): the run's name (`seed0 vd-neg`): its loss lines are plain lines that start with it
+            (instead of the Trainer's bar and bare dicts).
         vd_options: `VDTrainingArguments` fields of the variant (`vd_weighting`, `vd_temperature`, `vd_start`, ...).
     """
-    from transformers import TrainerCallback
+    from transformers import PrinterCallback, TrainerCallback
 
     from vdtrain.data import SupervisedDataset, VDDataCollator, load_conversations
     from vdtrain.models import get_adapter
@@ -247,6 +253,15 @@ def train_demo_model(
         def on_step_end(self, args, state, control, **kwargs):
             if stop_at is not None and state.global_step >= stop_at:
                 control.should_save = control.should_training_stop = True
+
+    class LossLines(TrainerCallback):
+        """`[seed0 vd-neg] step 80/160 loss 1.234 vd_mean -0.012 ...`: one plain line per log, named."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if label is None or not logs or "loss" not in logs:
+                return
+            values = " ".join(f"{k} {v:.4g}" for k, v in logs.items() if k == "loss" or k.startswith("vd_"))
+            print(f"[{label}] step {state.global_step}/{state.max_steps} {values}", flush=True)
 
     args = VDTrainingArguments(
         output_dir=str(output_dir),
@@ -262,10 +277,10 @@ def train_demo_model(
         report_to="none",
         save_strategy="no",
         logging_steps=max(1, steps // 20),
-        disable_tqdm=not progress,
+        disable_tqdm=not progress or label is not None,
         remove_unused_columns=False,
         dataloader_pin_memory=False,
-        **{"vd_weighting": "none", "vd_temperature": 0.0, **vd_options},
+        **{"vd_weighting": "none", "vd_temperature": 0.0, "vd_start": 1.0, **vd_options},  # plain MLE unless asked
     )
     model.model.vision_tower.requires_grad_(not freeze_vision)
     adapter = get_adapter(model)
@@ -277,9 +292,11 @@ def train_demo_model(
         train_dataset=dataset,
         data_collator=VDDataCollator.for_processor(processor),
         processing_class=processor,
-        callbacks=[StopAt()],
+        callbacks=[StopAt(), LossLines()],
         **adapter.trainer_kwargs(processor),
     )
+    if label is not None:
+        trainer.remove_callback(PrinterCallback)  # its bare dicts say not which run they belong to
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     return trainer
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -19,6 +18,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from vdtrain.demo import resume
 from vdtrain.demo.data import PAIRS, build_demo_dataset
 from vdtrain.demo.evaluate import evaluate_model, match_length, mean_words
 from vdtrain.demo.model import (
@@ -73,7 +73,7 @@ def train_trunk(ctx: Context, seed: int) -> str:
     pretrain_vision_tower(
         model, load_processor(ctx), images, labels, steps=s.vision_steps, seed=seed, progress=ctx.progress
     )
-    _train(ctx, model, out, seed, stop_at=branch)
+    _train(ctx, model, out, seed, stop_at=branch, label=f"seed{seed} trunk")
     return str(out / f"checkpoint-{branch}")
 
 
@@ -100,11 +100,12 @@ def train_variant(ctx: Context, seed: int, variant: str, checkpoint: str) -> tup
     s, out = ctx.settings, ctx.run_dir(seed, variant)
     options = {"vd_temperature": s.temperature, "vd_noise_step": s.noise_step, **VARIANTS[variant]}
     model = demo_model(load_processor(ctx), s.model, seed=seed)  # its weights come from `checkpoint` on resume
-    trainer = _train(ctx, model, out, seed, resume_from=checkpoint, **options)
+    trainer = _train(ctx, model, out, seed, resume_from=checkpoint, label=f"seed{seed} {variant}", **options)
     logs = [e for e in trainer.state.log_history if "loss" in e and e["step"] > s.steps // 2]  # after the branch
     summary: dict[str, Any] = {"final_loss": logs[-1]["loss"], "losses": [[e["step"], e["loss"]] for e in logs]}
     summary |= {k: v for k, v in logs[-1].items() if k.startswith("vd_")}
     trainer.model.save_pretrained(out / "model")
+    load_processor(ctx).save_pretrained(out / "model")  # a whole model folder for `eval generate --model`
     return trainer.model.eval(), summary
 
 
@@ -134,48 +135,75 @@ def length_job(ctx: Context, seed: int, variant: str, target: float) -> dict[str
     return result | {"seconds": {"eval_s": time.time() - start}}
 
 
-def _run_jobs(ctx: Context, fn: Any, jobs: list[tuple], desc: str) -> list[Any]:
-    """Run `fn(ctx, *job)` for every job, in this process or in `settings.workers` spawned processes."""
+def _run_jobs(ctx: Context, fn: Any, jobs: list[tuple], names: list[str], desc: str) -> list[Any]:
+    """Run `fn(ctx, *job)` for every job not finished by an earlier invocation, in this process or in
+    `settings.workers` spawned processes; `names[k]` is job k's folder under `runs/seed<N>/`."""
     from tqdm.auto import tqdm
 
-    workers = min(ctx.settings.workers, len(jobs))
+    folders = [ctx.run_dir(job[0], name) for job, name in zip(jobs, names)]
+    results: list[Any] = [resume.finished(folder) for folder in folders]
+    todo = [k for k, result in enumerate(results) if result is None]
+    if len(todo) < len(jobs):
+        print(f"{desc}: {len(jobs) - len(todo)} of {len(jobs)} jobs done by an earlier run, kept", file=sys.stderr)
+    for k in todo:
+        resume.start_afresh(folders[k])
+
+    def done(k: int, result: Any) -> None:
+        resume.mark_finished(folders[k], result)
+        results[k] = result
+
+    # one bar per phase on a terminal (the jobs' own bars stay off), one plain line per finished job elsewhere
+    tty, quiet, start = sys.stderr.isatty(), replace(ctx, progress=False), time.time()
+    bar = tqdm(total=len(todo), desc=desc, unit="job", leave=True, disable=not todo or not tty)
+
+    def finish(k: int, result: Any) -> None:
+        done(k, result)
+        bar.update(1)
+        if not tty:
+            count = sum(results[j] is not None for j in todo)
+            print(f"{desc}: {names[k]} (seed {jobs[k][0]}) done, {count}/{len(todo)} in {time.time() - start:.0f} s")
+
+    workers = min(ctx.settings.workers, len(todo))
     if workers <= 1:
-        return [fn(ctx, *job) for job in tqdm(jobs, desc=desc, unit="job", leave=True)]
+        for k in todo:
+            finish(k, fn(quiet, *jobs[k]))
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(workers, get_context("spawn"), _init_worker, (threads, ctx.nltk_data)) as pool:
+            futures = {pool.submit(fn, quiet, *jobs[k]): k for k in todo}
+            for future in as_completed(futures):
+                finish(futures[future], future.result())
+    bar.close()
+    return results
     threads = max(1, (os.cpu_count() or 1) // workers)
     quiet = replace(ctx, progress=False)
     with ProcessPoolExecutor(workers, get_context("spawn"), _init_worker, (threads, ctx.nltk_data)) as pool:
-        futures = {pool.submit(fn, quiet, *job): k for k, job in enumerate(jobs)}
-        results: list[Any] = [None] * len(jobs)
-        for future in tqdm(as_completed(futures), total=len(jobs), desc=desc, unit="job"):
-            results[futures[future]] = future.result()
+        futures = {pool.submit(fn, quiet, *jobs[k]): k for k in todo}
+        for future in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="job"):
+            done(futures[future], future.result())
     return results
 
 
 # ------------------------------------------------------------------------------------------------------ orchestration
 
 
-def find_nltk_data(explicit: str | None = None) -> str | None:
-    """`--nltk-data`, else `NLTK_DATA`, else a `shared/nltk_data` beside the vdtrain checkout, else NLTK's default."""
-    if explicit:
-        return explicit
-    if os.environ.get("NLTK_DATA"):
-        return None  # NLTK reads it itself
-    beside = Path(__file__).resolve().parents[3] / "shared" / "nltk_data"
-    return str(beside) if beside.is_dir() else None
-
-
-def prepare(root: Path, settings: DemoSettings, nltk_data: str | None) -> Context:
-    """Check NLTK, draw the data, train the tokenizer, save the processor, build the CHAIR ground truth."""
+def prepare(root: Path, settings: DemoSettings, nltk_data: str | None, overwrite: bool = False) -> Context:
+    """Check NLTK, open the output folder (resumed when it holds this run, refused when it holds another one unless
+    `overwrite`), draw the data, train the tokenizer, save the processor, build the CHAIR ground truth."""
     from vdtrain.evaluation.chair import load_synonyms
     from vdtrain.evaluation.chair_truth import build_ground_truth
     from vdtrain.evaluation.nltk_check import require_nltk_data
 
-    require_nltk_data(nltk_data)  # before minutes of training, not after
-    shutil.rmtree(root / "runs", ignore_errors=True)
-    paths = build_demo_dataset(root / "data", settings.data)
-    prompts = [CAPTION_PROMPT, *{q["text"] for f in paths.pope.values() for p in f.values() for q in read_jsonl(p)}]
-    tokenizer = demo_tokenizer(demo_corpus(paths.train_json, prompts), settings.model.vocab_size)
-    demo_processor(tokenizer, settings.model).save_pretrained(root / "processor")
+    require_nltk_data(nltk_data, fetch=True)  # before minutes of training, not after; fetched on first use
+    state = resume.open_run(root, settings, overwrite)
+    paths = resume.load_paths(root, state) if (root / "processor").is_dir() else None
+    if paths is None:  # the data and the processor, once per run folder
+        paths = build_demo_dataset(root / "data", settings.data)
+        questions = {q["text"] for f in paths.pope.values() for p in f.values() for q in read_jsonl(p)}
+        prompts = [CAPTION_PROMPT, *questions]
+        tokenizer = demo_tokenizer(demo_corpus(paths.train_json, prompts), settings.model.vocab_size)
+        demo_processor(tokenizer, settings.model).save_pretrained(root / "processor")
+        resume.save_paths(root, state, paths)
     synonyms = load_synonyms(paths.synonyms)
     ground_truth = {
         split: build_ground_truth(
@@ -223,22 +251,30 @@ def _analysis(ctx: Context, root: Path, seed: int) -> dict[str, Any] | None:
 
 
 def run_demo(
-    root: str | Path, settings: DemoSettings, nltk_data: str | None = None, command: str = "vdtrain demo"
+    root: str | Path,
+    settings: DemoSettings,
+    nltk_data: str | None = None,
+    command: str = "vdtrain demo",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Run the protocol for every seed, write `results.json`, `report.md` and the figures; return the results."""
+    """Run the protocol for every seed (going on from the jobs an earlier invocation finished in `root`), write
+    `results.json`, `report.md` and the figures; return the results."""
     from vdtrain.demo.report import inspect_figure, machine_description, write_report
 
     start, load_start = time.time(), _load()
     root = Path(root)
-    ctx = prepare(root, settings, nltk_data)
+    ctx = prepare(root, settings, nltk_data, overwrite)
     seeds = list(range(settings.seeds))
-    checkpoints = _run_jobs(ctx, train_trunk, [(s,) for s in seeds], "MLE to the branch point")
-    jobs = [(s, v, ckpt) for s, ckpt in zip(seeds, checkpoints) for v in VARIANTS]
+    _run_jobs(ctx, train_trunk, [(s,) for s in seeds], ["trunk"] * len(seeds), "MLE to the branch point")
+    branch = f"checkpoint-{settings.steps // 2}"
+    jobs = [(s, v, str(ctx.run_dir(s, "trunk") / branch)) for s in seeds for v in VARIANTS]
     runs: dict[str, dict[str, Any]] = {str(s): {} for s in seeds}
-    for (s, v, _), result in zip(jobs, _run_jobs(ctx, variant_job, jobs, "variants: train + evaluate")):
+    variants = _run_jobs(ctx, variant_job, jobs, [v for _, v, _ in jobs], "variants: train + evaluate")
+    for (s, v, _), result in zip(jobs, variants):
         runs[str(s)][v] = result
     length_jobs = [(s, v, runs[str(s)][v]["subset_length"]) for s in seeds for v in LENGTH_MATCHED]
-    for (s, v, _), result in zip(length_jobs, _run_jobs(ctx, length_job, length_jobs, "length-matched MLE")):
+    names = [length_row(v) for _, v, _ in length_jobs]
+    for (s, v, _), result in zip(length_jobs, _run_jobs(ctx, length_job, length_jobs, names, "length-matched MLE")):
         runs[str(s)][length_row(v)] = result
     n_pope = {s: len(read_jsonl(ctx.paths.pope[s]["random"])) for s in EVAL_SPLITS}
     results: dict[str, Any] = {
@@ -282,13 +318,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vdtrain demo",
         description="Train a tiny LLaVA on synthetic shapes with and without visual-dependence weighting, "
-        "evaluate CHAIR / POPE / partner hallucination, and write a report (CPU, minutes, no downloads).",
+        "evaluate CHAIR / POPE / partner hallucination, and write a report (CPU, minutes; CHAIR's NLTK data is "
+        "fetched once into ~/nltk_data on first use).",
     )
-    p.add_argument("--quick", action="store_true", help="pipeline check: tiny data, few steps, 1 seed (~1 min)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="pipeline check: tiny data, few steps, 1 seed (about 2 min on 2 idle cores; the default run up to ~20)",
+    )
     p.add_argument("--seeds", type=int, help="number of seeds (default 3; --quick: 1)")
     p.add_argument("--steps", type=int, help="optimizer steps in all, an even number; the variants branch at half")
     p.add_argument("--temperature", type=float, help="tau of the vd-neg / vd-pos softmax (default 1.0)")
-    p.add_argument("--output-dir", default="vdtrain-demo", help="where data, runs, results.json, report.md go")
+    p.add_argument(
+        "--output-dir",
+        default="vdtrain-demo",
+        help="where data, runs, results.json, report.md go; a rerun with the same settings goes on from the jobs "
+        "(seed, variant) already finished there",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run in --output-dir (without it, a run with other settings there is refused)",
+    )
     p.add_argument(
         "--workers",
         type=int,
@@ -297,7 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="parallel worker processes (default 1; --workers alone: one per CPU core)",
     )
-    p.add_argument("--nltk-data", help="NLTK data directory for CHAIR (default: NLTK_DATA or NLTK's paths)")
+    p.add_argument(
+        "--nltk-data",
+        help="NLTK data directory for CHAIR (default: NLTK_DATA or NLTK's paths; what is missing is fetched once "
+        "into ~/nltk_data)",
+    )
     return p
 
 
@@ -313,10 +368,12 @@ def main(argv: list[str] | None = None) -> int:
     if settings.steps < 2 or settings.steps % 2 or settings.seeds < 1:
         print("vdtrain demo: error: --steps must be an even number >= 2 and --seeds >= 1", file=sys.stderr)
         return 2
-    nltk_data = find_nltk_data(args.nltk_data)
+    nltk_data = args.nltk_data
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the jobs' own bars (tokenizing, saving shards): one bar per phase
     _init_worker(os.cpu_count() or 1, nltk_data)
     try:
-        results = run_demo(args.output_dir, settings, nltk_data, command=" ".join(["vdtrain demo", *argv]))
+        command = " ".join(["vdtrain demo", *argv])
+        results = run_demo(args.output_dir, settings, nltk_data, command=command, overwrite=args.overwrite)
     except MissingNLTKDataError as error:
         print(f"vdtrain demo: error: {error}", file=sys.stderr)
         return 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ class DemoSettings:
 
 
 def demo_settings(quick: bool = False) -> DemoSettings:
-    """The default run (about 15 minutes on 2 idle cores), or the `--quick` pipeline check (about 1 minute)."""
+    """The default run (up to ~20 minutes on 2 idle cores), or the `--quick` pipeline check (about 2 minutes)."""
     if not quick:
         return DemoSettings()
     return DemoSettings(
@@ -82,7 +83,13 @@ class Context:
     progress: bool = True
 
     def run_dir(self, seed: int, name: str) -> Path:
-        return Path(self.root) / "runs" / f"seed{seed}" / name.replace(" ", "").replace("@", "_at_")
+        """`runs/seed<N>/<name>` with a portable folder name (`mle @ len(vd-neg)`: `mle_at_len-vd-neg`)."""
+        return Path(self.root) / "runs" / f"seed{seed}" / folder_name(name)
+
+
+def folder_name(name: str) -> str:
+    """A row name as a portable folder name: no spaces, `@` or parentheses (shells and Windows read those)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name.replace(" @ ", "_at_")).strip("-")
 
 
 _PROCESSOR: dict[str, Any] = {}

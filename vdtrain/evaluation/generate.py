@@ -153,19 +153,9 @@ def generate_answers(
     options = options or DecodingOptions()
     adapter = adapter or get_adapter(model, processor)
     output = Path(output)
-    _check_settings(
-        output, {**asdict(options), "format": fmt, "prompt_suffix": prompt_suffix, **(settings or {})}, overwrite
-    )
-    known = {str(q["question_id"]) for q in questions}
-    done = set()
-    for record in read_answers(output):
-        key = str(record.get("question_id"))
-        if key not in known:
-            raise ValueError(
-                f"{output} answers question_id {key!r}, which is not among the questions: wrong --output?"
-            )
-        done.add(key)
-    todo = [q for q in questions if str(q["question_id"]) not in done]
+    run = generation_settings(options, fmt, prompt_suffix, settings)
+    todo = remaining_questions(questions, output, run, overwrite)
+    done = {str(q["question_id"]) for q in questions} - {str(q["question_id"]) for q in todo}
     missing = [q for q in todo if not resolve_image(image_folder, q["image"]).is_file()]
     if missing:
         listed = ", ".join(f"{q['question_id']!r} ({q['image']})" for q in missing[:5])
@@ -189,6 +179,32 @@ def generate_answers(
             bar.update(len(chunk))
     bar.close()
     return written
+
+
+def generation_settings(
+    options: DecodingOptions, fmt: str, prompt_suffix: str = "", settings: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Everything an answers file's resume check compares: the decoding, the format, the suffix, `settings`."""
+    return {**asdict(options), "format": fmt, "prompt_suffix": prompt_suffix, **(settings or {})}
+
+
+def remaining_questions(
+    questions: Sequence[dict], output: str | os.PathLike, settings: Mapping[str, Any], overwrite: bool = False
+) -> list[dict]:
+    """The questions `output` does not answer yet, after checking it was started with the same `settings`
+    (`generation_settings`); cheap, so a command can stop before loading a model when nothing is left."""
+    output = Path(output)
+    _check_settings(output, dict(settings), overwrite)
+    known = {str(q["question_id"]) for q in questions}
+    done = set()
+    for record in read_answers(output):
+        key = str(record.get("question_id"))
+        if key not in known:
+            raise ValueError(
+                f"{output} answers question_id {key!r}, which is not among the questions: wrong --output?"
+            )
+        done.add(key)
+    return [q for q in questions if str(q["question_id"]) not in done]
 
 
 def run_settings(

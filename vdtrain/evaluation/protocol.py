@@ -107,7 +107,7 @@ def check_scorer_inputs(config: dict, run: ProtocolRun) -> None:
     if not run.coco_dir:
         raise InputError("CHAIR needs --coco-dir (the COCO 2014 annotations folder; see eval/README.md)")
     coco_annotation_files(run.coco_dir)
-    require_nltk_data(run.nltk_data, (config.get("chair") or {}).get("lemmatizer", "nltk"))
+    require_nltk_data(run.nltk_data, (config.get("chair") or {}).get("lemmatizer", "nltk"), fetch=True)
 
 
 def run_protocol(

@@ -1,8 +1,9 @@
 """The forward passes every part of vdtrain shares: logits only where a label is predicted, and teacher forcing.
 
 Position `t - 1` predicts `labels[t]`, so the lm_head runs at the `targets_at` positions only when the model's
-forward takes a boolean `logits_to_keep` (transformers 5 models do); a model that ignores it gets its full
-`(B, L, V)` logits sliced the same way, so callers always see `(N, V)` rows in row-major order.
+forward takes a boolean `logits_to_keep` and honours it (checked once per model class); a model that ignores it or
+fails on it gets its full `(B, L, V)` logits sliced the same way, so callers always see `(N, V)` rows in row-major
+order.
 """
 
 from __future__ import annotations
@@ -32,19 +33,60 @@ def supervised_targets(labels: torch.Tensor) -> torch.Tensor:
     return labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]
 
 
+# Model classes whose forward takes `logits_to_keep` but does not return (N, V) rows for a boolean one (Chameleon
+# indexes its own 2-D result and fails): measured on the first forward, then every forward takes full logits.
+_IGNORES_LOGITS_MASK: dict[type, bool] = {}
+
+
 def supervised_logits(
     model: Any, inputs: dict[str, torch.Tensor], targets_at: torch.Tensor, logits_mask: bool
 ) -> tuple[torch.Tensor, Any]:
     """`((N, V) logits at the `targets_at` positions, the model's outputs)` from one forward of `model(**inputs)`.
+
+    With `logits_mask`, the first forward of a model class checks that a boolean `logits_to_keep` really gives
+    `(N, V)` rows (or the full `(B, L, V)` logits, sliced here); a class that fails or returns another shape is
+    remembered and from then on runs with full logits, so the answer is the same either way.
 
     Args:
         inputs: the model's inputs, without `labels` and the collator's loss-only keys.
         targets_at (`torch.Tensor`): `(B, L)` bool, from `targets_at(labels)`.
         logits_mask (`bool`): whether the forward takes `logits_to_keep` (`models.base.accepts_logits_mask`).
     """
-    outputs = model(**inputs, **({"logits_to_keep": targets_at} if logits_mask else {}))
-    logits = outputs.logits
-    return (logits if logits.dim() == 2 else logits[targets_at]), outputs  # (N, V)
+    kind = type(_base_model(model))
+    if logits_mask and not _IGNORES_LOGITS_MASK.get(kind, False):
+        checked = kind in _IGNORES_LOGITS_MASK
+        try:
+            outputs = model(**inputs, logits_to_keep=targets_at)
+        except (IndexError, RuntimeError, TypeError, ValueError):
+            if checked:
+                raise
+            outputs = None
+        rows = None if outputs is None else _rows(outputs.logits, targets_at)
+        if rows is not None:
+            _IGNORES_LOGITS_MASK[kind] = False
+            return rows, outputs
+        outputs = model(**inputs)  # a failure here is the model's own, so nothing is remembered
+        _IGNORES_LOGITS_MASK[kind] = True
+        return outputs.logits[targets_at], outputs
+    outputs = model(**inputs)
+    return outputs.logits[targets_at], outputs  # (N, V)
+
+
+def _rows(logits: torch.Tensor, targets_at: torch.Tensor) -> torch.Tensor | None:
+    """The `(N, V)` rows at `targets_at` from what a forward given `logits_to_keep` returned, or None if it is
+    neither those rows nor the full `(B, L, V)` logits."""
+    if logits.dim() == 2 and logits.shape[0] == int(targets_at.sum()):
+        return logits
+    if logits.dim() == 3 and logits.shape[:2] == targets_at.shape:
+        return logits[targets_at]
+    return None
+
+
+def _base_model(model: Any) -> Any:
+    """The transformers model under DDP/DeepSpeed (`.module`) and PEFT wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ from vdtrain.models.bunny.adapter import BunnyAdapter
 from vdtrain.models.generic import ChatTemplateAdapter, Gemma3Adapter, Qwen2VLAdapter
 from vdtrain.models.llava import LlavaAdapter
 from vdtrain.models.paligemma import PaliGemmaAdapter
+from vdtrain.models.plain import PromptAnswerAdapter
 
 __all__ = [
     "BunnyAdapter",
@@ -22,6 +23,7 @@ __all__ = [
     "LlavaAdapter",
     "ModelAdapter",
     "PaliGemmaAdapter",
+    "PromptAnswerAdapter",
     "Qwen2VLAdapter",
     "get_adapter",
     "register_adapter",

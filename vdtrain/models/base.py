@@ -18,6 +18,7 @@ from vdtrain.method.dependence import IGNORE_INDEX
 
 _ADAPTERS: dict[str, type[ModelAdapter]] = {}
 _FALLBACK: list[type[ModelAdapter]] = []  # the adapter for processors with a chat template (models/generic.py)
+_PLAIN: list[type[ModelAdapter]] = []  # the adapter for image processors without one (models/plain.py)
 
 
 class ConversationError(ValueError):
@@ -62,8 +63,15 @@ def register_fallback_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
     return cls
 
 
+def register_plain_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
+    """Class decorator: use this adapter for unregistered model types whose processor has images but no template."""
+    _PLAIN[:] = [cls]
+    return cls
+
+
 def get_adapter(model_or_config: Any, processor: Any = None) -> ModelAdapter:
-    """The adapter of a model (or config, or model_type string); the generic chat-template one as a fallback.
+    """The adapter of a model (or config, or model_type string); the generic chat-template one as a fallback, and
+    the plain prompt/answer one for a processor with an image processor but no chat template.
 
     The built-in adapters are registered by the time this runs: importing `vdtrain.models.base` imports the
     `vdtrain.models` package first, and that imports every adapter module.
@@ -77,6 +85,8 @@ def get_adapter(model_or_config: Any, processor: Any = None) -> ModelAdapter:
     )
     if processor is not None and template and _FALLBACK:
         return _FALLBACK[0]()
+    if processor is not None and hasattr(processor, "image_processor") and _PLAIN:
+        return _PLAIN[0]()
     raise ValueError(
         f"vdtrain has no adapter for model_type {model_type!r} and its processor has no chat template. "
         "Register one: subclass vdtrain.models.ModelAdapter and decorate it with "
@@ -118,7 +128,7 @@ class ModelAdapter:
     def image_token_id(self, processor: Any) -> int | None:
         tokenizer = tokenizer_of(processor)
         token = getattr(processor, "image_token", None) or getattr(tokenizer, "image_token", None) or "<image>"
-        token_id = tokenizer.convert_tokens_to_ids(token)
+        token_id = tokenizer.convert_tokens_to_ids(str(getattr(token, "content", token)))  # BLIP-2: an AddedToken
         return None if token_id == tokenizer.unk_token_id else token_id
 
     def num_image_tokens(self, processor: Any, image_size: tuple[int, int]) -> int:

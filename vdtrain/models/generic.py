@@ -7,7 +7,6 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vdtrain.method.dependence import IGNORE_INDEX
 from vdtrain.models.base import (
     ConversationError,
     Example,
@@ -16,8 +15,10 @@ from vdtrain.models.base import (
     register_fallback_adapter,
     tokenizer_of,
 )
+from vdtrain.models.spans import answer_span, check_spans, label_tokens
 
 _SENTINEL = "VDTRAINSENTINEL"
+_TEXT_FIELDS = ("input_ids", "attention_mask", "labels", "cross_attention_mask")
 
 
 def allow_processors_without_torchvision() -> None:
@@ -72,22 +73,21 @@ class ChatTemplateAdapter(ModelAdapter):
     def _probe(self, processor: Any) -> dict[str, Any]:
         """Image placeholder text and turn-closing text of the template, found by rendering small conversations."""
         if "_probed" not in self.__dict__:
+            tokenizer = tokenizer_of(processor)
             with_image = self._render(processor, [_user("Q", image=True)])
             without = self._render(processor, [_user("Q", image=False)])
-            start = _common_prefix(with_image, without)
-            end = _common_prefix(with_image[::-1], without[::-1])
-            image_text = with_image[start : len(with_image) - end]
+            start, end = _placeholder_bounds(tokenizer, with_image, without)
             rendered = self._render(processor, [_user("Q"), _assistant(_SENTINEL)])
-            after = rendered[rendered.index(_SENTINEL) + len(_SENTINEL) :]
-            closer, closer_id = "", tokenizer_of(processor).eos_token_id
-            if after:
-                encoded = tokenizer_of(processor)(after, add_special_tokens=False, return_offsets_mapping=True)
-                closer, closer_id = after[: encoded["offset_mapping"][0][1]], encoded["input_ids"][0]
-            self.__dict__["_probed"] = {"image_text": image_text, "closer": closer, "closer_id": closer_id}
+            closer, closer_id = _closing_token(tokenizer, rendered[rendered.index(_SENTINEL) + len(_SENTINEL) :])
+            self.__dict__["_probed"] = {
+                "image_text": with_image[start:end],
+                "closer": closer,  # "" when the template closes a turn with nothing: EOS is appended instead
+                "closer_id": tokenizer.eos_token_id if closer_id is None else closer_id,
+            }
         return self.__dict__["_probed"]
 
     def end_of_turn_id(self, processor: Any) -> int:
-        """The first token after an assistant message in the template (e.g. `<|im_end|>`), else EOS."""
+        """The special token the template closes an assistant message with (e.g. `<|im_end|>`), else EOS."""
         return self._probe(processor)["closer_id"]
 
     def image_token_id(self, processor: Any) -> int | None:
@@ -113,13 +113,19 @@ class ChatTemplateAdapter(ModelAdapter):
                 text=self.image_placeholder(processor),
                 images=Image.new("RGB", image_size),
                 add_special_tokens=False,
+                padding=False,  # one text: nothing to pad (Aya Vision's processor pads by default)
                 return_tensors="pt",
             )
             ids = batch["input_ids"][0]
             count = int((ids == self.image_token_id(processor)).sum())
             cache[image_size] = count
+            kept, extra = ids.tolist(), _empty_prompt_ids(processor)
+            if extra and kept[-len(extra) :] == extra:  # what the processor adds to any text is no part of the image
+                kept = kept[: -len(extra)]
+            elif extra and kept[: len(extra)] == extra:
+                kept = kept[len(extra) :]
             self._expansions[count] = tokenizer.decode(
-                ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
+                kept, skip_special_tokens=False, clean_up_tokenization_spaces=False
             )
             self._type_keys = [key for key, value in batch.items() if _is_type_field(key, value, ids)]
         return cache[image_size]
@@ -157,48 +163,68 @@ class ChatTemplateAdapter(ModelAdapter):
             shift = len(expanded) - len(probe["image_text"])
             text = text[:at] + expanded + text[at + len(probe["image_text"]) :]
             spans = [(start + shift, end + shift) if start >= at else (start, end) for start, end in spans]
-        tokenizer = tokenizer_of(processor)
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        eot_id, image_id = probe["closer_id"], self.image_token_id(processor)
-        input_ids, labels, eot = list(encoded["input_ids"]), [], []
-        for token, (start, end) in zip(input_ids, encoded["offset_mapping"]):
-            char = start if end > start else max(start - 1, 0)
-            supervised = any(lo <= char < hi for lo, hi in spans) and token != image_id
-            labels.append(token if supervised else IGNORE_INDEX)
-            eot.append(bool(supervised and token == eot_id))
+        tokenizer, eot_id, image_id = tokenizer_of(processor), probe["closer_id"], self.image_token_id(processor)
+        input_ids, labels, eot, span_of = label_tokens(tokenizer, text, spans, eot_id, image_id)
+        check_spans(tokenizer, text, spans, (input_ids, span_of), eot_id, sample_id)
         types = [int(token == image_id) for token in input_ids]
         return [Example(input_ids, labels, eot, {key: list(types) for key in self._token_type_keys(processor)})]
 
     def _supervised_spans(self, processor: Any, chat: list[dict], sample_id: str) -> tuple[str, list[tuple[int, int]]]:
-        """The rendered conversation and the character spans of its supervised text."""
+        """The rendered conversation (EOS inserted after each answer when the template closes turns with nothing)
+        and the character span of each answer plus its end-of-turn token.
+
+        Each assistant turn starts where the template's `{% generation %}` span starts when it has one, otherwise
+        where the history before the turn, rendered with the generation prompt, ends; the answer is searched from
+        there, so template text around it never enters the span.
+        """
         template = self._template(processor)
+        answers = [message["content"][0]["text"] for message in chat if message["role"] == "assistant"]
         if "{% generation %}" in template or "{%- generation %}" in template:
             from transformers.utils.chat_template_utils import render_jinja_template
 
-            tokenizer = tokenizer_of(processor)
             rendered, generation = render_jinja_template(
                 conversations=[chat],
                 chat_template=template,
                 return_assistant_tokens_mask=True,
-                **tokenizer.special_tokens_map,
+                **tokenizer_of(processor).special_tokens_map,
             )
-            return rendered[0], [tuple(span) for span in generation[0]]
-        text = self._render(processor, chat)
-        closer, spans = self._probe(processor)["closer"], []
-        for index, message in enumerate(chat):
-            if message["role"] != "assistant":
-                continue
-            prefix = self._render(processor, chat[:index], add_generation_prompt=True)
-            upto = self._render(processor, chat[: index + 1])
-            if not (text.startswith(upto) and upto.startswith(prefix)):
+            text, starts = rendered[0], [span[0] for span in generation[0]]
+        else:
+            text, starts = self._render(processor, chat), []
+            for index, message in enumerate(chat):
+                if message["role"] != "assistant":
+                    continue
+                prefix = self._render(processor, chat[:index], add_generation_prompt=True)
+                upto = self._render(processor, chat[: index + 1])
+                if not (text.startswith(upto) and upto.startswith(prefix)):
+                    raise ConversationError(
+                        f"sample {sample_id}: the chat template renders the history before assistant turn {index} "
+                        "differently from the whole conversation, so the supervised span cannot be found; give the "
+                        "template {% generation %} tags or register an adapter for this model"
+                    )
+                starts.append(len(prefix))
+        if len(starts) != len(answers):
+            raise ConversationError(
+                f"sample {sample_id}: the chat template marks {len(starts)} assistant turn(s), the sample has "
+                f"{len(answers)}"
+            )
+        closer, eos = self._probe(processor)["closer"], tokenizer_of(processor).eos_token
+        spans: list[tuple[int, int]] = []
+        shift = 0  # characters inserted so far (EOS tokens)
+        for number, (start, answer) in enumerate(zip(starts, answers), 1):
+            lo, hi, closed = answer_span(text, answer, start + shift, closer)
+            if lo < 0:
                 raise ConversationError(
-                    f"sample {sample_id}: the chat template renders the history before assistant turn {index} "
-                    "differently from the whole conversation, so the supervised span cannot be found; give the "
-                    "template {% generation %} tags or register an adapter for this model"
+                    f"sample {sample_id}: the chat template does not write assistant turn {number} as given"
                 )
-            turn = upto[len(prefix) :]
-            stop = turn.rfind(closer) + len(closer) if closer and closer in turn else len(turn.rstrip())
-            spans.append((len(prefix), len(prefix) + stop))
+            if not closed:
+                if eos is None:
+                    raise ConversationError(
+                        f"sample {sample_id}: the chat template closes assistant turns with nothing and the "
+                        "tokenizer has no EOS token to end them with"
+                    )
+                text, hi, shift = text[:hi] + eos + text[hi:], hi + len(eos), shift + len(eos)
+            spans.append((lo, hi))
         return text, spans
 
     # ------------------------------------------------------------------ inputs
@@ -208,10 +234,19 @@ class ChatTemplateAdapter(ModelAdapter):
         return self._render(processor, [_user(text, image=has_image)], add_generation_prompt=True)
 
     def image_inputs(self, processor: Any, images: list[Image.Image]) -> dict[str, torch.Tensor]:
-        """Image processor outputs the model takes (e.g. `pixel_values`, `image_grid_thw`; not `num_crops`)."""
-        outputs = dict(processor.image_processor(images=images, return_tensors="pt"))
+        """The image inputs the full processor call gives (its own defaults, e.g. `crop_to_patches`, apply) that the
+        model takes (`pixel_values`, `image_grid_thw`, `image_sizes`; not `num_crops` or the text fields)."""
+        text = self.image_placeholder(processor) * len(images)
+        outputs = dict(
+            processor(text=[text], images=images, return_tensors="pt", add_special_tokens=False, padding=False)
+        )
+        ids = outputs["input_ids"][0]
         accepted = set(getattr(processor, "model_input_names", None) or outputs)
-        return {key: value for key, value in outputs.items() if key in accepted}
+        return {
+            key: value
+            for key, value in outputs.items()
+            if key in accepted and key not in _TEXT_FIELDS and not _is_type_field(key, value, ids)
+        }
 
     def generation_inputs(self, processor: Any, prompts: list[str], images: list[Image.Image]) -> dict:
         """Left-padded prompts (already holding the template's BOS, so none is added) and their images."""
@@ -244,6 +279,44 @@ def _to_chat(messages: list[dict[str, str]], sample_id: str) -> list[dict]:
         else:
             chat.append(_user(content.replace("<image>", "").strip(), image="<image>" in content))
     return chat
+
+
+def _empty_prompt_ids(processor: Any) -> list[int]:
+    """The ids the processor makes of an empty text (Chameleon appends its `sep_token` to every prompt), so that
+    they are not taken for part of an image's expansion; [] if it adds nothing or refuses an empty text."""
+    try:
+        ids = processor(text=[""], add_special_tokens=False, padding=False)["input_ids"][0]
+    except (TypeError, ValueError, KeyError, IndexError):
+        return []
+    return list(ids.tolist() if hasattr(ids, "tolist") else ids)
+
+
+def _placeholder_bounds(tokenizer: Any, with_image: str, without: str) -> tuple[int, int]:
+    """`(start, end)` of the text an image part adds to a rendered turn, widened to whole tokens of `with_image`
+    (the character difference alone cuts `<image>` to `<image` when the text before it also ends in `>`)."""
+    start = _common_prefix(with_image, without)
+    end = max(len(with_image) - _common_prefix(with_image[::-1], without[::-1]), start)
+    offsets = tokenizer(with_image, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    for lo, hi in offsets:
+        if lo < start < hi:
+            start = lo
+        if lo < end < hi:
+            end = hi
+    return start, end
+
+
+def _closing_token(tokenizer: Any, after: str) -> tuple[str, int | None]:
+    """`(text, id)` of the special token a template writes right after an answer (`<|im_end|>`, `</s>`), or
+    `("", None)` when it writes nothing there, or only spaces and ordinary text (the next turn's `USER:`)."""
+    stripped = after.lstrip()
+    if not stripped:
+        return "", None
+    encoded = tokenizer(stripped, add_special_tokens=False, return_offsets_mapping=True)
+    token, (start, end) = encoded["input_ids"][0], encoded["offset_mapping"][0]
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    if token not in special or token == tokenizer.bos_token_id or end <= start:
+        return "", None
+    return stripped[start:end], token
 
 
 def _common_prefix(a: str, b: str) -> int:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +104,41 @@ def prepare_for_training(model: Any, adapter: ModelAdapter, args: ModelArguments
     )
     if gradient_checkpointing:
         model.enable_input_require_grads()  # frozen embeddings would otherwise cut the checkpointed graph
-    model = get_peft_model(model, config, autocast_adapter_dtype=False)
+    with quiet_peft():
+        model = get_peft_model(model, config, autocast_adapter_dtype=False)
     trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
     total = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ds_numel: ZeRO-3 partitions
     logger.info("vdtrain: %d trainable parameters of %d (%.2f%%)", trainable, total, 100 * trainable / max(total, 1))
     return model
+
+
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """PEFT reads `model.is_gradient_checkpointing`, which transformers >= 5.24 deprecates with a `FutureWarning` on
+    every LoRA wrap and load: not the user's to act on, so not shown (every other warning is)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
+def load_for_training(
+    model_name_or_path: str | os.PathLike, *, gradient_checkpointing: bool = False, **recipe: Any
+) -> tuple[Any, Any, ModelAdapter]:
+    """`(model, processor, adapter)` set up as `vdtrain train` trains it, for the library path: the vision tower
+    frozen, LoRA (r 128, alpha 256) on the language model's linears and the projector trained fully (kept in every
+    adapter save). `recipe` takes the recipes' model fields to change that (`lora=False` for a full fine-tune,
+    `lora_r`, `lora_alpha`, `lora_dropout`, `lora_target_modules`, `train_projector`, `freeze_vision_tower`) and the
+    loading ones (`dtype`, `attn_implementation`, `trust_remote_code`); `gradient_checkpointing` must match the
+    `TrainingArguments` one. Pass the processor to the trainer as `processing_class` so every save holds it.
+    """
+    args = ModelArguments(model_name_or_path=str(model_name_or_path), **recipe)
+    model, processor, adapter = load_model_and_processor(
+        args.model_name_or_path,
+        dtype=args.dtype,
+        attn_implementation=args.attn_implementation,
+        trust_remote_code=args.trust_remote_code,
+    )
+    return prepare_for_training(model, adapter, args, gradient_checkpointing), processor, adapter
 
 
 def load_for_inference(model_path: str | os.PathLike, adapter_path: str | os.PathLike | None = None, **kwargs):
@@ -114,5 +147,6 @@ def load_for_inference(model_path: str | os.PathLike, adapter_path: str | os.Pat
     if adapter_path:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter_path)
+        with quiet_peft():
+            model = PeftModel.from_pretrained(model, adapter_path)
     return model.eval(), processor, adapter

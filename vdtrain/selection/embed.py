@@ -14,7 +14,7 @@ import torch
 from vdtrain.errors import InputError
 from vdtrain.io import atomic_write_json, read_json, read_records
 from vdtrain.selection.encoders import HiddenCapture, pool_hidden
-from vdtrain.selection.store import EMBEDDINGS, RankWriter, done_indices, file_sha256, merge_rank_rows
+from vdtrain.selection.store import EMBEDDINGS, RUN_FILE, RankWriter, done_indices, file_sha256, merge_rank_rows
 from vdtrain.selection.store import random_projection as project
 
 logger = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class EmbeddingSink:
 
 
 def embedding_info(model_name: str, data: Path, dtype: str, pooling: str, dim: int | None, seed: int) -> dict:
-    """The `embeddings.json` fingerprint: data hash, model, dtype, pooling, projection."""
+    """The fingerprint of an embedding run (run.json, or embeddings.json beside scores): data, model, pooling."""
     return {
         "model": model_name,
         "data": str(data.resolve()),
@@ -168,7 +168,7 @@ def encoder_dataset(
 
     output_dir, data = Path(output_dir), Path(data)
     output_dir.mkdir(parents=True, exist_ok=True)
-    check_embedding_run(output_dir, info, rank == 0)
+    check_embedding_run(output_dir, info, rank == 0, RUN_FILE)
     records = read_records(data)
     names = ["text", "image"] if dual else ["text"]
     done = set.intersection(*(done_indices(output_dir, name) for name in names))
@@ -233,7 +233,7 @@ def pooled_dataset(
 
     output_dir, data = Path(output_dir), Path(data)
     output_dir.mkdir(parents=True, exist_ok=True)
-    check_embedding_run(output_dir, info, rank == 0)
+    check_embedding_run(output_dir, info, rank == 0, RUN_FILE)
     records = read_records(data)
     done = done_indices(output_dir, EMBEDDINGS)
     todo = [i for i in range(len(records)) if i not in done][rank::world]

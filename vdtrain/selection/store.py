@@ -119,9 +119,9 @@ def load_embeddings(path: str | os.PathLike, name: str = EMBEDDINGS) -> tuple[to
     array = np.load(file)
     if array.ndim != 2:
         raise InputError(f"{file}: embeddings must be a 2-d array (N, D), got shape {array.shape}")
-    run_file = file.parent / RUN_FILE
     fingerprint: dict[str, Any] = {"file": str(file), "sha256": file_sha256(file), "shape": list(array.shape)}
-    if run_file.is_file():
+    run_file = next((file.parent / n for n in ("embeddings.json", RUN_FILE) if (file.parent / n).is_file()), None)
+    if run_file is not None:  # `filter score --save-embeddings` writes embeddings.json, `vdtrain embed` run.json
         run = read_json(run_file)
         fingerprint["run"] = {key: run.get(key) for key in ("data_sha256", "model", "dtype", "pooling", "projection")}
     return torch.from_numpy(array.astype(np.float32, copy=False)), fingerprint

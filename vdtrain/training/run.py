@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,11 @@ import transformers
 from vdtrain.data import SupervisedDataset, VDDataCollator
 from vdtrain.data.cached import has_images
 from vdtrain.data.sources import load_source, source_name
-from vdtrain.data.tokenized import main_process_first
+from vdtrain.data.tokenized import main_process_first, plain_progress
 from vdtrain.errors import Terminated
 from vdtrain.io import file_sha256, writing
 from vdtrain.models.loading import load_model_and_processor, prepare_for_training
-from vdtrain.models.merge import BASE_MODEL_FILE
+from vdtrain.models.merge import BASE_MODEL_FILE, base_model_text
 from vdtrain.training.checkpoints import MANIFEST_NAME, write_manifest
 from vdtrain.training.config import DataArguments, ModelArguments, VDTrainingArguments
 from vdtrain.training.finite import check_finite_weights
@@ -32,7 +33,7 @@ def build_trainer(
     transformers.set_seed(training_args.seed)
     _ = training_args.device  # a launch's process group exists before the main process builds the data first
     name = source_name(data_args.data_path, data_args.dataset_name, data_args.split)
-    with main_process_first():  # the others then read the Arrow table datasets made of the data file
+    with main_process_first(), plain_progress():  # the others then read the Arrow table datasets made of the file
         source = load_source(
             data_args.data_path,
             dataset_name=data_args.dataset_name,
@@ -54,6 +55,7 @@ def build_trainer(
             f"{model_args.model_name_or_path}: {type(model).__name__}.forward has no {adapter.pixel_key!r} input; "
             "its adapter does not match the model."
         )
+    started = time.monotonic()
     with main_process_first():  # one build of the examples; the other ranks load its cache
         dataset = SupervisedDataset(
             source,
@@ -69,7 +71,14 @@ def build_trainer(
             num_proc=data_args.dataset_num_proc,
             cache_dir=data_args.dataset_cache_dir,
         )
-    logger.info("vdtrain: %d training sequences (%d samples dropped)", len(dataset), len(dataset.dropped))
+    logger.info(
+        "vdtrain: %d training sequences (%d samples dropped), examples %s %s in %.0f s",
+        len(dataset),
+        len(dataset.dropped),
+        "reused from" if dataset.reused_cache else "built into",
+        dataset.cache_dir,
+        time.monotonic() - started,
+    )
     # transformers 5.24 renamed gradient_checkpointing to activation_checkpointing (the old name stays an alias)
     checkpointing = getattr(training_args, "activation_checkpointing", None) or training_args.gradient_checkpointing
     model = prepare_for_training(model, adapter, model_args, bool(checkpointing))
@@ -94,7 +103,7 @@ def build_trainer(
 
 def run_training(model_args: ModelArguments, data_args: DataArguments, training_args: VDTrainingArguments) -> Any:
     """Train, then save the final adapter (with projector) and processor in `output_dir`."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)  # messages say vdtrain
     trainer = build_trainer(model_args, data_args, training_args)
     with SaveOnSigterm() as sigterm:
         trainer.add_callback(sigterm)
@@ -110,7 +119,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
         trainer.save_model(str(output_dir))
         if trainer.is_world_process_zero():
             trainer.processing_class.save_pretrained(str(output_dir))
-            (output_dir / BASE_MODEL_FILE).write_text(model_args.model_name_or_path + "\n")
+            (output_dir / BASE_MODEL_FILE).write_text(base_model_text(model_args.model_name_or_path) + "\n")
         trainer.accelerator.wait_for_everyone()
         if trainer.is_world_process_zero():
             write_manifest(output_dir, recursive=False, run=trainer._run_record())  # last: the adapter is complete

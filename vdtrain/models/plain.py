@@ -1,0 +1,69 @@
+"""Processors without a chat template (BLIP-2, InstructBLIP-style): a plain `Question: q Answer: a` format."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PIL import Image
+
+from vdtrain.models.base import register_plain_adapter, tokenizer_of
+from vdtrain.models.generic import ChatTemplateAdapter
+
+
+@register_plain_adapter
+class PromptAnswerAdapter(ChatTemplateAdapter):
+    """Each turn as `Question: q Answer: a` after the image and BOS, turns on separate lines, each answer closed by
+    a supervised EOS (the span logic of `ChatTemplateAdapter` appends it: nothing special follows an answer).
+
+    A processor that puts the image tokens in front of the text itself (BLIP-2's `num_query_tokens`) gets no
+    placeholder in its generation prompts; in training text the placeholder stands first, where it puts them.
+    """
+
+    def _render(self, processor: Any, chat: list[dict], add_generation_prompt: bool = False) -> str:
+        """The conversation in the plain format (the image placeholder where the image part is)."""
+        tokenizer, lines = tokenizer_of(processor), []
+        image = ""
+        for message in chat:
+            text = " ".join(part["text"] for part in message["content"] if part["type"] == "text")
+            if any(part["type"] == "image" for part in message["content"]):
+                image = self._placeholder(processor)
+            if message["role"] == "user":
+                lines.append(f"Question: {text} Answer:")
+            elif message["role"] == "assistant" and lines:
+                lines[-1] += f" {text}"
+        return image + (tokenizer.bos_token or "") + "\n".join(lines)
+
+    def _template(self, processor: Any) -> str:
+        return ""  # no {% generation %} tags: spans come from rendering the history before each answer
+
+    def _placeholder(self, processor: Any) -> str:
+        token = getattr(processor, "image_token", None) or getattr(tokenizer_of(processor), "image_token", None)
+        return str(getattr(token, "content", token) or "<image>")
+
+    def _prepends_images(self, processor: Any) -> int:
+        """How many image tokens the processor puts in front of a text without placeholder (0: it needs one)."""
+        if "_prepended" not in self.__dict__:
+            try:
+                image = Image.new("RGB", (64, 64))
+                ids = processor(text="", images=image, add_special_tokens=False, return_tensors="pt")["input_ids"]
+                self.__dict__["_prepended"] = int((ids[0] == self.image_token_id(processor)).sum())
+            except ValueError:  # "number of <image> tokens ... should be the same as the number of images"
+                self.__dict__["_prepended"] = 0
+        return self.__dict__["_prepended"]
+
+    def num_image_tokens(self, processor: Any, image_size: tuple[int, int]) -> int:
+        """The processor's own count when it prepends the image tokens itself, else measured on the placeholder."""
+        count = self._prepends_images(processor)
+        if not count:
+            return super().num_image_tokens(processor, image_size)
+        self._expansions[count] = self._placeholder(processor) * count
+        self._type_keys = self._type_keys or []
+        return count
+
+    def prompt(self, question: str, processor: Any, has_image: bool = True) -> str:
+        """`Question: q Answer:` after BOS; after the placeholder too unless the processor prepends images itself."""
+        text = super().prompt(question, processor, has_image)
+        placeholder = self._placeholder(processor)
+        if has_image and self._prepends_images(processor) and text.startswith(placeholder):
+            text = text[len(placeholder) :]
+        return text

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from vdtrain.data.formats import JSON_COLUMN, detect_format, to_record
 from vdtrain.errors import InputError
-from vdtrain.io import read_records
+from vdtrain.io import iter_records, records_format
 
 FOLDER_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 
@@ -27,6 +27,19 @@ def _undecoded_images(dataset: Any) -> Any:
         elif isinstance(feature, (datasets.List, datasets.Sequence)) and isinstance(feature.feature, datasets.Image):
             dataset = dataset.cast_column(name, datasets.List(datasets.Image(decode=False)))
     return dataset
+
+
+def _rows(path: str, size: int, mtime: int) -> Iterator[dict[str, Any]]:
+    """The records of a JSON list one at a time (`size` and `mtime` key datasets' cache of them); a text-only
+    sample gets `image: None`, so its row has the columns of the others."""
+    for record in iter_records(path):
+        yield {"image": None, **record} if isinstance(record, dict) and "conversations" in record else record
+
+
+def _json_rows(path: str, size: int, mtime: int) -> Iterator[dict[str, str]]:
+    """Each record as its JSON text, for files whose records datasets cannot type alike."""
+    for record in iter_records(path):
+        yield {JSON_COLUMN: json.dumps(record)}
 
 
 def _folder(path: Path, split: str) -> Any:
@@ -80,12 +93,17 @@ def load_source(
             raise FileNotFoundError(f"data file {path} does not exist")
         else:
             _check_is_sample_list(path)  # one JSON object, or a list of strings, is named as such
+            stamp = {"path": str(path.resolve()), "size": path.stat().st_size, "mtime": path.stat().st_mtime_ns}
             try:
-                dataset = datasets.load_dataset("json", data_files=str(path), split="train")
+                if records_format(path) == "json":  # datasets' json builder would load the whole list (8x the file)
+                    dataset = datasets.Dataset.from_generator(_rows, gen_kwargs=stamp)
+                else:
+                    dataset = datasets.load_dataset("json", data_files=str(path), split="train")
                 detect_format(dataset.column_names)
             except Exception:  # records datasets cannot type alike: each kept as its JSON text, checked per sample
-                records = read_records(path)  # a parse error names the file and line
-                dataset = datasets.Dataset.from_dict({JSON_COLUMN: [json.dumps(record) for record in records]})
+                for _ in iter_records(path):  # a parse error names the file and the record
+                    pass
+                dataset = datasets.Dataset.from_generator(_json_rows, gen_kwargs=stamp)
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
     detect_format(dataset.column_names)

@@ -280,6 +280,7 @@ def train_demo_model(
         disable_tqdm=not progress or label is not None,
         remove_unused_columns=False,
         dataloader_pin_memory=False,
+        resume_changed_settings=resume_from is not None,  # the variants branch off the MLE trunk on purpose
         **{"vd_weighting": "none", "vd_temperature": 0.0, "vd_start": 1.0, **vd_options},  # plain MLE unless asked
     )
     model.model.vision_tower.requires_grad_(not freeze_vision)

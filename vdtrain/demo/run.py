@@ -8,6 +8,7 @@ point). The data are drawn once (data seed 0); seeds change the model's initiali
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -52,6 +53,8 @@ def init_process(threads: int, nltk_data: str | None) -> None:
 
     torch.set_num_threads(threads)
     transformers.logging.set_verbosity_error()
+    # each variant resumes the MLE trunk's checkpoint with its own vd_* settings by design: not news to report
+    logging.getLogger("vdtrain.training.identity").setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if nltk_data:
         from vdtrain.evaluation.nltk_check import add_nltk_data_path

@@ -513,7 +513,7 @@ def test_a_config_subclass_keeps_its_own_fields(tmp_path):
 
 
 DDP_SCRIPT = """
-import sys, torch
+import os, sys, torch
 sys.path.insert(0, sys.argv[3])
 from test_trl import _config, _dataset, _llava
 from trl import SFTConfig, SFTTrainer
@@ -531,7 +531,11 @@ for name, trainer_cls, config_cls in (("sft", SFTTrainer, SFTConfig), ("vd", VDS
         torch.save({n: p.detach() for n, p in model.named_parameters()}, Path(sys.argv[1]) / f"weights-{name}.pt")
         torch.save(trainer.state.log_history, Path(sys.argv[1]) / f"logs-{name}.pt")
 trainer.accelerator.wait_for_everyone()
-trainer.accelerator.end_training()  # destroy the process group: left to exit, gloo's threads can abort the process
+trainer.accelerator.end_training()
+# DDP's reducer keeps gloo's threads (pt_gloo_runloop, gloo_tcp_loop) alive after the group is destroyed; at exit
+# teardown their std::thread destructors can call std::terminate (exit -6 after a successful run). Everything is
+# saved and flushed here, so leave without the teardown.
+sys.stdout.flush(); sys.stderr.flush(); os._exit(0)
 """
 
 
@@ -590,7 +594,7 @@ def test_ddp_two_processes_equal_one(tmp_path):
 
 
 SPLIT_SCRIPT = """
-import sys, torch
+import os, sys, torch
 sys.path.insert(0, sys.argv[2])
 from test_trl import _NoiseKeys, _config, _dataset, _llava
 from pathlib import Path
@@ -603,6 +607,7 @@ trainer.train()
 torch.save(trainer.keys, Path(sys.argv[1]) / f"keys-{trainer.args.process_index}.pt")
 trainer.accelerator.wait_for_everyone()
 trainer.accelerator.end_training()
+sys.stdout.flush(); sys.stderr.flush(); os._exit(0)  # as DDP_SCRIPT: no interpreter teardown with gloo threads alive
 """
 
 

@@ -52,3 +52,17 @@ def spell_training_fields(values: dict[str, Any], known: set[str]) -> dict[str, 
         elif new in values and new not in known and old in known:
             values[old] = values.pop(new)
     return values
+
+
+def list_feature(feature: Any) -> Any:
+    """A `datasets` list-of-`feature` column: `datasets.List` (datasets 4) or `datasets.Sequence` (datasets 3)."""
+    import datasets
+
+    return getattr(datasets, "List", datasets.Sequence)(feature)
+
+
+def list_feature_types() -> tuple[type, ...]:
+    """The `datasets` feature classes of list columns in the installed release (`List` exists from datasets 4)."""
+    import datasets
+
+    return tuple(kind for kind in (getattr(datasets, "List", None), datasets.Sequence) if kind is not None)

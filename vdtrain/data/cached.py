@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from vdtrain.compat import list_feature
 from vdtrain.data.conversations import load_image
 from vdtrain.data.dataset import SupervisedDataset, _listed, example_features, invalid_samples_message
 from vdtrain.data.formats import EMBEDDED, detect_format, to_record
@@ -38,11 +39,11 @@ def _extra_keys(adapter: ModelAdapter, processor: Any) -> list[str]:
 def _features(extra_keys: list[str]) -> Any:
     import datasets
 
-    ints = datasets.List(datasets.Value("int32"))
+    ints = list_feature(datasets.Value("int32"))
     columns = {name: datasets.Value("string") for name in (*PROBLEM_COLUMNS, "image")}
     columns.update(ok=datasets.Value("bool"), row=datasets.Value("int64"), length=datasets.Value("int32"))
     columns.update(
-        image_runs=ints, input_ids=ints, labels=ints, **{END_OF_TURN_MASK: datasets.List(datasets.Value("bool"))}
+        image_runs=ints, input_ids=ints, labels=ints, **{END_OF_TURN_MASK: list_feature(datasets.Value("bool"))}
     )
     columns.update({key: ints for key in extra_keys})
     return datasets.Features(columns)

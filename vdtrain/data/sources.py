@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from vdtrain.compat import list_feature, list_feature_types
 from vdtrain.data.formats import JSON_COLUMN, detect_format, to_record
 from vdtrain.errors import InputError
 from vdtrain.io import iter_records, records_format
@@ -24,8 +25,8 @@ def _undecoded_images(dataset: Any) -> Any:
     for name, feature in dataset.features.items():
         if isinstance(feature, datasets.Image) and feature.decode:
             dataset = dataset.cast_column(name, datasets.Image(decode=False))
-        elif isinstance(feature, (datasets.List, datasets.Sequence)) and isinstance(feature.feature, datasets.Image):
-            dataset = dataset.cast_column(name, datasets.List(datasets.Image(decode=False)))
+        elif isinstance(feature, list_feature_types()) and isinstance(feature.feature, datasets.Image):
+            dataset = dataset.cast_column(name, list_feature(datasets.Image(decode=False)))
     return dataset
 
 

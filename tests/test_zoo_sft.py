@@ -144,6 +144,10 @@ TRAINING = {
 SFT_FAMILIES = list(TRAINING)
 # what a training template supervises after the end-of-turn token: TRL's Gemma-3 one keeps the newline after it
 AFTER_END_OF_TURN = {"gemma3": "\n"}
+# transformers (5.25) re-aligns the assistant mask after a processor expands the image placeholder only where the
+# processor reports its text replacements; Idefics2's does not, so TRL's spans of image rows are shifted by the
+# expansion (SFTTrainer supervises prompt tokens and misses answers; VDSFTTrainer, equal to it, does the same)
+SHIFTED_BY_EXPANSION = {"idefics2"}
 
 
 def test_every_zoo_family_is_classified():
@@ -197,11 +201,11 @@ class RecordingVDSFTTrainer(VDSFTTrainer):
         self.seen: list[tuple[torch.Tensor, ...]] = []
 
     def compute_loss(self, model, inputs, *args, **kwargs):
-        self.labels = inputs["labels"]
+        self.input_ids, self.labels = inputs["input_ids"], inputs["labels"]
         return super().compute_loss(model, inputs, *args, **kwargs)
 
     def compute_token_weights(self, d, mask, end_of_turn_mask):
-        self.seen.append((self.labels.clone(), d.detach().clone(), mask.clone(), end_of_turn_mask.clone()))
+        self.seen.append((self.input_ids, self.labels, d.detach().clone(), mask.clone(), end_of_turn_mask.clone()))
         return super().compute_token_weights(d, mask, end_of_turn_mask)
 
 
@@ -260,18 +264,22 @@ def test_family_through_vdsfttrainer(family, tmp_path):
     eot_text = tokenizer.convert_ids_to_tokens(eot_id)
     after = AFTER_END_OF_TURN.get(family, "")
     assert len(vd.seen) == 2
-    for labels, d, mask, end_of_turn in vd.seen:
-        image_rows = 0
+    for input_ids, labels, d, mask, end_of_turn in vd.seen:
+        text_only = ["say yes." in tokenizer.decode(ids) for ids in input_ids]
+        assert sum(text_only) == 1
         for row in range(labels.shape[0]):
             runs = supervised_runs(tokenizer, labels[row].tolist())
             decoded = [tokenizer.decode(run, skip_special_tokens=False).lstrip() for run in runs]
-            if decoded == [answer + eot_text + after for answer in ANSWERS]:
-                image_rows += 1
-                assert (d[row] * mask[row]).abs().sum() > 0, f"{family}: d is 0 on an image row"
+            answers = ["yes."] if text_only[row] else ANSWERS
+            if family in SHIFTED_BY_EXPANSION and not text_only[row]:
+                assert decoded != [answer + eot_text + after for answer in answers]  # the upstream bug, still there
             else:
-                assert decoded == ["yes." + eot_text + after], f"{family}: supervised {decoded}"
+                assert decoded == [answer + eot_text + after for answer in answers], f"{family}: supervised {decoded}"
+                assert all(run.count(eot_id) == 1 and tokenizer.decode(run[:1]).strip() for run in runs)  # no bare ▁
+            supervised = labels[row][mask[row]]
+            assert labels[row][end_of_turn[row]].tolist() == [eot_id] * int(supervised.eq(eot_id).sum())
+            assert not (end_of_turn[row] & ~mask[row]).any() and end_of_turn[row].any()
+            if text_only[row]:
                 assert d[row].eq(0).all(), f"{family}: d is not 0 on the text-only row"
-            assert all(run.count(eot_id) == 1 and tokenizer.decode(run[:1]).strip() for run in runs)  # no bare space
-            flagged = labels[row][end_of_turn[row] & mask[row]].tolist()
-            assert flagged == [eot_id] * len(runs) and not (end_of_turn[row] & ~mask[row]).any()
-        assert image_rows == len(SIZES)
+            else:
+                assert (d[row] * mask[row]).abs().sum() > 0, f"{family}: d is 0 on an image row"

@@ -18,6 +18,7 @@ PaliGemma, BLIP-2 and Chameleon have no chat template, so TRL cannot render `mes
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -27,6 +28,7 @@ from PIL import Image
 from test_zoo import ANSWERS, SIZES, supervised_runs
 from trl import SFTConfig, SFTTrainer
 
+from vdtrain.compat import spell_training_fields
 from vdtrain.integrations.trl import VDSFTConfig, VDSFTTrainer
 from vdtrain.models.base import tokenizer_of
 
@@ -174,7 +176,7 @@ def rows() -> Dataset:
 
 
 def config(cls, folder, **extra):
-    return cls(
+    values = dict(
         output_dir=str(folder),
         max_steps=2,
         per_device_train_batch_size=4,  # every batch mixes aspect ratios and the text-only row
@@ -190,6 +192,7 @@ def config(cls, folder, **extra):
         assistant_only_loss=True,
         **extra,
     )
+    return cls(**spell_training_fields(values, {spec.name for spec in dataclasses.fields(cls)}))  # 5.24: renamed
 
 
 class RecordingVDSFTTrainer(VDSFTTrainer):

@@ -96,11 +96,11 @@ def test_trl_messages_parquet_folder_gives_the_llava_json_examples(tmp_path, lla
     features = None
     if as_bytes:
         message = {"role": datasets.Value("string")}
-        message["content"] = datasets.List({"type": datasets.Value("string"), "text": datasets.Value("string")})
+        message["content"] = [{"type": datasets.Value("string"), "text": datasets.Value("string")}]
         features = datasets.Features(
             id=datasets.Value("string"),
-            messages=datasets.List(message),
-            images=datasets.List(datasets.Image()),
+            messages=[message],
+            images=[datasets.Image()],
         )
     table = datasets.Dataset.from_list(_trl_rows(records, tmp_path / "img", as_bytes), features=features)
     (tmp_path / "trl").mkdir()

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import zoo
+from PIL import Image
 from tiny import tiny_llava, write_images
 
 from vdtrain.data import SupervisedDataset, load_conversations
@@ -99,3 +100,26 @@ def test_planned_examples_tokenise_on_access_to_the_tokenised_ones(tmp_path, lla
             source=str(tmp_path / "d.json"),
             cache_dir=tmp_path / "c",
         )
+
+
+def test_an_exif_rotated_jpeg_is_counted_upright_in_every_path(tmp_path):
+    """The header's width and height are swapped by EXIF orientation 6; a family whose image tokens depend on the
+    size must get the count of the upright image the model sees, checked or tokenised first, lazily or not."""
+    model, processor = zoo.build("llava_next")
+    adapter = get_adapter(model, processor)
+    assert adapter.num_image_tokens(processor, (48, 32)) != adapter.num_image_tokens(processor, (32, 48))
+    (tmp_path / "img").mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when shown: stored 48x32, seen 32x48
+    Image.new("RGB", (48, 32), (200, 30, 30)).save(tmp_path / "img" / "r.jpg", exif=exif.tobytes())
+    turns = [{"from": "human", "value": "<image>\nwhat is it?"}, {"from": "gpt", "value": "red."}]
+    (tmp_path / "d.json").write_text(json.dumps([{"id": "r", "image": "r.jpg", "conversations": turns}]))
+    kwargs = {"image_folder": tmp_path / "img", "max_length": 512}
+    expected = SupervisedDataset(load_conversations(tmp_path / "d.json"), adapter, processor, **kwargs)
+    assert expected[0]["input_ids"].count(adapter.image_token_id(processor)) == adapter.num_image_tokens(
+        processor, (32, 48)
+    )
+    for lazy in (True, False):
+        source = load_source(tmp_path / "d.json")
+        dataset = SupervisedDataset(source, adapter, processor, cache_dir=tmp_path / "c", lazy=lazy, **kwargs)
+        assert dataset[0]["input_ids"] == expected[0]["input_ids"]

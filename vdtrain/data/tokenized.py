@@ -32,7 +32,7 @@ from PIL import Image
 
 from vdtrain.data.conversations import image_path, special_token_pattern, special_token_problem, to_messages
 from vdtrain.data.formats import EMBEDDED, EmbeddedImage, to_record
-from vdtrain.data.images import open_image
+from vdtrain.data.images import open_image, upright_size
 from vdtrain.data.lazy import PrefixBound
 from vdtrain.keys import END_OF_TURN_MASK
 from vdtrain.models import spans as supervised_spans
@@ -299,7 +299,7 @@ class ExampleEncoder:
         has_image = item["path"] is not None or item["embedded"] is not None
         if count is None or (has_image and image is None and self.adapter.image_tokens_depend_on_size):
             return False  # images unchecked, and their size matters: only encoding opens them
-        size = (image.size if image is not None else (64, 64)) if has_image else None
+        size = (upright_size(image) if image is not None else (64, 64)) if has_image else None
         bounds = self.bound.bounds(messages, count, size)
         if bounds is None or max(bounds) >= self.max_length:
             return False

@@ -76,6 +76,8 @@ def upright_size(image: Image.Image) -> tuple[int, int]:
     """`(width, height)` as the image is seen once its EXIF orientation is applied (5-8 swap the sides), read
     from the header: what `load_image` gives, without decoding the pixels."""
     width, height = image.size
+    if "exif" not in image.info:  # no EXIF block in the header (a PNG's getexif would decode the pixels to look)
+        return width, height
     try:
         orientation = image.getexif().get(0x0112, 1)
     except (OSError, ValueError, SyntaxError):  # a broken EXIF block: PIL's exif_transpose ignores it too

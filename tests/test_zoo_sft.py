@@ -5,9 +5,10 @@ from the adapter), asserting per family:
 - two steps at tau = 0 (vd_start 0: the noisy pass runs every step) log the losses, entropies and token accuracies
   of `SFTTrainer` on the same data and seed, and end on the same weights;
 - TRL's `assistant_only_loss` supervises exactly each answer plus one end-of-turn token, the one `VDSFTTrainer`
-  flags for the EOS floor (read from the chat template), and nothing else (TRL's own Gemma-3 training template
-  also the newline after it);
-- visual dependence `d` is not 0 on the supervised tokens of image rows and exactly 0 on the text-only row.
+  flags for the EOS floor (read from the chat template; the model adapter's `trainer_kwargs` name the same one), and
+  nothing else (TRL's own Gemma-3 training template: also the newline after it; Idefics2: see SHIFTED_BY_EXPANSION);
+- visual dependence `d` is not 0 on the supervised tokens of image rows and exactly 0 on the text-only row, whose
+  padding image (Idefics, Mllama) the noise must leave zero.
 
 TRL's `assistant_only_loss` needs `{% generation %}` markers: Gemma-3's tokenizer template is one TRL patches itself;
 for the others the test writes the zoo template's training twin (`training_template`), which renders the same text
@@ -30,6 +31,7 @@ from trl import SFTConfig, SFTTrainer
 
 from vdtrain.compat import spell_training_fields
 from vdtrain.integrations.trl import VDSFTConfig, VDSFTTrainer
+from vdtrain.models import get_adapter
 from vdtrain.models.base import tokenizer_of
 
 NO_CHAT_TEMPLATE = ("paligemma", "blip_2", "chameleon")  # SFTTrainer: "this processor does not have a chat template"
@@ -264,6 +266,7 @@ def test_family_through_vdsfttrainer(family, tmp_path):
 
     # TRL's assistant mask: each answer plus one end-of-turn token, the one VDSFTTrainer flags
     eot_id = vd.end_of_turn_id
+    assert eot_id == get_adapter(model, processor).trainer_kwargs(processor)["end_of_turn_id"]  # VDTrainer's too
     eot_text = tokenizer.convert_ids_to_tokens(eot_id)
     after = AFTER_END_OF_TURN.get(family, "")
     assert len(vd.seen) == 2

@@ -241,12 +241,71 @@ def lfm2_vl() -> tuple[Any, Any]:
     return _seeded(Lfm2VlForConditionalGeneration, config), processor
 
 
+def gemma4() -> tuple[Any, Any]:
+    """Gemma-4: a variable number of pooled soft tokens per image (aspect ratio kept), per-layer input embeddings;
+    the processor has video and audio slots. Gemma-3's tokenizer and its own chat template."""
+    from transformers import Gemma4Config, Gemma4ForConditionalGeneration, Gemma4ImageProcessorPil, Gemma4Processor
+    from transformers.models.gemma4.feature_extraction_gemma4 import Gemma4AudioFeatureExtractor
+    from transformers.models.gemma4.video_processing_gemma4 import Gemma4VideoProcessor
+
+    named = {"image_token": "<image_soft_token>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"}
+    # the processor refuses any call while the audio tokens are undefined (`a and b or c` in its input check)
+    audio = {"audio_token": "<audio_soft_token>", "boa_token": "<start_of_audio>", "eoa_token": "<end_of_audio>"}
+    tok = tokenizer("gemma3", tuple(audio.values()), {**named, **audio})
+    image_processor = Gemma4ImageProcessorPil(patch_size=PATCH, pooling_kernel_size=2, max_soft_tokens=70)
+    processor = Gemma4Processor(
+        feature_extractor=Gemma4AudioFeatureExtractor(),
+        image_processor=image_processor,
+        tokenizer=tok,
+        video_processor=Gemma4VideoProcessor(),
+        # Gemma-4's template writes the image token itself (the processor expands it), Gemma-3's wrote `boi`
+        chat_template=tok.chat_template.replace("<start_of_image>", "<image_soft_token>"),
+        image_seq_length=70,  # the smallest budget the image processor takes
+    )
+    ids = tok.convert_tokens_to_ids
+    text = {
+        **llama(tok),
+        "model_type": None,
+        "num_key_value_heads": 1,
+        "head_dim": 16,
+        "global_head_dim": 16,
+        "sliding_window": 64,
+        "layer_types": ["sliding_attention", "full_attention"],
+        "vocab_size_per_layer_input": len(tok),
+        "hidden_size_per_layer_input": 8,
+    }
+    config = Gemma4Config(
+        text_config=text,
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "patch_size": PATCH,
+            "pooling_kernel_size": 2,
+            "position_embedding_size": 64,
+        },
+        audio_config=None,
+        boi_token_id=ids("<start_of_image>"),
+        eoi_token_id=ids("<end_of_image>"),
+        image_token_id=ids("<image_soft_token>"),
+        video_token_id=ids("<|video|>"),
+        audio_token_id=ids("<audio_soft_token>"),
+        boa_token_id=ids("<start_of_audio>"),
+        eoa_token_index=ids("<end_of_audio>"),
+    )
+    return _seeded(Gemma4ForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "smolvlm": smolvlm,
     "mistral3": mistral3,
     "cohere2_vision": cohere2_vision,
     "llama4": llama4,
     "lfm2_vl": lfm2_vl,
+    "gemma4": gemma4,
 }
 FAMILIES = list(BUILDERS)
 

@@ -299,6 +299,77 @@ def gemma4() -> tuple[Any, Any]:
     return _seeded(Gemma4ForConditionalGeneration, config), processor
 
 
+# Kimi-K2.5's: `<|im_user|>user<|im_middle|>...<|im_end|>`, the image as `<|media_begin|>image<|media_content|>...`.
+KIMI_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}<|im_user|>user<|im_middle|>"
+    "{% else %}<|im_assistant|>assistant<|im_middle|>{% endif %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<|media_begin|>image<|media_content|><|media_pad|><|media_end|>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|im_assistant|>assistant<|im_middle|>{% endif %}"
+)
+
+
+def kimi_k25() -> tuple[Any, Any]:
+    """Kimi-K2.5: a MoonViT tower at native resolution (2x2 merged patches), a DeepSeek-V3 (MLA + MoE) text model."""
+    from transformers import Kimi_K25Config, Kimi_K25ForConditionalGeneration, Kimi_K25Processor
+    from transformers.models.kimi_k25.image_processing_kimi_k25 import Kimi_K25ImageProcessor
+    from transformers.models.kimi_k25.video_processing_kimi_k25 import Kimi_K25VideoProcessor
+
+    media = (
+        "<|media_begin|>",
+        "<|media_content|>",
+        "<|media_pad|>",
+        "<|media_end|>",
+        "<|kimi_k25_video_placeholder|>",
+    )
+    named = {"image_token": "<|media_pad|>", "video_token": "<|kimi_k25_video_placeholder|>"}
+    tok = tokenizer("qwen3", ("<|im_user|>", "<|im_assistant|>", "<|im_middle|>", *media), named)
+    image_processor = Kimi_K25ImageProcessor(patch_size=PATCH, merge_size=2, size={"max_height": 64, "max_width": 64})
+    processor = Kimi_K25Processor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        video_processor=Kimi_K25VideoProcessor(),
+        chat_template=KIMI_TEMPLATE,
+    )
+    ids = tok.convert_tokens_to_ids
+    text = {
+        **llama(tok),
+        "model_type": "deepseek_v3",
+        "moe_intermediate_size": 32,
+        "n_shared_experts": 1,
+        "n_routed_experts": 4,
+        "num_experts_per_tok": 2,
+        "n_group": 1,
+        "topk_group": 1,
+        "first_k_dense_replace": 1,
+        "q_lora_rank": 16,
+        "kv_lora_rank": 16,
+        "qk_nope_head_dim": 16,
+        "qk_rope_head_dim": 8,
+        "v_head_dim": 16,
+        "num_key_value_heads": 4,
+    }
+    config = Kimi_K25Config(
+        text_config=text,
+        vision_config={
+            "patch_size": PATCH,
+            "pos_emb_height": 16,
+            "pos_emb_width": 16,
+            "num_attention_heads": 2,
+            "num_hidden_layers": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "merge_kernel_size": [2, 2],
+        },
+        projection_hidden_size=32,
+        image_token_id=ids("<|media_pad|>"),
+        video_token_id=ids("<|kimi_k25_video_placeholder|>"),
+        vision_start_token_id=ids("<|media_begin|>"),
+        vision_end_token_id=ids("<|media_end|>"),
+    )
+    return _seeded(Kimi_K25ForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "smolvlm": smolvlm,
     "mistral3": mistral3,
@@ -306,6 +377,7 @@ BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "llama4": llama4,
     "lfm2_vl": lfm2_vl,
     "gemma4": gemma4,
+    "kimi_k25": kimi_k25,
 }
 FAMILIES = list(BUILDERS)
 

@@ -370,6 +370,83 @@ def kimi_k25() -> tuple[Any, Any]:
     return _seeded(Kimi_K25ForConditionalGeneration, config), processor
 
 
+MOLMO2_TOKENS = (
+    "<|image|>",
+    "<|video|>",
+    "<im_patch>",
+    "<im_col>",
+    "<im_start>",
+    "<low_res_im_start>",
+    "<frame_start>",
+    "<im_end>",
+    "<frame_end>",
+    "<im_low>",
+)
+
+
+def molmo2() -> tuple[Any, Any]:
+    """Molmo2: overlapping crops plus a low-resolution view, attention pooling of 2x2 patches, `<im_col>` per row."""
+    import torch
+    from transformers import Molmo2Config, Molmo2ForConditionalGeneration, Molmo2Processor
+    from transformers.models.molmo2.image_processing_molmo2 import Molmo2ImageProcessor
+    from transformers.models.molmo2.video_processing_molmo2 import Molmo2VideoProcessor
+
+    tok = tokenizer("qwen3", MOLMO2_TOKENS, {"image_token": "<|image|>", "video_token": "<|video|>"})
+    image_processor = Molmo2ImageProcessor(
+        size={"height": IMAGE, "width": IMAGE}, patch_size=PATCH, max_crops=2, overlap_margins=[1, 1]
+    )
+    processor = Molmo2Processor(
+        image_processor=image_processor,
+        video_processor=Molmo2VideoProcessor(),
+        tokenizer=tok,
+        chat_template=CHATML.replace("IMAGE_TEXT", "<|image|>"),
+    )
+    ids = tok.convert_tokens_to_ids
+    config = Molmo2Config(
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "image_size": [IMAGE, IMAGE],
+            "patch_size": PATCH,
+        },
+        adapter_config={
+            "vision_feature_layer": [-1],
+            "hidden_size": 32,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "intermediate_size": 64,
+            "text_hidden_size": 64,
+        },
+        text_config={
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "vocab_size": len(tok),
+            "max_position_embeddings": 1024,
+        },
+        image_start_token_id=ids("<im_start>"),
+        low_res_image_start_token_id=ids("<low_res_im_start>"),
+        image_end_token_id=ids("<im_end>"),
+        image_patch_id=ids("<im_patch>"),
+        frame_start_token_id=ids("<frame_start>"),
+        frame_end_token_id=ids("<frame_end>"),
+    )
+    model = _seeded(Molmo2ForConditionalGeneration, config)
+    with torch.no_grad():  # at std 0.02 the pooling + SwiGLU projector shrinks image features ~1e4-fold: no image
+        for parameter in model.model.multi_modal_projector.parameters():
+            if parameter.dim() == 2:
+                parameter.normal_(0.0, 0.3)
+    return model, processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "smolvlm": smolvlm,
     "mistral3": mistral3,
@@ -378,6 +455,7 @@ BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "lfm2_vl": lfm2_vl,
     "gemma4": gemma4,
     "kimi_k25": kimi_k25,
+    "molmo2": molmo2,
 }
 FAMILIES = list(BUILDERS)
 

@@ -35,11 +35,9 @@ def distributed() -> tuple[int, int]:
 def end_distributed() -> None:
     """Tear down the process group `distributed()` started, once every process is here: left to interpreter exit,
     gloo's threads can abort the process ("terminate called without an active exception")."""
-    import torch.distributed as dist
+    from vdtrain.training.teardown import end_process_group
 
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    end_process_group()
 
 
 def barrier(world_size: int) -> None:

@@ -533,7 +533,7 @@ for name, trainer_cls, config_cls in (("sft", SFTTrainer, SFTConfig), ("vd", VDS
         torch.save(trainer.state.log_history, Path(sys.argv[1]) / f"logs-{name}.pt")
 end_process_group(trainer)  # gloo's threads end here, not at interpreter exit (which could abort with exit -6)
 threads = sorted(Path(task, "comm").read_text().strip() for task in Path("/proc/self/task").iterdir())
-Path(sys.argv[1], f"threads-{os.environ['RANK']}.txt").write_text("\n".join(threads))
+Path(sys.argv[1], f"threads-{os.environ['RANK']}.txt").write_text(" ".join(threads))
 """
 
 

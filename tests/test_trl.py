@@ -634,3 +634,35 @@ def test_split_batches_keys_the_samples_by_their_global_position(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     keys = [[key for _, key, _ in torch.load(tmp_path / f"keys-{rank}.pt")] for rank in (0, 1)]
     assert keys == [[0, 1], [2, 3]]
+
+
+class _NaNLossAtStep2(VDSFTTrainer):
+    """The loss of the second optimizer step is NaN (as a diverged run's would be)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.state.global_step != 1:
+            return result
+        return (result[0] * float("nan"), *result[1:]) if return_outputs else result * float("nan")
+
+
+def test_a_nonfinite_step_stops_or_is_skipped_as_in_vdtrainer(tmp_path):
+    """VDSFTTrainer had no non-finite stop: TRL applied the NaN gradients and the run ended with NaN weights."""
+    from vdtrain.errors import TrainingDiverged
+
+    model, processor = _llava()
+    args = _config(tmp_path / "stop", max_steps=3, vd_start=0.0)
+    trainer = _NaNLossAtStep2(model=model, args=args, train_dataset=_dataset(8), processing_class=processor)
+    with pytest.raises(TrainingDiverged, match="^step 2: the loss is nan and the gradient norm is nan; stopped"):
+        trainer.train()
+    assert trainer.state.global_step == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # the NaN step was never applied
+
+    model, processor = _llava()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    args = _config(tmp_path / "skip", max_steps=3, vd_start=0.0, skip_nonfinite_steps=True)
+    trainer = _NaNLossAtStep2(model=model, args=args, train_dataset=_dataset(8), processing_class=processor)
+    trainer.train()
+    assert trainer.state.global_step == 3 and trainer.vd_skipped_steps == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert sum(not torch.equal(p, before[n]) for n, p in model.named_parameters()) > 10  # steps 1 and 3 trained

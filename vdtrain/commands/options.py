@@ -21,6 +21,10 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")
 DTYPE_HELP = "weights dtype: auto (bfloat16 on a GPU that supports it, else float32), bfloat16, float16 or float32"
 DEVICE_HELP = "auto (the GPU of this process when there is one, else cpu), cpu, cuda or cuda:N"
 SEED_HELP = "seed of every random draw the command makes"
+# One default for every command's --seed: TrainingArguments' (`vdtrain train`'s), so that `vdtrain filter score`,
+# `inspect` and `analyze` draw by default the noise a training run with default settings draws for each sample.
+# `DecodingOptions.seed` has the same default; tests/test_cli.py checks all three agree.
+DEFAULT_SEED = 42
 DEBUG_HELP = "show the full traceback of an error (also: VDTRAIN_DEBUG=1)"
 
 
@@ -67,12 +71,13 @@ def add_model_options(
 
 def add_seed(
     parser: argparse.ArgumentParser | Any,
-    default: int | None,
     what: str,
+    *,
+    default: int | None = DEFAULT_SEED,
     flag: str = "--seed",
     dest: str | None = None,
 ) -> None:
-    """`--seed`: one meaning everywhere; `what` says which draws this command makes."""
+    """`--seed`: one meaning and one default everywhere; `what` says which draws this command makes."""
     parser.add_argument(flag, type=int, default=default, dest=dest, help=f"{SEED_HELP} ({what})")
 
 
@@ -131,7 +136,7 @@ def add_decoding_arguments(parser: argparse.ArgumentParser, defaults: Mapping[st
     flag("--vcd-alpha", type=float, default=base.get("vcd_alpha"), help="VCD contrast strength (1.0)")
     flag("--vcd-beta", type=float, default=base.get("vcd_beta"), help="VCD plausibility cut-off (0.1)")
     flag("--vcd-noise-step", type=int, default=base.get("vcd_noise_step"), help="VCD diffusion noise step (500)")
-    add_seed(group, base.get("seed"), "the VCD noise and sampling; 0 when unset")
+    add_seed(group, f"the VCD noise and sampling; {DEFAULT_SEED} when unset", default=base.get("seed"))
     add_batch_size(group, 8 if defaults is None else defaults.get("batch_size"), "prompts (8 when unset)")
 
 
@@ -147,7 +152,7 @@ def decoding_options(args: argparse.Namespace, base: Mapping[str, Any] | None = 
 def add_teacher_forcing_options(parser: argparse.ArgumentParser) -> None:
     """The model options every analysis shares, plus the noise and the sequence length of the teacher forcing."""
     add_model_options(parser)
-    add_seed(parser, 0, "the per-sample noise: sample i draws from (seed, i)")
+    add_seed(parser, "the per-sample noise: sample i draws from (seed, i)")
     add_noise_step(parser)
     parser.add_argument("--max-length", type=int, default=2048, help="tokens per sequence after image expansion")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

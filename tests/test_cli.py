@@ -463,3 +463,24 @@ def test_every_command_defaults_its_seed_to_the_training_seed():
     assert defaults.pop("eval pope-build --seed") is None  # required: a POPE set names the seed it was drawn with
     assert defaults.pop("eval run --seed") is None  # unset: the protocol config's, else DecodingOptions' (42)
     assert defaults == dict.fromkeys(defaults, options.DEFAULT_SEED), defaults
+
+
+def test_noise_step_bounds_and_default_are_the_schedule_constants():
+    """`--noise-step` and `vd_noise_step` accept exactly the steps the diffusion schedule has (no hard-coded 999)."""
+    import argparse
+
+    from vdtrain.errors import InputError
+    from vdtrain.method.noise import _scheduler
+    from vdtrain.method.schedule import DEFAULT_NOISE_STEP, MAX_NOISE_STEP, NUM_TRAIN_TIMESTEPS
+    from vdtrain.training.config import VD_DEFAULTS, check_vd_options
+
+    assert len(_scheduler().alphas_cumprod) == NUM_TRAIN_TIMESTEPS == MAX_NOISE_STEP + 1
+    assert options.noise_step(str(MAX_NOISE_STEP)) == MAX_NOISE_STEP and options.noise_step("0") == 0
+    for bad in (str(NUM_TRAIN_TIMESTEPS), "-1"):
+        with pytest.raises(argparse.ArgumentTypeError, match=rf"\[0, {MAX_NOISE_STEP}\]"):
+            options.noise_step(bad)
+    parser = argparse.ArgumentParser()
+    options.add_noise_step(parser)
+    assert parser.parse_args([]).noise_step == DEFAULT_NOISE_STEP == VD_DEFAULTS["vd_noise_step"] == 900
+    with pytest.raises(InputError, match=rf"vd_noise_step must be in \[0, {MAX_NOISE_STEP}\]"):
+        check_vd_options({**VD_DEFAULTS, "vd_noise_step": NUM_TRAIN_TIMESTEPS})

@@ -16,6 +16,7 @@ from typing import Any
 
 from vdtrain.errors import InputError
 from vdtrain.evaluation.decoding import DecodingOptions
+from vdtrain.method.schedule import DEFAULT_NOISE_STEP, MAX_NOISE_STEP
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 DTYPE_HELP = "weights dtype: auto (bfloat16 on a GPU that supports it, else float32), bfloat16, float16 or float32"
@@ -98,22 +99,23 @@ def add_batch_size(parser: argparse.ArgumentParser | Any, default: int | None, w
 
 
 def noise_step(text: str) -> int:
-    """argparse type of `--noise-step`: a diffusion step in [0, 999], refused as a usage error before any model
-    is loaded (`vdtrain.method.noise.NUM_TRAIN_TIMESTEPS` steps)."""
+    """argparse type of `--noise-step`: a step of the diffusion schedule (`vdtrain.method.schedule`), refused as a
+    usage error before any model is loaded."""
     try:
         step = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer diffusion step in [0, 999], got {text!r}") from None
-    if not 0 <= step <= 999:
-        raise argparse.ArgumentTypeError(f"the diffusion step must be in [0, 999], got {step}")
+        raise argparse.ArgumentTypeError(
+            f"expected an integer diffusion step in [0, {MAX_NOISE_STEP}], got {text!r}"
+        ) from None
+    if not 0 <= step <= MAX_NOISE_STEP:
+        raise argparse.ArgumentTypeError(f"the diffusion step must be in [0, {MAX_NOISE_STEP}], got {step}")
     return step
 
 
-def add_noise_step(parser: argparse.ArgumentParser | Any, default: int = 900) -> None:
+def add_noise_step(parser: argparse.ArgumentParser | Any, default: int = DEFAULT_NOISE_STEP) -> None:
     """`--noise-step`: the diffusion step of the noised image, checked when the command line is parsed."""
-    parser.add_argument(
-        "--noise-step", type=noise_step, default=default, help="diffusion step of the noised image (0-999)"
-    )
+    help_text = f"diffusion step of the noised image (0-{MAX_NOISE_STEP})"
+    parser.add_argument("--noise-step", type=noise_step, default=default, help=help_text)
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser, defaults: Mapping[str, Any] | None = None) -> None:

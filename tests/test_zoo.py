@@ -112,6 +112,11 @@ def arguments(cls, folder, **extra):
 @pytest.mark.parametrize("family", zoo.FAMILIES)
 def test_family(family, tmp_path):
     model, processor = zoo.build(family)
+    check_family(family, model, processor, tmp_path)
+
+
+def check_family(family: str, model, processor, tmp_path) -> None:
+    """Every assertion of the zoo on one family's tiny `(model, processor)` (tests/test_zoo_torchvision.py too)."""
     adapter = get_adapter(model, processor)
     tokenizer = tokenizer_of(processor)
     write_images(tmp_path)

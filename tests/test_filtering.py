@@ -347,8 +347,8 @@ def test_a_trl_parquet_folder_scores_as_its_llava_json(workdir, loaded, tmp_path
     part = {"type": datasets.Value("string"), "text": datasets.Value("string")}
     features = datasets.Features(
         id=datasets.Value("string"),
-        messages=datasets.List({"role": datasets.Value("string"), "content": datasets.List(part)}),
-        images=datasets.List(datasets.Image()),
+        messages=[{"role": datasets.Value("string"), "content": [part]}],
+        images=[datasets.Image()],
     )
     (tmp_path / "trl").mkdir()
     datasets.Dataset.from_list(rows_out, features=features).to_parquet(str(tmp_path / "trl" / "train.parquet"))

@@ -71,6 +71,7 @@ def build_trainer(
             check_images=data_args.check_images,
             num_proc=data_args.dataset_num_proc,
             cache_dir=data_args.dataset_cache_dir,
+            lazy=data_args.lazy_preprocess,
         )
     logger.info(
         "vdtrain: %d training sequences (%d samples dropped), examples %s %s in %.0f s",

@@ -70,6 +70,18 @@ def add_diffusion_noise(
     return noised.to(pixel_values.dtype)
 
 
+def keep_padding(pixels: torch.Tensor, noised: torch.Tensor) -> torch.Tensor:
+    """`noised` with every image or tile (a slice of the last three dims) that is all zero in `pixels` put back to
+    zero: the padding a processor adds where samples of a batch have fewer images or tiles than others. Idefics tells
+    padding from images by its being zero (noised, it counts as an image: "image features and image tokens do not
+    match"), and Mllama's text-only rows attend to it; noise must not make it content. Flattened patches (`(N, D)`,
+    Qwen2-VL) carry no padding and are returned as noised."""
+    if pixels.dim() < 4 or noised.shape != pixels.shape:
+        return noised
+    content = pixels.flatten(-3).ne(0).any(dim=-1)[..., None, None, None]
+    return torch.where(content, noised, pixels.to(noised.dtype))
+
+
 def seeded_generator(*key: object, device: str | torch.device = "cpu") -> torch.Generator:
     """A generator seeded from a hash of `key` (its parts joined by ':'): a draw depends on what it is for (seed,
     step, sample), not on how many draws came before it, so batching, sharding and resuming cannot change it."""

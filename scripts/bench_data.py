@@ -3,8 +3,9 @@
     python scripts/bench_data.py [--sizes 10000 100000 665000] [--procs 1 2] [--num-proc 2] [--workdir DIR]
 
 Writes N conversations of the LLaVA-1.5 mix's shape (LLaVA JSON; 1-10 turns, mean about 2.2; answers of 20-400
-words, log-uniform, mean about 127; questions of 5-30 words; 5% text-only: about 2 KB of JSON per sample, as the
-real 665k file) naming `--images` distinct 32-px PNGs (the mix reuses its images too), saves a tiny LLaVA,
+words, log-uniform, mean about 127; questions of 5-30 words; 5% text-only: 0.85 KB of JSON per sample, as its
+words are short; the real 665k file has about 1.6 KB) naming `--images` distinct 32-px PNGs (the mix reuses its
+images too), saves a tiny LLaVA,
 then runs `vdtrain train` (LoRA, batch 1, max_length 2048, one optimizer step) for each N: cold (empty
 HF_DATASETS_CACHE: datasets' Arrow copy of the JSON and vdtrain's examples are built) and warm (the same cache
 again), in one process and under `torchrun --nproc_per_node 2` (gloo). Each run reports the wall time from the

@@ -20,4 +20,4 @@ python -m venv --clear "$venv"
 "$venv/bin/python" -m pip list 2>/dev/null | grep -iE '^(torch|transformers|peft|accelerate|datasets|diffusers) '
 "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_adapters.py tests/test_bunny.py \
     tests/test_bunny_published.py tests/test_trainer.py tests/test_generate.py tests/test_vcd.py \
-    tests/test_llava_tokenizer.py tests/test_math.py tests/test_data.py
+    tests/test_llava_tokenizer.py tests/test_math.py tests/test_data.py tests/test_data_arrow.py

@@ -342,3 +342,18 @@ def test_missing_image_folder_is_one_line_not_every_image(tmp_path):
     with pytest.raises(FileNotFoundError) as error:  # listed each of the 3 images as missing
         check_images(records, tmp_path / "imgs", source="d.json")
     assert str(error.value) == f"d.json: the image folder {tmp_path / 'imgs'} does not exist (image_folder)"
+
+
+def test_a_symlinked_subfolder_of_the_image_folder_is_inside_it(tmp_path, llava):
+    """LLaVA's layout links `coco` to wherever COCO lives: as written the path is inside the folder."""
+    _, processor, adapter = llava
+    write_images(tmp_path / "elsewhere" / "coco", 1)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "coco").symlink_to(tmp_path / "elsewhere" / "coco")
+    records = [_record("linked", [("human", "<image>\nhi"), ("gpt", "a cat.")], "coco/img_000.png")]
+    check_images(records, tmp_path / "img")
+    dataset = SupervisedDataset(records, adapter, processor, tmp_path / "img")
+    assert dataset[0]["image_inputs"]["pixel_values"].shape == (1, 3, 32, 32)
+    escaping = [_record("up", [("human", "<image>\nhi"), ("gpt", "a cat.")], "coco/../../elsewhere/coco/img_000.png")]
+    with pytest.raises(ConversationError, match="sample 'up'.*resolves outside"):
+        SupervisedDataset(escaping, adapter, processor, tmp_path / "img")

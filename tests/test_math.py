@@ -9,6 +9,7 @@ from diffusers import DDPMScheduler
 from vdtrain import add_diffusion_noise, register_weighting, target_logprobs, token_weights, visual_dependence
 from vdtrain.method.dependence import dependence_stats_tensor, row_logprobs
 from vdtrain.method.losses import per_token_nll
+from vdtrain.method.noise import keep_padding
 from vdtrain.method.weighting import get_weighting
 
 
@@ -24,6 +25,21 @@ def test_noise_matches_vcd_formula_and_diffusers():
         assert torch.equal(got, scheduler.add_noise(x0, eps, torch.full((3,), step)))
     # the paper's default step: signal x0.365, noise x0.931
     assert math.isclose(abar[900].sqrt().item(), 0.3649, abs_tol=1e-3)
+
+
+def test_keep_padding_leaves_zero_images_and_tiles_zero():
+    """A processor's padding (an all-zero image or tile, which Idefics tells from images by its being zero) stays
+    zero under the VD noise; every other image and tile is the noised one, and flattened patches are untouched."""
+    pixels = torch.randn(2, 3, 3, 4, 4)  # (samples, tiles, C, H, W)
+    pixels[0, 2] = 0  # a sample with fewer tiles
+    pixels[1] = 0  # a text-only sample's padding image
+    pixels[0, 1, 0] = 0  # one zero channel of a real tile is content
+    noised = add_diffusion_noise(pixels, 900, generator=torch.Generator().manual_seed(0))
+    kept = keep_padding(pixels, noised)
+    assert kept[0, 2].eq(0).all() and kept[1].eq(0).all()
+    assert torch.equal(kept[0, :2], noised[0, :2]) and not kept[0, 1, 0].eq(0).all()
+    patches = torch.zeros(6, 12)  # Qwen2-VL's (patches, dim): no padding images, all noised
+    assert torch.equal(keep_padding(patches, patches + 1), patches + 1)
 
 
 def test_noise_generator_and_dtype():

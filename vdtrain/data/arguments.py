@@ -34,6 +34,15 @@ class DataArguments:
             "the same data, tokenizer and settings reuses them."
         },
     )
+    lazy_preprocess: bool = field(
+        default=True,
+        metadata={
+            "help": "Tokenize each sample when the trainer reads it (LLaVA's lazy_preprocess): every sample is still "
+            "checked before training, tokenizing only those that may not fit max_length, so any size starts in about "
+            "a minute; lengths for group_by_length are estimates. False: tokenize every sample into the cache first "
+            "(exact lengths, no tokenizing while training)."
+        },
+    )
     image_folder: str | None = field(default=None, metadata={"help": "Folder the samples' `image` paths are in."})
     max_length: int = field(default=2048, metadata={"help": "Truncate token sequences to this length."})
     max_samples: int | None = field(default=None, metadata={"help": "Use only the first N samples (debugging)."})

@@ -12,7 +12,13 @@ import numpy as np
 
 from vdtrain.compat import list_feature
 from vdtrain.data.conversations import load_image
-from vdtrain.data.dataset import SupervisedDataset, _listed, example_features, invalid_samples_message
+from vdtrain.data.dataset import (
+    SupervisedDataset,
+    _listed,
+    encode_record,
+    example_features,
+    invalid_samples_message,
+)
 from vdtrain.data.formats import EMBEDDED, detect_format, to_record
 from vdtrain.data.images import to_rgb
 from vdtrain.data.tokenized import (
@@ -36,16 +42,16 @@ def _extra_keys(adapter: ModelAdapter, processor: Any) -> list[str]:
     return sorted({key for example in adapter.encode(messages, processor, tokens) for key in example.extra})
 
 
-def _features(extra_keys: list[str]) -> Any:
+def _features(extra_keys: list[str], lazy: bool) -> Any:
     import datasets
 
     ints = list_feature(datasets.Value("int32"))
     columns = {name: datasets.Value("string") for name in (*PROBLEM_COLUMNS, "image")}
     columns.update(ok=datasets.Value("bool"), row=datasets.Value("int64"), length=datasets.Value("int32"))
-    columns.update(
-        image_runs=ints, input_ids=ints, labels=ints, **{END_OF_TURN_MASK: list_feature(datasets.Value("bool"))}
-    )
-    columns.update({key: ints for key in extra_keys})
+    columns.update(example=datasets.Value("int32"), image_runs=ints)
+    if not lazy:
+        columns.update(input_ids=ints, labels=ints, **{END_OF_TURN_MASK: list_feature(datasets.Value("bool"))})
+        columns.update({key: ints for key in extra_keys})
     return datasets.Features(columns)
 
 
@@ -61,9 +67,10 @@ def build_examples(
     allow_external_images: bool = False,
     num_proc: int | None = None,
     cache_dir: str | os.PathLike | None = None,
+    lazy: bool = False,
 ) -> tuple[Any, bool]:
-    """`(table, reused)`: one row per training example or per problem of `source`'s samples, from the cache when
-    an earlier build with the same inputs left it (`reused`)."""
+    """`(table, reused)`: one row per training example (its tokens, or with `lazy` only its plan) or per problem
+    of `source`'s samples, from the cache when an earlier build with the same inputs left it (`reused`)."""
     fmt = detect_format(source.column_names)
     extra_keys = _extra_keys(adapter, processor)
     settings = {
@@ -72,6 +79,7 @@ def build_examples(
         "check_images": check_images,
         "allow_external_images": allow_external_images,
         "source": source_name,
+        "lazy": lazy,
     }
     fingerprint = examples_fingerprint(source, adapter, processor, settings)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -89,9 +97,11 @@ def build_examples(
         allow_external_images=allow_external_images,
         extra_keys=extra_keys,
         expected_rows=len(source) // (num_proc or 1),
+        lazy=lazy,
     )
+    work = "checking" if lazy else "tokenizing and checking"
     if not reused:
-        logger.info("vdtrain: tokenizing and checking %d samples of %s into %s", len(source), source_name, cache_dir)
+        logger.info("vdtrain: %s %d samples of %s into %s", work, len(source), source_name, cache_dir)
     with plain_progress():
         table = source.map(
             encoder,
@@ -99,12 +109,12 @@ def build_examples(
             batched=True,
             batch_size=500,
             remove_columns=source.column_names,
-            features=_features(extra_keys),
+            features=_features(extra_keys, lazy),
             num_proc=num_proc,
             cache_file_name=str(cache_dir / f"examples-{fingerprint}.arrow"),
             new_fingerprint=fingerprint,
             load_from_cache_file=True,
-            desc=f"vdtrain: tokenizing and checking {source_name}",
+            desc=f"vdtrain: {work} {source_name}",
         )
     return table, reused
 
@@ -112,16 +122,20 @@ def build_examples(
 class ArrowSupervisedDataset(SupervisedDataset):
     """`SupervisedDataset` of a `datasets.Dataset` (LLaVA `conversations` or TRL `messages` + `images` rows).
 
-    The checks and errors are `SupervisedDataset`'s; the examples live in an Arrow file in `cache_dir`
-    (default `$HF_DATASETS_CACHE/vdtrain`), memory-mapped, built by `num_proc` processes and reused while the data
-    table, tokenizer, processor and settings stay the same (the image files are checked when it is built, not
-    when it is reused). In a distributed launch build it under `vdtrain.data.tokenized.main_process_first()`.
+    The checks and errors are `SupervisedDataset`'s, run over every sample at construction; the result lives in an
+    Arrow file in `cache_dir` (default `$HF_DATASETS_CACHE/vdtrain`), memory-mapped, built by `num_proc` processes
+    and reused while the data table, tokenizer, processor and settings stay the same (the image files are checked
+    when it is built, not when it is reused). In a distributed launch build it under
+    `vdtrain.data.tokenized.main_process_first()`.
 
     Args:
         records (`datasets.Dataset`): the conversations (`vdtrain.data.sources.load_source`).
         check_images (`bool`, defaults to `True`): check every image's header while building.
         num_proc (`int`, *optional*): processes that build the examples.
         cache_dir (`str`, *optional*): where the examples are kept.
+        lazy (`bool`, defaults to `True`): tokenise each example when it is read (LLaVA's `lazy_preprocess`);
+            construction then checks without tokenising (`vdtrain.data.lazy`) and `lengths` are estimates.
+            `False` tokenises every sample into the cache first: exact `lengths`, no tokenising while training.
         The other arguments are `SupervisedDataset`'s.
     """
 
@@ -140,9 +154,11 @@ class ArrowSupervisedDataset(SupervisedDataset):
         check_images: bool = True,
         num_proc: int | None = None,
         cache_dir: str | os.PathLike | None = None,
+        lazy: bool = True,
     ) -> None:
         self.adapter, self.processor, self.image_folder, self.source = adapter, processor, image_folder, source
         self.allow_external_images, self.table_source = allow_external_images, records
+        self.max_length, self.lazy = max_length, lazy
         self.format = detect_format(records.column_names)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         if check_images and image_folder is not None and not Path(image_folder).is_dir() and has_images(records):
@@ -158,6 +174,7 @@ class ArrowSupervisedDataset(SupervisedDataset):
             allow_external_images=allow_external_images,
             num_proc=num_proc,
             cache_dir=self.cache_dir,
+            lazy=lazy,
         )
         ok = table.data.column("ok").to_numpy(zero_copy_only=False).astype(bool)
         bad = np.flatnonzero(~ok)
@@ -215,21 +232,49 @@ class ArrowSupervisedDataset(SupervisedDataset):
 
     @property
     def lengths(self) -> list[int]:
-        """Tokens per training sequence (after image expansion), read from the table."""
+        """Tokens per training sequence (after image expansion), read from the table: exact, or with `lazy` a
+        guess from the text's size that serves `group_by_length`."""
         return self._lengths.tolist()
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.examples[int(index)]
+        image = None
+        if row["image"] is not None:
+            try:
+                image = self._image(row)
+            except (OSError, ConversationError) as error:  # name the data file too
+                raise type(error)(f"{self.source}: {error}") from error
+        example = self._tokenized(row, image) if self.lazy else self._stored(row)
+        if image is None:
+            return example_features(example)
+        return example_features(example, self.adapter.image_inputs(self.processor, [image]))
+
+    def _stored(self, row: dict[str, Any]) -> Example:
+        """The example the cache holds, its image runs expanded."""
         fields = expand_images({key: row[key] for key in self.token_keys}, row["image_runs"], self.image_id)
         extra = {key: fields[key] for key in self.token_keys[3:]}
-        example = Example(fields["input_ids"], fields["labels"], fields[END_OF_TURN_MASK], extra)
-        if row["image"] is None:
-            return example_features(example)
+        return Example(fields["input_ids"], fields["labels"], fields[END_OF_TURN_MASK], extra)
+
+    def _tokenized(self, row: dict[str, Any], image: Any) -> Example:
+        """The planned example, tokenised now from the conversation the table holds."""
+        record = to_record(self.table_source[row["row"]], self.format, row["row"])[0]
         try:
-            image = self._image(row)
-        except (OSError, ConversationError) as error:  # name the data file too
-            raise type(error)(f"{self.source}: {error}") from error
-        return example_features(example, self.adapter.image_inputs(self.processor, [image]))
+            encoded = encode_record(
+                record,
+                self.adapter,
+                self.processor,
+                self.image_folder,
+                self.max_length,
+                self.source,
+                image=image,
+                allow_external_images=self.allow_external_images,
+            )
+            return encoded.examples[row["example"]]
+        except (ConversationError, IndexError) as error:  # the data changed under the cache: never a wrong example
+            raise ConversationError(
+                f"{self.source}: sample {row['sample']!r} no longer gives the example checked before training "
+                f"({error}); delete {self.cache_dir} or the changed data and rerun"
+            ) from error
 
     def _image(self, row: dict[str, Any]) -> Any:
         if row["image"] != EMBEDDED:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
@@ -160,8 +159,9 @@ def special_token_problem(messages: list[dict[str, str]], pattern: re.Pattern | 
 def image_path(
     record: dict[str, Any], image_folder: str | os.PathLike | None, allow_external: bool = False
 ) -> Path | None:
-    """Where the record's image file is, or None for a text-only sample. With an image folder, a path that
-    resolves outside it (absolute, or `../`) is refused unless `allow_external`."""
+    """Where the record's image file is, or None for a text-only sample. With an image folder, a path that leads
+    outside it as written (absolute elsewhere, or `../`) is refused unless `allow_external`; symlinks inside the
+    folder are the user's layout and are followed."""
     if not record.get("image"):
         return None
     name = record["image"]
@@ -178,19 +178,15 @@ def image_path(
         )
     path = Path(image_folder or ".") / name
     if image_folder is not None and not allow_external:
-        root = _resolved(str(image_folder))
-        if not path.resolve().is_relative_to(root):
+        # lexically, as written: a symlinked subfolder (LLaVA's `coco -> /datasets/coco`) stays inside
+        root = os.path.normpath(image_folder)
+        inside = os.path.normpath(os.path.join(root, name))
+        if inside != root and not inside.startswith(root.rstrip(os.sep) + os.sep):
             raise ConversationError(
                 f"sample {record.get('id')!r}: image {name!r} resolves outside the image folder {image_folder}; "
                 "set allow_external_images: true to allow it"
             )
     return path
-
-
-@functools.lru_cache(maxsize=16)
-def _resolved(folder: str) -> Path:
-    """The image folder's real path, resolved once (not once per sample of a 665k-sample file)."""
-    return Path(folder).resolve()
 
 
 def check_images(

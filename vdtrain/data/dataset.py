@@ -19,6 +19,7 @@ from vdtrain.data.conversations import (
     special_token_problem,
     to_messages,
 )
+from vdtrain.data.images import upright_size
 from vdtrain.errors import ConversationError
 from vdtrain.keys import END_OF_TURN_MASK, HAS_IMAGE
 from vdtrain.method.dependence import IGNORE_INDEX
@@ -67,7 +68,7 @@ def encode_record(
     if has_image:
         size = (64, 64)
         if image is not None:
-            size = image.size
+            size = upright_size(image)  # a header-only image may still carry its EXIF rotation
         elif adapter.image_tokens_depend_on_size:
             size = load_image(path, sample_id).size
         num_tokens = adapter.num_image_tokens(processor, size)

@@ -72,6 +72,19 @@ def open_image(path: str | os.PathLike | IO[bytes]) -> Image.Image:
     return image
 
 
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """`(width, height)` as the image is seen once its EXIF orientation is applied (5-8 swap the sides), read
+    from the header: what `load_image` gives, without decoding the pixels."""
+    width, height = image.size
+    if "exif" not in image.info:  # no EXIF block in the header (a PNG's getexif would decode the pixels to look)
+        return width, height
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except (OSError, ValueError, SyntaxError):  # a broken EXIF block: PIL's exif_transpose ignores it too
+        orientation = 1
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """`image` upright (EXIF orientation applied) as 8-bit RGB; 16-bit and float pixels scaled, not clipped."""
     image = ImageOps.exif_transpose(image) or image

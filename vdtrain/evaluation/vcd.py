@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from vdtrain.compat import cache_keyword, output_cache
-from vdtrain.method.noise import add_diffusion_noise, seeded_generator
+from vdtrain.method.noise import add_diffusion_noise, keep_padding, seeded_generator
 
 # Per-token inputs that grow with the sequence (generate's `_update_model_kwargs_for_generation` does the same).
 _REPEAT_LAST = ("token_type_ids",)
@@ -179,7 +179,9 @@ def vcd_generate(
 
     pixels = inputs[pixel_key]
     noisy_inputs = dict(inputs)
-    noisy_inputs[pixel_key] = add_diffusion_noise(pixels, noise_step, generator=generator, noise=noise)
+    noisy_inputs[pixel_key] = keep_padding(
+        pixels, add_diffusion_noise(pixels, noise_step, generator=generator, noise=noise)
+    )
     clean, noisy = _Stream(model, inputs, use_cache), _Stream(model, noisy_inputs, use_cache)
 
     sequence = inputs["input_ids"]

@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-NUM_TRAIN_TIMESTEPS = 1000
+from vdtrain.method.schedule import NUM_TRAIN_TIMESTEPS
+
 IMAGE_GRID = "image_grid_thw"  # (images, 3) input of flattened-patch models (Qwen2-VL): t x h x w patches each
 
 
@@ -67,6 +68,18 @@ def add_diffusion_noise(
     timesteps = torch.full((x0.shape[0],), step, dtype=torch.long, device=x0.device)
     noised = _scheduler().add_noise(x0, noise.float().to(x0.device), timesteps)
     return noised.to(pixel_values.dtype)
+
+
+def keep_padding(pixels: torch.Tensor, noised: torch.Tensor) -> torch.Tensor:
+    """`noised` with every image or tile (a slice of the last three dims) that is all zero in `pixels` put back to
+    zero: the padding a processor adds where samples of a batch have fewer images or tiles than others. Idefics tells
+    padding from images by its being zero (noised, it counts as an image: "image features and image tokens do not
+    match"), and Mllama's text-only rows attend to it; noise must not make it content. Flattened patches (`(N, D)`,
+    Qwen2-VL) carry no padding and are returned as noised."""
+    if pixels.dim() < 4 or noised.shape != pixels.shape:
+        return noised
+    content = pixels.flatten(-3).ne(0).any(dim=-1)[..., None, None, None]
+    return torch.where(content, noised, pixels.to(noised.dtype))
 
 
 def seeded_generator(*key: object, device: str | torch.device = "cpu") -> torch.Generator:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from vdtrain.keys import HAS_IMAGE
 from vdtrain.method.dependence import IGNORE_INDEX, row_logprobs, visual_dependence
-from vdtrain.method.noise import add_diffusion_noise
+from vdtrain.method.noise import add_diffusion_noise, keep_padding
 
 
 def targets_at(labels: torch.Tensor) -> torch.Tensor:
@@ -134,7 +134,8 @@ def teacher_forced_logprobs(
     if pixels is None:
         return logp_clean, None, labels
     noise = batch["noise"].to(device, non_blocking=True)
-    inputs[pixel_key] = add_diffusion_noise(pixels.float(), noise_step, noise=noise).to(dtype)  # f32 math
+    noised = add_diffusion_noise(pixels.float(), noise_step, noise=noise)  # f32 math
+    inputs[pixel_key] = keep_padding(pixels, noised).to(dtype)
     return logp_clean, no_grad_logprobs(model, inputs, labels, logits_mask), labels
 
 

@@ -160,6 +160,11 @@ class ModelAdapter:
         `<image>` in the text) into training examples: only assistant tokens supervised, end-of-turn flagged."""
         raise NotImplementedError
 
+    def count_examples(self, messages: list[dict[str, str]]) -> int | None:
+        """How many examples `encode` makes of `messages`, known without tokenising; None when only encoding can
+        tell (`lazy_preprocess` then tokenises the sample while checking it)."""
+        return None
+
     def prompt(self, question: str, processor: Any, has_image: bool = True) -> str:
         """The generation prompt for one user question, in the family's training format."""
         raise NotImplementedError

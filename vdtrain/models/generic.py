@@ -90,12 +90,25 @@ class ChatTemplateAdapter(ModelAdapter):
         return self._probe(processor)["closer_id"]
 
     def image_token_id(self, processor: Any) -> int | None:
-        """The id the processor repeats per image (Gemma-3: `<image_soft_token>`, not its `image_token` `<boi>`)."""
-        for owner in (tokenizer_of(processor), processor):  # Gemma3Processor.image_token_id is the <boi> id
-            token_id = getattr(owner, "image_token_id", None)
-            if isinstance(token_id, int) and token_id != tokenizer_of(processor).unk_token_id:
-                return token_id
-        return super().image_token_id(processor)
+        """The id the processor repeats per image: of the ids the tokenizer and processor name (Gemma-3's processor
+        names `<boi>`, Aya Vision's tokenizer `<image>` where `<|IMG_PATCH|>` is repeated), the most repeated one."""
+        if "_image_token_id" not in self.__dict__:
+            tokenizer = tokenizer_of(processor)
+            named = [getattr(owner, "image_token_id", None) for owner in (tokenizer, processor)]
+            named.append(super().image_token_id(processor))
+            candidates = list(dict.fromkeys(i for i in named if isinstance(i, int) and i != tokenizer.unk_token_id))
+            if len(candidates) > 1:
+                batch = processor(
+                    text=self.image_placeholder(processor),
+                    images=Image.new("RGB", (64, 64)),
+                    add_special_tokens=False,
+                    padding=False,
+                    return_tensors="pt",
+                )
+                ids = batch["input_ids"][0]
+                candidates.sort(key=lambda token_id: -int((ids == token_id).sum()))
+            self.__dict__["_image_token_id"] = candidates[0] if candidates else None
+        return self.__dict__["_image_token_id"]
 
     def image_placeholder(self, processor: Any) -> str:
         """What the template writes for an image part (e.g. `<|vision_start|><|image_pad|><|vision_end|>`)."""
@@ -150,6 +163,10 @@ class ChatTemplateAdapter(ModelAdapter):
         return self._type_keys or []
 
     # ------------------------------------------------------------------ encoding
+    def count_examples(self, messages: list[dict[str, str]]) -> int:
+        """One example holds the whole conversation."""
+        return 1
+
     def encode(
         self, messages: list[dict[str, str]], processor: Any, num_image_tokens: int, sample_id: str = "?"
     ) -> list[Example]:

@@ -70,6 +70,10 @@ class LlavaAdapter(ModelAdapter):
     projector_modules = ("multi_modal_projector",)
     image_tokens_depend_on_size = False
 
+    def count_examples(self, messages: list[dict[str, str]]) -> int:
+        """One example holds the whole conversation."""
+        return 1
+
     def encode(self, messages, processor, num_image_tokens, sample_id="?"):
         tokenizer = tokenizer_of(processor)
         pieces = vicuna_pieces(messages, self.image_placeholder(processor), tokenizer.eos_token, sample_id=sample_id)

@@ -35,6 +35,18 @@ class PaliGemmaAdapter(ModelAdapter):
         length = getattr(processor, "image_seq_length", None)
         return int(length) if length is not None else super().num_image_tokens(processor, image_size)
 
+    def count_examples(self, messages: list[dict[str, str]]) -> int | None:
+        """One example per assistant turn that follows a user turn (None: `encode` refuses the order)."""
+        count, asked = 0, False
+        for message in messages:
+            if message["role"] == "assistant":
+                if not asked:
+                    return None
+                count, asked = count + 1, False
+            else:
+                asked = True
+        return count or None
+
     def encode(
         self, messages: list[dict[str, str]], processor: Any, num_image_tokens: int, sample_id: str = "?"
     ) -> list[Example]:

@@ -20,7 +20,7 @@ from vdtrain.errors import InputError
 from vdtrain.keys import END_OF_TURN_MASK, HAS_IMAGE, LOSS_ONLY_KEYS
 from vdtrain.method.dependence import dependence_stats_tensor, row_logprobs, visual_dependence
 from vdtrain.method.losses import per_token_nll
-from vdtrain.method.noise import add_diffusion_noise, image_rows, noise_scales, seeded_generator
+from vdtrain.method.noise import add_diffusion_noise, image_rows, keep_padding, noise_scales, seeded_generator
 from vdtrain.method.passes import (
     no_grad_logprobs,
     supervised_logits,
@@ -245,7 +245,9 @@ class VDLossMixin:
             pixels = inputs[pixel_key]
             sizes = image_rows(inputs, pixels)
             noise = self._draw_noise(pixels, self._image_owners(has_image, images_per_row, len(sizes)), sizes, first)
-            noisy_inputs[pixel_key] = add_diffusion_noise(pixels, self.vd.vd_noise_step, noise=noise)
+            noisy_inputs[pixel_key] = keep_padding(
+                pixels, add_diffusion_noise(pixels, self.vd.vd_noise_step, noise=noise)
+            )
         logp_noisy = self._no_grad_logprobs(model, noisy_inputs, masks)
         logp_clean = self._no_grad_logprobs(model, inputs, masks) if self.vd.vd_clean_pass == "eval" else None
         return NoisyPass(logp_noisy, logp_clean, has_image)

@@ -76,6 +76,10 @@ class BunnyAdapter(ModelAdapter):
         colour = tuple(int(255 * value) for value in mean)
         return super().image_inputs(processor, [expand_to_square(image, colour) for image in images])
 
+    def count_examples(self, messages: list[dict[str, str]]) -> int:
+        """One example holds the whole conversation."""
+        return 1
+
     def encode(
         self, messages: list[dict[str, str]], processor: Any, num_image_tokens: int, sample_id: str = "?"
     ) -> list[Example]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from vdtrain.errors import RunMismatchError as RunMismatchError  # re-exported: it lives in vdtrain.errors
-from vdtrain.io import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
+from vdtrain.io import atomic_write_jsonl, read_jsonl, recorded_run_changes
 from vdtrain.io import file_sha256 as file_sha256  # re-exported: the scoring run's data fingerprint
 
 SCORES_FILE = "scores.jsonl"
@@ -93,17 +93,9 @@ def merge_rank_files(output_dir: Path, stem: str) -> list[dict[str, Any]]:
 def check_run(output_dir: Path, info: dict[str, Any], is_main: bool) -> None:
     """Refuse an output directory scored by another run; the main process records this run in `run.json`."""
     path = output_dir / RUN_FILE
-    if path.is_file():
-        previous = read_json(path)
-        changed = [
-            f"{field}: {previous.get(field)!r} there, {info.get(field)!r} now"
-            for field in CHECKED_FIELDS
-            if previous.get(field) != info.get(field)
-        ]
-        if changed:
-            raise RunMismatchError(
-                f"{path} records a different scoring run ({'; '.join(changed)}). Its scores cannot be mixed with "
-                "this run's: pass another --output-dir, or delete that directory to start over."
-            )
-    elif is_main:
-        atomic_write_json(path, info)
+    changed = recorded_run_changes(path, info, CHECKED_FIELDS, is_main)
+    if changed:
+        raise RunMismatchError(
+            f"{path} records a different scoring run ({'; '.join(changed)}). Its scores cannot be mixed with "
+            "this run's: pass another --output-dir, or delete that directory to start over."
+        )

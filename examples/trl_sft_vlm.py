@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from vdtrain.integrations.trl import VDSFTConfig, VDSFTTrainer
+from vdtrain.training.teardown import end_process_group
 
 # Vicuna-v1-like template for the tiny model, with generation markers so only the answers are supervised.
 TINY_TEMPLATE = (
@@ -85,7 +86,7 @@ def main() -> None:
         if "loss" in entry:
             keys = ("step", "loss", "entropy", "mean_token_accuracy", "vd_mean", "vd_weight_max")
             print({key: entry[key] for key in keys if key in entry})
-    trainer.accelerator.end_training()  # under `accelerate launch`, tear the process group down before exit
+    end_process_group(trainer)  # under `accelerate launch`: the process group and its threads end before exit
 
 
 if __name__ == "__main__":

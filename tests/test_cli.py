@@ -416,3 +416,71 @@ def test_train_help_says_what_resume_and_no_lora_do_here():
     assert "Go on from a checkpoint: a checkpoint-N folder, the run's output_dir, or true/last" in flat
     resume = flat.split("--resume_from_checkpoint RESUME_FROM_CHECKPOINT", 1)[1].split(" --", 2)[1]
     assert "Not directly used by Trainer" not in resume and "Go on from a checkpoint" in resume
+
+
+def _seed_defaults() -> dict[str, object]:
+    """`{"filter score --seed": default, ...}` for every seed option of every command's parser (subcommands too)."""
+    import argparse
+    import importlib
+
+    def walk(parser: argparse.ArgumentParser, name: str, found: dict[str, object]) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, subparser in action.choices.items():
+                    walk(subparser, f"{name} {sub}", found)
+            for flag in action.option_strings:
+                if flag in ("--seed", "--select-seed"):
+                    found[f"{name} {flag}"] = None if action.required else action.default
+
+    found: dict[str, object] = {}
+    for command, target in COMMANDS.items():
+        for sub, module_name in target.items() if isinstance(target, dict) else [("", target)]:
+            module = importlib.import_module(module_name)
+            name = f"{command} {sub}".strip()
+            subcommands = getattr(module, "SUBCOMMANDS", None)
+            for extra, (sub_module, _) in subcommands.items() if isinstance(subcommands, dict) else []:
+                walk(importlib.import_module(sub_module).build_parser(), f"{name} {extra}", found)
+            if hasattr(module, "build_parser"):
+                walk(module.build_parser(), name, found)
+    return found
+
+
+def test_every_command_defaults_its_seed_to_the_training_seed():
+    """One seed default: what `vdtrain train` (TrainingArguments) uses, so a default `filter score`, `inspect` or
+    `analyze` draws the noise a default training run draws for each sample."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from vdtrain.evaluation.decoding import DecodingOptions
+
+    training = {spec.name: spec.default for spec in dataclasses.fields(TrainingArguments)}["seed"]
+    assert options.DEFAULT_SEED == training == DecodingOptions().seed == 42
+    defaults = _seed_defaults()
+    expected = {"filter score --seed", "filter select --seed", "filter run --select-seed", "inspect --seed"}
+    expected |= {"analyze dependence --seed", "select pairs --seed", "select active --seed", "embed --seed"}
+    assert expected <= set(defaults)
+    assert defaults.pop("eval pope-build --seed") is None  # required: a POPE set names the seed it was drawn with
+    assert defaults.pop("eval run --seed") is None  # unset: the protocol config's, else DecodingOptions' (42)
+    assert defaults == dict.fromkeys(defaults, options.DEFAULT_SEED), defaults
+
+
+def test_noise_step_bounds_and_default_are_the_schedule_constants():
+    """`--noise-step` and `vd_noise_step` accept exactly the steps the diffusion schedule has (no hard-coded 999)."""
+    import argparse
+
+    from vdtrain.errors import InputError
+    from vdtrain.method.noise import _scheduler
+    from vdtrain.method.schedule import DEFAULT_NOISE_STEP, MAX_NOISE_STEP, NUM_TRAIN_TIMESTEPS
+    from vdtrain.training.config import VD_DEFAULTS, check_vd_options
+
+    assert len(_scheduler().alphas_cumprod) == NUM_TRAIN_TIMESTEPS == MAX_NOISE_STEP + 1
+    assert options.noise_step(str(MAX_NOISE_STEP)) == MAX_NOISE_STEP and options.noise_step("0") == 0
+    for bad in (str(NUM_TRAIN_TIMESTEPS), "-1"):
+        with pytest.raises(argparse.ArgumentTypeError, match=rf"\[0, {MAX_NOISE_STEP}\]"):
+            options.noise_step(bad)
+    parser = argparse.ArgumentParser()
+    options.add_noise_step(parser)
+    assert parser.parse_args([]).noise_step == DEFAULT_NOISE_STEP == VD_DEFAULTS["vd_noise_step"] == 900
+    with pytest.raises(InputError, match=rf"vd_noise_step must be in \[0, {MAX_NOISE_STEP}\]"):
+        check_vd_options({**VD_DEFAULTS, "vd_noise_step": NUM_TRAIN_TIMESTEPS})

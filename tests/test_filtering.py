@@ -359,3 +359,21 @@ def test_a_trl_parquet_folder_scores_as_its_llava_json(workdir, loaded, tmp_path
     assert_same_scores(rows(tmp_path / "json" / "scores.jsonl"), rows(tmp_path / "trl" / "scores.jsonl"), 1e-6)
     assert len(rows(tmp_path / "trl" / "scores.jsonl")) == NUM_IMAGES + 1
     assert json.loads((tmp_path / "trl" / "run.json").read_text())["data"] == str((tmp_path / "trl").resolve())
+
+
+def test_resume_scores_again_a_row_whose_score_is_not_finite(workdir, loaded, tmp_path, caplog):
+    """Earlier versions wrote a NaN score as a scores.jsonl row, and resume counted it as done: such rows are scored
+    again (and the merge keeps the new score), while finite rows are kept as they are."""
+    out = tmp_path / "out"
+    score(workdir, loaded, out, batch_size=1)
+    full, earlier = rows(out / "scores.jsonl"), rows(out / "scores.jsonl")
+    earlier[0]["score"], earlier[1]["score"], earlier[2]["score"] = float("nan"), float("inf"), 123.0  # 123: a marker
+    (out / "scores.jsonl").write_text("".join(json.dumps(row) + "\n" for row in earlier))  # json writes NaN, Infinity
+    assert "NaN" in (out / "scores.jsonl").read_text()
+    with caplog.at_level("WARNING"):
+        score(workdir, loaded, out, batch_size=1)
+    assert "2 earlier scores are not finite; scoring those samples again" in caplog.text
+    resumed = rows(out / "scores.jsonl")
+    assert [row["index"] for row in resumed] == [row["index"] for row in full]
+    assert resumed[0] == full[0] and resumed[1] == full[1]  # scored again, exactly as a fresh run scores them
+    assert resumed[2]["score"] == 123.0 and resumed[3:] == full[3:]  # finite rows are not recomputed

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from vdtrain.errors import RunMismatchError
 from vdtrain.io import (
     RecordWriter,
     append_jsonl,
@@ -141,3 +142,17 @@ def test_a_failed_record_writer_leaves_the_old_file(tmp_path):
         out.write({"b": 2})
         raise RuntimeError("stopped")
     assert read_records(path) == [{"a": 1}] and [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_a_recorded_run_is_written_once_and_compared_field_by_field(tmp_path):
+    from vdtrain.io import recorded_run_changes
+    from vdtrain.selection.embed import check_embedding_run
+
+    path = tmp_path / "run.json"
+    assert recorded_run_changes(path, {"model": "a", "seed": 1}, ["model", "seed"], is_main=False) == []
+    assert not path.exists()  # only the main process records
+    assert recorded_run_changes(path, {"model": "a", "seed": 1}, ["model", "seed"], is_main=True) == []
+    changed = recorded_run_changes(path, {"model": "b", "seed": 1, "other": 3}, ["model", "seed"], is_main=True)
+    assert changed == ["model: 'a' there, 'b' now"]
+    with pytest.raises(RunMismatchError, match="records other embeddings"):
+        check_embedding_run(tmp_path, {"model": "b"}, is_main=True, name="run.json")

@@ -34,7 +34,7 @@ def test_select_pairs_writes_indices_records_and_is_seeded(tmp_path, capsys):
     first = json.loads((tmp_path / "a" / "selected_indices.json").read_text())
     second = json.loads((tmp_path / "b" / "selected_indices.json").read_text())
     assert first["indices"] == second["indices"] and len(first["indices"]) == 6
-    assert first["seed"] == 0 and first["method"] == "mmcsal"
+    assert first["seed"] == 42 and first["method"] == "mmcsal"  # every command's default seed
     assert len(first["embeddings"]["image"]["sha256"]) == 64
     selected = json.loads((tmp_path / "a" / "selected.json").read_text())
     assert [r["id"] for r in selected] == [records[i]["id"] for i in first["indices"]]

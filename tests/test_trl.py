@@ -518,6 +518,7 @@ sys.path.insert(0, sys.argv[3])
 from test_trl import _config, _dataset, _llava
 from trl import SFTConfig, SFTTrainer
 from vdtrain.integrations.trl import VDSFTConfig, VDSFTTrainer
+from vdtrain.training.teardown import end_process_group
 from pathlib import Path
 
 for name, trainer_cls, config_cls in (("sft", SFTTrainer, SFTConfig), ("vd", VDSFTTrainer, VDSFTConfig)):
@@ -530,12 +531,9 @@ for name, trainer_cls, config_cls in (("sft", SFTTrainer, SFTConfig), ("vd", VDS
     if trainer.is_world_process_zero():
         torch.save({n: p.detach() for n, p in model.named_parameters()}, Path(sys.argv[1]) / f"weights-{name}.pt")
         torch.save(trainer.state.log_history, Path(sys.argv[1]) / f"logs-{name}.pt")
-trainer.accelerator.wait_for_everyone()
-trainer.accelerator.end_training()
-# DDP's reducer keeps gloo's threads (pt_gloo_runloop, gloo_tcp_loop) alive after the group is destroyed; at exit
-# teardown their std::thread destructors can call std::terminate (exit -6 after a successful run). Everything is
-# saved and flushed here, so leave without the teardown.
-sys.stdout.flush(); sys.stderr.flush(); os._exit(0)
+end_process_group(trainer)  # gloo's threads end here, not at interpreter exit (which could abort with exit -6)
+threads = sorted(Path(task, "comm").read_text().strip() for task in Path("/proc/self/task").iterdir())
+Path(sys.argv[1], f"threads-{os.environ['RANK']}.txt").write_text(" ".join(threads))
 """
 
 
@@ -575,6 +573,9 @@ def test_ddp_two_processes_equal_one(tmp_path):
         ]
         run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+        for rank in range(nproc):  # no gloo thread outlives end_process_group (DDP's reducer and a default held it)
+            threads = (folder / f"threads-{rank}.txt").read_text().split()
+            assert not [name for name in threads if "gloo" in name], threads
         for name in ("sft", "vd"):
             logs = torch.load(folder / f"logs-{name}.pt", weights_only=False)
             runs[nproc, name] = torch.load(folder / f"weights-{name}.pt"), [e for e in logs if "loss" in e]
@@ -594,9 +595,10 @@ def test_ddp_two_processes_equal_one(tmp_path):
 
 
 SPLIT_SCRIPT = """
-import os, sys, torch
+import sys, torch
 sys.path.insert(0, sys.argv[2])
 from test_trl import _NoiseKeys, _config, _dataset, _llava
+from vdtrain.training.teardown import end_process_group
 from pathlib import Path
 
 model, processor = _llava()
@@ -605,9 +607,7 @@ args = _config(Path(sys.argv[1]), max_steps=1, per_device_train_batch_size=4, vd
 trainer = _NoiseKeys(model=model, args=args, train_dataset=_dataset(8), processing_class=processor)
 trainer.train()
 torch.save(trainer.keys, Path(sys.argv[1]) / f"keys-{trainer.args.process_index}.pt")
-trainer.accelerator.wait_for_everyone()
-trainer.accelerator.end_training()
-sys.stdout.flush(); sys.stderr.flush(); os._exit(0)  # as DDP_SCRIPT: no interpreter teardown with gloo threads alive
+end_process_group(trainer)
 """
 
 
@@ -634,3 +634,35 @@ def test_split_batches_keys_the_samples_by_their_global_position(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     keys = [[key for _, key, _ in torch.load(tmp_path / f"keys-{rank}.pt")] for rank in (0, 1)]
     assert keys == [[0, 1], [2, 3]]
+
+
+class _NaNLossAtStep2(VDSFTTrainer):
+    """The loss of the second optimizer step is NaN (as a diverged run's would be)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.state.global_step != 1:
+            return result
+        return (result[0] * float("nan"), *result[1:]) if return_outputs else result * float("nan")
+
+
+def test_a_nonfinite_step_stops_or_is_skipped_as_in_vdtrainer(tmp_path):
+    """VDSFTTrainer had no non-finite stop: TRL applied the NaN gradients and the run ended with NaN weights."""
+    from vdtrain.errors import TrainingDiverged
+
+    model, processor = _llava()
+    args = _config(tmp_path / "stop", max_steps=3, vd_start=0.0)
+    trainer = _NaNLossAtStep2(model=model, args=args, train_dataset=_dataset(8), processing_class=processor)
+    with pytest.raises(TrainingDiverged, match="^step 2: the loss is nan and the gradient norm is nan; stopped"):
+        trainer.train()
+    assert trainer.state.global_step == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # the NaN step was never applied
+
+    model, processor = _llava()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    args = _config(tmp_path / "skip", max_steps=3, vd_start=0.0, skip_nonfinite_steps=True)
+    trainer = _NaNLossAtStep2(model=model, args=args, train_dataset=_dataset(8), processing_class=processor)
+    trainer.train()
+    assert trainer.state.global_step == 3 and trainer.vd_skipped_steps == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert sum(not torch.equal(p, before[n]) for n, p in model.named_parameters()) > 10  # steps 1 and 3 trained

@@ -369,3 +369,18 @@ def resume_jsonl(path: str | os.PathLike) -> list[Any]:
             rows.append(row)
         offset += len(line) + 1
     return rows
+
+
+def recorded_run_changes(path: Path, info: dict[str, Any], fields: Iterable[str], is_main: bool) -> list[str]:
+    """What differs in `fields` between `info` and the run recorded at `path` (`"field: X there, Y now"`), so a
+    folder never mixes two runs' outputs; where none is recorded yet, the main process records `info`."""
+    if not path.is_file():
+        if is_main:
+            atomic_write_json(path, info)
+        return []
+    previous = read_json(path)
+    return [
+        f"{field}: {previous.get(field)!r} there, {info.get(field)!r} now"
+        for field in fields
+        if previous.get(field) != info.get(field)
+    ]

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="seeded random projection of pooled rows to this width (256-1024 keeps distances; default: none)",
     )
-    options.add_seed(parser, 0, "the random projection")
+    options.add_seed(parser, "the random projection")
     options.add_batch_size(parser, 8)
     parser.add_argument("--max-length", type=int, default=2048, help="tokens per sequence after image expansion")
     return parser

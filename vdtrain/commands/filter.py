@@ -47,7 +47,7 @@ def _add_score_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--output-dir", required=True, help="where scores go; the same directory again resumes")
     options.add_noise_step(group)
     options.add_batch_size(group, 8)
-    options.add_seed(group, 42, "the noise: sample i's noise is seeded from (seed, i)")
+    options.add_seed(group, "the noise: sample i's noise is seeded from (seed, i)")
     group.add_argument("--max-length", type=int, default=2048, help="tokens per sequence after image expansion")
     group.add_argument(
         "--num-workers",
@@ -91,7 +91,6 @@ def _add_select_options(parser: argparse.ArgumentParser, *, standalone: bool) ->
     group.add_argument("--fraction", type=float, required=True, help="share of the scored samples to remove, e.g. 0.1")
     options.add_seed(
         group,
-        0,
         "the random strategy and k-means of the embeddings",
         flag="--seed" if standalone else "--select-seed",
         dest="select_seed",

@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--response", help="response to score (default: the model's greedy answer)")
     parser.add_argument("--output", required=True, help="figure path (.png); the numbers go to the same name .json")
     options.add_noise_step(parser)
-    options.add_seed(parser, 0, "the noise")
+    options.add_seed(parser, "the noise")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="length limit of a generated response")
     return parser
 

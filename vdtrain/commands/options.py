@@ -16,11 +16,16 @@ from typing import Any
 
 from vdtrain.errors import InputError
 from vdtrain.evaluation.decoding import DecodingOptions
+from vdtrain.method.schedule import DEFAULT_NOISE_STEP, MAX_NOISE_STEP
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 DTYPE_HELP = "weights dtype: auto (bfloat16 on a GPU that supports it, else float32), bfloat16, float16 or float32"
 DEVICE_HELP = "auto (the GPU of this process when there is one, else cpu), cpu, cuda or cuda:N"
 SEED_HELP = "seed of every random draw the command makes"
+# One default for every command's --seed: TrainingArguments' (`vdtrain train`'s), so that `vdtrain filter score`,
+# `inspect` and `analyze` draw by default the noise a training run with default settings draws for each sample.
+# `DecodingOptions.seed` has the same default; tests/test_cli.py checks all three agree.
+DEFAULT_SEED = 42
 DEBUG_HELP = "show the full traceback of an error (also: VDTRAIN_DEBUG=1)"
 
 
@@ -67,12 +72,13 @@ def add_model_options(
 
 def add_seed(
     parser: argparse.ArgumentParser | Any,
-    default: int | None,
     what: str,
+    *,
+    default: int | None = DEFAULT_SEED,
     flag: str = "--seed",
     dest: str | None = None,
 ) -> None:
-    """`--seed`: one meaning everywhere; `what` says which draws this command makes."""
+    """`--seed`: one meaning and one default everywhere; `what` says which draws this command makes."""
     parser.add_argument(flag, type=int, default=default, dest=dest, help=f"{SEED_HELP} ({what})")
 
 
@@ -93,22 +99,23 @@ def add_batch_size(parser: argparse.ArgumentParser | Any, default: int | None, w
 
 
 def noise_step(text: str) -> int:
-    """argparse type of `--noise-step`: a diffusion step in [0, 999], refused as a usage error before any model
-    is loaded (`vdtrain.method.noise.NUM_TRAIN_TIMESTEPS` steps)."""
+    """argparse type of `--noise-step`: a step of the diffusion schedule (`vdtrain.method.schedule`), refused as a
+    usage error before any model is loaded."""
     try:
         step = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer diffusion step in [0, 999], got {text!r}") from None
-    if not 0 <= step <= 999:
-        raise argparse.ArgumentTypeError(f"the diffusion step must be in [0, 999], got {step}")
+        raise argparse.ArgumentTypeError(
+            f"expected an integer diffusion step in [0, {MAX_NOISE_STEP}], got {text!r}"
+        ) from None
+    if not 0 <= step <= MAX_NOISE_STEP:
+        raise argparse.ArgumentTypeError(f"the diffusion step must be in [0, {MAX_NOISE_STEP}], got {step}")
     return step
 
 
-def add_noise_step(parser: argparse.ArgumentParser | Any, default: int = 900) -> None:
+def add_noise_step(parser: argparse.ArgumentParser | Any, default: int = DEFAULT_NOISE_STEP) -> None:
     """`--noise-step`: the diffusion step of the noised image, checked when the command line is parsed."""
-    parser.add_argument(
-        "--noise-step", type=noise_step, default=default, help="diffusion step of the noised image (0-999)"
-    )
+    help_text = f"diffusion step of the noised image (0-{MAX_NOISE_STEP})"
+    parser.add_argument("--noise-step", type=noise_step, default=default, help=help_text)
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser, defaults: Mapping[str, Any] | None = None) -> None:
@@ -131,7 +138,7 @@ def add_decoding_arguments(parser: argparse.ArgumentParser, defaults: Mapping[st
     flag("--vcd-alpha", type=float, default=base.get("vcd_alpha"), help="VCD contrast strength (1.0)")
     flag("--vcd-beta", type=float, default=base.get("vcd_beta"), help="VCD plausibility cut-off (0.1)")
     flag("--vcd-noise-step", type=int, default=base.get("vcd_noise_step"), help="VCD diffusion noise step (500)")
-    add_seed(group, base.get("seed"), "the VCD noise and sampling; 0 when unset")
+    add_seed(group, f"the VCD noise and sampling; {DEFAULT_SEED} when unset", default=base.get("seed"))
     add_batch_size(group, 8 if defaults is None else defaults.get("batch_size"), "prompts (8 when unset)")
 
 
@@ -147,7 +154,7 @@ def decoding_options(args: argparse.Namespace, base: Mapping[str, Any] | None = 
 def add_teacher_forcing_options(parser: argparse.ArgumentParser) -> None:
     """The model options every analysis shares, plus the noise and the sequence length of the teacher forcing."""
     add_model_options(parser)
-    add_seed(parser, 0, "the per-sample noise: sample i draws from (seed, i)")
+    add_seed(parser, "the per-sample noise: sample i draws from (seed, i)")
     add_noise_step(parser)
     parser.add_argument("--max-length", type=int, default=2048, help="tokens per sequence after image expansion")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     loop.add_argument("--budget", type=options.positive_int, required=True, help="samples queried per round")
     loop.add_argument("--rounds", type=int, required=True, help="query rounds after the initial set")
     loop.add_argument("--initial", type=int, default=None, help="size of the random initial set (default: --budget)")
-    options.add_seed(loop, 0, "the initial draw, the learner's initialisation and the strategy")
+    options.add_seed(loop, "the initial draw, the learner's initialisation and the strategy")
     loop.add_argument("--output-dir", required=True, help="rounds, queries and models; the same directory resumes")
     loop.add_argument("--labels", default=None, help="the answers file (default: OUTPUT_DIR/labels.jsonl)")
     loop.add_argument("--evaluation", default=None, help="held-out labelled ids ({'id', 'label'} JSONL), scored")

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data", default=None, help="the pool's records (JSON list or JSONL, record order); writes selected.json"
     )
-    options.add_seed(parser, 0, "initial parameters, mini-batches, k-means, stage 1, random")
+    options.add_seed(parser, "initial parameters, mini-batches, k-means, stage 1, random")
     group = parser.add_argument_group("parametric selection (activeft, mmcsal)")
     group.add_argument(
         "--form", default="thesis", choices=FORMS, help="thesis: gap - λ_div diversity; contrastive: ActiveFT's code"

@@ -20,7 +20,7 @@ class DecodingOptions:
     vcd_alpha: float = 1.0
     vcd_beta: float = 0.1
     vcd_noise_step: int = 500
-    seed: int = 0
+    seed: int = 42  # every command's default seed (vdtrain.commands.options.DEFAULT_SEED, TrainingArguments')
 
     def __post_init__(self) -> None:
         kinds = {"int": (int, "an integer"), "float": ((int, float), "a number"), "bool": (bool, "true or false")}

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 from vdtrain.errors import RunMismatchError as RunMismatchError  # re-exported: it lives in vdtrain.errors
-from vdtrain.io import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
+from vdtrain.io import atomic_write_jsonl, read_jsonl, recorded_run_changes
 from vdtrain.io import file_sha256 as file_sha256  # re-exported: the scoring run's data fingerprint
 
 SCORES_FILE = "scores.jsonl"
@@ -35,11 +36,9 @@ def distributed() -> tuple[int, int]:
 def end_distributed() -> None:
     """Tear down the process group `distributed()` started, once every process is here: left to interpreter exit,
     gloo's threads can abort the process ("terminate called without an active exception")."""
-    import torch.distributed as dist
+    from vdtrain.training.teardown import end_process_group
 
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    end_process_group()
 
 
 def barrier(world_size: int) -> None:
@@ -51,9 +50,30 @@ def barrier(world_size: int) -> None:
 
 
 def scored_indices(output_dir: Path) -> set[int]:
-    """Indices already scored in `output_dir` (merged file and per-rank files; a truncated last line is ignored)."""
+    """Indices already scored in `output_dir` (merged file and per-rank files; a truncated last line is ignored, and
+    so is a score that is not finite: that sample is scored again)."""
     paths = [output_dir / SCORES_FILE, *sorted(output_dir.glob("scores.rank*.jsonl"))]
-    return {int(row["index"]) for path in paths for row in read_jsonl(path, missing_ok=True, skip_bad_lines=True)}
+    rows = (row for path in paths for row in read_jsonl(path, missing_ok=True, skip_bad_lines=True))
+    return {int(row["index"]) for row in rows if has_score(row)}
+
+
+def has_score(row: dict[str, Any]) -> bool:
+    """Whether a `scores.jsonl` row holds a finite score (earlier versions also wrote NaN and infinite ones)."""
+    score = row.get("score")
+    return isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score)
+
+
+def drop_nonfinite_scores(output_dir: Path) -> int:
+    """Remove the rows without a finite score from `scores.jsonl` and the per-rank files, so that a resumed run
+    scores those samples again and the merge cannot keep the old row; returns how many were removed."""
+    removed = 0
+    for path in [output_dir / SCORES_FILE, *sorted(output_dir.glob("scores.rank*.jsonl"))]:
+        rows = read_jsonl(path, missing_ok=True, skip_bad_lines=True)
+        kept = [row for row in rows if has_score(row)]
+        if len(kept) < len(rows):
+            atomic_write_jsonl(path, kept)
+            removed += len(rows) - len(kept)
+    return removed
 
 
 def merge_rank_files(output_dir: Path, stem: str) -> list[dict[str, Any]]:
@@ -73,17 +93,9 @@ def merge_rank_files(output_dir: Path, stem: str) -> list[dict[str, Any]]:
 def check_run(output_dir: Path, info: dict[str, Any], is_main: bool) -> None:
     """Refuse an output directory scored by another run; the main process records this run in `run.json`."""
     path = output_dir / RUN_FILE
-    if path.is_file():
-        previous = read_json(path)
-        changed = [
-            f"{field}: {previous.get(field)!r} there, {info.get(field)!r} now"
-            for field in CHECKED_FIELDS
-            if previous.get(field) != info.get(field)
-        ]
-        if changed:
-            raise RunMismatchError(
-                f"{path} records a different scoring run ({'; '.join(changed)}). Its scores cannot be mixed with "
-                "this run's: pass another --output-dir, or delete that directory to start over."
-            )
-    elif is_main:
-        atomic_write_json(path, info)
+    changed = recorded_run_changes(path, info, CHECKED_FIELDS, is_main)
+    if changed:
+        raise RunMismatchError(
+            f"{path} records a different scoring run ({'; '.join(changed)}). Its scores cannot be mixed with "
+            "this run's: pass another --output-dir, or delete that directory to start over."
+        )

@@ -23,6 +23,7 @@ from vdtrain.filtering.runs import (
     barrier,
     check_run,
     distributed,
+    drop_nonfinite_scores,
     file_sha256,
     merge_rank_files,
     scored_indices,
@@ -187,6 +188,9 @@ def score_dataset(
             repair_jsonl(path)
         for path in [output_dir / ERRORS_FILE, *output_dir.glob("errors.rank*.jsonl")]:
             path.unlink(missing_ok=True)
+        nonfinite = drop_nonfinite_scores(output_dir)
+        if nonfinite:
+            logger.warning("vdtrain filter: %d earlier scores are not finite; scoring those samples again", nonfinite)
     barrier(world)
     done = scored_indices(output_dir)
     barrier(world)  # every process has read the same `done` before anyone appends

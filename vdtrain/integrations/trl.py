@@ -10,7 +10,7 @@ same fused head under `torch.no_grad()`. Needs `pip install vdtrain[trl]`.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,7 @@ from vdtrain.method.passes import eval_pass
 from vdtrain.models.generic import end_of_turn_token
 from vdtrain.training.checkpoints import FullCheckpointLoading
 from vdtrain.training.config import VDArguments, upgrade_arguments, vd_options
+from vdtrain.training.finite import FiniteSteps
 from vdtrain.training.mixin import StepMasks, VDLossMixin
 
 __all__ = ["VDSFTConfig", "VDSFTTrainer", "end_of_turn_token_id"]
@@ -28,10 +29,16 @@ __all__ = ["VDSFTConfig", "VDSFTTrainer", "end_of_turn_token_id"]
 
 @dataclass
 class VDSFTConfig(VDArguments, SFTConfig):
-    """TRL's `SFTConfig` plus the `vd_*` fields of `VDTrainingArguments` (same names, same defaults)."""
+    """TRL's `SFTConfig` plus the `vd_*` fields of `VDTrainingArguments` (same names, same defaults) and its
+    `skip_nonfinite_steps`."""
+
+    skip_nonfinite_steps: bool = field(
+        default=False,
+        metadata={"help": "Skip optimizer steps whose loss or gradient norm is not finite instead of stopping."},
+    )
 
 
-class VDSFTTrainer(VDLossMixin, FullCheckpointLoading, SFTTrainer):
+class VDSFTTrainer(VDLossMixin, FiniteSteps, FullCheckpointLoading, SFTTrainer):
     """`trl.SFTTrainer` with the visual-dependence loss of Eq. 5.5 from `vd_start` on.
 
     Takes `SFTTrainer`'s arguments plus `projector_modules`, `end_of_turn_id` and `pixel_key` (see `VDLossMixin`).
@@ -40,7 +47,9 @@ class VDSFTTrainer(VDLossMixin, FullCheckpointLoading, SFTTrainer):
     `vd_*` fields it has are kept) or None. An `SFTConfig` stays the object passed (`trainer.args is args`, as with
     `SFTTrainer`), given the `vd_*` fields in place; other `TrainingArguments` become a `VDSFTConfig`, as
     `SFTTrainer` makes them an `SFTConfig`. Checkpoints are resumed as by `VDTrainer` (`FullCheckpointLoading`):
-    complete ones only, and a full fine-tune's weights by the names they were saved under.
+    complete ones only, and a full fine-tune's weights by the names they were saved under. A diverged run stops as
+    `VDTrainer`'s does (`FiniteSteps`): a non-finite loss or gradient norm raises `TrainingDiverged` naming the step
+    before the optimizer applies it (or skips that step with `skip_nonfinite_steps=True`).
     """
 
     def __init__(self, model, args: TrainingArguments | None = None, *positional, **kwargs) -> None:

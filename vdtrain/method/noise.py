@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-NUM_TRAIN_TIMESTEPS = 1000
+from vdtrain.method.schedule import NUM_TRAIN_TIMESTEPS
+
 IMAGE_GRID = "image_grid_thw"  # (images, 3) input of flattened-patch models (Qwen2-VL): t x h x w patches each
 
 

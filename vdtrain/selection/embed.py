@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from vdtrain.errors import RunMismatchError
-from vdtrain.io import atomic_write_json, read_json, read_records
+from vdtrain.io import read_records, recorded_run_changes
 from vdtrain.selection.encoders import HiddenCapture, pool_hidden
 from vdtrain.selection.store import EMBEDDINGS, RUN_FILE, RankWriter, done_indices, file_sha256, merge_rank_rows
 from vdtrain.selection.store import random_projection as project
@@ -25,17 +25,9 @@ CHECKED = ("model", "data_sha256", "dtype", "pooling", "projection")
 def check_embedding_run(output_dir: Path, info: dict[str, Any], is_main: bool, name: str = EMBED_RUN_FILE) -> None:
     """Refuse an output directory whose embeddings came from another model, data, dtype, pooling or projection."""
     path = output_dir / name
-    if path.is_file():
-        previous = read_json(path)
-        changed = [
-            f"{key}: {previous.get(key)!r} there, {info.get(key)!r} now"
-            for key in CHECKED
-            if previous.get(key) != info.get(key)
-        ]
-        if changed:
-            raise RunMismatchError(f"{path} records other embeddings ({'; '.join(changed)}); use another --output-dir")
-    elif is_main:
-        atomic_write_json(path, info)
+    changed = recorded_run_changes(path, info, CHECKED, is_main)
+    if changed:
+        raise RunMismatchError(f"{path} records other embeddings ({'; '.join(changed)}); use another --output-dir")
 
 
 def image_token_mask(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor | None:

@@ -9,6 +9,7 @@ from transformers import TrainingArguments
 
 from vdtrain.data.arguments import DataArguments
 from vdtrain.errors import InputError
+from vdtrain.method.schedule import DEFAULT_NOISE_STEP, MAX_NOISE_STEP
 from vdtrain.models.arguments import ModelArguments
 
 __all__ = [
@@ -53,7 +54,10 @@ class VDArguments:
     vd_start: float = field(
         default=0.5, metadata={"help": "Fraction of total optimizer steps after which the loss is re-weighted."}
     )
-    vd_noise_step: int = field(default=900, metadata={"help": "Diffusion noise step T of the noised image, 0-999."})
+    vd_noise_step: int = field(
+        default=DEFAULT_NOISE_STEP,
+        metadata={"help": f"Diffusion noise step T of the noised image, 0-{MAX_NOISE_STEP}."},
+    )
     vd_eos_min_weight: float = field(default=1.0, metadata={"help": "Lower bound of the end-of-turn token weight."})
     vd_clean_pass: str = field(
         default="train",
@@ -130,8 +134,8 @@ def check_vd_options(options: dict) -> None:
         raise InputError(f"vd_clean_pass must be one of {CLEAN_PASSES}, got {options['vd_clean_pass']!r}")
     if not 0.0 <= options["vd_start"] <= 1.0:
         raise InputError(f"vd_start is a fraction of training in [0, 1], got {options['vd_start']}")
-    if not 0 <= options["vd_noise_step"] <= 999:
-        raise InputError(f"vd_noise_step must be in [0, 999], got {options['vd_noise_step']}")
+    if not 0 <= options["vd_noise_step"] <= MAX_NOISE_STEP:
+        raise InputError(f"vd_noise_step must be in [0, {MAX_NOISE_STEP}], got {options['vd_noise_step']}")
     if options["vd_temperature"] < 0:
         raise InputError(f"vd_temperature must be >= 0, got {options['vd_temperature']}")
 

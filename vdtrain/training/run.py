@@ -20,6 +20,7 @@ from vdtrain.models.merge import BASE_MODEL_FILE, base_model_text
 from vdtrain.training.checkpoints import MANIFEST_NAME, write_manifest
 from vdtrain.training.config import DataArguments, ModelArguments, VDTrainingArguments
 from vdtrain.training.finite import check_finite_weights
+from vdtrain.training.teardown import end_process_group
 from vdtrain.training.termination import SaveOnSigterm
 from vdtrain.training.trainer import VDTrainer
 
@@ -110,7 +111,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
         trainer.add_callback(sigterm)
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     if sigterm.received:  # a checkpoint of the last step is saved; the final adapter is left to the resumed run
-        trainer.accelerator.end_training()
+        end_process_group(trainer)
         raise Terminated("SIGTERM")
     output_dir = Path(training_args.output_dir)
     check_finite_weights(trainer.model, f"the adapter was not saved in {output_dir}")
@@ -124,7 +125,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, training_
         trainer.accelerator.wait_for_everyone()
         if trainer.is_world_process_zero():
             write_manifest(output_dir, recursive=False, run=trainer._run_record())  # last: the adapter is complete
-    trainer.accelerator.end_training()  # tear the process group down before exit (ZeRO-3 could abort otherwise)
+    end_process_group(trainer)  # gloo's threads end here: left to interpreter exit they can abort a finished run
     return result
 
 

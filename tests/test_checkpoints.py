@@ -197,14 +197,25 @@ def test_ctrl_c_says_what_was_kept(tiny_llava_dir: Path, data_dir: Path, tmp_pat
     recipe.write_text(yaml.safe_dump(overrides))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     process = subprocess.Popen(
-        [sys.executable, "-m", "vdtrain", "train", str(recipe)], stderr=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-m", "vdtrain", "train", str(recipe)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        # a launcher without job control (`cmd &` in a script) starts children with SIGINT ignored, and Python
+        # then installs no KeyboardInterrupt: give the child Ctrl-C's default, as a terminal would
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    deadline = time.monotonic() + 300
-    while not (output_dir / "checkpoint-2" / MANIFEST_NAME).is_file() and process.poll() is None:
-        assert time.monotonic() < deadline, "no checkpoint within 5 minutes"
-        time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 300
+        while not (output_dir / "checkpoint-2" / MANIFEST_NAME).is_file() and process.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint within 5 minutes"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:  # never leave a training run behind a failed test
+            process.kill()
+            process.wait()
     assert process.returncode == 130, err[-2000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("vdtrain train: interrupted: ") and f"complete checkpoint(s) kept in {output_dir}" in last

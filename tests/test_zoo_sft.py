@@ -180,8 +180,8 @@ def rows() -> Dataset:
 def config(cls, folder, **extra):
     values = dict(
         output_dir=str(folder),
-        max_steps=2,
-        per_device_train_batch_size=4,  # every batch mixes aspect ratios and the text-only row
+        max_steps=1,  # one step of all four rows: logs and the updated weights compared (CI time: 262k vocabularies)
+        per_device_train_batch_size=4,  # the batch mixes aspect ratios and the text-only row
         learning_rate=1e-3,
         logging_steps=1,
         use_cpu=True,
@@ -259,7 +259,7 @@ def test_family_through_vdsfttrainer(family, tmp_path):
     # tau = 0 with the noisy pass every step: SFTTrainer's run, step for step
     keys = ("loss", "entropy", "mean_token_accuracy", "num_tokens")
     expected, got = logged(vanilla, *keys), logged(vd, *keys)
-    assert len(got) == 2 and all(value == pytest.approx(want, rel=1e-5) for value, want in zip(got, expected))
+    assert len(got) == 1 and all(value == pytest.approx(want, rel=1e-5) for value, want in zip(got, expected))
     trained = dict(vanilla.model.named_parameters())
     for name, parameter in vd.model.named_parameters():
         assert torch.allclose(parameter, trained[name], atol=1e-6), name
@@ -269,7 +269,7 @@ def test_family_through_vdsfttrainer(family, tmp_path):
     assert eot_id == get_adapter(model, processor).trainer_kwargs(processor)["end_of_turn_id"]  # VDTrainer's too
     eot_text = tokenizer.convert_ids_to_tokens(eot_id)
     after = AFTER_END_OF_TURN.get(family, "")
-    assert len(vd.seen) == 2
+    assert len(vd.seen) == 1
     for input_ids, labels, d, mask, end_of_turn in vd.seen:
         text_only = ["say yes." in tokenizer.decode(ids) for ids in input_ids]
         assert sum(text_only) == 1

@@ -238,13 +238,16 @@ class ArrowSupervisedDataset(SupervisedDataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.examples[int(index)]
+        stored = None  # `(record, embedded image)`, read from the table once when either is needed
+        if self.lazy or row["image"] == EMBEDDED:
+            stored = to_record(self.table_source[row["row"]], self.format, row["row"])
         image = None
         if row["image"] is not None:
             try:
-                image = self._image(row)
+                image = self._image(row, stored)
             except (OSError, ConversationError) as error:  # name the data file too
                 raise type(error)(f"{self.source}: {error}") from error
-        example = self._tokenized(row, image) if self.lazy else self._stored(row)
+        example = self._tokenized(row, image, stored[0]) if self.lazy else self._stored(row)
         if image is None:
             return example_features(example)
         return example_features(example, self.adapter.image_inputs(self.processor, [image]))
@@ -255,9 +258,8 @@ class ArrowSupervisedDataset(SupervisedDataset):
         extra = {key: fields[key] for key in self.token_keys[3:]}
         return Example(fields["input_ids"], fields["labels"], fields[END_OF_TURN_MASK], extra)
 
-    def _tokenized(self, row: dict[str, Any], image: Any) -> Example:
+    def _tokenized(self, row: dict[str, Any], image: Any, record: dict[str, Any]) -> Example:
         """The planned example, tokenised now from the conversation the table holds."""
-        record = to_record(self.table_source[row["row"]], self.format, row["row"])[0]
         try:
             encoded = encode_record(
                 record,
@@ -276,10 +278,10 @@ class ArrowSupervisedDataset(SupervisedDataset):
                 f"({error}); delete {self.cache_dir} or the changed data and rerun"
             ) from error
 
-    def _image(self, row: dict[str, Any]) -> Any:
+    def _image(self, row: dict[str, Any], stored: tuple[dict[str, Any], Any] | None) -> Any:
         if row["image"] != EMBEDDED:
             return load_image(Path(row["image"]), row["sample"])
-        embedded = to_record(self.table_source[row["row"]], self.format, row["row"])[1]
+        embedded = stored[1]
         try:
             return to_rgb(embedded.open())
         except OSError as error:

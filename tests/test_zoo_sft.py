@@ -225,9 +225,25 @@ def family_param(family: str):
 @pytest.mark.parametrize("family", [family_param(family) for family in SFT_FAMILIES])
 def test_family_through_vdsfttrainer(family, tmp_path):
     model, processor = zoo.build(family)
+    after, shifted = AFTER_END_OF_TURN.get(family, ""), family in SHIFTED_BY_EXPANSION
+    check_sft_family(family, model, processor, TRAINING[family], tmp_path, after=after, shifted=shifted)
+
+
+def check_sft_family(
+    family: str,
+    model,
+    processor,
+    training: tuple[str, str] | None,
+    tmp_path,
+    after: str = "",
+    shifted: bool = False,
+) -> None:
+    """Every assertion of this file on one family's tiny `(model, processor)`: `training` is `(training template,
+    what it adds to the processor template's text)` or None where TRL patches the template itself; `after` is what
+    that template supervises after the end-of-turn token; `shifted`: TRL's image-row spans are shifted upstream."""
     tokenizer = tokenizer_of(processor)
-    if TRAINING[family] is not None:
-        template, added = TRAINING[family]
+    if training is not None:
+        template, added = training
         # the training twin renders the zoo template's text (plus the EOS it asks for where nothing closed a turn)
         chat = [
             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}]},
@@ -268,7 +284,6 @@ def test_family_through_vdsfttrainer(family, tmp_path):
     eot_id = vd.end_of_turn_id
     assert eot_id == get_adapter(model, processor).trainer_kwargs(processor)["end_of_turn_id"]  # VDTrainer's too
     eot_text = tokenizer.convert_ids_to_tokens(eot_id)
-    after = AFTER_END_OF_TURN.get(family, "")
     assert len(vd.seen) == 1
     for input_ids, labels, d, mask, end_of_turn in vd.seen:
         text_only = ["say yes." in tokenizer.decode(ids) for ids in input_ids]
@@ -277,7 +292,7 @@ def test_family_through_vdsfttrainer(family, tmp_path):
             runs = supervised_runs(tokenizer, labels[row].tolist())
             decoded = [tokenizer.decode(run, skip_special_tokens=False).lstrip() for run in runs]
             answers = ["yes."] if text_only[row] else ANSWERS
-            if family in SHIFTED_BY_EXPANSION and not text_only[row]:
+            if shifted and not text_only[row]:
                 assert decoded != [answer + eot_text + after for answer in answers]  # the upstream bug, still there
             else:
                 assert decoded == [answer + eot_text + after for answer in answers], f"{family}: supervised {decoded}"

@@ -1,0 +1,140 @@
+"""Tiny random-weight models of more image-text-to-text families whose image processors exist only as torchvision
+classes (group tvb), built like tests/zoo.py: real npm tokenizers, chat templates written like the published ones,
+a few layers. PerceptionLM and FastVLM use a timm vision tower (`TimmWrapperConfig`).
+
+`build(family)` returns `(model, processor)`; `FAMILIES` lists the families in the zoo, `LEFT` the families of this
+group that are not, with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from zoo import CHATML, IMAGE, PATCH, _seeded, llama, qwen2, tokenizer
+
+# Llama-3's header format (PerceptionLM's template): a default system prompt, images first in a user turn, every
+# turn closed by `<|eot_id|>`.
+PLM_SYSTEM = (
+    "You are a helpful language and vision assistant. You are able to understand the visual content that the user "
+    "provides, and assist the user with a variety of tasks using natural language."
+)
+PLM_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'][0]['text'] %}"
+    "{% set messages = messages[1:] %}{% else %}{% set system = '" + PLM_SYSTEM + "' %}{% endif %}"
+    "<|start_header_id|>system<|end_header_id|>\n\n{{ system }}<|eot_id|>"
+    "{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}<|image|>{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] | trim }}"
+    "{% endfor %}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+
+def timm_vit(**extra: Any) -> dict[str, Any]:
+    """A two-layer timm ViT (Perception Encoder architecture) at IMAGE px, patch PATCH, width 32, with a CLS token."""
+    return {
+        "model_type": "timm_wrapper",
+        "architecture": "vit_pe_core_tiny_patch16_384",
+        "do_pooling": False,
+        "model_args": {
+            "img_size": IMAGE,
+            "patch_size": PATCH,
+            "embed_dim": 32,
+            "depth": 2,
+            "num_heads": 2,
+            **extra,
+        },
+    }
+
+
+def perception_lm() -> tuple[Any, Any]:
+    """PerceptionLM: a thumbnail plus tiles per image through a Perception Encoder (timm), 2x2 pooled projector."""
+    from transformers import PerceptionLMConfig, PerceptionLMForConditionalGeneration, PerceptionLMProcessor
+    from transformers.models.perception_lm.image_processing_perception_lm import PerceptionLMImageProcessor
+    from transformers.models.perception_lm.video_processing_perception_lm import PerceptionLMVideoProcessor
+
+    named = {"image_token": "<|image|>", "video_token": "<|video|>"}
+    tok = tokenizer("llama3", tuple(named.values()), named)
+    image_processor = PerceptionLMImageProcessor(
+        tile_size=IMAGE, max_num_tiles=4, size={"height": IMAGE, "width": IMAGE}
+    )
+    processor = PerceptionLMProcessor(
+        video_processor=PerceptionLMVideoProcessor(),
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=PATCH,
+        pooling_ratio=2,
+        chat_template=PLM_TEMPLATE,
+    )
+    config = PerceptionLMConfig(
+        vision_config=timm_vit(),
+        text_config=llama(tok),
+        vision_use_cls_token=True,
+        projector_pooling_ratio=2,
+        image_token_id=tok.convert_tokens_to_ids("<|image|>"),
+        video_token_id=tok.convert_tokens_to_ids("<|video|>"),
+    )
+    return _seeded(PerceptionLMForConditionalGeneration, config), processor
+
+
+def fast_vlm() -> tuple[Any, Any]:
+    """FastVLM: a FastViT-HD (MCi, conv stages then attention stages, timm) whose last feature map is the image
+    tokens, LLaVA's processor and projector over a Qwen2 LM, ChatML with `<image>\n` before the text."""
+    import torch
+    from transformers import CLIPImageProcessorPil, FastVlmConfig, FastVlmForConditionalGeneration, LlavaProcessor
+
+    side, stride = 2 * IMAGE, 32  # 4 + 3 downsampling stages (the published tower: 4 at 1024 px, 16x16 tokens)
+    tok = tokenizer("qwen3", ("<image>",), {"image_token": "<image>"})
+    # MobileCLIP takes pixels in [0, 1]: no normalisation
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": side}, crop_size={"height": side, "width": side}, do_normalize=False
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=stride,
+        vision_feature_select_strategy="full",
+        num_additional_image_tokens=0,
+        chat_template=CHATML.replace("IMAGE_TEXT", "<image>\n"),
+    )
+    dims = (8, 16, 32, 64, 64)
+    vision = {
+        "model_type": "timm_wrapper",
+        "architecture": "fastvit_mci3",
+        "do_pooling": False,
+        "hidden_size": 2 * dims[-1],  # the final conv doubles the channels (cls_ratio 2)
+        "model_args": {
+            "inference_mode": True,
+            "layers": (1, 1, 1, 1, 1),
+            "embed_dims": dims,
+            "downsamples": (False, True, True, True, False),
+        },
+    }
+    config = FastVlmConfig(
+        vision_config=vision,
+        text_config=qwen2(tok),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        image_seq_length=(side // stride) ** 2,
+    )
+    model = _seeded(FastVlmForConditionalGeneration, config)
+    with torch.no_grad():  # std 0.02 on every conv of 5 conv stages leaves features of ~1e-21: no image at all;
+        for module in model.model.vision_tower.modules():  # variance-keeping weights, zero biases
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                torch.nn.init.normal_(module.weight, std=2 / module.weight[0].numel() ** 0.5)  # GELU halves
+                if module.bias is not None:
+                    module.bias.zero_()
+    return model, processor
+
+
+BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
+    "perception_lm": perception_lm,
+    "fast_vlm": fast_vlm,
+}
+FAMILIES = list(BUILDERS)
+LEFT: dict[str, str] = {}
+
+
+def build(family: str) -> tuple[Any, Any]:
+    """`(model, processor)` of a tiny model of `family` (random weights, seed 0)."""
+    return BUILDERS[family]()

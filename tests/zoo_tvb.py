@@ -127,9 +127,72 @@ def fast_vlm() -> tuple[Any, Any]:
     return model, processor
 
 
+# MiniMax's (M2/M3): `]~b]role\n...[e~[\n` turns after `]~!b[`, the assistant's role named `ai`, a default system
+# prompt; the processor expands `]<]image[>[` inside `]<]start of image[>[ ... ]<]end of image[>[`.
+MINIMAX_TEMPLATE = (
+    "]~!b[{% if messages[0]['role'] != 'system' %}]~b]system\nYou are a helpful assistant.[e~[\n{% endif %}"
+    "{% for message in messages %}]~b]{{ 'ai' if message['role'] == 'assistant' else message['role'] }}\n"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}]<]image[>["
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}[e~[\n{% endfor %}"
+    "{% if add_generation_prompt %}]~b]ai\n{% endif %}"
+)
+
+
+def minimax_m3_vl() -> tuple[Any, Any]:
+    """MiniMax-M3-VL: a Qwen2-VL-style tower (packed patches, `image_grid_thw`, 2x2 merge) and a MoE LM with
+    partial RoPE and a clamped SwiGLU."""
+    from transformers import MiniMaxM3SparseForConditionalGeneration, MiniMaxM3VLConfig, MiniMaxM3VLProcessor
+    from transformers.models.minimax_m3_vl.image_processing_minimax_m3_vl import MiniMaxM3VLImageProcessor
+    from transformers.models.minimax_m3_vl.video_processing_minimax_m3_vl import MiniMaxM3VLVideoProcessor
+
+    processor_class = MiniMaxM3VLProcessor
+    media = (processor_class.IMAGE_TOKEN, processor_class.VIDEO_TOKEN)
+    brackets = (processor_class.VISION_START_TOKEN, processor_class.VISION_END_TOKEN)
+    tok = tokenizer("qwen3", ("]~!b[", "]~b]", "[e~[", *media, *brackets), eos_token="[e~[")
+    size = {"shortest_edge": IMAGE * IMAGE, "longest_edge": 4 * IMAGE * IMAGE}
+    image_processor = MiniMaxM3VLImageProcessor(size=size, patch_size=PATCH, merge_size=2)
+    video_processor = MiniMaxM3VLVideoProcessor(size=size, patch_size=PATCH, merge_size=2)
+    processor = processor_class(
+        image_processor=image_processor,
+        tokenizer=tok,
+        video_processor=video_processor,
+        chat_template=MINIMAX_TEMPLATE,
+    )
+    text = {
+        **llama(tok),
+        "head_dim": 16,
+        "rotary_dim": 8,
+        "num_local_experts": 4,
+        "num_experts_per_tok": 2,
+        "dense_intermediate_size": 128,
+        "shared_intermediate_size": 64,
+        "mlp_layer_types": ["dense", "sparse"],
+        "layer_types": ["full_attention", "full_attention"],
+    }
+    text.pop("model_type")
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "patch_size": PATCH,
+        "image_size": 4 * IMAGE,
+    }
+    ids = tok.convert_tokens_to_ids
+    config = MiniMaxM3VLConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=ids(processor_class.IMAGE_TOKEN),
+        video_token_index=ids(processor_class.VIDEO_TOKEN),
+        projector_hidden_size=64,
+    )
+    return _seeded(MiniMaxM3SparseForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "perception_lm": perception_lm,
     "fast_vlm": fast_vlm,
+    "minimax_m3_vl": minimax_m3_vl,
 }
 FAMILIES = list(BUILDERS)
 LEFT: dict[str, str] = {}

@@ -189,10 +189,77 @@ def minimax_m3_vl() -> tuple[Any, Any]:
     return _seeded(MiniMaxM3SparseForConditionalGeneration, config), processor
 
 
+def nemotron_h_omni() -> tuple[Any, Any]:
+    """Nemotron-3-Nano-Omni: a C-RADIO tower at native aspect ratio (packed patches, `image_grid_hw`, pixel
+    shuffle), a hybrid Mamba-2 / attention / MoE LM (NemotronH), ChatML; the processor has audio and video slots."""
+    from transformers import (
+        NemotronH_Omni_Reasoning_V3,
+        NemotronH_Omni_Reasoning_V3_Config,
+        NemotronH_Omni_Reasoning_V3Processor,
+        ParakeetFeatureExtractor,
+    )
+    from transformers.models.nemotron_h_omni.image_processing_nemotron_h_omni import (
+        NemotronH_Omni_Reasoning_V3ImageProcessor,
+    )
+    from transformers.models.nemotron_h_omni.video_processing_nemotron_h_omni import (
+        NemotronH_Omni_Reasoning_V3VideoProcessor,
+    )
+
+    named = {"image_token": "<image>", "image_start_token": "<img>", "image_end_token": "</img>"}
+    tok = tokenizer("qwen3", (*named.values(), "<video>", "<so_embedding>", "<so_start>", "<so_end>"), named)
+    budget = {"patch_size": PATCH, "min_num_patches": 16, "max_num_patches": 64}
+    processor = NemotronH_Omni_Reasoning_V3Processor(
+        image_processor=NemotronH_Omni_Reasoning_V3ImageProcessor(**budget),
+        video_processor=NemotronH_Omni_Reasoning_V3VideoProcessor(patch_size=PATCH),
+        tokenizer=tok,
+        feature_extractor=ParakeetFeatureExtractor(),
+        chat_template=CHATML.replace("IMAGE_TEXT", "<image>"),
+    )
+    text = {
+        **llama(tok),
+        "model_type": "nemotron_h",
+        "layers_block_type": ["mamba", "attention", "moe"],
+        "head_dim": 16,
+        "ssm_state_size": 16,
+        "mamba_num_heads": 8,
+        "mamba_head_dim": 16,
+        "n_groups": 2,
+        "chunk_size": 16,
+        "n_routed_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32,
+        "moe_shared_expert_intermediate_size": 32,
+    }
+    vision = {
+        "model_type": "radio",
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "patch_size": PATCH,
+        "image_size": IMAGE,
+        "max_img_size": 4 * IMAGE,
+        "num_registers": 1,
+        "video_temporal_patch_size": 2,
+    }
+    ids = tok.convert_tokens_to_ids
+    config = NemotronH_Omni_Reasoning_V3_Config(
+        vision_config=vision,
+        text_config=text,
+        audio_config=None,
+        vision_hidden_size=32,
+        projector_hidden_size=64,
+        image_token_id=ids("<image>"),
+        video_token_id=ids("<video>"),
+        audio_token_id=ids("<so_embedding>"),
+    )
+    return _seeded(NemotronH_Omni_Reasoning_V3, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "perception_lm": perception_lm,
     "fast_vlm": fast_vlm,
     "minimax_m3_vl": minimax_m3_vl,
+    "nemotron_h_omni": nemotron_h_omni,
 }
 FAMILIES = list(BUILDERS)
 LEFT: dict[str, str] = {}

@@ -28,8 +28,7 @@ def vd_applicability(model: Any, pixel_key: str | None, vd: SimpleNamespace) -> 
     something the model cannot do (`vd_eos_selective`/`vd_masked_logits` without an LM head, an absent pixel input)."""
     model = unwrap_model(model)
     name = type(model).__name__
-    head = getattr(model, "get_output_embeddings", None)
-    if head is None or head() is None:
+    if not has_lm_head(model):
         asked = [option for option in ("vd_eos_selective", "vd_masked_logits") if getattr(vd, option)]
         if asked:
             raise InputError(f"{asked[0]}=True re-weights token labels; {name} has no language-model head")
@@ -43,6 +42,16 @@ def vd_applicability(model: Any, pixel_key: str | None, vd: SimpleNamespace) -> 
             "pass pixel_key=), so d = 0 everywhere"
         )
     return True, None
+
+
+def has_lm_head(model: Any) -> bool:
+    """Whether `model` predicts tokens: it shows its output embeddings, or it generates (a multimodal model whose
+    forward runs a wrapped `*ForCausalLM`, e.g. `language_model`, and does not expose that model's head)."""
+    head = getattr(model, "get_output_embeddings", None)
+    if head is not None and head() is not None:
+        return True
+    can_generate = getattr(model, "can_generate", None)
+    return bool(can_generate is not None and can_generate())
 
 
 def has_token_labels(inputs: dict) -> bool:

@@ -255,11 +255,64 @@ def nemotron_h_omni() -> tuple[Any, Any]:
     return _seeded(NemotronH_Omni_Reasoning_V3, config), processor
 
 
+# Step-3's: `<|BOT|>role\n...<|EOT|>` turns, the image as `<im_patch>` (expanded by the processor).
+STEP_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|BOT|>{{ message['role'] }}\n"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}<im_patch>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}<|EOT|>{% endfor %}"
+    "{% if add_generation_prompt %}<|BOT|>assistant\n{% endif %}"
+)
+
+
+def step3p7() -> tuple[Any, Any]:
+    """Step-3.7-Flash: a global view plus sliding-window local crops per image, a ViT with two stride-2 conv
+    downsamplers; a MoE LM with clamped SwiGLU experts."""
+    from transformers import Step3p7Config, Step3p7ForConditionalGeneration, Step3p7Processor
+    from transformers.models.step3p7.image_processing_step3p7 import Step3p7ImageProcessor
+
+    patch = 4  # the downsamplers take 4x4 patches into one token: 2x2 tokens for the 32 px global view
+    image_tokens = ("<im_patch>", "<patch_start>", "<patch_end>", "<patch_newline>", "<im_start>", "<im_end>")
+    # the text config requires an int pad id; Llama-3's tokenizer has none
+    tok = tokenizer(
+        "llama3", ("<|BOT|>", "<|EOT|>", "<|pad|>", *image_tokens), eos_token="<|EOT|>", pad_token="<|pad|>"
+    )
+    image_processor = Step3p7ImageProcessor(
+        size={"height": IMAGE, "width": IMAGE}, patch_size=IMAGE // 2, vision_patch_size=patch
+    )
+    processor = Step3p7Processor(image_processor=image_processor, tokenizer=tok, chat_template=STEP_TEMPLATE)
+    text = {
+        **llama(tok),
+        "head_dim": 16,
+        "mlp_layer_types": ["dense", "sparse"],
+        "layer_types": ["sliding_attention", "full_attention"],  # the model builds a sliding mask in any case
+        "sliding_window": 64,
+        "num_local_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32,
+        "share_expert_dim": 32,
+    }
+    text.pop("model_type")
+    vision = {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": IMAGE,
+        "patch_size": patch,
+        "mlp_ratio": 2.0,
+        "max_position_embeddings": (IMAGE // patch) ** 2,
+    }
+    config = Step3p7Config(
+        vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<im_patch>")
+    )
+    return _seeded(Step3p7ForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "perception_lm": perception_lm,
     "fast_vlm": fast_vlm,
     "minimax_m3_vl": minimax_m3_vl,
     "nemotron_h_omni": nemotron_h_omni,
+    "step3p7": step3p7,
 }
 FAMILIES = list(BUILDERS)
 LEFT: dict[str, str] = {}

@@ -307,12 +307,79 @@ def step3p7() -> tuple[Any, Any]:
     return _seeded(Step3p7ForConditionalGeneration, config), processor
 
 
+# DeepSeek's `User: ... \n\nAssistant: ...<｜end▁of▁sentence｜>` turns, the image as `<image>\n` before the text.
+DEEPSEEK_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}User: "
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}<image>\n"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{{ '\\n\\n' }}"
+    "{% else %}Assistant: {{ message['content'][0]['text'] }}{{ eos_token }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+def unlimited_ocr() -> tuple[Any, Any]:
+    """Unlimited-OCR: DeepSeek-OCR's encoder (SAM windowed ViT, conv downsampling, then a CLIP ViT over SAM's map),
+    tiles plus a global view with a newline per row, a DeepSeek-V2 MoE LM with sliding attention."""
+    from transformers import UnlimitedOcrConfig, UnlimitedOcrForConditionalGeneration, UnlimitedOcrProcessor
+    from transformers.models.unlimited_ocr.image_processing_unlimited_ocr import UnlimitedOcrImageProcessor
+
+    tok = tokenizer("llama3", ("<image>",), {"image_token": "<image>"})
+    image_processor = UnlimitedOcrImageProcessor(
+        size={"height": 2 * IMAGE, "width": 2 * IMAGE}, tile_size=IMAGE, min_patches=2, max_patches=4
+    )
+    processor = UnlimitedOcrProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=PATCH,
+        downsample_ratio=4,  # SAM's two stride-2 convs
+        chat_template=DEEPSEEK_TEMPLATE,
+    )
+    sam = {
+        "hidden_size": 32,
+        "output_channels": 16,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 2 * IMAGE,
+        "patch_size": PATCH,
+        "window_size": 4,
+        "global_attn_indexes": [1],
+        "mlp_dim": 64,
+        "downsample_channels": [32, 32],
+        "initializer_range": 0.02,  # the published 1e-10 (weights are loaded) leaves SAM blind to the pixels
+    }
+    encoder = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 2 * IMAGE // PATCH,
+        "patch_size": 4,
+    }
+    text = {
+        **llama(tok),
+        "mlp_layer_types": ["dense", "sparse"],
+        "n_routed_experts": 4,
+        "num_experts_per_tok": 2,
+        "n_shared_experts": 1,
+        "moe_intermediate_size": 32,
+        "sliding_window": 64,
+    }
+    text.pop("model_type")
+    config = UnlimitedOcrConfig(
+        vision_config={"sam_config": sam, "encoder_config": encoder},
+        text_config=text,
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+    )
+    return _seeded(UnlimitedOcrForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "perception_lm": perception_lm,
     "fast_vlm": fast_vlm,
     "minimax_m3_vl": minimax_m3_vl,
     "nemotron_h_omni": nemotron_h_omni,
     "step3p7": step3p7,
+    "unlimited_ocr": unlimited_ocr,
 }
 FAMILIES = list(BUILDERS)
 LEFT: dict[str, str] = {}

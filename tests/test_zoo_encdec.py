@@ -8,8 +8,8 @@
 - visual dependence `d` is clearly not 0 on the supervised tokens of image rows, and exactly 0 on text-only rows.
 
 TRL's `SFTTrainer` trains causal LMs only (its fused LM head scores `labels[t]` from position `t - 1`, and its
-collator makes prompt and answer one sequence), so no family here goes through `VDSFTTrainer`, which refuses an
-encoder-decoder model while the VD loss is on (tests/test_encoder_decoder.py).
+collator makes prompt and answer one sequence), so no family here goes through `VDSFTTrainer` (`SFT_LEFT` says why
+per family), which refuses an encoder-decoder model while the VD loss is on (tests/test_encoder_decoder.py).
 """
 
 from __future__ import annotations
@@ -29,8 +29,17 @@ from vdtrain.models import EncoderDecoderAdapter, get_adapter
 from vdtrain.models.base import tokenizer_of
 
 QUESTIONS = ["describe this image.", "what color is the mat?"]
-# families TRL's SFTTrainer trains: none (see the module docstring)
-SFT_LEFT = {family: "SFTTrainer trains causal LMs only" for family in zoo_encdec.FAMILIES}
+# family -> (training template, what it adds to the processor template's text), as tests/test_zoo_sft.py's TRAINING,
+# for the families vanilla TRL trains: none of them
+TRAINING: dict[str, tuple[str, str] | None] = {}
+SFT_LEFT = {
+    "t5gemma2": (
+        "vanilla SFTTrainer fails at its first step (ValueError: You must specify exactly one of input_ids or "
+        "inputs_embeds): TRL builds one prompt + answer sequence and its fused LM head scores labels[t] from "
+        "position t - 1, a causal LM's loss; VDSFTTrainer refuses encoder-decoder models"
+    ),
+    "florence2": "its processor has no chat template, so SFTTrainer cannot render `messages`",
+}
 
 
 def test_every_family_is_classified():
@@ -39,6 +48,19 @@ def test_every_family_is_classified():
     placed = [*zoo_encdec.FAMILIES, *zoo_encdec.TORCHVISION, *zoo_encdec.LEFT]
     assert sorted(placed) == sorted(families)
     assert all(zoo_encdec.LEFT.values())
+
+
+def test_every_family_is_classified_for_trl():
+    """Every family of the zoo is trained through TRL (`TRAINING`) or listed with the reason it is not."""
+    assert sorted([*TRAINING, *SFT_LEFT]) == sorted([*zoo_encdec.FAMILIES, *zoo_encdec.TORCHVISION])
+
+
+@pytest.mark.parametrize("family", list(TRAINING))
+def test_family_through_vdsfttrainer(family, tmp_path):
+    from test_zoo_sft import check_sft_family
+
+    model, processor = zoo_encdec.build(family)
+    check_sft_family(family, model, processor, TRAINING[family], tmp_path)
 
 
 @pytest.mark.parametrize("family", zoo_encdec.FAMILIES)
@@ -67,7 +89,8 @@ def check_encdec_family(family: str, model, processor, tmp_path) -> None:
         expected = adapter.encoder_inputs(processor, question, image)["input_ids"][0].tolist()
         assert example.input_ids == expected
         assert question in tokenizer.decode(example.input_ids)
-        assert example.input_ids.count(adapter.image_token_id(processor)) == adapter.num_image_tokens(processor, (1, 1))
+        image_tokens = example.input_ids.count(adapter.image_token_id(processor))
+        assert image_tokens == adapter.num_image_tokens(processor, image.size) > 0
         runs = supervised_runs(tokenizer, example.labels)
         assert runs == [example.labels]  # nothing unsupervised in the decoder's labels
         decoded = tokenizer.decode(example.labels, skip_special_tokens=False, clean_up_tokenization_spaces=False)

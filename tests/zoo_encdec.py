@@ -14,7 +14,6 @@ from typing import Any
 import tiny
 from zoo import IMAGE, TOKENIZER_PACKAGES, _seeded, siglip, tokenizer
 
-
 GEMMA_SPECIALS = {"boi_token": "<start_of_image>", "image_token": "<image_soft_token>", "eoi_token": "<end_of_image>"}
 
 

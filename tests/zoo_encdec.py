@@ -125,6 +125,9 @@ LEFT: dict[str, str] = {
         "channels, which diffusion noise on the 'pixels' would corrupt; its VQA processor also downloads its font "
         "from the hub"
     ),
+    "udop": "not built yet: its processor needs OCR words and boxes beside the question",
+    "vision_encoder_decoder": "not built yet: its encoder takes pixels only, so a question can only be a decoder prefix",
+    "pp_formulanet": "not built yet: its encoder takes pixels only (and its image processor needs torchvision)",
 }
 
 

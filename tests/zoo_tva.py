@@ -94,8 +94,66 @@ def apertus1p5() -> tuple[Any, Any]:
     return _seeded(Apertus1p5ForConditionalGeneration, config), processor
 
 
+GEMMA_NAMED = {"image_token": "<image_soft_token>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"}
+GEMMA_AUDIO = {"audio_token": "<audio_soft_token>", "boa_token": "<start_of_audio>", "eoa_token": "<end_of_audio>"}
+
+
+def gemma4_unified() -> tuple[Any, Any]:
+    """Gemma-4 unified: no vision tower, pooled raw patches projected straight into the LM (aspect ratio kept, a
+    variable number of soft tokens); Gemma-3's tokenizer and its own chat template."""
+    from transformers import Gemma4UnifiedConfig, Gemma4UnifiedForConditionalGeneration, Gemma4UnifiedProcessor
+    from transformers.models.gemma4_unified.feature_extraction_gemma4_unified import (
+        Gemma4UnifiedAudioFeatureExtractor,
+    )
+    from transformers.models.gemma4_unified.image_processing_gemma4_unified import Gemma4UnifiedImageProcessor
+    from transformers.models.gemma4_unified.video_processing_gemma4_unified import Gemma4UnifiedVideoProcessor
+
+    # the processor refuses any call while the audio tokens are undefined (`a and b or c` in its input check)
+    tok = tokenizer("gemma3", tuple(GEMMA_AUDIO.values()), {**GEMMA_NAMED, **GEMMA_AUDIO})
+    image_processor = Gemma4UnifiedImageProcessor(patch_size=PATCH, pooling_kernel_size=2, max_soft_tokens=70)
+    processor = Gemma4UnifiedProcessor(
+        feature_extractor=Gemma4UnifiedAudioFeatureExtractor(),
+        image_processor=image_processor,
+        tokenizer=tok,
+        video_processor=Gemma4UnifiedVideoProcessor(),
+        # the template writes the image token itself (the processor expands it), Gemma-3's wrote `boi`
+        chat_template=tok.chat_template.replace("<start_of_image>", "<image_soft_token>"),
+        image_seq_length=70,  # the smallest budget the image processor takes
+    )
+    ids = tok.convert_tokens_to_ids
+    text = {
+        **llama(tok),
+        "model_type": None,
+        "num_key_value_heads": 1,
+        "head_dim": 16,
+        "global_head_dim": 16,
+        "sliding_window": 64,
+        "layer_types": ["sliding_attention", "full_attention"],
+    }
+    config = Gemma4UnifiedConfig(
+        text_config=text,
+        vision_config={
+            "patch_size": PATCH,
+            "pooling_kernel_size": 2,
+            "mm_embed_dim": 32,
+            "mm_posemb_size": 64,
+            "output_proj_dims": 32,  # the embedder's input width: mm_embed_dim
+        },
+        audio_config=None,
+        boi_token_id=ids("<start_of_image>"),
+        eoi_token_id=ids("<end_of_image>"),
+        image_token_id=ids("<image_soft_token>"),
+        video_token_id=ids("<|video|>"),
+        audio_token_id=ids("<audio_soft_token>"),
+        boa_token_id=ids("<start_of_audio>"),
+        eoa_token_index=ids("<end_of_audio>"),
+    )
+    return _seeded(Gemma4UnifiedForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "apertus1p5": apertus1p5,
+    "gemma4_unified": gemma4_unified,
 }
 FAMILIES = list(BUILDERS)
 LEFT: dict[str, str] = {}

@@ -151,9 +151,112 @@ def gemma4_unified() -> tuple[Any, Any]:
     return _seeded(Gemma4UnifiedForConditionalGeneration, config), processor
 
 
+# Inkling's (the o200k "harmony" layout): `<|start|>role<|message|>...<|end|>`, the image inside the user message
+INKLING_TEMPLATE = (
+    "{% for message in messages %}<|start|>{{ message['role'] }}<|message|>"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}IMAGE_TEXT"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start|>assistant<|message|>{% endif %}"
+)
+INKLING_TURNS = ("<|start|>", "<|message|>", "<|end|>")
+
+
+def inkling2_text(tok: Any, **extra: Any) -> dict[str, Any]:
+    """A two-layer Inkling-2 text config (sliding + full hybrid attention, a 4-expert MoE) over `tok`'s vocabulary."""
+    return {
+        "vocab_size": len(tok),
+        "unpadded_vocab_size": len(tok),  # the LM head's width
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "swa_num_attention_heads": 4,
+        "swa_num_key_value_heads": 2,
+        "swa_head_dim": 16,
+        "sliding_window_size": 64,
+        "d_rel": 4,
+        "rel_extent": 64,
+        "layer_types": ["hybrid_sliding", "hybrid"],
+        "moe_intermediate_size": 32,
+        "n_routed_experts": 4,
+        "num_experts_per_tok": 2,
+        "n_layers_per_attn_res_block": 1,
+        "max_position_embeddings": 1024,
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+        **extra,
+    }
+
+
+def inkling2_vision() -> dict[str, Any]:
+    """A two-layer Inkling-2 vision tower: 8 px patches, 2x2 of them merged into one LM token."""
+    return {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "patch_size": PATCH,
+        "spatial_merge_size": 2,
+        "posemb_grid_size": 8,
+        "projection_hidden_dim": 64,
+        "text_hidden_size": 64,
+    }
+
+
+def inkling2_processor() -> Any:
+    """Inkling-2's processor: one image token per 16 px cell of the (padded) image, any aspect ratio."""
+    from transformers import Inkling2Processor
+    from transformers.models.inkling2.image_processing_inkling2 import Inkling2ImageProcessor
+
+    tok = tokenizer("qwen3", ("<|image|>", *INKLING_TURNS), {"image_token": "<|image|>"})
+    image_processor = Inkling2ImageProcessor(size={"height": 2 * PATCH, "width": 2 * PATCH})
+    return Inkling2Processor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        chat_template=INKLING_TEMPLATE.replace("IMAGE_TEXT", "<|image|>"),
+    )
+
+
+def inkling2() -> tuple[Any, Any]:
+    """Inkling-2: a native-resolution ViT (2x2 merged patches), a hybrid sliding/full attention MoE LM."""
+    from transformers import Inkling2Config, Inkling2ForConditionalGeneration
+
+    processor = inkling2_processor()
+    tok = processor.tokenizer
+    config = Inkling2Config(
+        text_config=inkling2_text(tok), vision_config=inkling2_vision(), image_token_id=processor.image_token_id
+    )
+    return _seeded(Inkling2ForConditionalGeneration, config), processor
+
+
+def inkling2_loop() -> tuple[Any, Any]:
+    """Inkling-2 Loop: Inkling-2 whose middle decoder layers run twice (gated loop passes); Inkling-2's processor."""
+    from transformers import Inkling2LoopConfig, Inkling2LoopForConditionalGeneration
+
+    processor = inkling2_processor()
+    tok = processor.tokenizer
+    text = inkling2_text(
+        tok,
+        num_hidden_layers=3,
+        layer_types=["hybrid_sliding", "hybrid_sliding", "hybrid"],
+        loop_layer_index_start=1,
+        loop_layer_index_end=2,
+        loop_num_passes=2,
+        loop_gate_rank=8,
+    )
+    config = Inkling2LoopConfig(
+        text_config=text,
+        vision_config={"model_type": "inkling2_vision", **inkling2_vision()},
+        image_token_id=processor.image_token_id,
+    )
+    return _seeded(Inkling2LoopForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "apertus1p5": apertus1p5,
     "gemma4_unified": gemma4_unified,
+    "inkling2": inkling2,
+    "inkling2_loop": inkling2_loop,
 }
 FAMILIES = list(BUILDERS)
 LEFT: dict[str, str] = {}

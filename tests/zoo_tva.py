@@ -252,11 +252,47 @@ def inkling2_loop() -> tuple[Any, Any]:
     return _seeded(Inkling2LoopForConditionalGeneration, config), processor
 
 
+def inkling_mm_model() -> tuple[Any, Any]:
+    """Inkling: each 16 px patch of the image (two frames deep) is one LM token, `<|content_image|>` before them; a
+    dMel audio path; an MoE LM with shared experts, hybrid sliding/full attention."""
+    from transformers import InklingConfig, InklingForConditionalGeneration, InklingProcessor
+    from transformers.models.inkling.feature_extraction_inkling import InklingFeatureExtractor
+    from transformers.models.inkling.image_processing_inkling import InklingImageProcessor
+
+    media = ("<|image|>", "<|audio|>", "<|content_image|>", "<|content_audio_input|>")
+    tok = tokenizer("qwen3", (*media, *INKLING_TURNS), {"image_token": "<|image|>", "audio_token": "<|audio|>"})
+    image_processor = InklingImageProcessor(size={"height": 2 * PATCH, "width": 2 * PATCH})
+    processor = InklingProcessor(
+        feature_extractor=InklingFeatureExtractor(),
+        image_processor=image_processor,
+        tokenizer=tok,
+        chat_template=INKLING_TEMPLATE.replace("IMAGE_TEXT", "<|content_image|><|image|>"),
+    )
+    ids = tok.convert_tokens_to_ids
+    config = InklingConfig(
+        text_config=inkling2_text(
+            tok,
+            intermediate_size=64,
+            n_shared_experts=1,
+            bos_token_id=tok.bos_token_id,
+            logits_mup_width_multiplier=1.0,  # muP's 24 (of a 6144-wide model) flattens a 64-wide one's logits: d ~ 0
+        ),
+        vision_config={"patch_size": 2 * PATCH, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2},
+        audio_config={"n_mel_bins": 8, "mel_vocab_size": 16},
+        image_token_id=ids("<|image|>"),
+        audio_token_id=ids("<|audio|>"),
+        image_bos_token_id=ids("<|content_image|>"),
+        audio_bos_token_id=ids("<|content_audio_input|>"),
+    )
+    return _seeded(InklingForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "apertus1p5": apertus1p5,
     "gemma4_unified": gemma4_unified,
     "inkling2": inkling2,
     "inkling2_loop": inkling2_loop,
+    "inkling_mm_model": inkling_mm_model,
 }
 FAMILIES = list(BUILDERS)
 LEFT: dict[str, str] = {}

@@ -287,12 +287,121 @@ def inkling_mm_model() -> tuple[Any, Any]:
     return _seeded(InklingForConditionalGeneration, config), processor
 
 
+# Muse's (Llama-4 layout, the vocabulary Muse shares with it): `<|header_start|>role<|header_end|>\n\n...<|eot|>`
+MUSE_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|header_start|>{{ message['role'] }}<|header_end|>\n\n"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}<|patch|>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}<|eot|>{% endfor %}"
+    "{% if add_generation_prompt %}<|header_start|>assistant<|header_end|>\n\n{% endif %}"
+)
+MUSE_MEDIA = ("<|patch|>", "<|image_start|>", "<|image_end|>", "<|video|>", "<|vid_frame_separator|>", "<|vid_start|>")
+MUSE_SPECIALS = (*MUSE_MEDIA, "<|vid_end|>", "<|header_start|>", "<|header_end|>", "<|eot|>")
+
+
+def muse(processor_class: Any, *extra: str, **kwargs: Any) -> Any:
+    """Muse-Glimmer's processor (Muse-Spark's with `extra` tokens and its audio feature extractor in `kwargs`): a
+    native-resolution grid of 8 px patches (at most 24), 2x2 merged into one `<|patch|>` each."""
+    from transformers.models.muse_glimmer.image_processing_muse_glimmer import MuseGlimmerImageProcessor
+    from transformers.models.muse_glimmer.video_processing_muse_glimmer import MuseGlimmerVideoProcessor
+
+    tok = tokenizer("llama3", (*MUSE_SPECIALS, *extra), {"image_token": "<|patch|>"})
+    return processor_class(
+        image_processor=MuseGlimmerImageProcessor(patch_size=PATCH, merge_size=2, max_image_tokens=24),
+        video_processor=MuseGlimmerVideoProcessor(patch_size=PATCH, merge_size=2),
+        tokenizer=tok,
+        chat_template=MUSE_TEMPLATE,
+        **kwargs,
+    )
+
+
+def muse_vision() -> dict[str, Any]:
+    """A two-layer Muse vision tower (8 px patches, 2x2 merge, an 8x8 position grid)."""
+    return {
+        "patch_size": PATCH,
+        "pos_emb_height": 8,
+        "pos_emb_width": 8,
+        "max_position_embeddings": 64,
+        "num_attention_heads": 2,
+        "num_hidden_layers": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "merge_size": 2,
+    }
+
+
+def muse_text(tok: Any, model_type: str, **extra: Any) -> dict[str, Any]:
+    """A two-layer Muse text config (sliding + NoPE full attention) over `tok`'s vocabulary."""
+    rope = {"rope_type": "default", "rope_theta": 10000.0}
+    return {
+        **llama(tok),
+        "model_type": model_type,
+        "head_dim": 16,
+        "sliding_window": 64,
+        "rope_parameters": rope,
+        **extra,
+    }
+
+
+def muse_glimmer() -> tuple[Any, Any]:
+    """Muse-Glimmer: a MoonViT-like native-resolution tower (2x2 merged patches) before a sliding/NoPE dense LM."""
+    from transformers import MuseGlimmerConfig, MuseGlimmerForConditionalGeneration, MuseGlimmerProcessor
+
+    processor = muse(MuseGlimmerProcessor)
+    tok = processor.tokenizer
+    config = MuseGlimmerConfig(
+        text_config=muse_text(tok, "muse_glimmer_text"),
+        vision_config=muse_vision(),
+        image_token_id=processor.image_token_id,
+        video_token_id=processor.video_token_id,
+        out_hidden_size=128,  # the merged patch: 4 x the tower's 32
+        projector_hidden_size=64,
+    )
+    return _seeded(MuseGlimmerForConditionalGeneration, config), processor
+
+
+def muse_spark() -> tuple[Any, Any]:
+    """Muse-Spark: Muse-Glimmer's tower and image processor before an MoE LM; an audio pyramid encoder."""
+    from transformers import MuseSparkConfig, MuseSparkForConditionalGeneration, MuseSparkProcessor
+    from transformers.models.muse_spark.feature_extraction_muse_spark import MuseSparkFeatureExtractor
+
+    audio = ("<|audio|>", "<|soft_audio_start|>", "<|soft_audio_end|>")
+    processor = muse(MuseSparkProcessor, *audio, feature_extractor=MuseSparkFeatureExtractor())
+    tok = processor.tokenizer
+    text = muse_text(
+        tok,
+        "muse_spark_text",
+        moe_intermediate_size=32,
+        moe_hidden_size=32,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+    )
+    config = MuseSparkConfig(
+        text_config=text,
+        vision_config={"model_type": "muse_spark_vision", **muse_vision()},
+        audio_config={
+            "patch_sizes": [4, 4],
+            "hidden_sizes": [16, 32],
+            "depths": [1, 1],
+            "num_hidden_layers": 2,
+            "out_hidden_size": 64,
+        },
+        image_token_id=processor.image_token_id,
+        video_token_id=processor.video_token_id,
+        audio_token_id=processor.audio_token_id,
+        out_hidden_size=128,
+        projector_hidden_size=64,
+    )
+    return _seeded(MuseSparkForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "apertus1p5": apertus1p5,
     "gemma4_unified": gemma4_unified,
     "inkling2": inkling2,
     "inkling2_loop": inkling2_loop,
     "inkling_mm_model": inkling_mm_model,
+    "muse_glimmer": muse_glimmer,
+    "muse_spark": muse_spark,
 }
 FAMILIES = list(BUILDERS)
 LEFT: dict[str, str] = {}

@@ -126,7 +126,7 @@ LEFT: dict[str, str] = {
         "from the hub"
     ),
     "udop": "not built yet: its processor needs OCR words and boxes beside the question",
-    "vision_encoder_decoder": "not built yet: its encoder takes pixels only, so a question can only be a decoder prefix",
+    "vision_encoder_decoder": "not built yet: its encoder takes pixels only; a question can only be a decoder prefix",
     "pp_formulanet": "not built yet: its encoder takes pixels only (and its image processor needs torchvision)",
 }
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from zoo import IMAGE, PATCH, VICUNA_TEMPLATE, _seeded, clip, llama, tokenizer
+from zoo import IMAGE, PATCH, PINPOINTS, VICUNA_TEMPLATE, _seeded, clip, llama, siglip, tokenizer
 
 
 def video_llava() -> tuple[Any, Any]:
@@ -177,10 +177,60 @@ def cohere_compass() -> tuple[Any, Any]:
     return _seeded(CohereCompassForConditionalGeneration, config), processor
 
 
+# Granite Vision's: `<|start_of_role|>role<|end_of_role|>` headers, a default system turn, `<|end_of_text|>` closing
+# every turn, the image as `<image>` on its own line.
+GRANITE_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|start_of_role|>system<|end_of_role|>A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions.<|end_of_text|>\n{% endif %}"
+    "<|start_of_role|>{{ message['role'] }}<|end_of_role|>{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<image>\n{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|end_of_text|>\n{% endfor %}{% if add_generation_prompt %}<|start_of_role|>assistant<|end_of_role|>"
+    "{% endif %}"
+)
+
+
+def granite4_vision() -> tuple[Any, Any]:
+    """Granite-4 Vision: LLaVA-NeXT tiles, window Q-Former projectors whose features are added into chosen decoder
+    layers (DeepStack and four spatial-offset groups) rather than only into the input embeddings."""
+    from transformers import Granite4VisionConfig, Granite4VisionForConditionalGeneration, Granite4VisionProcessor
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    specials = ("<image>", "<|start_of_role|>", "<|end_of_role|>", "<|end_of_text|>")
+    tok = tokenizer("llama3", specials, {"image_token": "<image>"})
+    tok.eos_token = "<|end_of_text|>"
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE}, image_grid_pinpoints=PINPOINTS
+    )
+    processor = Granite4VisionProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=PATCH,
+        vision_feature_select_strategy="full",
+        downsample_rate="1/2",
+        chat_template=GRANITE_TEMPLATE,
+    )
+    config = Granite4VisionConfig(
+        vision_config=siglip(hidden_size=64, intermediate_size=64),  # the Q-Former takes hidden // 64 heads
+        text_config={**llama(tok), "model_type": "granite4_vision_text"},
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=PINPOINTS,
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        downsample_rate="1/2",
+        deepstack_layer_map=[[0, 0]],
+        spatial_vision_layer=-1,
+        spatial_target_layers=[0, 1, 0, 1],
+        qformer_config={"intermediate_size": 64},
+    )
+    return _seeded(Granite4VisionForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "video_llava": video_llava,
     "aria": aria,
     "cohere_compass": cohere_compass,
+    "granite4_vision": granite4_vision,
 }
 FAMILIES = list(BUILDERS)
 LEFT: dict[str, str] = {}

@@ -226,11 +226,60 @@ def granite4_vision() -> tuple[Any, Any]:
     return _seeded(Granite4VisionForConditionalGeneration, config), processor
 
 
+# Emu3-Chat's: a system sentence, then `USER: ` / `ASSISTANT: ` turns, the image first in the user turn, nothing
+# closing an answer (vdtrain appends and supervises EOS).
+EMU3_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "{{ 'You are a helpful assistant. ' }}{% endif %}{% if message['role'] == 'system' %}"
+    "{{ message['content'][0]['text'] + ' ' }}{% else %}{{ message['role'].upper() + ': ' }}"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}{{ '<image>' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] + ' ' }}{% endif %}{% endfor %}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
+def emu3() -> tuple[Any, Any]:
+    """Emu3: a VQ-VAE turns the image into `<|visual token n|>` vocabulary tokens (rows ended by `<|extra_200|>`)
+    that a Llama-like decoder reads; the image tokens depend on its size."""
+    from transformers import Emu3Config, Emu3ForConditionalGeneration, Emu3ImageProcessor, Emu3Processor
+
+    codes = 16
+    visual = tuple(f"<|visual token {k:06d}|>" for k in range(codes))
+    named = {
+        "image_token": "<image>",
+        "boi_token": "<|image start|>",
+        "eoi_token": "<|image end|>",
+        "image_wrapper_token": "<|image token|>",
+        "eof_token": "<|extra_201|>",
+    }
+    tok = tokenizer("qwen3", (*named.values(), "<|extra_200|>", "<|extra_203|>", "<|extra_204|>", *visual), named)
+    tok.bos_token, tok.eos_token = "<|extra_203|>", "<|extra_204|>"  # Emu3's (Qwen's vocabulary has no BOS)
+    image_processor = Emu3ImageProcessor(min_pixels=IMAGE * IMAGE, max_pixels=2 * IMAGE * IMAGE, spatial_factor=8)
+    processor = Emu3Processor(image_processor=image_processor, tokenizer=tok, chat_template=EMU3_TEMPLATE)
+    config = Emu3Config(
+        vq_config={
+            "codebook_size": codes,
+            "embed_dim": 8,
+            "latent_channels": 32,
+            "base_channels": 32,
+            "channel_multiplier": [1, 1, 1, 1],
+            "num_res_blocks": 1,
+            "attn_resolutions": [],
+            "temporal_downsample_factor": 4,
+            "hidden_size": 32,
+        },
+        text_config={**llama(tok), "model_type": "emu3_text"},
+        vocabulary_map=tok.get_vocab(),
+    )
+    return _seeded(Emu3ForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "video_llava": video_llava,
     "aria": aria,
     "cohere_compass": cohere_compass,
     "granite4_vision": granite4_vision,
+    "emu3": emu3,
 }
 FAMILIES = list(BUILDERS)
 LEFT: dict[str, str] = {}

@@ -39,6 +39,7 @@ SFT_LEFT = {
         "position t - 1, a causal LM's loss; VDSFTTrainer refuses encoder-decoder models"
     ),
     "florence2": "its processor has no chat template, so SFTTrainer cannot render `messages`",
+    "udop": "its processor has no chat template (and its tokenizer wants words with boxes)",
 }
 
 
@@ -63,20 +64,28 @@ def test_family_through_vdsfttrainer(family, tmp_path):
     check_sft_family(family, model, processor, TRAINING[family], tmp_path)
 
 
+# families whose every sample needs an image (UDOP's encoder fuses one page per row): no text-only record
+IMAGE_ONLY = {"udop"}
+# how the processor is called for a prompt with an image (UDOP's: the prompt's words, each with a box)
+PROCESSOR_TEXT = {"udop": lambda rows: {"text": [["q"]] * rows, "boxes": [[[0, 0, 0, 0]]] * rows}}
+
+
 @pytest.mark.parametrize("family", zoo_encdec.FAMILIES)
 def test_family(family, tmp_path):
     model, processor = zoo_encdec.build(family)
-    check_encdec_family(family, model, processor, tmp_path)
+    check_encdec_family(family, model, processor, tmp_path, text_only=family not in IMAGE_ONLY)
 
 
-def check_encdec_family(family: str, model, processor, tmp_path) -> None:
-    """Every assertion of this file on one encoder-decoder family's tiny `(model, processor)`."""
+def check_encdec_family(family: str, model, processor, tmp_path, text_only: bool = True) -> None:
+    """Every assertion of this file on one encoder-decoder family's tiny `(model, processor)`; `text_only`: the data
+    has a text-only sample too."""
     assert model.config.is_encoder_decoder
     adapter = get_adapter(model, processor)
     assert isinstance(adapter, EncoderDecoderAdapter)
     tokenizer = tokenizer_of(processor)
     write_images(tmp_path)
-    dataset = SupervisedDataset(records(), adapter, processor, image_folder=tmp_path, max_length=4096)
+    data = [record for record in records() if text_only or "image" in record]
+    dataset = SupervisedDataset(data, adapter, processor, image_folder=tmp_path, max_length=4096)
     image = Image.open(tmp_path / "img0.png").convert("RGB")
 
     # one example per question/answer pair: the processor's encoding of the question and the image, then the
@@ -90,7 +99,7 @@ def check_encdec_family(family: str, model, processor, tmp_path) -> None:
         assert example.input_ids == expected
         assert question in tokenizer.decode(example.input_ids)
         image_tokens = example.input_ids.count(adapter.image_token_id(processor))
-        assert image_tokens == adapter.num_image_tokens(processor, image.size) > 0
+        assert image_tokens == adapter.num_image_tokens(processor, image.size)  # UDOP has none: patches join words
         runs = supervised_runs(tokenizer, example.labels)
         assert runs == [example.labels]  # nothing unsupervised in the decoder's labels
         decoded = tokenizer.decode(example.labels, skip_special_tokens=False, clean_up_tokenization_spaces=False)
@@ -108,9 +117,9 @@ def check_encdec_family(family: str, model, processor, tmp_path) -> None:
     assert batch["input_ids"].shape[1] != batch["labels"].shape[1]  # a test that could tell the lengths apart
     rows = [record for record, _ in dataset.items if "image" in record]
     images = [Image.open(tmp_path / record["image"]).convert("RGB") for record in rows]
-    text = [adapter.prompt("q", processor)] * len(rows)
+    text = PROCESSOR_TEXT.get(family, lambda rows: {"text": [adapter.prompt("q", processor)] * rows})(len(rows))
     tokenizer_of(processor, ensure_pad=True)  # the processor pads its batch (rows of one length here)
-    expected = processor(text=text, images=[[image] for image in images], return_tensors="pt", padding=True)
+    expected = processor(**text, images=[[image] for image in images], return_tensors="pt", padding=True)
     assert torch.equal(batch[adapter.pixel_key], expected[adapter.pixel_key])
 
     # tau = 0 with the noisy pass every step: the vanilla Trainer's losses, batch for batch
@@ -140,7 +149,7 @@ def check_encdec_family(family: str, model, processor, tmp_path) -> None:
         supervised = mask[has_image].float()
         mean_abs = (d[has_image] * supervised).abs().sum(dim=1) / supervised.sum(dim=1).clamp(min=1)
         assert has_image.any() and mean_abs.gt(1e-4).all(), mean_abs  # far above float noise (~1e-6)
-        assert d[~has_image].eq(0).all()
+        assert d[~has_image].eq(0).all() and (text_only or has_image.all())
         assert not (end_of_turn & ~mask).any() and end_of_turn.sum(dim=1).eq(1).all()
 
 

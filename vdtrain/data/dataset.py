@@ -263,6 +263,9 @@ class VDDataCollator:
         batch: dict[str, torch.Tensor] = {}
         for key in token_keys:
             pad, length = pads.get(key, 0), lengths["labels" if key in DECODER_FIELDS else "input_ids"]
+            first = next((values[0] for values in (feature[key] for feature in features) if len(values)), None)
+            if isinstance(first, (list, tuple)):  # a field of vectors per token (UDOP's `bbox`): zero vectors
+                pad = [0] * len(first)
             rows = [list(feature[key]) + [pad] * (length - len(feature[key])) for feature in features]
             batch[key] = torch.tensor(rows, dtype=torch.bool if key == END_OF_TURN_MASK else torch.long)
         length = lengths["input_ids"]

@@ -9,7 +9,13 @@ import torch
 from PIL import Image
 
 from vdtrain.errors import ConversationError
-from vdtrain.models.base import Example, ModelAdapter, register_encoder_decoder_adapter, tokenizer_of
+from vdtrain.models.base import (
+    Example,
+    ModelAdapter,
+    register_adapter,
+    register_encoder_decoder_adapter,
+    tokenizer_of,
+)
 from vdtrain.models.generic import ChatTemplateAdapter, end_of_turn_token
 from vdtrain.models.paligemma import PaliGemmaAdapter
 
@@ -61,8 +67,8 @@ class EncoderDecoderAdapter(ChatTemplateAdapter):
     def num_image_tokens(self, processor: Any, image_size: tuple[int, int]) -> int:
         """Image tokens in the processor's encoding of a prompt with one image (one size for every image)."""
         if "_image_tokens" not in self.__dict__:
-            ids = self.encoder_inputs(processor, "q", Image.new("RGB", _PROBE_IMAGE))["input_ids"][0]
-            self.__dict__["_image_tokens"] = int((ids == self.image_token_id(processor)).sum())
+            ids = self.encoder_inputs(processor, "q", Image.new("RGB", _PROBE_IMAGE))["input_ids"][0].tolist()
+            self.__dict__["_image_tokens"] = ids.count(self.image_token_id(processor))  # UDOP: no image token, 0
         return self.__dict__["_image_tokens"]
 
     count_examples = PaliGemmaAdapter.count_examples
@@ -88,7 +94,8 @@ class EncoderDecoderAdapter(ChatTemplateAdapter):
                     f"sample {sample_id}: the processor expands this image to another number of image tokens than "
                     f"{num_image_tokens}; this adapter serves processors that resize every image to one size"
                 )
-            labels = [*tokenizer(message["content"].strip(), add_special_tokens=False)["input_ids"], eot_id]
+            answer = tokenizer(text_target=message["content"].strip(), add_special_tokens=False)["input_ids"]
+            labels = [*answer, eot_id]
             end_of_turn = [False] * (len(labels) - 1) + [True]
             extra = {
                 key: value[0].tolist()
@@ -122,5 +129,29 @@ class EncoderDecoderAdapter(ChatTemplateAdapter):
 
 
 def _per_token(value: Any, length: int) -> bool:
-    """A `(1, length)` tensor: a per-token field of the encoder input (`token_type_ids`)."""
-    return isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape == (1, length)
+    """A `(1, length, ...)` tensor: a per-token field of the encoder input (`token_type_ids`, UDOP's `bbox`)."""
+    return isinstance(value, torch.Tensor) and value.dim() >= 2 and tuple(value.shape[:2]) == (1, length)
+
+
+@register_adapter("udop")
+class UdopAdapter(EncoderDecoderAdapter):
+    """UDOP: the encoder reads the page image and its words, each with its bounding box (`bbox`, 0-1000), and adds
+    each image patch's embedding to the tokens inside it; there are no image tokens. The question is given as words
+    with the empty box `[0, 0, 0, 0]` (it has no place on the page; UdopProcessor needs a box per word), and no OCR
+    words are added (vdtrain's records carry none). Every sample needs its image: the encoder fuses one page per row.
+    """
+
+    def encoder_inputs(self, processor: Any, question: str, image: Image.Image | None) -> dict[str, torch.Tensor]:
+        """The processor's encoding of the question's words (empty boxes) and the page image (`(1, L)` tensors)."""
+        words = self.prompt(question, processor).split() or [""]
+        boxes = [[[0, 0, 0, 0]] * len(words)]
+        images = None if image is None else [image]
+        return dict(processor(images=images, text=[words], boxes=boxes, padding=False, return_tensors="pt"))
+
+    def encode(
+        self, messages: list[dict[str, str]], processor: Any, num_image_tokens: int, sample_id: str = "?"
+    ) -> list[Example]:
+        """As `EncoderDecoderAdapter.encode`; a sample without an image is refused."""
+        if not any("<image>" in message["content"] for message in messages):
+            raise ConversationError(f"sample {sample_id} has no image; UDOP reads a page image with every sample")
+        return super().encode(messages, processor, num_image_tokens, sample_id)

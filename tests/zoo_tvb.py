@@ -148,7 +148,7 @@ def minimax_m3_vl() -> tuple[Any, Any]:
     processor_class = MiniMaxM3VLProcessor
     media = (processor_class.IMAGE_TOKEN, processor_class.VIDEO_TOKEN)
     brackets = (processor_class.VISION_START_TOKEN, processor_class.VISION_END_TOKEN)
-    tok = tokenizer("qwen3", ("]~!b[", "]~b]", "[e~[", *media, *brackets), eos_token="[e~[")
+    tok = tokenizer("llama2", ("]~!b[", "]~b]", "[e~[", *media, *brackets), eos_token="[e~[")
     size = {"shortest_edge": IMAGE * IMAGE, "longest_edge": 4 * IMAGE * IMAGE}
     image_processor = MiniMaxM3VLImageProcessor(size=size, patch_size=PATCH, merge_size=2)
     video_processor = MiniMaxM3VLVideoProcessor(size=size, patch_size=PATCH, merge_size=2)
@@ -206,7 +206,7 @@ def nemotron_h_omni() -> tuple[Any, Any]:
     )
 
     named = {"image_token": "<image>", "image_start_token": "<img>", "image_end_token": "</img>"}
-    tok = tokenizer("qwen3", (*named.values(), "<video>", "<so_embedding>", "<so_start>", "<so_end>"), named)
+    tok = tokenizer("llama2", (*named.values(), "<video>", "<so_embedding>", "<so_start>", "<so_end>"), named)
     budget = {"patch_size": PATCH, "min_num_patches": 16, "max_num_patches": 64}
     processor = NemotronH_Omni_Reasoning_V3Processor(
         image_processor=NemotronH_Omni_Reasoning_V3ImageProcessor(**budget),
@@ -272,9 +272,9 @@ def step3p7() -> tuple[Any, Any]:
 
     patch = 4  # the downsamplers take 4x4 patches into one token: 2x2 tokens for the 32 px global view
     image_tokens = ("<im_patch>", "<patch_start>", "<patch_end>", "<patch_newline>", "<im_start>", "<im_end>")
-    # the text config requires an int pad id; Llama-3's tokenizer has none
+    # the text config requires an int pad id; the Llama tokenizer has none
     tok = tokenizer(
-        "llama3", ("<|BOT|>", "<|EOT|>", "<|pad|>", *image_tokens), eos_token="<|EOT|>", pad_token="<|pad|>"
+        "llama2", ("<|BOT|>", "<|EOT|>", "<|pad|>", *image_tokens), eos_token="<|EOT|>", pad_token="<|pad|>"
     )
     image_processor = Step3p7ImageProcessor(
         size={"height": IMAGE, "width": IMAGE}, patch_size=IMAGE // 2, vision_patch_size=patch
@@ -323,7 +323,7 @@ def unlimited_ocr() -> tuple[Any, Any]:
     from transformers import UnlimitedOcrConfig, UnlimitedOcrForConditionalGeneration, UnlimitedOcrProcessor
     from transformers.models.unlimited_ocr.image_processing_unlimited_ocr import UnlimitedOcrImageProcessor
 
-    tok = tokenizer("llama3", ("<image>",), {"image_token": "<image>"})
+    tok = tokenizer("llama2", ("<image>",), {"image_token": "<image>"})
     image_processor = UnlimitedOcrImageProcessor(
         size={"height": 2 * IMAGE, "width": 2 * IMAGE}, tile_size=IMAGE, min_patches=2, max_patches=4
     )

@@ -1,0 +1,147 @@
+"""Tiny random-weight models of the GLM-style image-text-to-text families (GLM-4.6V, GLM-4.5V, GLM-OCR, ...) and
+their neighbours (HunYuan-VL, ERNIE-4.5-VL, PaddleOCR-VL, VideoLLaMA3), built like tests/zoo.py: real npm tokenizers,
+PIL image processors, chat templates written like the published ones, a few layers.
+
+`build(family)` returns `(model, processor)`; `FAMILIES` lists the families, `LEFT` the ones that are not in the zoo
+and why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from zoo import GLM_TEMPLATE, IMAGE, PATCH, _seeded, llama, tokenizer
+
+GLM_IMAGE = (
+    "<|begin_of_image|>",
+    "<|image|>",
+    "<|end_of_image|>",
+    "<|begin_of_video|>",
+    "<|video|>",
+    "<|end_of_video|>",
+)
+GLM_ROLES = ("[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|endoftext|>", "<think>", "</think>")
+# GLM-4.5V / GLM-4.6V's: GLM-4V's turns, an empty `<think></think>` opening every (non-thinking) answer.
+GLM45_TEMPLATE = GLM_TEMPLATE.replace(
+    "<|{{ message['role'] }}|>\n",
+    "<|{{ message['role'] }}|>\n{% if message['role'] == 'assistant' %}<think></think>\n{% endif %}",
+)
+
+
+GLM4V_TYPES = ("glm4v_text", "glm4v_vision")
+
+
+def _glm(
+    model_class: Any,
+    config_class: Any,
+    processor_class: Any,
+    image_processor_class: Any,
+    text_type: str | None = None,
+    vision_type: str | None = None,
+    template: str = GLM45_TEMPLATE,
+    text: dict[str, Any] | None = None,
+    vision: dict[str, Any] | None = None,
+) -> tuple[Any, Any]:
+    """The GLM-4V layout: `<|begin_of_image|><|image|>...<|end_of_image|>`, M-RoPE, a Qwen-style patch merger."""
+    from transformers.video_processing_utils import VideoProcessorMixin
+
+    from vdtrain.models.generic import allow_processors_without_torchvision
+
+    allow_processors_without_torchvision()
+    tok = tokenizer("qwen3", GLM_IMAGE + GLM_ROLES, {"image_token": "<|image|>", "video_token": "<|video|>"})
+    tok.eos_token = "<|endoftext|>"
+    image_processor = image_processor_class(
+        patch_size=PATCH, merge_size=2, temporal_patch_size=2, size={"shortest_edge": 16 * 16, "longest_edge": 64 * 64}
+    )
+    processor = processor_class(
+        image_processor=image_processor, tokenizer=tok, video_processor=VideoProcessorMixin(), chat_template=template
+    )
+    ids = tok.convert_tokens_to_ids
+    config = config_class(
+        text_config={
+            **llama(tok),
+            "model_type": text_type,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            **(text or {}),
+        },
+        vision_config={
+            "model_type": vision_type,
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "image_size": IMAGE,
+            "patch_size": PATCH,
+            "out_hidden_size": 64,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            **(vision or {}),
+        },
+        image_token_id=ids("<|image|>"),
+        video_token_id=ids("<|video|>"),
+        image_start_token_id=ids("<|begin_of_image|>"),
+        image_end_token_id=ids("<|end_of_image|>"),
+        video_start_token_id=ids("<|begin_of_video|>"),
+        video_end_token_id=ids("<|end_of_video|>"),
+    )
+    return _seeded(model_class, config), processor
+
+
+def glm46v() -> tuple[Any, Any]:
+    """GLM-4.6V: GLM-4V's vision tower and text model under its own config and processor."""
+    from transformers import Glm46VConfig, Glm46VForConditionalGeneration, Glm46VImageProcessorPil, Glm46VProcessor
+
+    return _glm(Glm46VForConditionalGeneration, Glm46VConfig, Glm46VProcessor, Glm46VImageProcessorPil, *GLM4V_TYPES)
+
+
+def glm4v_moe() -> tuple[Any, Any]:
+    """GLM-4.5V: GLM-4V's vision tower, a mixture-of-experts text model (one dense layer, one routed)."""
+    from transformers import Glm4vImageProcessorPil, Glm4vMoeConfig, Glm4vMoeForConditionalGeneration, Glm4vProcessor
+
+    moe = {
+        "moe_intermediate_size": 32,
+        "n_routed_experts": 4,
+        "num_experts_per_tok": 2,
+        "n_shared_experts": 1,
+        "first_k_dense_replace": 1,
+        "output_router_logits": True,  # the load-balancing loss is part of the objective: VDTrainer must add it too
+        "router_aux_loss_coef": 0.5,  # large enough that dropping it would show in the loss
+        "rope_parameters": {  # half the head rotates: M-RoPE sections of 16 / 2 / 2 dims
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [1, 1, 2],
+            "partial_rotary_factor": 0.5,
+        },
+    }
+    return _glm(Glm4vMoeForConditionalGeneration, Glm4vMoeConfig, Glm4vProcessor, Glm4vImageProcessorPil, text=moe)
+
+
+def glmga() -> tuple[Any, Any]:
+    """GLM-GA: GLM-4.6V's model and processor under its own config and image processor."""
+    from transformers import Glm46VForConditionalGeneration, Glm46VProcessor, GlmgaConfig, GlmgaImageProcessorPil
+
+    return _glm(Glm46VForConditionalGeneration, GlmgaConfig, Glm46VProcessor, GlmgaImageProcessorPil, *GLM4V_TYPES)
+
+
+def glm_ocr() -> tuple[Any, Any]:
+    """GLM-OCR: GLM-4V's layout with its own vision tower and text model; the published one ships GLM-4.6V's
+    processor."""
+    from transformers import Glm46VImageProcessorPil, Glm46VProcessor, GlmOcrConfig, GlmOcrForConditionalGeneration
+
+    return _glm(GlmOcrForConditionalGeneration, GlmOcrConfig, Glm46VProcessor, Glm46VImageProcessorPil)
+
+
+BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
+    "glm46v": glm46v,
+    "glm4v_moe": glm4v_moe,
+    "glmga": glmga,
+    "glm_ocr": glm_ocr,
+}
+FAMILIES = list(BUILDERS)
+LEFT: dict[str, str] = {}
+
+
+def build(family: str) -> tuple[Any, Any]:
+    """`(model, processor)` of a tiny model of `family` (random weights, seed 0)."""
+    return BUILDERS[family]()

@@ -30,12 +30,19 @@ GLM45 = (
     ),
     "<|endoftext|>",
 )
+HY_USER, HY_ASSISTANT = "<｜hy_User｜>", "<｜hy_Assistant｜>"
+HUNYUAN = training_template(
+    HY_USER, "".join(zoo_glm.HY_IMAGE), "", HY_ASSISTANT, zoo_glm.HY_EOS, start="{{ bos_token }}", prompt=HY_ASSISTANT
+)
+HY4_IMAGE = zoo_glm.HY_IMAGE[0] + "<|image_pad|>" + zoo_glm.HY_IMAGE[2]
 # family -> (training template, what it adds to the zoo template's text)
 TRAINING = {
     "glm46v": GLM45,
     "glm4v_moe": GLM45,
     "glmga": GLM45,
     "glm_ocr": GLM45,
+    "hunyuan_vl": (HUNYUAN, ""),
+    "hy_v4_vl": (HUNYUAN.replace("".join(zoo_glm.HY_IMAGE), HY4_IMAGE), ""),
 }
 NOT_TRL: dict[str, str] = {}
 # TRL (1.16) computes the load-balancing loss from `text_config.num_experts`, which these configs do not have

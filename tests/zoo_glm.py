@@ -132,11 +132,125 @@ def glm_ocr() -> tuple[Any, Any]:
     return _glm(GlmOcrForConditionalGeneration, GlmOcrConfig, Glm46VProcessor, Glm46VImageProcessorPil)
 
 
+# HunyuanOCR's: `<｜hy_User｜>` / `<｜hy_Assistant｜>` turns, the image wrapped in its start/end tokens, the
+# end-of-text placeholder token closing every answer.
+HY_TURNS = ("<｜hy_User｜>", "<｜hy_Assistant｜>")
+HY_EOS = "<｜hy_place▁holder▁no▁2｜>"
+HY_IMAGE = ("<｜hy_place▁holder▁no▁100｜>", "<｜hy_place▁holder▁no▁102｜>", "<｜hy_place▁holder▁no▁101｜>")
+HUNYUAN_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<｜hy_User｜>' if message['role'] == 'user' else '<｜hy_Assistant｜>' }}"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}" + "".join(HY_IMAGE) + ""
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}"
+    "{% if message['role'] == 'assistant' %}" + HY_EOS + "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<｜hy_Assistant｜>{% endif %}"
+)
+
+
+def hunyuan_vl() -> tuple[Any, Any]:
+    """HunyuanOCR: a native-resolution tower, a line-break token per row of patches, four XD-RoPE position axes."""
+    from transformers import HunYuanVLConfig, HunYuanVLForConditionalGeneration, HunYuanVLProcessor
+    from transformers.models.hunyuan_vl.image_processing_pil_hunyuan_vl import HunYuanVLImageProcessorPil
+
+    start, image, end = HY_IMAGE
+    named = {"image_token": image, "image_start_token": start, "image_end_token": end}
+    tok = tokenizer("qwen3", (*HY_IMAGE, *HY_TURNS, HY_EOS), named)
+    tok.eos_token = HY_EOS
+    tok.bos_token = "<|endoftext|>"
+    tok.pad_token = "<|endoftext|>"
+    image_processor = HunYuanVLImageProcessorPil(
+        patch_size=PATCH, merge_size=2, size={"shortest_edge": 16 * 16, "longest_edge": 64 * 64}
+    )
+    processor = HunYuanVLProcessor(image_processor=image_processor, tokenizer=tok, chat_template=HUNYUAN_TEMPLATE)
+    config = HunYuanVLConfig(
+        text_config={
+            **llama(tok),
+            "model_type": "hunyuan_vl_text",
+            "head_dim": 16,
+            "eod_token_id": tok.eos_token_id,
+            "sep_token_id": tok.eos_token_id,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 2, 2, 2]},
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "patch_size": PATCH,
+            "spatial_merge_size": 2,
+            "out_hidden_size": 64,
+            "max_image_size": 128,
+            "min_image_size": 16,
+        },
+        image_token_id=tok.image_token_id,
+        im_start_id=tok.image_start_token_id,
+        im_end_id=tok.image_end_token_id,
+    )
+    return _seeded(HunYuanVLForConditionalGeneration, config), processor
+
+
+def hy_v4_vl() -> tuple[Any, Any]:
+    """Hy4-VL: HunyuanOCR's tower and turns over a mixture-of-experts text model with multi-head latent attention,
+    a sparse-attention indexer and hyper-connections; Qwen-style `<|image_pad|>` placeholders, M-RoPE."""
+    from transformers import HYV4VLConfig, HYV4VLForConditionalGeneration, HYV4VLProcessor
+    from transformers.models.hy_v4_vl.image_processing_pil_hy_v4_vl import HYV4VLImageProcessorPil
+    from transformers.video_processing_utils import VideoProcessorMixin
+
+    from vdtrain.models.generic import allow_processors_without_torchvision
+
+    allow_processors_without_torchvision()
+    start, _, end = HY_IMAGE
+    named = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}
+    tok = tokenizer("qwen3", ("<|image_pad|>", "<|video_pad|>", start, end, *HY_TURNS, HY_EOS), named)
+    tok.eos_token = HY_EOS
+    tok.bos_token = tok.pad_token = "<|endoftext|>"
+    image_processor = HYV4VLImageProcessorPil(
+        patch_size=PATCH, merge_size=2, size={"shortest_edge": 16 * 16, "longest_edge": 64 * 64}
+    )
+    template = HUNYUAN_TEMPLATE.replace("".join(HY_IMAGE), start + "<|image_pad|>" + end)
+    processor = HYV4VLProcessor(
+        image_processor=image_processor, tokenizer=tok, video_processor=VideoProcessorMixin(), chat_template=template
+    )
+    config = HYV4VLConfig(
+        text_config={
+            **llama(tok),
+            "model_type": "hy_v4_vl_text",
+            "moe_intermediate_size": 32,
+            "n_routed_experts": 4,
+            "num_experts_per_tok": 2,
+            "q_lora_rank": 32,
+            "kv_lora_rank": 16,
+            "qk_nope_head_dim": 16,
+            "qk_rope_head_dim": 16,
+            "v_head_dim": 16,
+            "index_head_dim": 16,
+            "index_n_heads": 2,
+            "hc_mult": 2,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "patch_size": PATCH,
+            "spatial_merge_size": 2,
+            "out_hidden_size": 64,
+            "max_image_size": 128,
+        },
+        image_token_id=tok.image_token_id,
+        video_token_id=tok.video_token_id,
+    )
+    return _seeded(HYV4VLForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "glm46v": glm46v,
     "glm4v_moe": glm4v_moe,
     "glmga": glmga,
     "glm_ocr": glm_ocr,
+    "hunyuan_vl": hunyuan_vl,
+    "hy_v4_vl": hy_v4_vl,
 }
 FAMILIES = list(BUILDERS)
 LEFT: dict[str, str] = {}

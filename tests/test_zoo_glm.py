@@ -35,6 +35,18 @@ HUNYUAN = training_template(
     HY_USER, "".join(zoo_glm.HY_IMAGE), "", HY_ASSISTANT, zoo_glm.HY_EOS, start="{{ bos_token }}", prompt=HY_ASSISTANT
 )
 HY4_IMAGE = zoo_glm.HY_IMAGE[0] + "<|image_pad|>" + zoo_glm.HY_IMAGE[2]
+ERNIE_IMAGE = "{% set ns.pictures = ns.pictures + 1 %}Picture {{ ns.pictures }}:" + "".join(
+    zoo_glm.ERNIE_NAMED[key] for key in ("image_start_token", "image_token", "image_end_token")
+)
+ERNIE = training_template(
+    "User: ",
+    ERNIE_IMAGE,
+    "{{ '\\n' }}",
+    "Assistant: ",
+    "<|end_of_sentence|>",
+    start="{{ bos_token }}{% set ns = namespace(pictures=0) %}",
+    prompt="Assistant: ",
+)
 # family -> (training template, what it adds to the zoo template's text)
 TRAINING = {
     "glm46v": GLM45,
@@ -42,6 +54,7 @@ TRAINING = {
     "glmga": GLM45,
     "glm_ocr": GLM45,
     "hunyuan_vl": (HUNYUAN, ""),
+    "ernie4_5_vl_moe": (ERNIE, ""),
     "hy_v4_vl": (HUNYUAN.replace("".join(zoo_glm.HY_IMAGE), HY4_IMAGE), ""),
 }
 NOT_TRL: dict[str, str] = {}

@@ -244,6 +244,81 @@ def hy_v4_vl() -> tuple[Any, Any]:
     return _seeded(HYV4VLForConditionalGeneration, config), processor
 
 
+# ERNIE-4.5-VL's: `User: ` / `Assistant: ` lines, `Picture n:` before each image, `<|end_of_sentence|>` closing every
+# answer.
+ERNIE_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(pictures=0) %}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}User: {% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}{% set ns.pictures = ns.pictures + 1 %}"
+    "Picture {{ ns.pictures }}:<|IMAGE_START|><|IMAGE_PLACEHOLDER|><|IMAGE_END|>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{{ '\\n' }}"
+    "{% else %}Assistant: {{ message['content'][0]['text'] }}<|end_of_sentence|>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}Assistant: {% endif %}"
+)
+ERNIE_NAMED = {
+    "image_token": "<|IMAGE_PLACEHOLDER|>",
+    "image_start_token": "<|IMAGE_START|>",
+    "image_end_token": "<|IMAGE_END|>",
+    "video_token": "<|VIDEO_PLACEHOLDER|>",
+    "video_start_token": "<|VIDEO_START|>",
+    "video_end_token": "<|VIDEO_END|>",
+}
+
+
+def ernie4_5_vl_moe() -> tuple[Any, Any]:
+    """ERNIE-4.5-VL: a mixture of experts with separate text and vision experts (routed by `moe_mm_token_type_ids`),
+    a Qwen-style tower, 3-D RoPE."""
+    from transformers import Ernie4_5_VLMoeConfig, Ernie4_5_VLMoeForConditionalGeneration, Ernie4_5_VLMoeProcessor
+    from transformers.models.ernie4_5_vl_moe.image_processing_pil_ernie4_5_vl_moe import (
+        Ernie4_5_VLMoeImageProcessorPil,
+    )
+    from transformers.video_processing_utils import VideoProcessorMixin
+
+    from vdtrain.models.generic import allow_processors_without_torchvision
+
+    allow_processors_without_torchvision()
+    tok = tokenizer("llama2", (*ERNIE_NAMED.values(), "<|end_of_sentence|>"), ERNIE_NAMED)
+    tok.eos_token = "<|end_of_sentence|>"
+    image_processor = Ernie4_5_VLMoeImageProcessorPil(
+        patch_size=PATCH, merge_size=2, size={"shortest_edge": 16 * 16, "longest_edge": 64 * 64}
+    )
+    processor = Ernie4_5_VLMoeProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        video_processor=VideoProcessorMixin(),
+        chat_template=ERNIE_TEMPLATE,
+    )
+    ids = tok.convert_tokens_to_ids
+    config = Ernie4_5_VLMoeConfig(
+        text_config={
+            **llama(tok),
+            "model_type": "ernie4_5_vl_moe_text",
+            "moe_intermediate_size": [32, 16],
+            "moe_k": 2,
+            "moe_num_experts": 4,
+            "moe_num_shared_experts": 1,
+            "output_router_logits": True,  # the load-balancing loss is part of the objective: VDTrainer adds it too
+            "router_aux_loss_coef": 0.5,  # large enough that dropping it would show in the loss
+            "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0, "mrope_section": [3, 3, 2]},
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "patch_size": PATCH,
+            "spatial_merge_size": 2,
+        },
+        image_token_id=ids("<|IMAGE_PLACEHOLDER|>"),
+        image_start_token_id=ids("<|IMAGE_START|>"),
+        image_end_token_id=ids("<|IMAGE_END|>"),
+        video_token_id=ids("<|VIDEO_PLACEHOLDER|>"),
+        video_start_token_id=ids("<|VIDEO_START|>"),
+        video_end_token_id=ids("<|VIDEO_END|>"),
+    )
+    return _seeded(Ernie4_5_VLMoeForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "glm46v": glm46v,
     "glm4v_moe": glm4v_moe,
@@ -251,6 +326,7 @@ BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "glm_ocr": glm_ocr,
     "hunyuan_vl": hunyuan_vl,
     "hy_v4_vl": hy_v4_vl,
+    "ernie4_5_vl_moe": ernie4_5_vl_moe,
 }
 FAMILIES = list(BUILDERS)
 LEFT: dict[str, str] = {}

@@ -47,6 +47,7 @@ ERNIE = training_template(
     start="{{ bos_token }}{% set ns = namespace(pictures=0) %}",
     prompt="Assistant: ",
 )
+PADDLE = ERNIE.replace("Picture {{ ns.pictures }}:", "")
 # family -> (training template, what it adds to the zoo template's text)
 TRAINING = {
     "glm46v": GLM45,
@@ -55,6 +56,7 @@ TRAINING = {
     "glm_ocr": GLM45,
     "hunyuan_vl": (HUNYUAN, ""),
     "ernie4_5_vl_moe": (ERNIE, ""),
+    "paddleocr_vl": (PADDLE, ""),
     "hy_v4_vl": (HUNYUAN.replace("".join(zoo_glm.HY_IMAGE), HY4_IMAGE), ""),
 }
 NOT_TRL: dict[str, str] = {}

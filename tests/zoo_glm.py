@@ -319,6 +319,47 @@ def ernie4_5_vl_moe() -> tuple[Any, Any]:
     return _seeded(Ernie4_5_VLMoeForConditionalGeneration, config), processor
 
 
+# PaddleOCR-VL's: ERNIE-4.5's `User: ` / `Assistant: ` lines with the image bare (no `Picture n:`).
+PADDLE_TEMPLATE = ERNIE_TEMPLATE.replace("Picture {{ ns.pictures }}:", "")
+
+
+def paddleocr_vl() -> tuple[Any, Any]:
+    """PaddleOCR-VL: a native-resolution SigLIP-style tower (interpolated position embeddings) before an ERNIE-4.5
+    dense text model with M-RoPE."""
+    from transformers import PaddleOCRVLConfig, PaddleOCRVLForConditionalGeneration, PaddleOCRVLProcessor
+    from transformers.models.paddleocr_vl.image_processing_pil_paddleocr_vl import PaddleOCRVLImageProcessorPil
+
+    named = {key: ERNIE_NAMED[key] for key in ("image_token", "image_start_token", "image_end_token")}
+    tok = tokenizer("llama2", (*named.values(), "<|end_of_sentence|>"), named)
+    tok.eos_token = "<|end_of_sentence|>"
+    image_processor = PaddleOCRVLImageProcessorPil(
+        patch_size=PATCH, merge_size=2, size={"shortest_edge": 16 * 16, "longest_edge": 64 * 64}
+    )
+    processor = PaddleOCRVLProcessor(image_processor=image_processor, tokenizer=tok, chat_template=PADDLE_TEMPLATE)
+    ids = tok.convert_tokens_to_ids
+    config = PaddleOCRVLConfig(
+        text_config={
+            **llama(tok),
+            "model_type": "paddleocr_vl_text",
+            "head_dim": 16,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0, "mrope_section": [2, 3, 3]},
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": IMAGE,
+            "patch_size": PATCH,
+            "spatial_merge_size": 2,
+        },
+        image_token_id=ids(named["image_token"]),
+        vision_start_token_id=ids(named["image_start_token"]),
+        vision_end_token_id=ids(named["image_end_token"]),
+    )
+    return _seeded(PaddleOCRVLForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "glm46v": glm46v,
     "glm4v_moe": glm4v_moe,
@@ -327,6 +368,7 @@ BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "hunyuan_vl": hunyuan_vl,
     "hy_v4_vl": hy_v4_vl,
     "ernie4_5_vl_moe": ernie4_5_vl_moe,
+    "paddleocr_vl": paddleocr_vl,
 }
 FAMILIES = list(BUILDERS)
 LEFT: dict[str, str] = {}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import zoo_glm
 from test_zoo import check_family
-from test_zoo_sft import EOS, check_sft_family, training_template
+from test_zoo_sft import EOS, chatml, check_sft_family, training_template
 
 
 @pytest.mark.parametrize("family", zoo_glm.FAMILIES)
@@ -57,6 +57,7 @@ TRAINING = {
     "hunyuan_vl": (HUNYUAN, ""),
     "ernie4_5_vl_moe": (ERNIE, ""),
     "paddleocr_vl": (PADDLE, ""),
+    "video_llama_3": (chatml("<|image_pad|>\n"), ""),
     "hy_v4_vl": (HUNYUAN.replace("".join(zoo_glm.HY_IMAGE), HY4_IMAGE), ""),
 }
 NOT_TRL: dict[str, str] = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from zoo import GLM_TEMPLATE, IMAGE, PATCH, _seeded, llama, tokenizer
+from zoo import CHATML, GLM_TEMPLATE, IMAGE, PATCH, _seeded, llama, qwen2, tokenizer
 
 GLM_IMAGE = (
     "<|begin_of_image|>",
@@ -360,6 +360,41 @@ def paddleocr_vl() -> tuple[Any, Any]:
     return _seeded(PaddleOCRVLForConditionalGeneration, config), processor
 
 
+def video_llama_3() -> tuple[Any, Any]:
+    """VideoLLaMA3: a native-resolution SigLIP-style tower, images pooled by a per-image merge size, Qwen2 ChatML."""
+    from transformers import VideoLlama3Config, VideoLlama3ForConditionalGeneration, VideoLlama3Processor
+    from transformers.models.video_llama_3.image_processing_pil_video_llama_3 import VideoLlama3ImageProcessorPil
+    from transformers.video_processing_utils import VideoProcessorMixin
+
+    from vdtrain.models.generic import allow_processors_without_torchvision
+
+    allow_processors_without_torchvision()
+    named = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}
+    tok = tokenizer("qwen3", tuple(named.values()), named)
+    image_processor = VideoLlama3ImageProcessorPil(
+        patch_size=PATCH, merge_size=1, size={"shortest_edge": 16 * 16, "longest_edge": 64 * 64}
+    )
+    processor = VideoLlama3Processor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        video_processor=VideoProcessorMixin(),
+        chat_template=CHATML.replace("IMAGE_TEXT", "<|image_pad|>\n"),
+    )
+    config = VideoLlama3Config(
+        text_config=qwen2(tok),
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "patch_size": PATCH,
+        },
+        image_token_id=tok.image_token_id,
+        video_token_id=tok.video_token_id,
+    )
+    return _seeded(VideoLlama3ForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "glm46v": glm46v,
     "glm4v_moe": glm4v_moe,
@@ -369,6 +404,7 @@ BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "hy_v4_vl": hy_v4_vl,
     "ernie4_5_vl_moe": ernie4_5_vl_moe,
     "paddleocr_vl": paddleocr_vl,
+    "video_llama_3": video_llama_3,
 }
 FAMILIES = list(BUILDERS)
 LEFT: dict[str, str] = {}

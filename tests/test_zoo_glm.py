@@ -54,6 +54,7 @@ TRAINING = {
     "glm4v_moe": GLM45,
     "glmga": GLM45,
     "glm_ocr": GLM45,
+    "glm5_next": GLM45,
     "hunyuan_vl": (HUNYUAN, ""),
     "ernie4_5_vl_moe": (ERNIE, ""),
     "paddleocr_vl": (PADDLE, ""),
@@ -63,7 +64,7 @@ TRAINING = {
 NOT_TRL: dict[str, str] = {}
 # TRL (1.16) computes the load-balancing loss from `text_config.num_experts`, which these configs do not have
 # (`n_routed_experts`): SFTTrainer trains them only with the auxiliary loss off
-NO_AUX_LOSS_IN_TRL = {"glm4v_moe"}  # family -> why vanilla SFTTrainer does not train it
+NO_AUX_LOSS_IN_TRL = {"glm4v_moe", "glm5_next"}  # family -> why vanilla SFTTrainer does not train it
 
 
 def test_every_family_is_classified():

@@ -124,6 +124,47 @@ def glmga() -> tuple[Any, Any]:
     return _glm(Glm46VForConditionalGeneration, GlmgaConfig, Glm46VProcessor, GlmgaImageProcessorPil, *GLM4V_TYPES)
 
 
+def glm5_next() -> tuple[Any, Any]:
+    """GLM-5-Next: GLM-4V's layout over a hybrid text model (linear-attention KDA layers beside MLA layers with a
+    sparse-attention indexer, mixture of experts, hyper-connections)."""
+    from transformers import (
+        Glm5NextConfig,
+        Glm5NextForConditionalGeneration,
+        Glm5NextImageProcessorPil,
+        Glm5NextProcessor,
+    )
+
+    text = {
+        "layer_types": ["linear_attention", "indexed_attention"],
+        "mlp_layer_types": ["dense", "sparse"],
+        "num_key_value_heads": 4,
+        "moe_intermediate_size": 32,
+        "n_routed_experts": 4,
+        "num_experts_per_tok": 2,
+        "q_lora_rank": 32,
+        "kv_lora_rank": 16,
+        "qk_nope_head_dim": 16,
+        "qk_rope_head_dim": 0,  # no position encoding in the text model (NoPE)
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+        "v_head_dim": 16,
+        "index_head_dim": 16,
+        "index_n_heads": 2,
+        "linear_head_dim": 16,
+        "linear_num_heads": 4,
+        "hc_mult": 2,
+        "hc_sinkhorn_iters": 4,
+    }
+    vision = {"projection_intermediate_size": 64}
+    return _glm(
+        Glm5NextForConditionalGeneration,
+        Glm5NextConfig,
+        Glm5NextProcessor,
+        Glm5NextImageProcessorPil,
+        text=text,
+        vision=vision,
+    )
+
+
 def glm_ocr() -> tuple[Any, Any]:
     """GLM-OCR: GLM-4V's layout with its own vision tower and text model; the published one ships GLM-4.6V's
     processor."""
@@ -400,6 +441,7 @@ BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "glm4v_moe": glm4v_moe,
     "glmga": glmga,
     "glm_ocr": glm_ocr,
+    "glm5_next": glm5_next,
     "hunyuan_vl": hunyuan_vl,
     "hy_v4_vl": hy_v4_vl,
     "ernie4_5_vl_moe": ernie4_5_vl_moe,
@@ -407,7 +449,12 @@ BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "video_llama_3": video_llama_3,
 }
 FAMILIES = list(BUILDERS)
-LEFT: dict[str, str] = {}
+LEFT: dict[str, str] = {
+    # the image-text-to-text mapping lists it, but the class is the text decoder of Mistral-Small-4 (whose checkpoints
+    # load as `mistral3` with a `mistral4` text config): its forward takes no pixels
+    "mistral4": "not a vision-language model: Mistral4ForCausalLM is text-only (forward has no image input) and has "
+    "no processor; the VD loss does not apply",
+}
 
 
 def build(family: str) -> tuple[Any, Any]:

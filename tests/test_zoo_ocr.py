@@ -1,0 +1,35 @@
+"""The model zoo's OCR and document families (tests/zoo_ocr.py) under exactly the assertions of tests/test_zoo.py
+(`check_family`: the supervised span decodes to the answers plus one flagged end-of-turn token each, tau = 0 logs
+the vanilla `Trainer`'s losses, `d` is not 0 on image rows) and, where vanilla TRL `SFTTrainer` trains the family,
+of tests/test_zoo_sft.py (`check_sft_family`, with the zoo template's `{% generation %}` training twin).
+"""
+
+from __future__ import annotations
+
+import pytest
+import zoo_ocr
+from test_zoo import check_family
+from test_zoo_sft import check_sft_family, chatml  # noqa: F401
+
+# family -> (training template, what it adds to the zoo template's text), as test_zoo_sft.TRAINING
+TRAINING: dict[str, tuple[str, str]] = {}
+# family -> why vanilla TRL `SFTTrainer` does not train it
+NO_SFT: dict[str, str] = {}
+
+
+def test_every_family_is_classified():
+    """Each family of the module is in the zoo or left with a reason, and in TRAINING or NO_SFT."""
+    assert not set(zoo_ocr.FAMILIES) & set(zoo_ocr.LEFT)
+    assert sorted([*TRAINING, *NO_SFT]) == sorted(zoo_ocr.FAMILIES)
+
+
+@pytest.mark.parametrize("family", zoo_ocr.FAMILIES)
+def test_family(family, tmp_path):
+    model, processor = zoo_ocr.build(family)
+    check_family(family, model, processor, tmp_path)
+
+
+@pytest.mark.parametrize("family", list(TRAINING))
+def test_family_through_vdsfttrainer(family, tmp_path):
+    model, processor = zoo_ocr.build(family)
+    check_sft_family(family, model, processor, TRAINING[family], tmp_path)

@@ -1,0 +1,92 @@
+"""Tiny random-weight models of the OCR and document families (GOT-OCR2, DeepSeek-OCR, MiniCPM-V, Ovis, ...), built
+like tests/zoo.py: real npm tokenizers, the PIL image processors, chat templates written like the published ones, a
+few layers.
+
+`build(family)` returns `(model, processor)`; `FAMILIES` lists the families in the zoo, `LEFT` the others with why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from zoo import IMAGE, PATCH, _seeded, llama, qwen2, tokenizer
+
+# GOT-OCR2's prompt (its checkpoint has no chat template; the processor writes this ChatML itself): a fixed system
+# turn, the image as `<img><imgpad>...</img>` on its own line, `<|im_end|>` closing every turn.
+GOT_SYSTEM = "You should follow the instructions carefully and explain your answers in detail."
+GOT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\n" + GOT_SYSTEM + "<|im_end|>{% endif %}<|im_start|>{{ message['role'] }}\n"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}<img><imgpad></img>\n"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def got_vision(**extra: Any) -> dict[str, Any]:
+    """A two-layer SAM-style GOT-OCR2 tower: 32 px in 4-px patches, two stride-2 convolutions after it (4 tokens)."""
+    return {
+        "hidden_size": 32,
+        "output_channels": 16,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": IMAGE,
+        "patch_size": PATCH // 2,
+        "window_size": 4,
+        "global_attn_indexes": [1],
+        "mlp_dim": 64,
+        "initializer_range": 0.02,  # 1e-10 by default: the image would not reach the text
+        **extra,
+    }
+
+
+def got_ocr2() -> tuple[Any, Any]:
+    """GOT-OCR2: a SAM tower, convolutions down to 4 tokens per image, Qwen2 text model."""
+    from transformers import GotOcr2Config, GotOcr2ForConditionalGeneration, GotOcr2ImageProcessorPil, GotOcr2Processor
+
+    tok = tokenizer("qwen3", ("<img>", "</img>", "<imgpad>"))
+    image_processor = GotOcr2ImageProcessorPil(size={"height": IMAGE, "width": IMAGE})
+    processor = GotOcr2Processor(image_processor=image_processor, tokenizer=tok, chat_template=GOT_TEMPLATE)
+    processor.num_image_tokens = 4
+    config = GotOcr2Config(
+        vision_config=got_vision(),
+        text_config=qwen2(tok),
+        image_token_index=tok.convert_tokens_to_ids("<imgpad>"),
+        image_seq_length=4,
+    )
+    return _seeded(GotOcr2ForConditionalGeneration, config), processor
+
+
+def pp_chart2table() -> tuple[Any, Any]:
+    """PP-Chart2Table: GOT-OCR2's model; the processor expands nothing, the chat template writes every `<imgpad>`."""
+    from transformers import GotOcr2ForConditionalGeneration, PPChart2TableConfig, PPChart2TableProcessor
+    from transformers.models.pp_chart2table.image_processing_pil_pp_chart2table import (
+        PPChart2TableImageProcessorPil,
+    )
+
+    tokens = 4
+    tok = tokenizer("qwen3", ("<img>", "</img>", "<imgpad>"))
+    image_processor = PPChart2TableImageProcessorPil(size={"height": IMAGE, "width": IMAGE})
+    template = GOT_TEMPLATE.replace("<imgpad>", "<imgpad>" * tokens)
+    processor = PPChart2TableProcessor(image_processor=image_processor, tokenizer=tok, chat_template=template)
+    config = PPChart2TableConfig(
+        vision_config=got_vision(),
+        text_config=qwen2(tok),
+        image_token_index=tok.convert_tokens_to_ids("<imgpad>"),
+        image_seq_length=tokens,
+    )
+    return _seeded(GotOcr2ForConditionalGeneration, config), processor
+
+
+BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
+    "got_ocr2": got_ocr2,
+    "pp_chart2table": pp_chart2table,
+}
+FAMILIES = list(BUILDERS)
+LEFT: dict[str, str] = {}
+
+
+def build(family: str) -> tuple[Any, Any]:
+    """`(model, processor)` of a tiny model of `family` (random weights, seed 0)."""
+    return BUILDERS[family]()

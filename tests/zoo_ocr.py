@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from zoo import IMAGE, PATCH, _seeded, llama, qwen2, tokenizer
+from zoo import CHATML, IMAGE, PATCH, _seeded, llama, qwen2, tokenizer
 
 # GOT-OCR2's prompt (its checkpoint has no chat template; the processor writes this ChatML itself): a fixed system
 # turn, the image as `<img><imgpad>...</img>` on its own line, `<|im_end|>` closing every turn.
@@ -79,9 +79,47 @@ def pp_chart2table() -> tuple[Any, Any]:
     return _seeded(GotOcr2ForConditionalGeneration, config), processor
 
 
+def qianfan_ocr() -> tuple[Any, Any]:
+    """Qianfan-OCR: InternVL's layout (tiles plus a thumbnail, pixel shuffle), `<image>` in the template expanded to
+    `<img><IMG_CONTEXT>...</img>`, Qwen3 text model."""
+    from transformers import (
+        GotOcr2ImageProcessorPil,
+        QianfanOCRConfig,
+        QianfanOCRForConditionalGeneration,
+        QianfanOCRProcessor,
+    )
+
+    named = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>"}
+    tok = tokenizer("qwen3", (*named.values(), "<image>"), named)
+    image_processor = GotOcr2ImageProcessorPil(size={"height": IMAGE, "width": IMAGE}, min_patches=1, max_patches=4)
+    tokens = (IMAGE // PATCH) ** 2 // 4  # pixel shuffle halves each side
+    processor = QianfanOCRProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        image_seq_length=tokens,
+        chat_template=CHATML.replace("IMAGE_TEXT", "<image>\n"),
+    )
+    config = QianfanOCRConfig(
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": IMAGE,
+            "patch_size": PATCH,
+            "drop_path_rate": 0.0,
+        },
+        text_config={**qwen2(tok), "model_type": "qwen3", "head_dim": 16},
+        image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"),
+        image_seq_length=tokens,
+    )
+    return _seeded(QianfanOCRForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "got_ocr2": got_ocr2,
     "pp_chart2table": pp_chart2table,
+    "qianfan_ocr": qianfan_ocr,
 }
 FAMILIES = list(BUILDERS)
 LEFT: dict[str, str] = {}

@@ -21,9 +21,13 @@ GOT = training_template(
     start="{% if messages[0]['role'] != 'system' %}<|im_start|>system\n" + zoo_ocr.GOT_SYSTEM + "<|im_end|>{% endif %}",
     prompt="<|im_start|>assistant\n",
 )
+DEEPSEEK = training_template(
+    "<|User|>: ", "<image>\n", "\n\n", "<|Assistant|>: ", "{{ eos_token }}", prompt="<|Assistant|>:"
+)
 TRAINING: dict[str, tuple[str, str]] = {
     "pp_chart2table": (GOT.replace("<imgpad>", "<imgpad>" * 4), ""),
     "qianfan_ocr": (chatml("<image>\n"), ""),
+    "deepseek_ocr2": (DEEPSEEK, ""),
 }
 # family -> why vanilla TRL `SFTTrainer` does not train it
 NO_SFT: dict[str, str] = {

@@ -23,6 +23,16 @@ GOT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# DeepSeek's conversation format (DeepSeek-OCR, DeepSeek-VL2): `<|User|>: ` / `<|Assistant|>: ` turns separated by
+# blank lines, the image as `<image>` on its own line, EOS closing every answer.
+DEEPSEEK_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}<|User|>: "
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}<image>\n"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}\n\n"
+    "{% elif message['role'] == 'assistant' %}<|Assistant|>: {{ message['content'][0]['text'] }}{{ eos_token }}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|Assistant|>:{% endif %}"
+)
+
 
 def got_vision(**extra: Any) -> dict[str, Any]:
     """A two-layer SAM-style GOT-OCR2 tower: 32 px in 4-px patches, two stride-2 convolutions after it (4 tokens)."""
@@ -116,10 +126,48 @@ def qianfan_ocr() -> tuple[Any, Any]:
     return _seeded(QianfanOCRForConditionalGeneration, config), processor
 
 
+def deepseek_ocr2() -> tuple[Any, Any]:
+    """DeepSeek-OCR-2: a SAM tower whose 3x3 output a causal encoder reads with 144 learned queries (the 768-px
+    ones; the processor's count, (size / patch / downsample)^2 + 1 separator, is set to match), a DeepSeek-V2 MoE
+    text model. Images no larger than `tile_size` get no local tiles."""
+    from transformers import DeepseekOcr2Config, DeepseekOcr2ForConditionalGeneration, DeepseekOcr2Processor
+    from transformers.models.deepseek_ocr2.image_processing_pil_deepseek_ocr2 import DeepseekOcr2ImageProcessorPil
+
+    tok = tokenizer("llama2", ("<image>", "<|User|>", "<|Assistant|>"), {"image_token": "<image>"})
+    side = 48  # 12 x 12 processor patches: the 144 queries of the 768-px view
+    image_processor = DeepseekOcr2ImageProcessorPil(size={"height": side, "width": side}, tile_size=side)
+    processor = DeepseekOcr2Processor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=4,
+        downsample_ratio=1,
+        chat_template=DEEPSEEK_TEMPLATE,
+    )
+    sam = {**got_vision(), "image_size": side, "downsample_channels": [16, 32]}
+    sam.pop("mlp_dim")
+    encoder = {**qwen2(tok, hidden=32), "model_type": None, "vocab_size": 16, "num_attention_heads": 2}
+    text = {
+        **llama(tok),
+        "model_type": None,
+        "mlp_layer_types": ["dense", "sparse"],
+        "n_routed_experts": 4,
+        "num_experts_per_tok": 2,
+        "n_shared_experts": 1,
+        "moe_intermediate_size": 32,
+    }
+    config = DeepseekOcr2Config(
+        vision_config={"sam_config": sam, "encoder_config": encoder},
+        text_config=text,
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+    )
+    return _seeded(DeepseekOcr2ForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "got_ocr2": got_ocr2,
     "pp_chart2table": pp_chart2table,
     "qianfan_ocr": qianfan_ocr,
+    "deepseek_ocr2": deepseek_ocr2,
 }
 FAMILIES = list(BUILDERS)
 LEFT: dict[str, str] = {}

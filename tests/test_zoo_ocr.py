@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import zoo_ocr
 from test_zoo import check_family
+from test_zoo_sft import TRAINING as ZOO_TRAINING
 from test_zoo_sft import chatml, check_sft_family, training_template
 
 # family -> (training template, what it adds to the zoo template's text), as test_zoo_sft.TRAINING
@@ -28,6 +29,7 @@ TRAINING: dict[str, tuple[str, str]] = {
     "pp_chart2table": (GOT.replace("<imgpad>", "<imgpad>" * 4), ""),
     "qianfan_ocr": (chatml("<image>\n"), ""),
     "deepseek_ocr2": (DEEPSEEK, ""),
+    "deepseek_vl_hybrid": ZOO_TRAINING["deepseek_vl"],
 }
 # family -> why vanilla TRL `SFTTrainer` does not train it
 NO_SFT: dict[str, str] = {

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from zoo import CHATML, IMAGE, PATCH, _seeded, llama, qwen2, tokenizer
+from zoo import CHATML, IMAGE, PATCH, _seeded, llama, qwen2, siglip, tokenizer
+from zoo import DEEPSEEK_TEMPLATE as DEEPSEEK_VL_TEMPLATE
 
 # GOT-OCR2's prompt (its checkpoint has no chat template; the processor writes this ChatML itself): a fixed system
 # turn, the image as `<img><imgpad>...</img>` on its own line, `<|im_end|>` closing every turn.
@@ -163,11 +164,42 @@ def deepseek_ocr2() -> tuple[Any, Any]:
     return _seeded(DeepseekOcr2ForConditionalGeneration, config), processor
 
 
+def deepseek_vl_hybrid() -> tuple[Any, Any]:
+    """DeepSeek-VL (hybrid): a SigLIP tower on the low-res view beside a SAM tower on a 2x view, aligned to 16
+    tokens per image; DeepSeek-VL's chat format."""
+    from transformers import (
+        DeepseekVLHybridConfig,
+        DeepseekVLHybridForConditionalGeneration,
+        DeepseekVLHybridProcessor,
+    )
+    from transformers.models.deepseek_vl_hybrid.image_processing_pil_deepseek_vl_hybrid import (
+        DeepseekVLHybridImageProcessorPil,
+    )
+
+    tok = tokenizer("llama2", ("<image_placeholder>",), {"image_token": "<image_placeholder>"})
+    image_processor = DeepseekVLHybridImageProcessorPil(
+        size={"height": IMAGE, "width": IMAGE}, high_res_size={"height": 2 * IMAGE, "width": 2 * IMAGE}
+    )
+    tokens = (IMAGE // PATCH) ** 2
+    processor = DeepseekVLHybridProcessor(
+        image_processor=image_processor, tokenizer=tok, chat_template=DEEPSEEK_VL_TEMPLATE, num_image_tokens=tokens
+    )
+    sam = {**got_vision(), "model_type": "sam_vision_model", "image_size": 2 * IMAGE, "patch_size": PATCH}
+    config = DeepseekVLHybridConfig(
+        vision_config=siglip(),
+        high_res_vision_config=sam,
+        text_config=llama(tok),
+        image_token_id=tok.convert_tokens_to_ids("<image_placeholder>"),
+    )
+    return _seeded(DeepseekVLHybridForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "got_ocr2": got_ocr2,
     "pp_chart2table": pp_chart2table,
     "qianfan_ocr": qianfan_ocr,
     "deepseek_ocr2": deepseek_ocr2,
+    "deepseek_vl_hybrid": deepseek_vl_hybrid,
 }
 FAMILIES = list(BUILDERS)
 LEFT: dict[str, str] = {}

@@ -25,11 +25,24 @@ GOT = training_template(
 DEEPSEEK = training_template(
     "<|User|>: ", "<image>\n", "\n\n", "<|Assistant|>: ", "{{ eos_token }}", prompt="<|Assistant|>:"
 )
+GRANITE_ROLE = "<|start_of_role|>{}<|end_of_role|>"
 TRAINING: dict[str, tuple[str, str]] = {
     "pp_chart2table": (GOT.replace("<imgpad>", "<imgpad>" * 4), ""),
     "qianfan_ocr": (chatml("<image>\n"), ""),
     "deepseek_ocr2": (DEEPSEEK, ""),
     "deepseek_vl_hybrid": ZOO_TRAINING["deepseek_vl"],
+    "granite_docling": (
+        training_template(
+            GRANITE_ROLE.format("user"),
+            "<image>",
+            "<|end_of_text|>\n",
+            GRANITE_ROLE.format("assistant"),
+            "<|end_of_text|>",
+            "\n",
+            prompt=GRANITE_ROLE.format("assistant"),
+        ),
+        "",
+    ),
 }
 # family -> why vanilla TRL `SFTTrainer` does not train it
 NO_SFT: dict[str, str] = {

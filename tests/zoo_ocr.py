@@ -34,6 +34,15 @@ DEEPSEEK_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|Assistant|>:{% endif %}"
 )
 
+# Granite's (Granite-Docling): `<|start_of_role|>role<|end_of_role|>`, `<|end_of_text|>` and a newline closing every
+# turn, the image as `<image>` before the text.
+GRANITE_TEMPLATE = (
+    "{% for message in messages %}<|start_of_role|>{{ message['role'] }}<|end_of_role|>"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}<image>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}<|end_of_text|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|start_of_role|>assistant<|end_of_role|>{% endif %}"
+)
+
 
 def got_vision(**extra: Any) -> dict[str, Any]:
     """A two-layer SAM-style GOT-OCR2 tower: 32 px in 4-px patches, two stride-2 convolutions after it (4 tokens)."""
@@ -194,12 +203,49 @@ def deepseek_vl_hybrid() -> tuple[Any, Any]:
     return _seeded(DeepseekVLHybridForConditionalGeneration, config), processor
 
 
+def granite_docling() -> tuple[Any, Any]:
+    """Granite-Docling: Idefics3's tiles (`<row_r_col_c>` tags, a global image), a SigLIP-like tower with a
+    pixel-shuffle connector, Granite text model."""
+    from transformers import (
+        GraniteDoclingConfig,
+        GraniteDoclingForConditionalGeneration,
+        GraniteDoclingImageProcessorPil,
+        GraniteDoclingProcessor,
+    )
+
+    specials = ("<fake_token_around_image>", "<image>", "<global-img>", "<|start_of_role|>", "<|end_of_role|>")
+    tok = tokenizer("llama3", specials, {"image_token": "<image>"})
+    image_processor = GraniteDoclingImageProcessorPil(size={"height": IMAGE, "width": IMAGE}, max_patches=4)
+    processor = GraniteDoclingProcessor(
+        image_processor=image_processor, tokenizer=tok, image_seq_len=4, chat_template=GRANITE_TEMPLATE
+    )
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": IMAGE,
+        "patch_size": PATCH,
+        "out_hidden_size": 64,
+        "scale_factor": 2,
+    }
+    config = GraniteDoclingConfig(
+        vision_config=vision,
+        # Granite's 12x embedding multiplier would drown the (unscaled) image features of a random tower
+        text_config={**llama(tok), "model_type": None, "embedding_multiplier": 1.0},
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        pad_token_id=tok.eos_token_id,
+    )
+    return _seeded(GraniteDoclingForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "got_ocr2": got_ocr2,
     "pp_chart2table": pp_chart2table,
     "qianfan_ocr": qianfan_ocr,
     "deepseek_ocr2": deepseek_ocr2,
     "deepseek_vl_hybrid": deepseek_vl_hybrid,
+    "granite_docling": granite_docling,
 }
 FAMILIES = list(BUILDERS)
 LEFT: dict[str, str] = {}

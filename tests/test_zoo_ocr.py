@@ -31,6 +31,7 @@ TRAINING: dict[str, tuple[str, str]] = {
     "qianfan_ocr": (chatml("<image>\n"), ""),
     "deepseek_ocr2": (DEEPSEEK, ""),
     "deepseek_vl_hybrid": ZOO_TRAINING["deepseek_vl"],
+    "lighton_ocr": (chatml("<|image_pad|>"), ""),
     "granite_docling": (
         training_template(
             GRANITE_ROLE.format("user"),

@@ -239,6 +239,51 @@ def granite_docling() -> tuple[Any, Any]:
     return _seeded(GraniteDoclingForConditionalGeneration, config), processor
 
 
+def pixtral_vision(**extra: Any) -> dict[str, Any]:
+    """A two-layer Pixtral tower over 8-px patches."""
+    return {
+        "model_type": "pixtral",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "head_dim": 16,
+        "image_size": IMAGE,
+        "patch_size": PATCH,
+        **extra,
+    }
+
+
+def lighton_ocr() -> tuple[Any, Any]:
+    """LightOnOCR: a Pixtral tower (image sizes kept, padded in the batch), 2x2 patch merging, Qwen3 text model;
+    ChatML with the image as `<|image_pad|>`."""
+    from transformers import (
+        LightOnOcrConfig,
+        LightOnOcrForConditionalGeneration,
+        LightOnOcrProcessor,
+        PixtralImageProcessorPil,
+    )
+
+    named = {"image_token": "<|image_pad|>", "image_break_token": "<|vision_pad|>", "image_end_token": "<|vision_end|>"}
+    tok = tokenizer("qwen3", tuple(named.values()), named)
+    merged = {"height": 2 * PATCH, "width": 2 * PATCH}  # the processor's sizes are multiples of merged patches
+    image_processor = PixtralImageProcessorPil(size={"longest_edge": IMAGE}, patch_size=merged)
+    processor = LightOnOcrProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=PATCH,
+        spatial_merge_size=2,
+        chat_template=CHATML.replace("IMAGE_TEXT", "<|image_pad|>"),
+    )
+    config = LightOnOcrConfig(
+        vision_config=pixtral_vision(),
+        text_config={**qwen2(tok), "model_type": "qwen3", "head_dim": 16},
+        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+        spatial_merge_size=2,
+    )
+    return _seeded(LightOnOcrForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "got_ocr2": got_ocr2,
     "pp_chart2table": pp_chart2table,
@@ -246,6 +291,7 @@ BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "deepseek_ocr2": deepseek_ocr2,
     "deepseek_vl_hybrid": deepseek_vl_hybrid,
     "granite_docling": granite_docling,
+    "lighton_ocr": lighton_ocr,
 }
 FAMILIES = list(BUILDERS)
 LEFT: dict[str, str] = {}

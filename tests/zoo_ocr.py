@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from zoo_torchvision import MISTRAL3_TEMPLATE
 from zoo import CHATML, IMAGE, PATCH, _seeded, llama, qwen2, siglip, tokenizer
 from zoo import DEEPSEEK_TEMPLATE as DEEPSEEK_VL_TEMPLATE
 
@@ -284,6 +285,50 @@ def lighton_ocr() -> tuple[Any, Any]:
     return _seeded(LightOnOcrForConditionalGeneration, config), processor
 
 
+def mistral_large4() -> tuple[Any, Any]:
+    """Mistral-Large-4: a Pixtral tower (`[IMG_BREAK]` after every row, `[IMG_END]`), a DeepSeek-V3-style text model
+    (latent attention, a top-k indexer, MoE)."""
+    from transformers import (
+        MistralLarge4Config,
+        MistralLarge4ForConditionalGeneration,
+        PixtralImageProcessorPil,
+        PixtralProcessor,
+    )
+
+    tok = tokenizer("llama2", ("[IMG]", "[IMG_BREAK]", "[IMG_END]", "[INST]", "[/INST]"))
+    image_processor = PixtralImageProcessorPil(size={"longest_edge": IMAGE}, patch_size={"height": PATCH, "width": PATCH})
+    processor = PixtralProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=PATCH,
+        spatial_merge_size=2,
+        chat_template=MISTRAL3_TEMPLATE,
+    )
+    text = {
+        **llama(tok),
+        "model_type": None,
+        "moe_intermediate_size": 32,
+        "n_routed_experts": 4,
+        "num_experts_per_tok": 2,
+        "kv_lora_rank": 16,
+        "q_lora_rank": 32,
+        "qk_rope_head_dim": 8,
+        "qk_nope_head_dim": 8,
+        "v_head_dim": 16,
+        "index_head_dim": 16,
+        "index_n_heads": 2,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 512 * 2048,  # what its YaRN factor over a 512-token window implies
+    }
+    config = MistralLarge4Config(
+        vision_config=pixtral_vision(),
+        text_config=text,
+        image_token_index=tok.convert_tokens_to_ids("[IMG]"),
+        spatial_merge_size=2,
+    )
+    return _seeded(MistralLarge4ForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "got_ocr2": got_ocr2,
     "pp_chart2table": pp_chart2table,
@@ -292,8 +337,10 @@ BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "deepseek_vl_hybrid": deepseek_vl_hybrid,
     "granite_docling": granite_docling,
     "lighton_ocr": lighton_ocr,
+    "mistral_large4": mistral_large4,
 }
 FAMILIES = list(BUILDERS)
+NEEDS_TORCHVISION = {"mistral_large4"}  # PixtralProcessor requires torchvision
 LEFT: dict[str, str] = {}
 
 

@@ -36,6 +36,7 @@ TRAINING: dict[str, tuple[str, str]] = {
     "mistral_large4": (
         training_template("[INST]", "[IMG]", "[/INST]", "", "{{ eos_token }}", start="{{ bos_token }}"), ""
     ),
+    "ovis2": (chatml("<image>\n"), ""),
     "granite_docling": (
         training_template(
             GRANITE_ROLE.format("user"),

@@ -329,6 +329,44 @@ def mistral_large4() -> tuple[Any, Any]:
     return _seeded(MistralLarge4ForConditionalGeneration, config), processor
 
 
+OVIS_INDICATORS = ("<IMG_START>", "<IMG_GRID>", "<IMG_COL>", "<IMG_ROW>", "<IMG_END>")
+
+
+def ovis2() -> tuple[Any, Any]:
+    """Ovis2: a visual tokenizer (probabilities over a visual vocabulary, embedded by a table), `<image>` expanded to
+    `<IMG_START><IMG_ATOM>...<IMG_GRID>...<IMG_END>`, Qwen2 text model, ChatML."""
+    from transformers import Ovis2Config, Ovis2ForConditionalGeneration, Ovis2ImageProcessorPil, Ovis2Processor
+
+    tok = tokenizer("qwen3", ("<image>", "<IMG_ATOM>", *OVIS_INDICATORS))
+    image_processor = Ovis2ImageProcessorPil(size={"height": IMAGE, "width": IMAGE})
+    tokens = (IMAGE // PATCH // 2) ** 2  # hidden stride 2
+    processor = Ovis2Processor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        image_seq_length=tokens,
+        chat_template=CHATML.replace("IMAGE_TEXT", "<image>\n"),
+    )
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": IMAGE,
+        "patch_size": PATCH,
+        "vocab_size": 64,
+        "hidden_stride": 2,
+    }
+    config = Ovis2Config(
+        vision_config=vision,
+        text_config=qwen2(tok),
+        image_token_id=tok.convert_tokens_to_ids("<IMG_ATOM>"),
+        visual_indicator_token_ids=tok.convert_tokens_to_ids(list(OVIS_INDICATORS)),
+        vocab_size=len(tok),
+        hidden_size=64,
+    )
+    return _seeded(Ovis2ForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "got_ocr2": got_ocr2,
     "pp_chart2table": pp_chart2table,
@@ -338,6 +376,7 @@ BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "granite_docling": granite_docling,
     "lighton_ocr": lighton_ocr,
     "mistral_large4": mistral_large4,
+    "ovis2": ovis2,
 }
 FAMILIES = list(BUILDERS)
 NEEDS_TORCHVISION = {"mistral_large4"}  # PixtralProcessor requires torchvision

@@ -37,6 +37,7 @@ TRAINING: dict[str, tuple[str, str]] = {
         training_template("[INST]", "[IMG]", "[/INST]", "", "{{ eos_token }}", start="{{ bos_token }}"), ""
     ),
     "ovis2": (chatml("<image>\n"), ""),
+    "ovis2_5": (chatml("<image>\n"), ""),
     "granite_docling": (
         training_template(
             GRANITE_ROLE.format("user"),

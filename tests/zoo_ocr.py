@@ -367,6 +367,62 @@ def ovis2() -> tuple[Any, Any]:
     return _seeded(Ovis2ForConditionalGeneration, config), processor
 
 
+def ovis2_5() -> tuple[Any, Any]:
+    """Ovis2.5: a native-resolution SigLIP2 tower (Qwen2-VL-style `image_grid_thw`), a visual tokenizer with
+    indicator tokens, `<image>` expanded between start and end tokens, Qwen3 text model, ChatML."""
+    from transformers import (
+        Ovis2_5Config,
+        Ovis2_5ForConditionalGeneration,
+        Ovis2_5ImageProcessorPil,
+        Ovis2_5Processor,
+    )
+    from transformers.video_processing_utils import VideoProcessorMixin
+
+    from vdtrain.models.generic import allow_processors_without_torchvision
+
+    allow_processors_without_torchvision()
+    named = {
+        "image_token": "<image>",
+        "video_token": "<video>",
+        "image_start_token": "<ovis_image_start>",
+        "image_end_token": "<ovis_image_end>",
+        "video_start_token": "<ovis_video_start>",
+        "video_end_token": "<ovis_video_end>",
+    }
+    tok = tokenizer("qwen3", tuple(named.values()), named)
+    image_processor = Ovis2_5ImageProcessorPil(
+        patch_size=PATCH, merge_size=2, size={"shortest_edge": 16 * 16, "longest_edge": 64 * 64}
+    )
+    processor = Ovis2_5Processor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        video_processor=VideoProcessorMixin(),
+        chat_template=CHATML.replace("IMAGE_TEXT", "<image>\n"),
+    )
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "patch_size": PATCH,
+        "image_size": IMAGE,
+        "window_size": 2 * IMAGE,
+        "vocab_size": 64,
+    }
+    ids = tok.convert_tokens_to_ids
+    config = Ovis2_5Config(
+        vision_config=vision,
+        text_config={**qwen2(tok), "model_type": "qwen3", "head_dim": 16},
+        image_token_id=ids("<image>"),
+        video_token_id=ids("<video>"),
+        image_start_token_id=ids("<ovis_image_start>"),
+        image_end_token_id=ids("<ovis_image_end>"),
+        video_start_token_id=ids("<ovis_video_start>"),
+        video_end_token_id=ids("<ovis_video_end>"),
+    )
+    return _seeded(Ovis2_5ForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "got_ocr2": got_ocr2,
     "pp_chart2table": pp_chart2table,
@@ -377,6 +433,7 @@ BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "lighton_ocr": lighton_ocr,
     "mistral_large4": mistral_large4,
     "ovis2": ovis2,
+    "ovis2_5": ovis2_5,
 }
 FAMILIES = list(BUILDERS)
 NEEDS_TORCHVISION = {"mistral_large4"}  # PixtralProcessor requires torchvision

@@ -20,7 +20,9 @@ GOT = training_template(
     "<|im_end|>",
     "<|im_start|>assistant\n",
     "<|im_end|>",
-    start="{% if messages[0]['role'] != 'system' %}<|im_start|>system\n" + zoo_ocr.GOT_SYSTEM + "<|im_end|>{% endif %}",
+    start="{% if messages[0]['role'] != 'system' %}<|im_start|>system\n"
+    + zoo_ocr.GOT_SYSTEM
+    + "<|im_end|>{% endif %}",
     prompt="<|im_start|>assistant\n",
 )
 DEEPSEEK = training_template(
@@ -34,7 +36,8 @@ TRAINING: dict[str, tuple[str, str]] = {
     "deepseek_vl_hybrid": ZOO_TRAINING["deepseek_vl"],
     "lighton_ocr": (chatml("<|image_pad|>"), ""),
     "mistral_large4": (
-        training_template("[INST]", "[IMG]", "[/INST]", "", "{{ eos_token }}", start="{{ bos_token }}"), ""
+        training_template("[INST]", "[IMG]", "[/INST]", "", "{{ eos_token }}", start="{{ bos_token }}"),
+        "",
     ),
     "ovis2": (chatml("<image>\n"), ""),
     "ovis2_5": (chatml("<image>\n"), ""),

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from zoo_torchvision import MISTRAL3_TEMPLATE
 from zoo import CHATML, IMAGE, PATCH, _seeded, llama, qwen2, siglip, tokenizer
 from zoo import DEEPSEEK_TEMPLATE as DEEPSEEK_VL_TEMPLATE
+from zoo_torchvision import MISTRAL3_TEMPLATE
 
 # GOT-OCR2's prompt (its checkpoint has no chat template; the processor writes this ChatML itself): a fixed system
 # turn, the image as `<img><imgpad>...</img>` on its own line, `<|im_end|>` closing every turn.
@@ -265,7 +265,11 @@ def lighton_ocr() -> tuple[Any, Any]:
         PixtralImageProcessorPil,
     )
 
-    named = {"image_token": "<|image_pad|>", "image_break_token": "<|vision_pad|>", "image_end_token": "<|vision_end|>"}
+    named = {
+        "image_token": "<|image_pad|>",
+        "image_break_token": "<|vision_pad|>",
+        "image_end_token": "<|vision_end|>",
+    }
     tok = tokenizer("qwen3", tuple(named.values()), named)
     merged = {"height": 2 * PATCH, "width": 2 * PATCH}  # the processor's sizes are multiples of merged patches
     image_processor = PixtralImageProcessorPil(size={"longest_edge": IMAGE}, patch_size=merged)
@@ -296,7 +300,8 @@ def mistral_large4() -> tuple[Any, Any]:
     )
 
     tok = tokenizer("llama2", ("[IMG]", "[IMG_BREAK]", "[IMG_END]", "[INST]", "[/INST]"))
-    image_processor = PixtralImageProcessorPil(size={"longest_edge": IMAGE}, patch_size={"height": PATCH, "width": PATCH})
+    patch = {"height": PATCH, "width": PATCH}
+    image_processor = PixtralImageProcessorPil(size={"longest_edge": IMAGE}, patch_size=patch)
     processor = PixtralProcessor(
         image_processor=image_processor,
         tokenizer=tok,

@@ -112,3 +112,37 @@ def test_vdsfttrainer_refuses_an_encoder_decoder_model(setup, tmp_path):
             train_dataset=rows(),
             processing_class=processor,
         )
+
+
+def test_filter_scores_of_an_encoder_decoder_batch(setup):
+    """`vdtrain filter`'s scorer on an encoder-decoder model: d of every label at its own position, per sample."""
+    from vdtrain.data.samples import collate_samples, prepare_sample
+    from vdtrain.filtering.scoring import score_batch
+    from vdtrain.method.noise import add_diffusion_noise
+    from vdtrain.models.base import pad_token_id
+
+    model, processor, adapter, _, tmp_path = setup
+    samples = [
+        prepare_sample(record, index, adapter, processor, tmp_path, max_length=256, seed=1)
+        for index, record in enumerate(records())
+    ]
+    batch = collate_samples(samples, pad_token_id(processor))
+    stats = score_batch(model.eval(), batch, noise_step=900, pixel_key="pixel_values")
+
+    inputs = dict(batch["inputs"])
+    labels, clean = inputs.pop("labels"), inputs.pop("pixel_values")
+    noisy = add_diffusion_noise(clean, 900, noise=batch["noise"])
+    with torch.no_grad():
+        logps = [
+            F.log_softmax(model(**inputs, pixel_values=pixels, labels=labels).logits.float(), -1).gather(
+                -1, labels.clamp(min=0)[..., None]
+            )[..., 0]
+            for pixels in (clean, noisy)
+        ]
+    mask = labels != -100
+    d = torch.sign(logps[0] - logps[1]) * (1 - torch.exp(-(logps[0] - logps[1]).abs())) * mask
+    d = d * batch[HAS_IMAGE][:, None]
+    per_sample = torch.zeros(len(samples), dtype=torch.float64).index_add_(0, batch["owner"], d.sum(dim=1).double())
+    counts = torch.zeros(len(samples), dtype=torch.float64).index_add_(0, batch["owner"], mask.sum(dim=1).double())
+    assert torch.allclose(stats[:, 0], per_sample, atol=1e-5) and stats[:3, 0].abs().gt(1e-3).all()
+    assert torch.equal(stats[:, 1], counts) and stats[3, 0] == 0  # every label counted; the text-only sample: d = 0

@@ -23,6 +23,9 @@ def qwen3_chatml(image: str = QWEN_IMAGE) -> str:
 # family -> (training template, what it adds to the zoo template's text)
 TRAINING: dict[str, tuple[str, str]] = {
     "qwen3_vl_moe": (qwen3_chatml(), ""),
+    "qwen3_5": (qwen3_chatml(), ""),
+    "qwen3_5_moe": (qwen3_chatml(), ""),
+    "qwen4_exp": (qwen3_chatml(), ""),
 }
 # families of the zoo that vanilla TRL does not train, with the reason
 NO_SFT: dict[str, str] = {}

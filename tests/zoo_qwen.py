@@ -100,8 +100,146 @@ def qwen3_vl_moe() -> tuple[Any, Any]:
     return _seeded(Qwen3VLMoeForConditionalGeneration, config), _qwen3_processor(Qwen3VLProcessor, tok)
 
 
+LINEAR = {  # one Gated-DeltaNet layer and one attention layer, small linear heads
+    "head_dim": 16,
+    "rope_parameters": {**MROPE, "partial_rotary_factor": 0.25},
+    "linear_key_head_dim": 16,
+    "linear_value_head_dim": 16,
+    "linear_num_key_heads": 2,
+    "linear_num_value_heads": 4,
+}
+MOE = {"moe_intermediate_size": 32, "shared_expert_intermediate_size": 32, "num_experts": 4, "num_experts_per_tok": 2}
+
+
+def _qwen3_5(model_class: Any, config_class: Any, layer: str = "full_attention", **text: Any) -> tuple[Any, Any]:
+    """Qwen3.5-style models: Qwen3-VL's tower (no deepstack), a hybrid Gated-DeltaNet / attention text model."""
+    from transformers import Qwen3VLProcessor
+
+    tok = qwen_tokenizer()
+    text = {**qwen2(tok), "model_type": None, **LINEAR, "layer_types": ["linear_attention", layer], **text}
+    config = config_class(text_config=text, vision_config=qwen3_vision(), **vision_ids(tok))
+    return _seeded(model_class, config), _qwen3_processor(Qwen3VLProcessor, tok)
+
+
+def qwen3_5() -> tuple[Any, Any]:
+    """Qwen3.5: dense hybrid Gated-DeltaNet / gated-attention text model."""
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+
+    return _qwen3_5(Qwen3_5ForConditionalGeneration, Qwen3_5Config)
+
+
+def qwen3_5_moe() -> tuple[Any, Any]:
+    """Qwen3.5-MoE: Qwen3.5 with sparse-MoE blocks and a shared expert."""
+    from transformers import Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration
+
+    return _qwen3_5(Qwen3_5MoeForConditionalGeneration, Qwen3_5MoeConfig, **MOE)
+
+
+QSA = {"indexer_n_heads": 2, "indexer_kv_heads": 1, "indexer_head_dim": 16, "indexer_budget": 8, "indexer_compress_ratio": 4}
+
+
+def qwen4_exp() -> tuple[Any, Any]:
+    """Qwen4-Exp: Qwen3.5-MoE with hyper-connections and a QSA-indexed attention layer (no per-layer n-gram
+    embeddings: off by default)."""
+    from transformers import Qwen4ExpConfig, Qwen4ExpForConditionalGeneration
+
+    return _qwen3_5(
+        Qwen4ExpForConditionalGeneration, Qwen4ExpConfig, "indexed_attention", **MOE, **QSA, hc_count=2, hc_lowrank=8
+    )
+
+
+def cosmos3_omni() -> tuple[Any, Any]:
+    """Cosmos3-Omni (Nano): Qwen3-VL's architecture and processor under NVIDIA's model type."""
+    from transformers import Cosmos3OmniConfig, Cosmos3OmniForConditionalGeneration, Qwen3VLProcessor
+
+    tok = qwen_tokenizer()
+    text = {**qwen2(tok), "model_type": "qwen3_vl_text", "head_dim": 16, "rope_parameters": MROPE}
+    config = Cosmos3OmniConfig(
+        text_config=text, vision_config=qwen3_vision(deepstack_visual_indexes=[1]), **vision_ids(tok)
+    )
+    return _seeded(Cosmos3OmniForConditionalGeneration, config), _qwen3_processor(Qwen3VLProcessor, tok)
+
+
+# EXAONE 4's: `[|role|]\n` headers, `[|endofturn|]` closing every turn; the image as `<vision><|image_pad|></vision>`.
+EXAONE_TEMPLATE = (
+    "{% for message in messages %}[|{{ message['role'] }}|]\n"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}<vision><|image_pad|></vision>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}[|endofturn|]\n{% endfor %}"
+    "{% if add_generation_prompt %}[|assistant|]\n{% endif %}"
+)
+EXAONE_SPECIALS = ("[|system|]", "[|user|]", "[|assistant|]", "[|endofturn|]", "<vision>", "</vision>")
+
+
+def exaone4_5() -> tuple[Any, Any]:
+    """EXAONE 4.5: a Qwen2.5-VL-style windowed vision tower (axial RoPE, GQA) before an EXAONE 4 text model."""
+    from transformers import Exaone4_5_Config, Exaone4_5_ForConditionalGeneration, Exaone4_5_Processor
+
+    tok = qwen_tokenizer(EXAONE_SPECIALS)
+    tok.eos_token = "[|endofturn|]"
+    text = {
+        **qwen2(tok),
+        "model_type": "exaone4",
+        "sliding_window": 64,
+        "layer_types": ["sliding_attention", "full_attention"],
+    }
+    vision = {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "num_key_value_heads": 1,
+        "out_hidden_size": 64,
+        "patch_size": PATCH,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 32,
+        "fullatt_block_indexes": [1],
+    }
+    ids = tok.convert_tokens_to_ids
+    config = Exaone4_5_Config(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+    )
+    processor = _qwen3_processor(Exaone4_5_Processor, tok, EXAONE_TEMPLATE)
+    return _seeded(Exaone4_5_ForConditionalGeneration, config), processor
+
+
+def llava_onevision1_5() -> tuple[Any, Any]:
+    """LLaVA-OneVision-1.5: a RICE-ViT tower (class token, 2-D RoPE) before a Qwen3 text model; transformers maps it
+    to EXAONE 4.5's processor (Qwen2-VL's image processor, `<|image_pad|>` per merged patch)."""
+    from transformers import (
+        Exaone4_5_Processor,
+        LlavaOnevision15Config,
+        LlavaOnevision15ForConditionalGeneration,
+    )
+
+    tok = qwen_tokenizer()
+    vision = {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "out_hidden_size": 64,
+        "patch_size": PATCH,
+        "spatial_merge_size": 2,
+    }
+    config = LlavaOnevision15Config(
+        text_config={**qwen2(tok), "model_type": "qwen3", "head_dim": 16}, vision_config=vision, **vision_ids(tok)
+    )
+    processor = _qwen3_processor(Exaone4_5_Processor, tok, CHATML.replace("IMAGE_TEXT", QWEN_IMAGE))
+    return _seeded(LlavaOnevision15ForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "qwen3_vl_moe": qwen3_vl_moe,
+    "qwen3_5": qwen3_5,
+    "qwen3_5_moe": qwen3_5_moe,
+    "qwen4_exp": qwen4_exp,
+    "cosmos3_omni": cosmos3_omni,
+    "exaone4_5": exaone4_5,
+    "llava_onevision1_5": llava_onevision1_5,
 }
 FAMILIES = list(BUILDERS)
 LEFT: dict[str, str] = {}

@@ -9,16 +9,32 @@ from __future__ import annotations
 import pytest
 import zoo_qwen
 from test_zoo import check_family
-from test_zoo_sft import check_sft_family, training_template
+from test_zoo_sft import chatml, check_sft_family, training_template
 
 QWEN_IMAGE = zoo_qwen.QWEN_IMAGE
 HEADER = "<|im_start|>assistant\n"
 
 
-def qwen3_chatml(image: str = QWEN_IMAGE) -> str:
-    """The training twin of Qwen3's ChatML (no default system prompt)."""
-    return training_template("<|im_start|>user\n", image, "<|im_end|>\n", HEADER, "<|im_end|>", "\n", prompt=HEADER)
+def qwen3_chatml(image: str = QWEN_IMAGE, start: str = "") -> str:
+    """The training twin of Qwen3's ChatML (no default system prompt; `start` opens the text)."""
+    user, end = "<|im_start|>user\n", "<|im_end|>"
+    return training_template(user, image, end + "\n", HEADER, end, "\n", start=start, prompt=HEADER)
 
+
+def system_chatml(image: str, system: str) -> str:
+    """The training twin of a ChatML template that opens with the default `system` prompt."""
+    return qwen3_chatml(image, f"<|im_start|>system\n{system}<|im_end|>\n")
+
+
+EXAONE = training_template(
+    "[|user|]\n",
+    "<vision><|image_pad|></vision>",
+    "[|endofturn|]\n",
+    "[|assistant|]\n",
+    "[|endofturn|]",
+    "\n",
+    prompt="[|assistant|]\n",
+)
 
 # family -> (training template, what it adds to the zoo template's text)
 TRAINING: dict[str, tuple[str, str]] = {
@@ -26,6 +42,24 @@ TRAINING: dict[str, tuple[str, str]] = {
     "qwen3_5": (qwen3_chatml(), ""),
     "qwen3_5_moe": (qwen3_chatml(), ""),
     "qwen4_exp": (qwen3_chatml(), ""),
+    "cosmos3_omni": (qwen3_chatml(), ""),
+    "exaone4_5": (EXAONE, ""),
+    "llava_onevision1_5": (chatml(QWEN_IMAGE), ""),
+    "hyperclovax_vision_v2": (chatml(QWEN_IMAGE), ""),
+    "lfm3_vl": (qwen3_chatml(start="<|startoftext|>"), ""),
+    "dots3_note": (
+        training_template(
+            "<|userprompt|>",
+            "<|img|><|imgpad|><|endofimg|>",
+            "<|endofuserprompt|>",
+            "<|response|>",
+            "<|endofresponse|>",
+            prompt="<|response|>",
+        ),
+        "",
+    ),
+    "qwen2_5_omni_thinker": (system_chatml(zoo_qwen.OMNI_IMAGE, zoo_qwen.OMNI_SYSTEM), ""),
+    "qwen3_omni_moe_thinker": (qwen3_chatml(), ""),
 }
 # families of the zoo that vanilla TRL does not train, with the reason
 NO_SFT: dict[str, str] = {}

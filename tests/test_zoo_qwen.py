@@ -43,6 +43,7 @@ TRAINING: dict[str, tuple[str, str]] = {
     "qwen3_5_moe": (qwen3_chatml(), ""),
     "qwen4_exp": (qwen3_chatml(), ""),
     "cosmos3_omni": (qwen3_chatml(), ""),
+    "cosmos3_edge": (chatml(QWEN_IMAGE), ""),
     "exaone4_5": (EXAONE, ""),
     "llava_onevision1_5": (chatml(QWEN_IMAGE), ""),
     "hyperclovax_vision_v2": (chatml(QWEN_IMAGE), ""),

@@ -163,6 +163,43 @@ def cosmos3_omni() -> tuple[Any, Any]:
     return _seeded(Cosmos3OmniForConditionalGeneration, config), _qwen3_processor(Qwen3VLProcessor, tok)
 
 
+def cosmos3_edge() -> tuple[Any, Any]:
+    """Cosmos3-Edge: a SigLIP2-style NaViT tower (learned positions resized per image, single frames) before a
+    Nemotron-like text model (ReLU^2 MLP, M-RoPE), with its own PIL image processor; ChatML."""
+    from transformers import Cosmos3EdgeConfig, Cosmos3EdgeForConditionalGeneration, Cosmos3EdgeProcessor
+    from transformers.models.cosmos3_edge.image_processing_pil_cosmos3_edge import Cosmos3EdgeImageProcessorPil
+
+    tok = qwen_tokenizer()
+    text = {
+        **qwen2(tok),
+        "head_dim": 16,
+        "hidden_act": "relu2",
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+    }
+    text.pop("model_type")
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "patch_size": PATCH,
+        "num_patches": 16,
+        "spatial_merge_size": 2,
+    }
+    config = Cosmos3EdgeConfig(
+        text_config=text, vision_config=vision, projector_hidden_size=64, **vision_ids(tok)
+    )
+    image_processor = Cosmos3EdgeImageProcessorPil(
+        patch_size=PATCH, merge_size=2, temporal_patch_size=1, size={"shortest_edge": 16 * 16, "longest_edge": 64 * 64}
+    )
+    template = CHATML.replace("IMAGE_TEXT", QWEN_IMAGE)
+    processor = _qwen3_processor(Cosmos3EdgeProcessor, tok, template, image_processor)
+    # its model needs `mm_token_type_ids` for M-RoPE, which this processor class does not return by default (Qwen3-VL's
+    # does): a processor attribute, the lowest-priority default of every call
+    processor.return_mm_token_type_ids = True
+    return _seeded(Cosmos3EdgeForConditionalGeneration, config), processor
+
+
 # EXAONE 4's: `[|role|]\n` headers, `[|endofturn|]` closing every turn; the image as `<vision><|image_pad|></vision>`.
 EXAONE_TEMPLATE = (
     "{% for message in messages %}[|{{ message['role'] }}|]\n"
@@ -527,6 +564,7 @@ BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "qwen3_5_moe": qwen3_5_moe,
     "qwen4_exp": qwen4_exp,
     "cosmos3_omni": cosmos3_omni,
+    "cosmos3_edge": cosmos3_edge,
     "exaone4_5": exaone4_5,
     "llava_onevision1_5": llava_onevision1_5,
     "hyperclovax_vision_v2": hyperclovax_vision_v2,

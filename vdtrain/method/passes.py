@@ -118,9 +118,17 @@ def supervised_logits(
             return rows, outputs
         outputs = model(**inputs)  # a failure here is the model's own, so nothing is remembered
         _IGNORES_LOGITS_MASK[kind] = True
-        return outputs.logits[targets_at], outputs
+        return _text_logits(outputs.logits, targets_at)[targets_at], outputs
     outputs = model(**inputs)
-    return outputs.logits[targets_at], outputs  # (N, V)
+    return _text_logits(outputs.logits, targets_at)[targets_at], outputs  # (N, V)
+
+
+def _text_logits(logits: torch.Tensor, targets_at: torch.Tensor) -> torch.Tensor:
+    """`(B, L, V)` logits of the text positions: a model that puts positions of its own in front of the text (GIT
+    prepends the image's patch embeddings, and its logits cover them) has its last `L` kept."""
+    if logits.dim() == 3 and logits.shape[0] == targets_at.shape[0] and logits.shape[1] > targets_at.shape[1]:
+        return logits[:, -targets_at.shape[1] :]
+    return logits
 
 
 def _rows(logits: torch.Tensor, targets_at: torch.Tensor) -> torch.Tensor | None:
@@ -128,6 +136,7 @@ def _rows(logits: torch.Tensor, targets_at: torch.Tensor) -> torch.Tensor | None
     neither those rows nor the full `(B, L, V)` logits."""
     if logits.dim() == 2 and logits.shape[0] == int(targets_at.sum()):
         return logits
+    logits = _text_logits(logits, targets_at)
     if logits.dim() == 3 and logits.shape[:2] == targets_at.shape:
         return logits[targets_at]
     return None

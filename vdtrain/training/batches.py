@@ -28,8 +28,7 @@ def vd_applicability(model: Any, pixel_key: str | None, vd: SimpleNamespace) -> 
     something the model cannot do (`vd_eos_selective`/`vd_masked_logits` without an LM head, an absent pixel input)."""
     model = unwrap_model(model)
     name = type(model).__name__
-    head = getattr(model, "get_output_embeddings", None)
-    if head is None or head() is None:
+    if language_model_head(model) is None:
         asked = [option for option in ("vd_eos_selective", "vd_masked_logits") if getattr(vd, option)]
         if asked:
             raise InputError(f"{asked[0]}=True re-weights token labels; {name} has no language-model head")
@@ -43,6 +42,17 @@ def vd_applicability(model: Any, pixel_key: str | None, vd: SimpleNamespace) -> 
             "pass pixel_key=), so d = 0 everywhere"
         )
     return True, None
+
+
+def language_model_head(model: Any) -> Any:
+    """The model's output embeddings, else those of the first module inside it that has some (BLIP's head lives in
+    its `text_decoder`); None for a model without a language-model head (a classifier, an action expert)."""
+    for module in model.modules():
+        head = getattr(module, "get_output_embeddings", None)
+        head = head() if callable(head) else None
+        if head is not None:
+            return head
+    return None
 
 
 def has_token_labels(inputs: dict, aligned: bool = True) -> bool:

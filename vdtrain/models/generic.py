@@ -253,7 +253,9 @@ class ChatTemplateAdapter(ModelAdapter):
 
     def image_inputs(self, processor: Any, images: list[Image.Image]) -> dict[str, torch.Tensor]:
         """The image inputs the full processor call gives (its own defaults, e.g. `crop_to_patches`, apply) that the
-        model takes (`pixel_values`, `image_grid_thw`, `image_sizes`; not `num_crops` or the text fields)."""
+        model takes (`pixel_values`, `image_grid_thw`, `image_sizes`; not `num_crops` or the text fields): those the
+        processor declares in `model_input_names`, and every `pixel_values*` tensor it returns (Unlimited-OCR's
+        `pixel_values_local` crops are not declared, yet the model needs them)."""
         text = self.image_placeholder(processor) * len(images)
         outputs = dict(
             processor(text=[text], images=images, return_tensors="pt", add_special_tokens=False, padding=False)
@@ -263,7 +265,9 @@ class ChatTemplateAdapter(ModelAdapter):
         return {
             key: value
             for key, value in outputs.items()
-            if key in accepted and key not in _TEXT_FIELDS and not _is_type_field(key, value, ids)
+            if (key in accepted or key.startswith("pixel_values"))
+            and key not in _TEXT_FIELDS
+            and not _is_type_field(key, value, ids)
         }
 
     def generation_inputs(self, processor: Any, prompts: list[str], images: list[Image.Image]) -> dict:

@@ -19,12 +19,14 @@ import copy
 import pytest
 import torch
 import zoo_encdec
+import zoo_torchvision
 from PIL import Image
 from test_zoo import ANSWERS, RecordingVDTrainer, arguments, records, supervised_runs, without_loss_keys, write_images
 from transformers import Trainer, TrainingArguments
 
 from vdtrain import VDTrainingArguments
 from vdtrain.data import SupervisedDataset, VDDataCollator
+from vdtrain.method.passes import _decoder_setting
 from vdtrain.models import DecoderPromptAdapter, EncoderDecoderAdapter, get_adapter
 from vdtrain.models.base import tokenizer_of
 
@@ -41,6 +43,7 @@ SFT_LEFT = {
     "florence2": "its processor has no chat template, so SFTTrainer cannot render `messages`",
     "udop": "its processor has no chat template (and its tokenizer wants words with boxes)",
     "vision_encoder_decoder": "its processor has no chat template; its encoder reads pixels only",
+    "pp_formulanet": "its processor takes images only (no chat template); its encoder reads pixels only",
 }
 
 
@@ -67,17 +70,28 @@ def test_family_through_vdsfttrainer(family, tmp_path):
 
 # families whose every sample needs an image (UDOP's encoder fuses one page per row, a vision encoder-decoder reads
 # nothing else): no text-only record
-IMAGE_ONLY = {"udop", "vision_encoder_decoder"}
+IMAGE_ONLY = {"udop", "vision_encoder_decoder", "pp_formulanet"}
 # the processor's text arguments for a batch of 6 image rows (UDOP's: the prompt's words, each with a box; a vision
 # encoder-decoder's: none, it reads the images only); by default the adapter's prompt
 PROCESSOR_CALL = {
     "udop": lambda: {"text": [["q"]] * 6, "boxes": [[[0, 0, 0, 0]]] * 6},
     "vision_encoder_decoder": dict,
+    "pp_formulanet": dict,
 }
 
 
 @pytest.mark.parametrize("family", zoo_encdec.FAMILIES)
 def test_family(family, tmp_path):
+    model, processor = zoo_encdec.build(family)
+    check_encdec_family(family, model, processor, tmp_path, text_only=family not in IMAGE_ONLY)
+
+
+@pytest.mark.torchvision
+@pytest.mark.parametrize("family", list(zoo_encdec.TORCHVISION))
+def test_torchvision_family(family, tmp_path):
+    """The families whose image processor needs torchvision: deselected by the main CI (`-m "not torchvision"`), run
+    by scripts/ci_torchvision.sh."""
+    zoo_torchvision.require_torchvision()
     model, processor = zoo_encdec.build(family)
     check_encdec_family(family, model, processor, tmp_path, text_only=family not in IMAGE_ONLY)
 
@@ -106,7 +120,8 @@ def check_encdec_family(family: str, model, processor, tmp_path, text_only: bool
         if isinstance(adapter, DecoderPromptAdapter):
             decoder = example.extra["decoder_input_ids"]
             assert example.input_ids == [] and len(decoder) == len(example.labels)
-            assert decoder[0] == model.config.decoder_start_token_id and question in tokenizer.decode(decoder)
+            assert decoder[0] == _decoder_setting(model.config, "decoder_start_token_id")
+            assert question in tokenizer.decode(decoder)
             prompt = len(example.labels) - len(supervised)
             assert example.labels[:prompt] == [-100] * prompt and prompt > 0  # the question: input, never a target
             assert decoder[prompt + 1 :] == supervised[:-1]  # teacher forcing: input t + 1 is target t

@@ -9,7 +9,7 @@ from vdtrain.models.base import (
     register_adapter,
 )
 from vdtrain.models.bunny.adapter import BunnyAdapter
-from vdtrain.models.encdec import DecoderPromptAdapter, EncoderDecoderAdapter, UdopAdapter
+from vdtrain.models.encdec import DecoderPromptAdapter, EncoderDecoderAdapter, PPFormulaNetAdapter, UdopAdapter
 from vdtrain.models.generic import ChatTemplateAdapter, Gemma3Adapter, Qwen2VLAdapter
 from vdtrain.models.llava import LlavaAdapter
 from vdtrain.models.paligemma import PaliGemmaAdapter
@@ -25,6 +25,7 @@ __all__ = [
     "Gemma3Adapter",
     "LlavaAdapter",
     "ModelAdapter",
+    "PPFormulaNetAdapter",
     "PaliGemmaAdapter",
     "PromptAnswerAdapter",
     "Qwen2VLAdapter",

@@ -130,7 +130,8 @@ class EncoderDecoderAdapter(ChatTemplateAdapter):
         """Right-padded encoder prompts (from `prompt`) and their images: the decoder starts on its own."""
         kwargs = {"add_special_tokens": False} if self._has_template(processor) else {}
         tokenizer_of(processor, ensure_pad=True).padding_side = "right"
-        return dict(processor(text=prompts, images=images or None, return_tensors="pt", padding=True, **kwargs))
+        nested = [[image] for image in images] if len(images) == len(prompts) else images  # one image per prompt
+        return dict(processor(text=prompts, images=nested or None, return_tensors="pt", padding=True, **kwargs))
 
 
 def _pairs(messages: list[dict[str, str]], sample_id: str) -> list[tuple[str, str]]:
@@ -173,6 +174,13 @@ class UdopAdapter(EncoderDecoderAdapter):
         images = None if image is None else [image]
         return dict(processor(images=images, text=[words], boxes=boxes, padding=False, return_tensors="pt"))
 
+    def generation_inputs(self, processor: Any, prompts: list[str], images: list[Image.Image]) -> dict:
+        """The prompts' words with empty boxes and their page images, right-padded."""
+        words = [prompt.split() or [""] for prompt in prompts]
+        boxes = [[[0, 0, 0, 0]] * len(row) for row in words]
+        tokenizer_of(processor, ensure_pad=True).padding_side = "right"
+        return dict(processor(images=images, text=words, boxes=boxes, padding=True, return_tensors="pt"))
+
     def encode(
         self, messages: list[dict[str, str]], processor: Any, num_image_tokens: int, sample_id: str = "?"
     ) -> list[Example]:
@@ -189,11 +197,16 @@ class DecoderPromptAdapter(EncoderDecoderAdapter):
 
     Per question/answer pair: `decoder_input_ids` = BOS + prompt + answer, `labels` = -100 over the prompt, then the
     answer + the end-of-turn token (EOS), position for position (the decoder's input `t` predicts `labels[t]`); no
-    `input_ids`. The decoder starts from the tokenizer's BOS, which must be the model's `decoder_start_token_id` (as
-    in Donut and TrOCR). The prompt is `decoder_prompt` with the question. Every sample needs its image.
+    `input_ids`. The decoder starts from `decoder_start_id`, the tokenizer's BOS, which must be the model's
+    `decoder_start_token_id` (as in Donut and TrOCR). The prompt is `decoder_prompt` with the question. Every sample
+    needs its image.
     """
 
     decoder_prompt = "Question: {question} Answer:"
+
+    def decoder_start_id(self, processor: Any) -> int:
+        """The token the decoder starts from: the tokenizer's BOS."""
+        return tokenizer_of(processor).bos_token_id
 
     def prompt(self, question: str, processor: Any, has_image: bool = True) -> str:
         """The decoder's prefix for one question (the image goes to the encoder)."""
@@ -221,14 +234,14 @@ class DecoderPromptAdapter(EncoderDecoderAdapter):
             raise ConversationError(f"sample {sample_id} has no image; a vision encoder-decoder reads only the image")
         prompt, target = _target_ids(processor, self.prompt(question, processor)), _target_ids(processor, answer)
         labels = [IGNORE_INDEX] * len(prompt) + [*target, self.end_of_turn_id(processor)]
-        decoder = [tokenizer_of(processor).bos_token_id, *prompt, *target]
+        decoder = [self.decoder_start_id(processor), *prompt, *target]
         end_of_turn = [False] * (len(labels) - 1) + [True]
         return Example([], labels, end_of_turn, {"decoder_input_ids": decoder})
 
     def generation_inputs(self, processor: Any, prompts: list[str], images: list[Image.Image]) -> dict:
         """The images' pixels and the decoder prefixes (BOS + prompt), left-padded, with their attention mask."""
         tokenizer = tokenizer_of(processor, ensure_pad=True)
-        prefixes = [[tokenizer.bos_token_id, *_target_ids(processor, prompt)] for prompt in prompts]
+        prefixes = [[self.decoder_start_id(processor), *_target_ids(processor, prompt)] for prompt in prompts]
         width = max(map(len, prefixes))
         ids = [[tokenizer.pad_token_id] * (width - len(p)) + p for p in prefixes]
         mask = [[0] * (width - len(p)) + [1] * len(p) for p in prefixes]
@@ -237,3 +250,13 @@ class DecoderPromptAdapter(EncoderDecoderAdapter):
             "decoder_input_ids": torch.tensor(ids),
             "decoder_attention_mask": torch.tensor(mask),
         }
+
+
+@register_adapter("pp_formulanet")
+class PPFormulaNetAdapter(DecoderPromptAdapter):
+    """PP-FormulaNet: an image-to-LaTeX vision encoder-decoder whose processor reads images only; laid out as
+    `DecoderPromptAdapter`, with the decoder starting from EOS, as the model's own shift of its targets does."""
+
+    def decoder_start_id(self, processor: Any) -> int:
+        """The tokenizer's EOS (PP-FormulaNet's `decoder_start_token_id`)."""
+        return tokenizer_of(processor).eos_token_id

@@ -61,10 +61,10 @@ TRAINING = {
 }
 # families vanilla TRL cannot train, with the reason
 NO_TRL = {
-    # SFTTrainer's fused LM head runs `model.language_model` as the backbone and reads `last_hidden_state`; this
-    # model's `language_model` is a whole NemotronHForCausalLM, whose output has logits only (AttributeError at
-    # trl/trainer/utils.py `_fused_forward`, in the vanilla SFTTrainer run)
-    "nemotron_h_omni": "TRL's fused LM head takes language_model (a *ForCausalLM here) for the backbone",
+    # SFTTrainer's fused LM head runs `model.base_model` and reads `last_hidden_state`; this class sets no
+    # `base_model_prefix`, so `base_model` is the model itself, whose output (MultimodalCausalLMOutputWithPast) has
+    # none: AttributeError at trl/trainer/utils.py `_fused_forward`, in the vanilla SFTTrainer run
+    "nemotron_h_omni": "TRL's fused LM head: base_model is the whole model, no last_hidden_state",
 }
 # test_zoo.check_family compares the collated image inputs with torch.equal; Unlimited-OCR's processor returns
 # `num_local_patches` and `patches_grid` as lists (its `skip_tensor_conversion`), which the collator joins the same

@@ -38,6 +38,12 @@ class EncoderDecoderAdapter(ChatTemplateAdapter):
     """
 
     image_tokens_depend_on_size = False
+    # LoRA on the text encoder and the decoder (Florence-2's BART `language_model`, T5Gemma 2's `encoder.text_model`
+    # and `decoder`), never on the vision tower
+    lora_target_modules = (
+        r".*(language_model|encoder\.text_model|model\.decoder)\..*"
+        r"\.(q_proj|k_proj|v_proj|o_proj|out_proj|gate_proj|up_proj|down_proj|fc1|fc2)"
+    )
 
     def _has_template(self, processor: Any) -> bool:
         return bool(getattr(processor, "chat_template", None) or tokenizer_of(processor).chat_template)
@@ -167,6 +173,10 @@ class UdopAdapter(EncoderDecoderAdapter):
     words are added (vdtrain's records carry none). Every sample needs its image: the encoder fuses one page per row.
     """
 
+    lora_target_modules = r"(encoder|decoder)\.block\..*\.(q|k|v|o|wi|wo|wi_0|wi_1)"  # T5's linears
+    projector_modules = ("patch_embed", "embed_patches")  # the patch embeddings joined to the word tokens
+    vision_modules = ()  # no tower: the patch embedding is all of UDOP's vision side, trained as the projector
+
     def encoder_inputs(self, processor: Any, question: str, image: Image.Image | None) -> dict[str, torch.Tensor]:
         """The processor's encoding of the question's words (empty boxes) and the page image (`(1, L)` tensors)."""
         words = self.prompt(question, processor).split() or [""]
@@ -203,6 +213,9 @@ class DecoderPromptAdapter(EncoderDecoderAdapter):
     """
 
     decoder_prompt = "Question: {question} Answer:"
+    lora_target_modules = r"decoder\..*\.(q_proj|k_proj|v_proj|o_proj|out_proj|gate_proj|up_proj|down_proj|fc1|fc2)"
+    projector_modules = ("enc_to_dec_proj", "multi_modal_projector")  # where the encoder's width meets the decoder's
+    vision_modules = ("encoder.",)  # the whole encoder (not the decoder's `encoder_attn`)
 
     def decoder_start_id(self, processor: Any) -> int:
         """The token the decoder starts from: the tokenizer's BOS."""

@@ -184,6 +184,10 @@ class UdopAdapter(EncoderDecoderAdapter):
         images = None if image is None else [image]
         return dict(processor(images=images, text=[words], boxes=boxes, padding=False, return_tensors="pt"))
 
+    def image_token_id(self, processor: Any) -> int | None:
+        """None: UDOP adds each patch's embedding to the word tokens inside it; no token stands for the image."""
+        return None
+
     def generation_inputs(self, processor: Any, prompts: list[str], images: list[Image.Image]) -> dict:
         """The prompts' words with empty boxes and their page images, right-padded."""
         words = [prompt.split() or [""] for prompt in prompts]
@@ -228,6 +232,10 @@ class DecoderPromptAdapter(EncoderDecoderAdapter):
     def num_image_tokens(self, processor: Any, image_size: tuple[int, int]) -> int:
         """None: the image never enters the token sequence."""
         return 0
+
+    def image_token_id(self, processor: Any) -> int | None:
+        """None: no token stands for the image."""
+        return None
 
     def image_inputs(self, processor: Any, images: list[Image.Image]) -> dict[str, torch.Tensor]:
         """The processor's pixel inputs of the images."""

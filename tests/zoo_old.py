@@ -1,5 +1,5 @@
 """Tiny random-weight models of the older image-text families and of the non-text ones transformers maps as
-image-text-to-text (IDEFICS, Kosmos-2, GIT, BLIP, InstructBLIP, Evolla, DiffusionGemma, PI0), built like tests/zoo.py.
+image-text-to-text (Kosmos-2, GIT, BLIP, InstructBLIP; Evolla, PI0, ...), built like tests/zoo.py.
 
 `build(family)` returns `(model, processor)` of a zoo family; `LEFT` says why each other family is not in the zoo.
 `DROP_IN` builds `(model, dataset)` of the families the VD loss cannot apply to but vanilla `Trainer` trains: they
@@ -101,10 +101,37 @@ def instructblip() -> tuple[Any, Any]:
     return _seeded(InstructBlipForConditionalGeneration, config), processor
 
 
+def kosmos_2() -> tuple[Any, Any]:
+    """Kosmos-2: the image after BOS as `<image>` + 64 latent ids + `</image>`, placed by image_embeds_position_mask;
+    no chat template. The latent ids are `unk_token_id + 1` on (ordinary XLM-R pieces in the published tokenizer; here
+    Llama-2's BOS, EOS and byte tokens): the model overwrites their embeddings with the image's latents."""
+    from transformers import CLIPImageProcessorPil, Kosmos2Config, Kosmos2ForConditionalGeneration, Kosmos2Processor
+
+    tok = tokenizer("llama2")  # the processor adds its tag and 1024 patch-index tokens
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE})
+    processor = Kosmos2Processor(image_processor=image_processor, tokenizer=tok)
+    config = Kosmos2Config(
+        text_config={
+            "vocab_size": len(tok),
+            "embed_dim": 64,
+            "layers": 2,
+            "ffn_dim": 128,
+            "attention_heads": 4,
+            "bos_token_id": tok.bos_token_id,
+            "eos_token_id": tok.eos_token_id,
+            "pad_token_id": tok.unk_token_id,  # the default 1 would be Llama-2's BOS (a zero, frozen embedding)
+        },
+        vision_config=_vision(),
+        latent_query_num=64,  # the processor's num_image_tokens
+    )
+    return _seeded(Kosmos2ForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "blip": blip,
     "git": git,
     "instructblip": instructblip,
+    "kosmos_2": kosmos_2,
 }
 FAMILIES = list(BUILDERS)
 
@@ -117,9 +144,6 @@ LEFT: dict[str, str] = {
     " additional_vocab_size=2 its own loss fails: logits.view(-1, config.vocab_size) in ForCausalLMLoss): its"
     " processor batches pixel_values (B, images, C, H, W) with zero images for text-only rows and a per-token"
     " image_attention_mask (B, L, images); VDDataCollator builds neither (it concatenates image rows only)",
-    "kosmos_2": "not done: its processor writes an image as `<image>` + 64 distinct ids (unk_token_id+1 ..+64, which"
-    " are BOS/EOS with the npm Llama-2 tokenizer, unk 0) + `</image>` and passes image_embeds_position_mask; vdtrain's"
-    " adapters count image tokens by one repeated id and carry only `*type*` per-token fields: it needs an adapter",
     "kosmos_2_5": "not done: its processor refuses text without images ('Kosmos2_5Processor requires images to be"
     " passed'), writes the image as 2048 copies of BOS `<s>` inside `<image>`..`</image>` with an"
     " image_embeds_position_mask, pixels as flattened_patches: an image token equal to BOS needs an adapter",

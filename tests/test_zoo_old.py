@@ -11,6 +11,7 @@ import pytest
 import test_zoo
 import torch
 import zoo_old
+from datasets import Dataset
 from PIL import Image
 from test_drop_in import TIMING
 from test_zoo import check_family
@@ -71,6 +72,17 @@ def test_kosmos2_examples_are_the_processors_own_ids():
     assert sum(own["image_embeds_position_mask"]) == model.config.latent_query_num
     supervised = [token for token, label in zip(example.input_ids, example.labels) if label != -100]
     assert tokenizer_of(processor).decode(supervised) == "blue.</s>" and example.end_of_turn_mask[-1]
+
+
+def test_diffusion_gemma_returns_no_loss_for_trainer(tmp_path):
+    """Why DiffusionGemma is LEFT: its forward takes no labels, so vanilla `Trainer` has no loss to train."""
+    ids = torch.randint(3, 290, (4, 10), generator=torch.Generator().manual_seed(0)).tolist()
+    data = Dataset.from_dict({"input_ids": ids, "decoder_input_ids": [row[:8] for row in ids], "labels": ids})
+    args = TrainingArguments(
+        str(tmp_path), max_steps=1, per_device_train_batch_size=2, use_cpu=True, report_to="none", disable_tqdm=True
+    )
+    with pytest.raises(ValueError, match="The model did not return a loss from the inputs"):
+        Trainer(model=zoo_old.diffusion_gemma(), args=args, train_dataset=data).train()
 
 
 def _run(cls, args_cls, family, folder, **extra):

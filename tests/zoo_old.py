@@ -144,9 +144,11 @@ LEFT: dict[str, str] = {
     " additional_vocab_size=2 its own loss fails: logits.view(-1, config.vocab_size) in ForCausalLMLoss): its"
     " processor batches pixel_values (B, images, C, H, W) with zero images for text-only rows and a per-token"
     " image_attention_mask (B, L, images); VDDataCollator builds neither (it concatenates image rows only)",
-    "kosmos_2_5": "not done: its processor refuses text without images ('Kosmos2_5Processor requires images to be"
-    " passed'), writes the image as 2048 copies of BOS `<s>` inside `<image>`..`</image>` with an"
-    " image_embeds_position_mask, pixels as flattened_patches: an image token equal to BOS needs an adapter",
+    "kosmos_2_5": "not done: its processor refuses text without images ('Kosmos2_5Processor requires images to"
+    " be passed'), writes the image as copies of BOS `<s>` inside `<image>`..`</image>` with an"
+    " image_embeds_position_mask (an image token equal to BOS: an adapter like Kosmos-2's), and its pixels are"
+    " flattened_patches whose first two columns are row/column indices (modeling_kosmos2_5.py reads them with"
+    " .long()), which the VD noise would corrupt",
     "instructblipvideo": "a video model: InstructBlipVideoProcessor has a video processor (torchvision-only,"
     " video_processing_instructblipvideo.py imports torchvision) and no image processor, and writes num_query_tokens x"
     " 4 frames of video tokens; vdtrain's data and adapters are images through an image processor",
@@ -157,7 +159,8 @@ LEFT: dict[str, str] = {
     "pi05": "a robot-action model: PI05ForConditionalGeneration's loss is the MSE of flow-matching action velocities"
     " (`actions`), no token labels and no LM head; VDTrainer trains it as Trainer with one warning (DROP_IN)",
     "diffusion_gemma": "a block-diffusion denoiser: DiffusionGemmaForBlockDiffusion.forward takes no labels and"
-    " returns no loss (canvas logits only), so vanilla Trainer cannot train it ('The model did not return a loss')",
+    " returns no loss (canvas logits only): vanilla Trainer raises 'The model did not return a loss from the inputs'"
+    " (test_zoo_old.py)",
 }
 
 # ------------------------------------------------------------------ families the VD loss does not apply to
@@ -268,6 +271,30 @@ def _evolla() -> tuple[Any, Any]:
             }
         )
     return _seeded(EvollaForProteinText2Text, config), Dataset.from_list(rows).with_format("torch")
+
+
+def diffusion_gemma() -> Any:
+    """A two-layer DiffusionGemma (two experts, text only) and token rows for it."""
+    from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
+
+    text = {
+        "vocab_size": 300,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "sliding_window": 16,
+        "layer_types": ["sliding_attention", "full_attention"],
+        "num_experts": 2,
+        "top_k_experts": 1,
+        "moe_intermediate_size": 32,
+    }
+    config = DiffusionGemmaConfig(
+        text_config=text, boi_token_id=297, eoi_token_id=298, image_token_id=299, canvas_length=8
+    )
+    return _seeded(DiffusionGemmaForBlockDiffusion, config)
 
 
 DROP_IN: dict[str, Callable[[], tuple[Any, Any]]] = {

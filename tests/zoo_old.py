@@ -68,8 +68,9 @@ def git() -> tuple[Any, Any]:
 
 def instructblip() -> tuple[Any, Any]:
     """InstructBLIP (Vicuna): BLIP-2's query tokens in front of the text, the Q-Former also reading a text with a
-    tokenizer of its own; no chat template. vdtrain builds image inputs per image (`adapter.image_inputs`), so the
-    Q-Former reads the image placeholder `<image>`, not the sample's instruction (known gap, see the report)."""
+    tokenizer of its own; no chat template. vdtrain builds image inputs per image (`adapter.image_inputs`, which
+    knows no text), so the Q-Former reads the image placeholder `<image>`, not the sample's instruction: a known gap.
+    """
     from transformers import (
         BlipImageProcessorPil,
         InstructBlipConfig,

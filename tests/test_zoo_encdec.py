@@ -19,13 +19,15 @@ import copy
 import pytest
 import torch
 import zoo_encdec
+import zoo_torchvision
 from PIL import Image
 from test_zoo import ANSWERS, RecordingVDTrainer, arguments, records, supervised_runs, without_loss_keys, write_images
 from transformers import Trainer, TrainingArguments
 
 from vdtrain import VDTrainingArguments
 from vdtrain.data import SupervisedDataset, VDDataCollator
-from vdtrain.models import EncoderDecoderAdapter, get_adapter
+from vdtrain.method.passes import _decoder_setting
+from vdtrain.models import DecoderPromptAdapter, EncoderDecoderAdapter, get_adapter
 from vdtrain.models.base import tokenizer_of
 
 QUESTIONS = ["describe this image.", "what color is the mat?"]
@@ -40,6 +42,8 @@ SFT_LEFT = {
     ),
     "florence2": "its processor has no chat template, so SFTTrainer cannot render `messages`",
     "udop": "its processor has no chat template (and its tokenizer wants words with boxes)",
+    "vision_encoder_decoder": "its processor has no chat template; its encoder reads pixels only",
+    "pp_formulanet": "its processor takes images only (no chat template); its encoder reads pixels only",
 }
 
 
@@ -64,14 +68,30 @@ def test_family_through_vdsfttrainer(family, tmp_path):
     check_sft_family(family, model, processor, TRAINING[family], tmp_path)
 
 
-# families whose every sample needs an image (UDOP's encoder fuses one page per row): no text-only record
-IMAGE_ONLY = {"udop"}
-# how the processor is called for a prompt with an image (UDOP's: the prompt's words, each with a box)
-PROCESSOR_TEXT = {"udop": lambda rows: {"text": [["q"]] * rows, "boxes": [[[0, 0, 0, 0]]] * rows}}
+# families whose every sample needs an image (UDOP's encoder fuses one page per row, a vision encoder-decoder reads
+# nothing else): no text-only record
+IMAGE_ONLY = {"udop", "vision_encoder_decoder", "pp_formulanet"}
+# the processor's text arguments for a batch of 6 image rows (UDOP's: the prompt's words, each with a box; a vision
+# encoder-decoder's: none, it reads the images only); by default the adapter's prompt
+PROCESSOR_CALL = {
+    "udop": lambda: {"text": [["q"]] * 6, "boxes": [[[0, 0, 0, 0]]] * 6},
+    "vision_encoder_decoder": dict,
+    "pp_formulanet": dict,
+}
 
 
 @pytest.mark.parametrize("family", zoo_encdec.FAMILIES)
 def test_family(family, tmp_path):
+    model, processor = zoo_encdec.build(family)
+    check_encdec_family(family, model, processor, tmp_path, text_only=family not in IMAGE_ONLY)
+
+
+@pytest.mark.torchvision
+@pytest.mark.parametrize("family", list(zoo_encdec.TORCHVISION))
+def test_torchvision_family(family, tmp_path):
+    """The families whose image processor needs torchvision: deselected by the main CI (`-m "not torchvision"`), run
+    by scripts/ci_torchvision.sh."""
+    zoo_torchvision.require_torchvision()
     model, processor = zoo_encdec.build(family)
     check_encdec_family(family, model, processor, tmp_path, text_only=family not in IMAGE_ONLY)
 
@@ -88,38 +108,52 @@ def check_encdec_family(family: str, model, processor, tmp_path, text_only: bool
     dataset = SupervisedDataset(data, adapter, processor, image_folder=tmp_path, max_length=4096)
     image = Image.open(tmp_path / "img0.png").convert("RGB")
 
-    # one example per question/answer pair: the processor's encoding of the question and the image, then the
-    # answer plus one flagged end-of-turn token as the decoder's labels, every label supervised
+    # one example per question/answer pair: the processor's encoding of the question and the image (or, where the
+    # encoder reads pixels only, the question as the decoder's unsupervised prefix), then the answer plus one flagged
+    # end-of-turn token as the decoder's labels
     eot_id = adapter.end_of_turn_id(processor)
     eot_text = tokenizer.convert_ids_to_tokens(eot_id)
     examples = [example for record, example in dataset.items if record["id"] == "s0"]
     assert len(examples) == len(ANSWERS)
     for example, question, answer in zip(examples, QUESTIONS, ANSWERS):
-        expected = adapter.encoder_inputs(processor, question, image)["input_ids"][0].tolist()
-        assert example.input_ids == expected
-        assert question in tokenizer.decode(example.input_ids)
-        image_tokens = example.input_ids.count(adapter.image_token_id(processor))
-        assert image_tokens == adapter.num_image_tokens(processor, image.size)  # UDOP has none: patches join words
-        runs = supervised_runs(tokenizer, example.labels)
-        assert runs == [example.labels]  # nothing unsupervised in the decoder's labels
-        decoded = tokenizer.decode(example.labels, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        supervised = [label for label in example.labels if label != -100]
+        if isinstance(adapter, DecoderPromptAdapter):
+            decoder = example.extra["decoder_input_ids"]
+            assert example.input_ids == [] and len(decoder) == len(example.labels)
+            assert decoder[0] == _decoder_setting(model.config, "decoder_start_token_id")
+            assert question in tokenizer.decode(decoder)
+            prompt = len(example.labels) - len(supervised)
+            assert example.labels[:prompt] == [-100] * prompt and prompt > 0  # the question: input, never a target
+            assert decoder[prompt + 1 :] == supervised[:-1]  # teacher forcing: input t + 1 is target t
+        else:
+            assert example.input_ids == adapter.encoder_inputs(processor, question, image)["input_ids"][0].tolist()
+            assert question in tokenizer.decode(example.input_ids)
+            image_tokens = example.input_ids.count(adapter.image_token_id(processor))
+            assert image_tokens == adapter.num_image_tokens(processor, image.size)  # UDOP's patches join the words
+            assert supervised == example.labels  # nothing unsupervised in the decoder's labels
+        assert supervised_runs(tokenizer, example.labels) == [supervised]
+        decoded = tokenizer.decode(supervised, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         assert decoded.strip() == answer + eot_text
-        assert example.labels[-1] == eot_id and eot_id not in example.labels[:-1]
+        assert supervised[-1] == eot_id and eot_id not in supervised[:-1]
         assert example.end_of_turn_mask == [False] * (len(example.labels) - 1) + [True]
 
-    # the collator pads labels to the longest labels and the encoder fields to the longest input, and batches the
-    # pixels as the processor batches the same images
+    # the collator pads labels (and decoder inputs) to the longest labels and the encoder fields to the longest input,
+    # and batches the pixels as the processor batches the same images
     collator = VDDataCollator.for_processor(processor)
     batch = collator([dataset[index] for index in range(len(dataset))])
     assert batch["labels"].shape == batch["end_of_turn_mask"].shape == (len(dataset), max(map(len, labels(dataset))))
-    assert batch["input_ids"].shape == batch["attention_mask"].shape
-    assert batch["input_ids"].shape[1] == max(len(example.input_ids) for _, example in dataset.items)
-    assert batch["input_ids"].shape[1] != batch["labels"].shape[1]  # a test that could tell the lengths apart
+    if isinstance(adapter, DecoderPromptAdapter):
+        assert "input_ids" not in batch and batch["decoder_input_ids"].shape == batch["labels"].shape
+    else:
+        assert batch["input_ids"].shape == batch["attention_mask"].shape
+        assert batch["input_ids"].shape[1] == max(len(example.input_ids) for _, example in dataset.items)
+        assert batch["input_ids"].shape[1] != batch["labels"].shape[1]  # a test that could tell the lengths apart
     rows = [record for record, _ in dataset.items if "image" in record]
     images = [Image.open(tmp_path / record["image"]).convert("RGB") for record in rows]
-    text = PROCESSOR_TEXT.get(family, lambda rows: {"text": [adapter.prompt("q", processor)] * rows})(len(rows))
+    call = PROCESSOR_CALL.get(family, lambda: {"text": [adapter.prompt("q", processor)] * len(rows)})()
     tokenizer_of(processor, ensure_pad=True)  # the processor pads its batch (rows of one length here)
-    expected = processor(**text, images=[[image] for image in images], return_tensors="pt", padding=True)
+    nested = [[image] for image in images] if call else images
+    expected = processor(**call, images=nested, return_tensors="pt", padding=True)
     assert torch.equal(batch[adapter.pixel_key], expected[adapter.pixel_key])
 
     # tau = 0 with the noisy pass every step: the vanilla Trainer's losses, batch for batch

@@ -152,13 +152,118 @@ def udop() -> tuple[Any, Any]:
     return _seeded(UdopForConditionalGeneration, config), processor
 
 
+def vision_encoder_decoder() -> tuple[Any, Any]:
+    """`VisionEncoderDecoderModel` as Donut is built: a ViT encoder reading the pixels only and a TrOCR decoder that
+    cross-attends to it, through `DonutProcessor`; the question is the decoder's prefix. The npm Llama-2 tokenizer
+    stands in for Donut's (its BOS starts the decoder)."""
+    from transformers import (
+        DonutImageProcessorPil,
+        DonutProcessor,
+        TrOCRConfig,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+    )
+
+    tok = tokenizer("llama2")
+    image_processor = DonutImageProcessorPil(size={"height": IMAGE, "width": IMAGE})
+    processor = DonutProcessor(image_processor=image_processor, tokenizer=tok)
+    encoder = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=IMAGE,
+        patch_size=8,
+    )
+    decoder = TrOCRConfig(
+        vocab_size=len(tok),
+        d_model=32,
+        decoder_layers=1,
+        decoder_attention_heads=2,
+        decoder_ffn_dim=64,
+        max_position_embeddings=256,
+        dropout=0.0,
+        pad_token_id=tok.unk_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=tok.bos_token_id,
+    )
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id, config.pad_token_id = tok.bos_token_id, tok.unk_token_id
+    return _seeded(VisionEncoderDecoderModel, config), processor
+
+
+def pp_formulanet() -> tuple[Any, Any]:
+    """PP-FormulaNet: a SAM-style ViT encoder reading the pixels only and an MBart-style decoder; its image processor
+    needs torchvision. The npm Llama-2 tokenizer stands in for its Nougat tokenizer (EOS starts the decoder)."""
+    import torch
+    from transformers import (
+        PPFormulaNetConfig,
+        PPFormulaNetForConditionalGeneration,
+        PPFormulaNetImageProcessor,
+        PPFormulaNetProcessor,
+    )
+
+    tok = tokenizer("llama2")
+    processor = PPFormulaNetProcessor(
+        image_processor=PPFormulaNetImageProcessor(size={"height": IMAGE, "width": IMAGE}), tokenizer=tok
+    )
+    vision = {
+        "hidden_size": 32,
+        "output_channels": 16,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "image_size": IMAGE,
+        "patch_size": 8,
+        "window_size": 2,
+        "global_attn_indexes": [0],
+        "mlp_dim": 64,
+        "post_conv_in_channels": 16,
+        "post_conv_out_channels": 32,
+        "post_conv_mid_channels": 16,
+        "decoder_hidden_size": 32,
+        "initializer_range": 0.02,  # its default, 1e-10, leaves the tower blind: every image looks the same
+    }
+    text = {
+        "vocab_size": len(tok),
+        "d_model": 32,
+        "encoder_layers": 1,
+        "encoder_attention_heads": 2,
+        "decoder_layers": 1,
+        "decoder_attention_heads": 2,
+        "decoder_ffn_dim": 64,
+        "max_position_embeddings": 256,
+        "dropout": 0.0,
+        "pad_token_id": tok.unk_token_id,
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "decoder_start_token_id": tok.eos_token_id,
+        "forced_eos_token_id": tok.eos_token_id,
+        "init_std": 0.1,  # the decoder cross-attends to one image token: at 0.02 the image barely moves a logit
+    }
+    config = PPFormulaNetConfig(vision_config=vision, text_config=text)
+    model = _seeded(PPFormulaNetForConditionalGeneration, config)
+    with (
+        torch.no_grad()
+    ):  # at std 0.02 over 32 channels the projector shrinks the image to ~1e-3: the decoder is blind
+        for layer in (
+            model.model.encoder.multi_modal_projector.linear_1,
+            model.model.encoder.multi_modal_projector.linear_2,
+        ):
+            layer.weight.normal_(0.0, 0.5)
+    return model, processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "t5gemma2": t5gemma2,
     "florence2": florence2,
     "udop": udop,
+    "vision_encoder_decoder": vision_encoder_decoder,
 }
 FAMILIES = list(BUILDERS)
-TORCHVISION: dict[str, Callable[[], tuple[Any, Any]]] = {}  # families whose image processor needs torchvision
+# families whose image processor needs torchvision (tests marked `torchvision`, run by scripts/ci_torchvision.sh)
+TORCHVISION: dict[str, Callable[[], tuple[Any, Any]]] = {"pp_formulanet": pp_formulanet}
 LEFT: dict[str, str] = {
     "pix2struct": (
         "the encoder's only input is `flattened_patches`: in VQA mode the question is rendered as a header into the "
@@ -167,8 +272,6 @@ LEFT: dict[str, str] = {
         "channels, which diffusion noise on the 'pixels' would corrupt; its VQA processor also downloads its font "
         "from the hub"
     ),
-    "vision_encoder_decoder": "not built yet: its encoder takes pixels only; a question can only be a decoder prefix",
-    "pp_formulanet": "not built yet: its encoder takes pixels only (and its image processor needs torchvision)",
 }
 
 

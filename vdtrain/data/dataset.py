@@ -28,7 +28,7 @@ from vdtrain.models.base import Example, ModelAdapter, pad_token_id, tokenizer_o
 logger = logging.getLogger(__name__)
 IMAGE_INPUTS = "image_inputs"  # feature entry holding the adapter's image inputs of the one image
 # fields as long as `labels`: an encoder-decoder model's labels are the decoder's, of their own length
-DECODER_FIELDS = ("labels", END_OF_TURN_MASK)
+DECODER_FIELDS = ("labels", END_OF_TURN_MASK, "decoder_input_ids")
 
 
 @dataclass
@@ -242,8 +242,9 @@ class SupervisedDataset(torch.utils.data.Dataset):
 @dataclass
 class VDDataCollator:
     """Right-pads token fields and batches per-image inputs as the processor would (`batch_image_field`; text-only
-    samples add none). `labels` and `end_of_turn_mask` are padded to the longest `labels`, the other token fields to
-    the longest `input_ids` (the same length in a causal LM; an encoder-decoder model's labels are the decoder's).
+    samples add none). `labels`, `end_of_turn_mask` and `decoder_input_ids` are padded to the longest `labels`, the
+    other token fields to the longest `input_ids` (the same length in a causal LM; an encoder-decoder model's labels
+    are the decoder's); empty `input_ids` (an encoder that reads pixels only) leave the text inputs out.
 
     Adds `END_OF_TURN_MASK` (B, L) and `HAS_IMAGE` (B,) (`vdtrain.keys`), which the loss takes out before the
     forward.
@@ -259,7 +260,10 @@ class VDDataCollator:
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         lengths = {group: self._length(features, group) for group in ("input_ids", "labels")}
         pads = {"input_ids": self.pad_token_id, "labels": IGNORE_INDEX, END_OF_TURN_MASK: False}
+        pads["decoder_input_ids"] = self.pad_token_id
         token_keys = [key for key in features[0] if key != IMAGE_INPUTS]
+        if lengths["input_ids"] == 0:  # an encoder that reads pixels only (a vision encoder-decoder): no text input
+            token_keys = [key for key in token_keys if key in DECODER_FIELDS]
         batch: dict[str, torch.Tensor] = {}
         for key in token_keys:
             pad, length = pads.get(key, 0), lengths["labels" if key in DECODER_FIELDS else "input_ids"]
@@ -270,9 +274,10 @@ class VDDataCollator:
             batch[key] = torch.tensor(rows, dtype=torch.bool if key == END_OF_TURN_MASK else torch.long)
         length = lengths["input_ids"]
         # Attention comes from lengths, never from pad_token_id (pad == eos for Llama-3 models).
-        batch["attention_mask"] = torch.tensor(
-            [[1] * len(f["input_ids"]) + [0] * (length - len(f["input_ids"])) for f in features], dtype=torch.long
-        )
+        if length:
+            batch["attention_mask"] = torch.tensor(
+                [[1] * len(f["input_ids"]) + [0] * (length - len(f["input_ids"])) for f in features], dtype=torch.long
+            )
         images = [feature[IMAGE_INPUTS] for feature in features if IMAGE_INPUTS in feature]
         for key in images[0] if images else ():
             batch[key] = batch_image_field([image[key] for image in images])

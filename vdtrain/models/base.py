@@ -37,8 +37,9 @@ class Example:
         return len(self.labels) - list(self.labels).count(IGNORE_INDEX)
 
     def truncate(self, max_length: int) -> Example:
-        """Cut to `max_length` tokens (right side)."""
-        if len(self.input_ids) <= max_length:
+        """Cut every token field to `max_length` tokens (right side); an encoder-decoder model's labels have a length
+        of their own."""
+        if max(len(self.input_ids), len(self.labels)) <= max_length:
             return self
         cut = {key: values[:max_length] for key, values in self.extra.items()}
         return Example(self.input_ids[:max_length], self.labels[:max_length], self.end_of_turn_mask[:max_length], cut)

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from vdtrain.errors import ConversationError
+from vdtrain.method.dependence import IGNORE_INDEX
 from vdtrain.models.base import (
     Example,
     ModelAdapter,
@@ -77,36 +78,40 @@ class EncoderDecoderAdapter(ChatTemplateAdapter):
         self, messages: list[dict[str, str]], processor: Any, num_image_tokens: int, sample_id: str = "?"
     ) -> list[Example]:
         """One encoder prompt / decoder target example per assistant turn (see the class docstring)."""
-        tokenizer, eot_id = tokenizer_of(processor), self.end_of_turn_id(processor)
         image = Image.new("RGB", _PROBE_IMAGE) if any("<image>" in m["content"] for m in messages) else None
-        examples, question = [], None
-        for message in messages:
-            if message["role"] != "assistant":
-                text = message["content"].replace("<image>", "").strip()
-                question = text if question is None else f"{question}\n{text}"  # consecutive user turns join
-                continue
-            if question is None:
-                raise ConversationError(f"sample {sample_id}: an assistant turn comes before any user turn")
-            encoder = self.encoder_inputs(processor, question, image)
-            input_ids = encoder["input_ids"][0].tolist()
-            if image is not None and input_ids.count(self.image_token_id(processor)) != num_image_tokens:
-                raise ConversationError(
-                    f"sample {sample_id}: the processor expands this image to another number of image tokens than "
-                    f"{num_image_tokens}; this adapter serves processors that resize every image to one size"
-                )
-            answer = tokenizer(text_target=message["content"].strip(), add_special_tokens=False)["input_ids"]
-            labels = [*answer, eot_id]
-            end_of_turn = [False] * (len(labels) - 1) + [True]
-            extra = {
-                key: value[0].tolist()
-                for key, value in encoder.items()
-                if key not in ("input_ids", "attention_mask") and _per_token(value, len(input_ids))
-            }
-            examples.append(Example(input_ids, labels, end_of_turn, extra))
-            question = None
+        examples = [
+            self._example(processor, question, answer, image, num_image_tokens, sample_id)
+            for question, answer in _pairs(messages, sample_id)
+        ]
         if not examples:
             raise ConversationError(f"sample {sample_id} has no assistant turn, so nothing would be supervised")
         return examples
+
+    def _example(
+        self,
+        processor: Any,
+        question: str,
+        answer: str,
+        image: Image.Image | None,
+        num_image_tokens: int,
+        sample_id: str,
+    ) -> Example:
+        """The processor's encoding of `question` and the image as encoder input; `answer` + end of turn as labels."""
+        encoder = self.encoder_inputs(processor, question, image)
+        input_ids = encoder["input_ids"][0].tolist()
+        if image is not None and input_ids.count(self.image_token_id(processor)) != num_image_tokens:
+            raise ConversationError(
+                f"sample {sample_id}: the processor expands this image to another number of image tokens than "
+                f"{num_image_tokens}; this adapter serves processors that resize every image to one size"
+            )
+        labels = [*_target_ids(processor, answer), self.end_of_turn_id(processor)]
+        end_of_turn = [False] * (len(labels) - 1) + [True]
+        extra = {
+            key: value[0].tolist()
+            for key, value in encoder.items()
+            if key not in ("input_ids", "attention_mask") and _per_token(value, len(input_ids))
+        }
+        return Example(input_ids, labels, end_of_turn, extra)
 
     def image_inputs(self, processor: Any, images: list[Image.Image]) -> dict[str, torch.Tensor]:
         """The image inputs of the processor's encoding of a prompt with each image (all but the text fields)."""
@@ -125,7 +130,28 @@ class EncoderDecoderAdapter(ChatTemplateAdapter):
         """Right-padded encoder prompts (from `prompt`) and their images: the decoder starts on its own."""
         kwargs = {"add_special_tokens": False} if self._has_template(processor) else {}
         tokenizer_of(processor, ensure_pad=True).padding_side = "right"
-        return dict(processor(text=prompts, images=images or None, return_tensors="pt", padding=True, **kwargs))
+        nested = [[image] for image in images] if len(images) == len(prompts) else images  # one image per prompt
+        return dict(processor(text=prompts, images=nested or None, return_tensors="pt", padding=True, **kwargs))
+
+
+def _pairs(messages: list[dict[str, str]], sample_id: str) -> list[tuple[str, str]]:
+    """`(question, answer)` per assistant turn; consecutive user turns join, earlier pairs are not repeated."""
+    pairs, question = [], None
+    for message in messages:
+        if message["role"] != "assistant":
+            text = message["content"].replace("<image>", "").strip()
+            question = text if question is None else f"{question}\n{text}"
+            continue
+        if question is None:
+            raise ConversationError(f"sample {sample_id}: an assistant turn comes before any user turn")
+        pairs.append((question, message["content"].strip()))
+        question = None
+    return pairs
+
+
+def _target_ids(processor: Any, text: str) -> list[int]:
+    """`text` tokenised as a decoder target, without special tokens (UDOP's tokenizer wants `text_target` for it)."""
+    return list(tokenizer_of(processor)(text_target=text, add_special_tokens=False)["input_ids"])
 
 
 def _per_token(value: Any, length: int) -> bool:
@@ -148,6 +174,13 @@ class UdopAdapter(EncoderDecoderAdapter):
         images = None if image is None else [image]
         return dict(processor(images=images, text=[words], boxes=boxes, padding=False, return_tensors="pt"))
 
+    def generation_inputs(self, processor: Any, prompts: list[str], images: list[Image.Image]) -> dict:
+        """The prompts' words with empty boxes and their page images, right-padded."""
+        words = [prompt.split() or [""] for prompt in prompts]
+        boxes = [[[0, 0, 0, 0]] * len(row) for row in words]
+        tokenizer_of(processor, ensure_pad=True).padding_side = "right"
+        return dict(processor(images=images, text=words, boxes=boxes, padding=True, return_tensors="pt"))
+
     def encode(
         self, messages: list[dict[str, str]], processor: Any, num_image_tokens: int, sample_id: str = "?"
     ) -> list[Example]:
@@ -155,3 +188,75 @@ class UdopAdapter(EncoderDecoderAdapter):
         if not any("<image>" in message["content"] for message in messages):
             raise ConversationError(f"sample {sample_id} has no image; UDOP reads a page image with every sample")
         return super().encode(messages, processor, num_image_tokens, sample_id)
+
+
+@register_adapter("vision-encoder-decoder")
+class DecoderPromptAdapter(EncoderDecoderAdapter):
+    """Vision encoder-decoder models (`VisionEncoderDecoderModel`: Donut, TrOCR, Nougat): the encoder reads the pixels
+    only, so the question goes to the decoder as a prefix of its input, unsupervised, as Donut's task prompts do.
+
+    Per question/answer pair: `decoder_input_ids` = BOS + prompt + answer, `labels` = -100 over the prompt, then the
+    answer + the end-of-turn token (EOS), position for position (the decoder's input `t` predicts `labels[t]`); no
+    `input_ids`. The decoder starts from `decoder_start_id`, the tokenizer's BOS, which must be the model's
+    `decoder_start_token_id` (as in Donut and TrOCR). The prompt is `decoder_prompt` with the question. Every sample
+    needs its image.
+    """
+
+    decoder_prompt = "Question: {question} Answer:"
+
+    def decoder_start_id(self, processor: Any) -> int:
+        """The token the decoder starts from: the tokenizer's BOS."""
+        return tokenizer_of(processor).bos_token_id
+
+    def prompt(self, question: str, processor: Any, has_image: bool = True) -> str:
+        """The decoder's prefix for one question (the image goes to the encoder)."""
+        return self.decoder_prompt.format(question=question.replace("<image>", "").strip())
+
+    def num_image_tokens(self, processor: Any, image_size: tuple[int, int]) -> int:
+        """None: the image never enters the token sequence."""
+        return 0
+
+    def image_inputs(self, processor: Any, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+        """The processor's pixel inputs of the images."""
+        return {key: value for key, value in processor(images=images, return_tensors="pt").items() if key != "labels"}
+
+    def _example(
+        self,
+        processor: Any,
+        question: str,
+        answer: str,
+        image: Image.Image | None,
+        num_image_tokens: int,
+        sample_id: str,
+    ) -> Example:
+        """`decoder_input_ids` and `labels` of one pair (see the class docstring)."""
+        if image is None:
+            raise ConversationError(f"sample {sample_id} has no image; a vision encoder-decoder reads only the image")
+        prompt, target = _target_ids(processor, self.prompt(question, processor)), _target_ids(processor, answer)
+        labels = [IGNORE_INDEX] * len(prompt) + [*target, self.end_of_turn_id(processor)]
+        decoder = [self.decoder_start_id(processor), *prompt, *target]
+        end_of_turn = [False] * (len(labels) - 1) + [True]
+        return Example([], labels, end_of_turn, {"decoder_input_ids": decoder})
+
+    def generation_inputs(self, processor: Any, prompts: list[str], images: list[Image.Image]) -> dict:
+        """The images' pixels and the decoder prefixes (BOS + prompt), left-padded, with their attention mask."""
+        tokenizer = tokenizer_of(processor, ensure_pad=True)
+        prefixes = [[self.decoder_start_id(processor), *_target_ids(processor, prompt)] for prompt in prompts]
+        width = max(map(len, prefixes))
+        ids = [[tokenizer.pad_token_id] * (width - len(p)) + p for p in prefixes]
+        mask = [[0] * (width - len(p)) + [1] * len(p) for p in prefixes]
+        return {
+            **self.image_inputs(processor, images),
+            "decoder_input_ids": torch.tensor(ids),
+            "decoder_attention_mask": torch.tensor(mask),
+        }
+
+
+@register_adapter("pp_formulanet")
+class PPFormulaNetAdapter(DecoderPromptAdapter):
+    """PP-FormulaNet: an image-to-LaTeX vision encoder-decoder whose processor reads images only; laid out as
+    `DecoderPromptAdapter`, with the decoder starting from EOS, as the model's own shift of its targets does."""
+
+    def decoder_start_id(self, processor: Any) -> int:
+        """The tokenizer's EOS (PP-FormulaNet's `decoder_start_token_id`)."""
+        return tokenizer_of(processor).eos_token_id

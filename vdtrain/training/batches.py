@@ -102,6 +102,13 @@ def images_per_row(model: Any, inputs: dict, pixel_key: str | None) -> torch.Ten
     return rows if int(rows.sum()) == images else None
 
 
+def rows_with_images(model: Any, inputs: dict, per_row: torch.Tensor | None) -> torch.Tensor | None:
+    """`(B,)` rows with an image: those `images_per_row` gives one or more, else (pixel rows that do not split per
+    image, e.g. every image's patches concatenated without a grid) the rows holding the config's image token; a row
+    without it has no image, so its `d` is 0. None when the config names no image token."""
+    return per_row > 0 if per_row is not None else image_token_rows(model, inputs)
+
+
 def image_owners(has_image: torch.Tensor | None, per_row: torch.Tensor | None, images: int) -> list[int] | None:
     """The batch row of each of the `images` images, in order: the rows with an image when there is one image per
     such row, else from the image counts per row (`images_per_row`); None when neither accounts for every image."""

@@ -40,6 +40,7 @@ from vdtrain.training.batches import (
     has_token_labels,
     image_owners,
     images_per_row,
+    rows_with_images,
     vd_applicability,
 )
 from vdtrain.training.config import vd_options
@@ -245,7 +246,7 @@ class VDLossMixin:
         images_per_row = self._images_per_row(model, inputs)
         has_image = masks.has_image
         if has_image is None:  # a collator of the user's own: find the image rows from the config's image token
-            has_image = None if images_per_row is None else images_per_row > 0
+            has_image = rows_with_images(model, inputs, images_per_row)
         pixel_key = self._pixel_key(inputs, has_image)
         noisy_inputs = dict(inputs)
         if pixel_key is not None:

@@ -23,6 +23,8 @@ from vdtrain.models.base import tokenizer_of
 
 # families without a chat template: SFTTrainer refuses their processors ("does not have a chat template")
 NO_CHAT_TEMPLATE = ("blip", "git", "instructblip", "kosmos_2")
+# families with a chat template whose TRL run is not in the zoo yet, and why
+SFT_NOT_DONE = {"idefics": "not tried yet (time): needs a training_template twin of zoo_old.IDEFICS_TEMPLATE"}
 
 
 def test_every_family_is_classified():
@@ -31,13 +33,13 @@ def test_every_family_is_classified():
     group += ["diffusion_gemma", "pi0", "pi05"]
     assert sorted([*zoo_old.FAMILIES, *zoo_old.LEFT]) == sorted(group)
     assert set(zoo_old.DROP_IN) <= set(zoo_old.LEFT) and all(zoo_old.LEFT.values())
-    assert sorted(NO_CHAT_TEMPLATE) == sorted(zoo_old.FAMILIES)  # TRL trains none of them (no chat template)
+    assert sorted([*NO_CHAT_TEMPLATE, *SFT_NOT_DONE]) == sorted(zoo_old.FAMILIES)
 
 
 @pytest.mark.parametrize("family", zoo_old.FAMILIES)
 def test_family(family, tmp_path, monkeypatch):
     model, processor = zoo_old.build(family)
-    if family in zoo_old.IMAGE_EVERY_ROW:
+    if family in (*zoo_old.IMAGE_EVERY_ROW, *zoo_old.ROW_BATCHED):
         image_rows = [record for record in test_zoo.records() if "image" in record]
         monkeypatch.setattr(test_zoo, "records", lambda: image_rows)
     check_family(family, model, processor, tmp_path)
@@ -113,3 +115,64 @@ def test_vdtrainer_trains_as_trainer_where_the_vd_loss_does_not_apply(family, tm
     reason = "takes no image input" if family == "evolla" else "has no language-model head"
     assert len(off) == 1 and reason in off[0], off
     assert vd[2].vd_off_reason is not None and not any("vd_mean" in entry for entry in vd[0])
+
+
+def test_idefics_batches_text_only_rows_as_its_processor(tmp_path):
+    """IDEFICS's processor batches pixels one entry per row (a zero image for a text-only row) and a per-token,
+    per-image `image_attention_mask`; vdtrain's collator builds both for a batch with a text-only row, and VDTrainer
+    trains it as `Trainer` (tau 0) with d = 0 on the text-only row only."""
+    import copy
+
+    from transformers.models.idefics.processing_idefics import (
+        image_attention_mask_for_packed_input_ids,
+        incremental_to_binary_attention_mask,
+    )
+
+    from vdtrain.data.dataset import SupervisedDataset, VDDataCollator
+
+    model, processor = zoo_old.build("idefics")
+    adapter = get_adapter(model, processor)
+    test_zoo.write_images(tmp_path)
+    dataset = SupervisedDataset(test_zoo.records(), adapter, processor, image_folder=tmp_path, max_length=4096)
+    collator = VDDataCollator.for_processor(processor)
+    batch = collator([dataset[index] for index in range(len(dataset))])
+    has_image = [("image" in record) for record, _ in dataset.items]
+    assert batch["has_image"].tolist() == has_image and not all(has_image)
+
+    images = [[Image.open(tmp_path / record["image"]).convert("RGB")] if "image" in record else [] for record, _ in
+              dataset.items]  # fmt: skip
+    texts = ["x"] * len(images)
+    tokenizer_of(processor, ensure_pad=True)
+    expected = processor(text=texts, images=images, return_tensors="pt", padding=True)
+    assert torch.equal(batch["pixel_values"], expected["pixel_values"])  # zero image where the row has none
+
+    tokenizer = tokenizer_of(processor)
+    incremental, _ = image_attention_mask_for_packed_input_ids(batch["input_ids"], tokenizer, "pt")
+    own = incremental_to_binary_attention_mask(incremental, "pt", num_classes=1)
+    keep = batch["attention_mask"].bool()[..., None]
+    assert torch.equal(batch["image_attention_mask"] * keep, own.long() * keep)
+    assert batch["image_attention_mask"][torch.tensor(has_image)].any(dim=1).all()  # image rows attend to it
+    assert not batch["image_attention_mask"][~torch.tensor(has_image)].any()
+
+    vanilla = Trainer(
+        model=copy.deepcopy(model),
+        args=test_zoo.arguments(TrainingArguments, tmp_path / "vanilla"),
+        train_dataset=dataset,
+        data_collator=test_zoo.without_loss_keys(collator),
+    )
+    vanilla.train()
+    vd = test_zoo.RecordingVDTrainer(
+        model=model,
+        args=test_zoo.arguments(VDTrainingArguments, tmp_path / "vd", vd_start=0.0, vd_temperature=0.0),
+        train_dataset=dataset,
+        data_collator=collator,
+        **adapter.trainer_kwargs(processor),
+    )
+    vd.train()
+    expected_losses = [entry["loss"] for entry in vanilla.state.log_history if "loss" in entry]
+    got = [entry["loss"] for entry in vd.state.log_history if "loss" in entry]
+    assert len(got) == 2 and got == pytest.approx(expected_losses, rel=1e-4)
+    for d, mask, _, rows in vd.seen:
+        assert (~rows).any() and d[~rows].eq(0).all()
+        supervised = mask[rows].float()
+        assert ((d[rows] * supervised).abs().sum(dim=1) / supervised.sum(dim=1)).gt(1e-4).all()

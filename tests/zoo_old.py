@@ -129,7 +129,58 @@ def kosmos_2() -> tuple[Any, Any]:
     return _seeded(Kosmos2ForConditionalGeneration, config), processor
 
 
+# IDEFICS-instruct's: `User:` / `Assistant:` turns each closed by `<end_of_utterance>` and a newline, the image as
+# `<fake_token_around_image><image><fake_token_around_image>` (the processor's own image text)
+IDEFICS_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{{ message['role'] | capitalize }}:"
+    "{% if message['content'] is string %}{{ ' ' + message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}"
+    "<fake_token_around_image><image><fake_token_around_image>"
+    "{% elif part['type'] == 'text' %}{{ ' ' + part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+def idefics() -> tuple[Any, Any]:
+    """IDEFICS (Flamingo-style): gated cross-attention from every text layer to the images a token has seen
+    (`image_attention_mask`, per token and image), pixels batched per row with zero images for text-only rows.
+    Built with additional_vocab_size=0 (the published 2 extra ids break its own loss:
+    `logits.view(-1, config.vocab_size)` in ForCausalLMLoss sees vocab_size + 2 columns)."""
+    from transformers import IdeficsConfig, IdeficsForVisionText2Text, IdeficsImageProcessorPil, IdeficsProcessor
+
+    tok = tokenizer("llama2", ("<fake_token_around_image>", "<image>", "<end_of_utterance>"))
+    image_processor = IdeficsImageProcessorPil(image_size=IMAGE)
+    processor = IdeficsProcessor(image_processor=image_processor, tokenizer=tok, image_size=IMAGE)
+    processor.chat_template = IDEFICS_TEMPLATE  # its __init__ takes no chat_template
+    config = IdeficsConfig(
+        vocab_size=len(tok),
+        additional_vocab_size=0,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        cross_layer_interval=1,
+        alpha_initializer="ones",  # the default zeros gate the images out (tanh 0)
+        freeze_text_layers=False,
+        freeze_vision_layers=False,
+        pad_token_id=tok.unk_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        vision_config={
+            "embed_dim": 32,
+            "image_size": IMAGE,
+            "patch_size": PATCH,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+        },
+        perceiver_config={"use_resampler": False},
+    )
+    return _seeded(IdeficsForVisionText2Text, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
+    "idefics": idefics,
     "blip": blip,
     "git": git,
     "instructblip": instructblip,
@@ -140,12 +191,12 @@ FAMILIES = list(BUILDERS)
 # families whose forward needs one image per row (cross-attention to it, or it prefixed inside the model): a batch
 # with a text-only row fails in the model itself, so their zoo data are the image rows
 IMAGE_EVERY_ROW = ("blip", "git")
+# families whose processor batches pixels one entry per row, text-only rows as zero images: check_family compares
+# the collator's pixels with the processor's batch of the image rows alone, so their zoo data are the image rows and
+# test_zoo_old.py checks a batch with a text-only row against the processor's own batch of it
+ROW_BATCHED = ("idefics",)
 
 LEFT: dict[str, str] = {
-    "idefics": "not done (builds and trains under vanilla Trainer with additional_vocab_size=0; with the published"
-    " additional_vocab_size=2 its own loss fails: logits.view(-1, config.vocab_size) in ForCausalLMLoss): its"
-    " processor batches pixel_values (B, images, C, H, W) with zero images for text-only rows and a per-token"
-    " image_attention_mask (B, L, images); VDDataCollator builds neither (it concatenates image rows only)",
     "kosmos_2_5": "not done: its processor refuses text without images ('Kosmos2_5Processor requires images to"
     " be passed'), writes the image as copies of BOS `<s>` inside `<image>`..`</image>` with an"
     " image_embeds_position_mask (an image token equal to BOS: an adapter like Kosmos-2's), and its pixels are"

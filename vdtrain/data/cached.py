@@ -250,7 +250,8 @@ class ArrowSupervisedDataset(SupervisedDataset):
         example = self._tokenized(row, image, stored[0]) if self.lazy else self._stored(row)
         if image is None:
             return example_features(example)
-        return example_features(example, self.adapter.image_inputs(self.processor, [image]))
+        image_inputs = self.adapter.image_inputs(self.processor, [image])
+        return example_features(example, image_inputs, getattr(self.adapter, "row_image_keys", ()))
 
     def _stored(self, row: dict[str, Any]) -> Example:
         """The example the cache holds, its image runs expanded."""

@@ -27,6 +27,7 @@ from vdtrain.models.base import Example, ModelAdapter, pad_token_id, tokenizer_o
 
 logger = logging.getLogger(__name__)
 IMAGE_INPUTS = "image_inputs"  # feature entry holding the adapter's image inputs of the one image
+ROW_IMAGE_KEYS = "row_image_keys"  # feature entry naming the image inputs batched one per row (`row_image_keys`)
 # fields as long as `labels`: an encoder-decoder model's labels are the decoder's, of their own length
 DECODER_FIELDS = ("labels", END_OF_TURN_MASK, "decoder_input_ids")
 
@@ -87,8 +88,11 @@ def encode_record(
     return encoded
 
 
-def example_features(example: Example, image_inputs: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
-    """The collator's input for one example: its token fields, plus its sample's image inputs if it has an image."""
+def example_features(
+    example: Example, image_inputs: dict[str, torch.Tensor] | None = None, row_keys: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The collator's input for one example: its token fields, plus its sample's image inputs if it has an image
+    (and which of them the processor batches one per row: the adapter's `row_image_keys`)."""
     features: dict[str, Any] = {
         "input_ids": example.input_ids,
         "labels": example.labels,
@@ -97,6 +101,8 @@ def example_features(example: Example, image_inputs: dict[str, torch.Tensor] | N
     }
     if image_inputs is not None:
         features[IMAGE_INPUTS] = image_inputs
+        if row_keys:
+            features[ROW_IMAGE_KEYS] = tuple(row_keys)
     return features
 
 
@@ -236,13 +242,15 @@ class SupervisedDataset(torch.utils.data.Dataset):
             image = load_image(path, str(record["id"]))
         except (OSError, ConversationError) as error:  # name the data file too
             raise type(error)(f"{self.source}: {error}") from error
-        return example_features(example, self.adapter.image_inputs(self.processor, [image]))
+        image_inputs = self.adapter.image_inputs(self.processor, [image])
+        return example_features(example, image_inputs, getattr(self.adapter, "row_image_keys", ()))
 
 
 @dataclass
 class VDDataCollator:
     """Right-pads token fields and batches per-image inputs as the processor would (`batch_image_field`; text-only
-    samples add none). `labels`, `end_of_turn_mask` and `decoder_input_ids` are padded to the longest `labels`, the
+    samples add none, except to inputs batched one per row (`ROW_IMAGE_KEYS`, IDEFICS's pixels), where they add
+    zeros as the processor does). `labels`, `end_of_turn_mask` and `decoder_input_ids` are padded to the longest `labels`, the
     other token fields to the longest `input_ids` (the same length in a causal LM; an encoder-decoder model's labels
     are the decoder's); empty `input_ids` (an encoder that reads pixels only) leave the text inputs out.
 
@@ -261,16 +269,19 @@ class VDDataCollator:
         lengths = {group: self._length(features, group) for group in ("input_ids", "labels")}
         pads = {"input_ids": self.pad_token_id, "labels": IGNORE_INDEX, END_OF_TURN_MASK: False}
         pads["decoder_input_ids"] = self.pad_token_id
-        token_keys = [key for key in features[0] if key != IMAGE_INPUTS]
+        token_keys = [key for key in features[0] if key not in (IMAGE_INPUTS, ROW_IMAGE_KEYS)]
         if lengths["input_ids"] == 0:  # an encoder that reads pixels only (a vision encoder-decoder): no text input
             token_keys = [key for key in token_keys if key in DECODER_FIELDS]
         batch: dict[str, torch.Tensor] = {}
         for key in token_keys:
             pad, length = pads.get(key, 0), lengths["labels" if key in DECODER_FIELDS else "input_ids"]
             first = next((values[0] for values in (feature[key] for feature in features) if len(values)), None)
-            if isinstance(first, (list, tuple)):  # a field of vectors per token (UDOP's `bbox`): zero vectors
-                pad = [0] * len(first)
-            rows = [list(feature[key]) + [pad] * (length - len(feature[key])) for feature in features]
+            rows = [list(feature[key]) for feature in features]
+            if isinstance(first, (list, tuple)):  # vectors per token (UDOP's `bbox`, IDEFICS's per-image mask)
+                width = max((len(vector) for row in rows for vector in row), default=0)
+                rows = [[list(vector) + [0] * (width - len(vector)) for vector in row] for row in rows]
+                pad = [0] * width  # zero vectors, and zeros where a row has fewer images than the widest
+            rows = [row + [pad] * (length - len(row)) for row in rows]
             batch[key] = torch.tensor(rows, dtype=torch.bool if key == END_OF_TURN_MASK else torch.long)
         length = lengths["input_ids"]
         # Attention comes from lengths, never from pad_token_id (pad == eos for Llama-3 models).
@@ -279,8 +290,13 @@ class VDDataCollator:
                 [[1] * len(f["input_ids"]) + [0] * (length - len(f["input_ids"])) for f in features], dtype=torch.long
             )
         images = [feature[IMAGE_INPUTS] for feature in features if IMAGE_INPUTS in feature]
+        per_row = {key for feature in features for key in feature.get(ROW_IMAGE_KEYS, ())}
         for key in images[0] if images else ():
-            batch[key] = batch_image_field([image[key] for image in images])
+            if key in per_row:  # one entry per row, text-only rows a zero image the shape of the first
+                zero = torch.zeros_like(images[0][key])
+                batch[key] = batch_image_field([f[IMAGE_INPUTS][key] if IMAGE_INPUTS in f else zero for f in features])
+            else:
+                batch[key] = batch_image_field([image[key] for image in images])
         batch[HAS_IMAGE] = torch.tensor([IMAGE_INPUTS in f for f in features], dtype=torch.bool)
         return batch
 

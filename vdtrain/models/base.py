@@ -126,6 +126,8 @@ class ModelAdapter:
     vision_modules: tuple[str, ...] = ("vision_tower",)
     # False when the processor resizes every image to one size, so one measurement serves all images.
     image_tokens_depend_on_size: bool = True
+    # image inputs the processor batches one entry per row (IDEFICS's `pixel_values`), text-only rows zero-filled
+    row_image_keys: tuple[str, ...] = ()
 
     def build_processor(self, path: str, config: Any) -> Any | None:
         """A processor for checkpoints that ship none (None: the family always ships one)."""

@@ -35,7 +35,7 @@ class IdeficsAdapter(ChatTemplateAdapter):
         return 1
 
     def image_inputs(self, processor: Any, images: list[Image.Image]) -> dict[str, torch.Tensor]:
-        """The sample's images as one row of the processor's `pixel_values` (its image processor returns the tensor)."""
+        """The sample's images as one row of the processor's `pixel_values` (its image processor returns a tensor)."""
         pixels = processor.image_processor(images, return_tensors="pt")
         return {"pixel_values": (pixels if isinstance(pixels, torch.Tensor) else pixels["pixel_values"])[None]}
 

@@ -251,8 +251,8 @@ class VDDataCollator:
     """Right-pads token fields and batches per-image inputs as the processor would (`batch_image_field`; text-only
     samples add none, except to inputs batched one per row (`ROW_IMAGE_KEYS`, IDEFICS's pixels), where they add
     zeros as the processor does). `labels`, `end_of_turn_mask` and `decoder_input_ids` are padded to the longest
-    `labels`, the other token fields to the longest `input_ids` (the same length in a causal LM; an encoder-decoder model's labels
-    are the decoder's); empty `input_ids` (an encoder that reads pixels only) leave the text inputs out.
+    `labels`, the other token fields to the longest `input_ids` (the same length in a causal LM; an encoder-decoder
+    model's labels are the decoder's); empty `input_ids` (an encoder that reads pixels only) leave the text inputs out.
 
     Adds `END_OF_TURN_MASK` (B, L) and `HAS_IMAGE` (B,) (`vdtrain.keys`), which the loss takes out before the
     forward.

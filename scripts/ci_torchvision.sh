@@ -23,5 +23,5 @@ fi
 "$venv/bin/python" -m pip install -q --no-compile $pair $extra  # no .pyc for 5 GB: halves the install
 "$venv/bin/python" -m pip list 2>/dev/null | grep -iE '^(torch|torchvision|transformers|num2words) '
 echo "torchvision venv ready in $((SECONDS - start)) s ($(du -sh "$venv" | cut -f1))"
-"$venv/bin/python" -m pytest -q -p no:cacheprovider -m torchvision tests/test_zoo_torchvision.py
+"$venv/bin/python" -m pytest -q -p no:cacheprovider -m torchvision tests/test_zoo*.py
 echo "torchvision step done in $((SECONDS - start)) s"

@@ -16,6 +16,7 @@ from trl import SFTConfig, SFTTrainer
 from vdtrain import VDTrainer, VDTrainingArguments, token_weights
 from vdtrain.compat import spell_training_fields
 from vdtrain.integrations.trl import VDSFTConfig, VDSFTTrainer, end_of_turn_token_id
+from vdtrain.training.batches import images_per_row, rows_with_images
 from vdtrain.training.mixin import check_not_packed
 
 # Vicuna-v1-like, with TRL's {% generation %} markers so assistant_only_loss masks everything but the answers.
@@ -343,6 +344,24 @@ def test_qwen2_vl_several_images_in_a_sample_get_one_draw_each(tmp_path):
     assert len(one) == 8 and len({key for _, key, _ in one}) == 8
     assert {shape[0] for _, _, shape in one} == {16, 64}  # one draw per image: 4x4 and 8x8 patches
     assert _noise_keys(tmp_path, model, processor, rows, 2, 2) == one
+
+
+def test_image_rows_found_from_the_image_token_when_pixels_do_not_split_per_image():
+    """Pixel rows that match neither the image-token runs nor the rows holding the token (Inkling: every image's
+    patches concatenated, no grid) leave `images_per_row` None; the image rows are still the rows holding the
+    config's image token, so a TRL batch (no `has_image`) keeps `d = 0` on its text-only rows (it left them
+    unmasked: float noise of the noisy pass weighted them)."""
+    model, processor = tiny_qwen2_vl(template=QWEN2_VL_TRAINING_TEMPLATE)
+    image, text = model.config.image_token_id, processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    batch = {
+        "input_ids": torch.tensor([[text, image, image, text], [text] * 4, [image, text, image, text]]),
+        "pixel_values": torch.zeros(7, 3, 8, 8),  # 7 patch rows for the images of two samples, no grid
+    }
+    per_row = images_per_row(model, batch, None)
+    assert per_row is None
+    assert rows_with_images(model, batch, per_row).tolist() == [True, False, True]
+    grid = {**batch, "pixel_values": torch.zeros(3, 3, 8, 8)}  # one pixel row per image: the runs count them
+    assert rows_with_images(model, grid, images_per_row(model, grid, None)).tolist() == [True, False, True]
 
 
 def test_return_outputs_on_an_active_step(tmp_path):

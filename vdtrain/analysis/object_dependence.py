@@ -19,8 +19,8 @@ from vdtrain.errors import DataError
 from vdtrain.evaluation.chair import Synonyms, load_synonyms
 from vdtrain.evaluation.questions import caption_image_id
 from vdtrain.io import read_objects
-from vdtrain.method.dependence import IGNORE_INDEX, token_group
-from vdtrain.method.passes import batch_dependence
+from vdtrain.method.dependence import token_group
+from vdtrain.method.passes import batch_dependence, label_shift, supervised_mask
 from vdtrain.models.base import ModelAdapter, accepts_logits_mask, get_adapter, pad_token_id, tokenizer_of
 
 GROUPS = ("pos", "inv", "neg")
@@ -70,12 +70,12 @@ def teacher_forced_dependence(
         model, batch, noise_step=noise_step, pixel_key=pixel_key, logits_mask=accepts_logits_mask(model)
     )
     labels = labels.cpu()
-    supervised = labels[:, 1:] != IGNORE_INDEX
+    supervised = supervised_mask(labels, label_shift(model))  # (B, L): the target positions
     per_example = d.cpu().split(supervised.sum(dim=1).tolist())  # row-major: example by example
     out = []
     examples = [example for sample in batch["samples"] for example in sample["examples"]]
     for row, example in enumerate(examples):
-        positions = (supervised[row].nonzero().squeeze(-1) + 1).tolist()  # target positions
+        positions = supervised[row].nonzero().squeeze(-1).tolist()  # target positions
         out.append(
             {
                 "positions": positions,

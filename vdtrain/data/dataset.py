@@ -27,6 +27,8 @@ from vdtrain.models.base import Example, ModelAdapter, pad_token_id, tokenizer_o
 
 logger = logging.getLogger(__name__)
 IMAGE_INPUTS = "image_inputs"  # feature entry holding the adapter's image inputs of the one image
+# fields as long as `labels`: an encoder-decoder model's labels are the decoder's, of their own length
+DECODER_FIELDS = ("labels", END_OF_TURN_MASK, "decoder_input_ids")
 
 
 @dataclass
@@ -240,7 +242,9 @@ class SupervisedDataset(torch.utils.data.Dataset):
 @dataclass
 class VDDataCollator:
     """Right-pads token fields and batches per-image inputs as the processor would (`batch_image_field`; text-only
-    samples add none).
+    samples add none). `labels`, `end_of_turn_mask` and `decoder_input_ids` are padded to the longest `labels`, the
+    other token fields to the longest `input_ids` (the same length in a causal LM; an encoder-decoder model's labels
+    are the decoder's); empty `input_ids` (an encoder that reads pixels only) leave the text inputs out.
 
     Adds `END_OF_TURN_MASK` (B, L) and `HAS_IMAGE` (B,) (`vdtrain.keys`), which the loss takes out before the
     forward.
@@ -254,25 +258,38 @@ class VDDataCollator:
         return cls(pad_token_id=pad_token_id(processor), **kwargs)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        length = max(len(feature["input_ids"]) for feature in features)
-        if self.pad_to_multiple_of:
-            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        lengths = {group: self._length(features, group) for group in ("input_ids", "labels")}
         pads = {"input_ids": self.pad_token_id, "labels": IGNORE_INDEX, END_OF_TURN_MASK: False}
+        pads["decoder_input_ids"] = self.pad_token_id
         token_keys = [key for key in features[0] if key != IMAGE_INPUTS]
+        if lengths["input_ids"] == 0:  # an encoder that reads pixels only (a vision encoder-decoder): no text input
+            token_keys = [key for key in token_keys if key in DECODER_FIELDS]
         batch: dict[str, torch.Tensor] = {}
         for key in token_keys:
-            pad = pads.get(key, 0)
+            pad, length = pads.get(key, 0), lengths["labels" if key in DECODER_FIELDS else "input_ids"]
+            first = next((values[0] for values in (feature[key] for feature in features) if len(values)), None)
+            if isinstance(first, (list, tuple)):  # a field of vectors per token (UDOP's `bbox`): zero vectors
+                pad = [0] * len(first)
             rows = [list(feature[key]) + [pad] * (length - len(feature[key])) for feature in features]
             batch[key] = torch.tensor(rows, dtype=torch.bool if key == END_OF_TURN_MASK else torch.long)
+        length = lengths["input_ids"]
         # Attention comes from lengths, never from pad_token_id (pad == eos for Llama-3 models).
-        batch["attention_mask"] = torch.tensor(
-            [[1] * len(f["input_ids"]) + [0] * (length - len(f["input_ids"])) for f in features], dtype=torch.long
-        )
+        if length:
+            batch["attention_mask"] = torch.tensor(
+                [[1] * len(f["input_ids"]) + [0] * (length - len(f["input_ids"])) for f in features], dtype=torch.long
+            )
         images = [feature[IMAGE_INPUTS] for feature in features if IMAGE_INPUTS in feature]
         for key in images[0] if images else ():
             batch[key] = batch_image_field([image[key] for image in images])
         batch[HAS_IMAGE] = torch.tensor([IMAGE_INPUTS in f for f in features], dtype=torch.bool)
         return batch
+
+    def _length(self, features: list[dict[str, Any]], key: str) -> int:
+        """The padded length of the `key` field: the longest one, rounded up to `pad_to_multiple_of`."""
+        length = max(len(feature[key]) for feature in features)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        return length
 
 
 def batch_image_field(values: list[Any]) -> Any:

@@ -29,8 +29,8 @@ from vdtrain.filtering.runs import (
     scored_indices,
 )
 from vdtrain.io import append_jsonl, read_records, repair_jsonl
-from vdtrain.method.dependence import IGNORE_INDEX, token_groups
-from vdtrain.method.passes import batch_dependence
+from vdtrain.method.dependence import token_groups
+from vdtrain.method.passes import batch_dependence, label_shift, supervised_mask
 from vdtrain.models.base import ModelAdapter, accepts_logits_mask, get_adapter, pad_token_id, unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def score_batch(
     Text-only examples get `d = 0` (nothing changes under noise) and a batch without images skips the noised pass.
     """
     d, labels = batch_dependence(model, batch, noise_step=noise_step, pixel_key=pixel_key, logits_mask=logits_mask)
-    rows = (labels[:, 1:] != IGNORE_INDEX).nonzero()[:, 0]  # (N,) example of each target, row-major
+    rows = supervised_mask(labels, label_shift(model)).nonzero()[:, 0]  # (N,) example of each target, row-major
     groups = token_groups(d)
     values = torch.stack([d, torch.ones_like(d), groups == 1, groups == -1], dim=1)
     stats = torch.zeros(len(batch["samples"]), 4, dtype=torch.float64, device=labels.device)

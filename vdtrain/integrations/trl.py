@@ -71,6 +71,12 @@ class VDSFTTrainer(VDLossMixin, FiniteSteps, FullCheckpointLoading, SFTTrainer):
             _check_args(args)
         super().__init__(model, args, *positional, **kwargs)
         _check_parallelism(self.accelerator.parallelism_config, self.vd.vd_start)  # also set by an accelerate YAML
+        if self._shift == 0 and self.vd.vd_start < 1.0 and self.vd_off_reason is None:
+            raise ValueError(
+                f"VDSFTTrainer: {type(self.model).__name__} is an encoder-decoder model, and TRL's SFT scores each "
+                "label from the position before it in one prompt + answer sequence (causal LMs); train it with "
+                "vdtrain.VDTrainer on a vdtrain.data.SupervisedDataset (EncoderDecoderAdapter), or set vd_start=1.0"
+            )
         if self.end_of_turn_id is None:
             self.end_of_turn_id = end_of_turn_token_id(self.processing_class)
 

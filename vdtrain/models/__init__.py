@@ -9,7 +9,9 @@ from vdtrain.models.base import (
     register_adapter,
 )
 from vdtrain.models.bunny.adapter import BunnyAdapter
+from vdtrain.models.encdec import DecoderPromptAdapter, EncoderDecoderAdapter, PPFormulaNetAdapter, UdopAdapter
 from vdtrain.models.generic import ChatTemplateAdapter, Gemma3Adapter, Qwen2VLAdapter
+from vdtrain.models.kosmos2 import Kosmos2Adapter
 from vdtrain.models.llava import LlavaAdapter
 from vdtrain.models.paligemma import PaliGemmaAdapter
 from vdtrain.models.plain import PromptAnswerAdapter
@@ -18,13 +20,18 @@ __all__ = [
     "BunnyAdapter",
     "ChatTemplateAdapter",
     "ConversationError",
+    "DecoderPromptAdapter",
+    "EncoderDecoderAdapter",
     "Example",
     "Gemma3Adapter",
+    "Kosmos2Adapter",
     "LlavaAdapter",
     "ModelAdapter",
+    "PPFormulaNetAdapter",
     "PaliGemmaAdapter",
     "PromptAnswerAdapter",
     "Qwen2VLAdapter",
+    "UdopAdapter",
     "get_adapter",
     "register_adapter",
 ]

@@ -20,6 +20,7 @@ from vdtrain.method.dependence import IGNORE_INDEX
 _ADAPTERS: dict[str, type[ModelAdapter]] = {}
 _FALLBACK: list[type[ModelAdapter]] = []  # the adapter for processors with a chat template (models/generic.py)
 _PLAIN: list[type[ModelAdapter]] = []  # the adapter for image processors without one (models/plain.py)
+_ENCODER_DECODER: list[type[ModelAdapter]] = []  # the adapter for encoder-decoder models (models/encdec.py)
 
 
 @dataclass
@@ -36,8 +37,9 @@ class Example:
         return len(self.labels) - list(self.labels).count(IGNORE_INDEX)
 
     def truncate(self, max_length: int) -> Example:
-        """Cut to `max_length` tokens (right side)."""
-        if len(self.input_ids) <= max_length:
+        """Cut every token field to `max_length` tokens (right side); an encoder-decoder model's labels have a length
+        of their own."""
+        if max(len(self.input_ids), len(self.labels)) <= max_length:
             return self
         cut = {key: values[:max_length] for key, values in self.extra.items()}
         return Example(self.input_ids[:max_length], self.labels[:max_length], self.end_of_turn_mask[:max_length], cut)
@@ -77,9 +79,16 @@ def register_plain_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
     return cls
 
 
+def register_encoder_decoder_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
+    """Class decorator: use this adapter for unregistered model types whose config says `is_encoder_decoder`."""
+    _ENCODER_DECODER[:] = [cls]
+    return cls
+
+
 def get_adapter(model_or_config: Any, processor: Any = None) -> ModelAdapter:
-    """The adapter of a model (or config, or model_type string); the generic chat-template one as a fallback, and
-    the plain prompt/answer one for a processor with an image processor but no chat template.
+    """The adapter of a model (or config, or model_type string); for other models, the encoder-decoder one when the
+    config says `is_encoder_decoder`, else the generic chat-template one, else the plain prompt/answer one for a
+    processor with an image processor but no chat template.
 
     The built-in adapters are registered by the time this runs: importing `vdtrain.models.base` imports the
     `vdtrain.models` package first, and that imports every adapter module.
@@ -88,6 +97,8 @@ def get_adapter(model_or_config: Any, processor: Any = None) -> ModelAdapter:
     model_type = config if isinstance(config, str) else getattr(config, "model_type", None)
     if model_type in _ADAPTERS:
         return _ADAPTERS[model_type]()
+    if getattr(config, "is_encoder_decoder", False) and _ENCODER_DECODER:
+        return _ENCODER_DECODER[0]()
     template = getattr(processor, "chat_template", None) or getattr(
         getattr(processor, "tokenizer", None), "chat_template", None
     )

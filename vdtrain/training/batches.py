@@ -28,8 +28,7 @@ def vd_applicability(model: Any, pixel_key: str | None, vd: SimpleNamespace) -> 
     something the model cannot do (`vd_eos_selective`/`vd_masked_logits` without an LM head, an absent pixel input)."""
     model = unwrap_model(model)
     name = type(model).__name__
-    head = getattr(model, "get_output_embeddings", None)
-    if head is None or head() is None:
+    if language_model_head(model) is None:
         asked = [option for option in ("vd_eos_selective", "vd_masked_logits") if getattr(vd, option)]
         if asked:
             raise InputError(f"{asked[0]}=True re-weights token labels; {name} has no language-model head")
@@ -45,10 +44,25 @@ def vd_applicability(model: Any, pixel_key: str | None, vd: SimpleNamespace) -> 
     return True, None
 
 
-def has_token_labels(inputs: dict) -> bool:
-    """Whether the batch has `labels` aligned with `input_ids` `(B, L)`: a causal-LM batch."""
-    labels, ids = inputs.get("labels"), inputs.get("input_ids")
-    return isinstance(labels, torch.Tensor) and labels.dim() == 2 and (ids is None or labels.shape == ids.shape)
+def language_model_head(model: Any) -> Any:
+    """The model's output embeddings, else those of the first module inside it that has some (BLIP's head lives in
+    its `text_decoder`); None for a model without a language-model head (a classifier, an action expert)."""
+    for module in model.modules():
+        head = getattr(module, "get_output_embeddings", None)
+        head = head() if callable(head) else None
+        if head is not None:
+            return head
+    return None
+
+
+def has_token_labels(inputs: dict, aligned: bool = True) -> bool:
+    """Whether the batch has per-token `labels` `(B, L)`: aligned with `input_ids` for a causal LM (`aligned`), of the
+    decoder's own length (and `decoder_input_ids`' where given) for an encoder-decoder model."""
+    labels = inputs.get("labels")
+    if not (isinstance(labels, torch.Tensor) and labels.dim() == 2):
+        return False
+    ids = inputs.get("input_ids" if aligned else "decoder_input_ids")
+    return ids is None or labels.shape == ids.shape
 
 
 def find_pixel_key(pixel_key: str | None, inputs: dict) -> str | None:
@@ -86,6 +100,13 @@ def images_per_row(model: Any, inputs: dict, pixel_key: str | None) -> torch.Ten
         return counts
     rows = is_image.any(dim=-1).long()
     return rows if int(rows.sum()) == images else None
+
+
+def rows_with_images(model: Any, inputs: dict, per_row: torch.Tensor | None) -> torch.Tensor | None:
+    """`(B,)` rows with an image: those `images_per_row` gives one or more, else (pixel rows that do not split per
+    image, e.g. every image's patches concatenated without a grid) the rows holding the config's image token; a row
+    without it has no image, so its `d` is 0. None when the config names no image token."""
+    return per_row > 0 if per_row is not None else image_token_rows(model, inputs)
 
 
 def image_owners(has_image: torch.Tensor | None, per_row: torch.Tensor | None, images: int) -> list[int] | None:

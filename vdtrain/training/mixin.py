@@ -22,11 +22,14 @@ from vdtrain.method.dependence import dependence_stats_tensor, row_logprobs, vis
 from vdtrain.method.losses import per_token_nll
 from vdtrain.method.noise import add_diffusion_noise, image_rows, keep_padding, noise_scales, seeded_generator
 from vdtrain.method.passes import (
+    auxiliary_loss,
+    label_shift,
     no_grad_logprobs,
     supervised_logits,
     supervised_mask,
     supervised_targets,
     targets_at,
+    with_decoder_inputs,
 )
 from vdtrain.method.weighting import token_weights
 from vdtrain.models.base import accepts_logits_mask
@@ -38,6 +41,7 @@ from vdtrain.training.batches import (
     has_token_labels,
     image_owners,
     images_per_row,
+    rows_with_images,
     vd_applicability,
 )
 from vdtrain.training.config import vd_options
@@ -67,10 +71,12 @@ class NoisyPass(NamedTuple):
 class VDLossMixin:
     """Mixin that adds the visual-dependence loss of Eq. 5.5 to a `transformers.Trainer` subclass.
 
-    The host's loss must be the per-token causal-LM NLL of `labels` (HF convention: aligned with `input_ids`, -100
-    where unsupervised), reduced as `Trainer` reduces it. The batch may carry `end_of_turn_mask` `(B, L)` and
-    `has_image` `(B,)` (see `vdtrain.keys`); both are taken out before the forward. The `vd_*` settings are read
-    from `args` whatever its class, with the defaults of `VDTrainingArguments` for the fields it lacks.
+    The host's loss must be the per-token NLL of `labels` (-100 where unsupervised), reduced as `Trainer` reduces it:
+    a causal LM's labels are aligned with `input_ids` (HF convention), an encoder-decoder model's
+    (`config.is_encoder_decoder`) are the decoder's targets, of their own length (`passes.label_shift`). The batch
+    may carry `end_of_turn_mask` (shaped as `labels`) and `has_image` `(B,)` (see `vdtrain.keys`); both are taken out
+    before the forward. The `vd_*` settings are read from `args` whatever its class, with the defaults of
+    `VDTrainingArguments` for the fields it lacks.
 
     Override `compute_token_weights` to change how `d` becomes weights; the loss plumbing stays the same.
 
@@ -98,6 +104,7 @@ class VDLossMixin:
         self.end_of_turn_id = end_of_turn_id
         self.pixel_key = pixel_key or self.vd.vd_pixel_key
         self._token_labels, self.vd_off_reason = vd_applicability(self.model, self.pixel_key, self.vd)
+        self._shift = label_shift(self.model)  # 1: causal LM, 0: encoder-decoder (labels are the decoder's targets)
         if (self.vd.vd_start < 1.0 and self.vd_off_reason is None) or self.vd.vd_eos_selective:
             # Trainer's own choice: it switches smoothing off where it cannot apply (multi-label classification)
             smoothing = getattr(self, "label_smoother", None)
@@ -185,7 +192,7 @@ class VDLossMixin:
         inputs = dict(inputs)
         end_of_turn = inputs.pop(END_OF_TURN_MASK, None)
         has_image = inputs.pop(HAS_IMAGE, None)
-        training = model.training and self._token_labels and has_token_labels(inputs)
+        training = model.training and self._token_labels and has_token_labels(inputs, aligned=self._shift == 1)
         if model.training and self._token_labels and not training and "labels" in inputs:
             logger.warning_once("vdtrain: a batch whose labels are not per-token takes the host trainer's loss")
         if training and self.vd_off_reason is None:
@@ -199,7 +206,7 @@ class VDLossMixin:
         if end_of_turn is None and self.end_of_turn_id is not None:
             end_of_turn = labels == self.end_of_turn_id  # a collator that does not flag them
         end_of_turn = None if end_of_turn is None else end_of_turn.bool()
-        masks = StepMasks(labels, supervised_mask(labels), end_of_turn, has_image)
+        masks = StepMasks(labels, supervised_mask(labels, self._shift), end_of_turn, has_image)
         return self._vd_loss(model, inputs, masks, active, return_outputs, num_items_in_batch)
 
     def _vd_masked_logits(self, model) -> bool:
@@ -211,9 +218,11 @@ class VDLossMixin:
     def _vd_loss(self, model, inputs, masks: StepMasks, active, return_outputs, num_items_in_batch):
         """The loss from logits at the supervised positions only (the lm_head skips every other position)."""
         labels = inputs.pop("labels")
+        inputs = with_decoder_inputs(model, inputs, labels)  # what an encoder-decoder model builds from `labels`
         noisy = self._noisy_pass(model, inputs, masks) if active else None  # before the graph is built
-        targets = supervised_targets(labels)  # (N,), row-major like the logits rows
-        logits, outputs = supervised_logits(model, inputs, targets_at(labels), self._logits_mask(model))  # (N, V)
+        targets = supervised_targets(labels, self._shift)  # (N,), row-major like the logits rows
+        at = targets_at(labels, self._shift)
+        logits, outputs = supervised_logits(model, inputs, at, self._logits_mask(model))  # (N, V)
         eos_id = self.end_of_turn_id if self.vd.vd_eos_selective else None
         nll = per_token_nll(logits, targets, eos_id=eos_id)  # (N,)
 
@@ -224,6 +233,9 @@ class VDLossMixin:
 
         denom = num_items_in_batch if num_items_in_batch is not None else masks.supervised.sum().clamp_min(1)
         loss = (nll * weights).sum() / denom
+        aux = auxiliary_loss(model, outputs)  # a mixture of experts' load balancing, as the model adds it to its loss
+        if aux is not None:
+            loss = loss + aux.to(loss.device)
         averaged = self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs
         if averaged and num_items_in_batch is not None:
             # as the base compute_loss: tensor-parallel ranks share a batch; DataParallel averages over n_gpu
@@ -238,7 +250,7 @@ class VDLossMixin:
         images_per_row = self._images_per_row(model, inputs)
         has_image = masks.has_image
         if has_image is None:  # a collator of the user's own: find the image rows from the config's image token
-            has_image = None if images_per_row is None else images_per_row > 0
+            has_image = rows_with_images(model, inputs, images_per_row)
         pixel_key = self._pixel_key(inputs, has_image)
         noisy_inputs = dict(inputs)
         if pixel_key is not None:
@@ -272,7 +284,7 @@ class VDLossMixin:
     def _no_grad_logprobs(self, model, inputs, masks: StepMasks) -> torch.Tensor:
         """`(B, L)` target log-probs from one no-grad forward in eval mode (no dropout, no checkpointing)."""
         out = torch.zeros(masks.labels.shape, dtype=torch.float32, device=masks.labels.device)
-        out[masks.supervised] = no_grad_logprobs(model, inputs, masks.labels, self._logits_mask(model))
+        out[masks.supervised] = no_grad_logprobs(model, inputs, masks.labels, self._logits_mask(model), self._shift)
         return out
 
     def _logits_mask(self, model) -> bool:

@@ -1,0 +1,115 @@
+"""The zoo's older image-text families (tests/zoo_old.py: BLIP, GIT, ...) under exactly the assertions of
+tests/test_zoo.py, and the families transformers maps as image-text-to-text that the VD loss cannot apply to
+(Evolla: proteins, no image; PI0/PI0.5: action regression, no token labels), which `VDTrainer` must train exactly as
+`Trainer` does, with one warning that the VD loss is off."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import test_zoo
+import torch
+import zoo_old
+from datasets import Dataset
+from PIL import Image
+from test_drop_in import TIMING
+from test_zoo import check_family
+from transformers import Trainer, TrainingArguments
+
+from vdtrain import VDTrainer, VDTrainingArguments
+from vdtrain.models import get_adapter
+from vdtrain.models.base import tokenizer_of
+
+# families without a chat template: SFTTrainer refuses their processors ("does not have a chat template")
+NO_CHAT_TEMPLATE = ("blip", "git", "instructblip", "kosmos_2")
+
+
+def test_every_family_is_classified():
+    """Every family of the group is in the zoo or in LEFT (with its reason), never both; TRL's are classified too."""
+    group = ["idefics", "kosmos_2", "kosmos_2_5", "git", "blip", "instructblip", "instructblipvideo", "evolla"]
+    group += ["diffusion_gemma", "pi0", "pi05"]
+    assert sorted([*zoo_old.FAMILIES, *zoo_old.LEFT]) == sorted(group)
+    assert set(zoo_old.DROP_IN) <= set(zoo_old.LEFT) and all(zoo_old.LEFT.values())
+    assert sorted(NO_CHAT_TEMPLATE) == sorted(zoo_old.FAMILIES)  # TRL trains none of them (no chat template)
+
+
+@pytest.mark.parametrize("family", zoo_old.FAMILIES)
+def test_family(family, tmp_path, monkeypatch):
+    model, processor = zoo_old.build(family)
+    if family in zoo_old.IMAGE_EVERY_ROW:
+        image_rows = [record for record in test_zoo.records() if "image" in record]
+        monkeypatch.setattr(test_zoo, "records", lambda: image_rows)
+    check_family(family, model, processor, tmp_path)
+
+
+@pytest.mark.parametrize("family", zoo_old.IMAGE_EVERY_ROW)
+def test_a_text_only_row_fails_in_the_model_itself(family):
+    """Why those families' zoo data have no text-only row: the model's own forward fails on the processor's batch
+    of an image row and a text row (the image batch is one row short)."""
+    model, processor = zoo_old.build(family)
+    tokenizer_of(processor, ensure_pad=True)
+    images = processor(text=["a", "b"], images=[Image.new("RGB", (32, 32))] * 2, return_tensors="pt")
+    texts = processor(text=["a cat.", "a dog.", "say yes."], return_tensors="pt", padding=True)
+    with pytest.raises(RuntimeError, match="size of tensor|Sizes of tensors"):
+        model(**texts, pixel_values=images["pixel_values"], labels=texts["input_ids"])
+
+
+def test_kosmos2_examples_are_the_processors_own_ids():
+    """Kosmos-2's adapter puts the image where the processor does: its example of a one-turn sample is the
+    processor's ids and image_embeds_position_mask of the same text, plus the supervised EOS closing the answer."""
+    model, processor = zoo_old.build("kosmos_2")
+    adapter = get_adapter(model, processor)
+    messages = [
+        {"role": "user", "content": "<image>\ndescribe this image."},
+        {"role": "assistant", "content": "blue."},
+    ]
+    (example,) = adapter.encode(messages, processor, adapter.num_image_tokens(processor, (32, 32)))
+    own = processor(text="Question: describe this image. Answer: blue.", images=Image.new("RGB", (32, 32)))
+    eos = tokenizer_of(processor).eos_token_id
+    assert example.input_ids == [*own["input_ids"], eos]
+    assert example.extra["image_embeds_position_mask"] == [*own["image_embeds_position_mask"], 0]
+    assert sum(own["image_embeds_position_mask"]) == model.config.latent_query_num
+    supervised = [token for token, label in zip(example.input_ids, example.labels) if label != -100]
+    assert tokenizer_of(processor).decode(supervised) == "blue.</s>" and example.end_of_turn_mask[-1]
+
+
+def test_diffusion_gemma_returns_no_loss_for_trainer(tmp_path):
+    """Why DiffusionGemma is LEFT: its forward takes no labels, so vanilla `Trainer` has no loss to train."""
+    ids = torch.randint(3, 290, (4, 10), generator=torch.Generator().manual_seed(0)).tolist()
+    data = Dataset.from_dict({"input_ids": ids, "decoder_input_ids": [row[:8] for row in ids], "labels": ids})
+    args = TrainingArguments(
+        str(tmp_path), max_steps=1, per_device_train_batch_size=2, use_cpu=True, report_to="none", disable_tqdm=True
+    )
+    with pytest.raises(ValueError, match="The model did not return a loss from the inputs"):
+        Trainer(model=zoo_old.diffusion_gemma(), args=args, train_dataset=data).train()
+
+
+def _run(cls, args_cls, family, folder, **extra):
+    model, dataset = zoo_old.DROP_IN[family]()
+    args = args_cls(
+        output_dir=str(folder), max_steps=2, per_device_train_batch_size=4, learning_rate=1e-3, logging_steps=1,
+        use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True, seed=0, remove_unused_columns=False,
+        **extra,
+    )  # fmt: skip
+    trainer = cls(model=model, args=args, train_dataset=dataset)
+    trainer.train()
+    history = [{k: v for k, v in entry.items() if not k.endswith(TIMING)} for entry in trainer.state.log_history]
+    return history, {name: parameter.detach().clone() for name, parameter in model.named_parameters()}, trainer
+
+
+@pytest.mark.parametrize("family", list(zoo_old.DROP_IN))
+def test_vdtrainer_trains_as_trainer_where_the_vd_loss_does_not_apply(family, tmp_path, caplog):
+    """vd_start 0: the same logs and weights as `Trainer` (PI0 samples its flow-matching time and noise from the
+    same seeded RNG), and one warning at construction saying why the VD loss is off."""
+    vanilla = _run(Trainer, TrainingArguments, family, tmp_path / "vanilla")
+    with caplog.at_level(logging.WARNING, logger="vdtrain"):
+        vd = _run(VDTrainer, VDTrainingArguments, family, tmp_path / "vd", vd_start=0.0)
+    assert vd[0] == vanilla[0] and len(vd[0]) == 3 and vd[0][0]["loss"] > 0
+    assert vd[1].keys() == vanilla[1].keys()
+    for name, weight in vd[1].items():
+        assert torch.equal(weight, vanilla[1][name]), name
+    off = [record.getMessage() for record in caplog.records if "VD loss is off" in record.getMessage()]
+    reason = "takes no image input" if family == "evolla" else "has no language-model head"
+    assert len(off) == 1 and reason in off[0], off
+    assert vd[2].vd_off_reason is not None and not any("vd_mean" in entry for entry in vd[0])

@@ -107,6 +107,8 @@ class ChatTemplateAdapter(ModelAdapter):
                 )
                 ids = batch["input_ids"][0]
                 candidates.sort(key=lambda token_id: -int((ids == token_id).sum()))
+            if not candidates:  # nothing named (PP-Chart2Table): the special token the placeholder repeats most
+                candidates = _most_repeated_special(tokenizer, self.image_placeholder(processor))
             self.__dict__["_image_token_id"] = candidates[0] if candidates else None
         return self.__dict__["_image_token_id"]
 
@@ -251,7 +253,9 @@ class ChatTemplateAdapter(ModelAdapter):
 
     def image_inputs(self, processor: Any, images: list[Image.Image]) -> dict[str, torch.Tensor]:
         """The image inputs the full processor call gives (its own defaults, e.g. `crop_to_patches`, apply) that the
-        model takes (`pixel_values`, `image_grid_thw`, `image_sizes`; not `num_crops` or the text fields)."""
+        model takes (`pixel_values`, `image_grid_thw`, `image_sizes`; not `num_crops` or the text fields): those the
+        processor declares in `model_input_names`, and every `pixel_values*` tensor it returns (Unlimited-OCR's
+        `pixel_values_local` crops are not declared, yet the model needs them)."""
         text = self.image_placeholder(processor) * len(images)
         outputs = dict(
             processor(text=[text], images=images, return_tensors="pt", add_special_tokens=False, padding=False)
@@ -261,7 +265,9 @@ class ChatTemplateAdapter(ModelAdapter):
         return {
             key: value
             for key, value in outputs.items()
-            if key in accepted and key not in _TEXT_FIELDS and not _is_type_field(key, value, ids)
+            if (key in accepted or key.startswith("pixel_values"))
+            and key not in _TEXT_FIELDS
+            and not _is_type_field(key, value, ids)
         }
 
     def generation_inputs(self, processor: Any, prompts: list[str], images: list[Image.Image]) -> dict:
@@ -353,6 +359,13 @@ def _closing_token(tokenizer: Any, after: str) -> tuple[str, int | None]:
     if token not in special or token == tokenizer.bos_token_id or end <= start:
         return "", None
     return stripped[start:end], token
+
+
+def _most_repeated_special(tokenizer: Any, text: str) -> list[int]:
+    """The special (added) token ids of `text`, the most repeated first: `[]` when it holds none."""
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    ids = [token for token in tokenizer(text, add_special_tokens=False)["input_ids"] if token in special]
+    return sorted(dict.fromkeys(ids), key=lambda token_id: -ids.count(token_id))
 
 
 def _common_prefix(a: str, b: str) -> int:

@@ -1,0 +1,101 @@
+"""The zoo's families of group tvb (tests/zoo_tvb.py: image processors that exist only as torchvision classes, timm
+vision towers), under exactly the assertions of tests/test_zoo.py (`check_family`) and, through TRL, of
+tests/test_zoo_sft.py (`check_sft_family`, with each family's training template: its chat template with the answer
+and its end-of-turn token inside `{% generation %}`).
+
+Marked `torchvision`: the main CI venv deselects them; scripts/ci_torchvision.sh runs them in its torchvision venv.
+"""
+
+from __future__ import annotations
+
+import pytest
+import zoo_torchvision
+import zoo_tvb
+from test_zoo import check_family
+from test_zoo_sft import EOS, chatml, check_sft_family, training_template
+
+pytestmark = pytest.mark.torchvision
+
+LLAMA3_HEADER = "<|start_header_id|>{}<|end_header_id|>\n\n"
+PLM_START = "{{ bos_token }}" + LLAMA3_HEADER.format("system") + zoo_tvb.PLM_SYSTEM + "<|eot_id|>"
+MINIMAX_START = "]~!b[]~b]system\nYou are a helpful assistant.[e~[\n"
+# family -> (training template, what it adds to the zoo template's text)
+TRAINING = {
+    "perception_lm": (
+        training_template(
+            LLAMA3_HEADER.format("user"),
+            "<|image|>",
+            "<|eot_id|>",
+            LLAMA3_HEADER.format("assistant"),
+            "<|eot_id|>",
+            start=PLM_START,
+            prompt=LLAMA3_HEADER.format("assistant"),
+        ),
+        "",
+    ),
+    "fast_vlm": (chatml("<image>\n"), ""),
+    "minimax_m3_vl": (
+        training_template(
+            "]~b]user\n", "]<]image[>[", "[e~[\n", "]~b]ai\n", "[e~[", "\n", start=MINIMAX_START, prompt="]~b]ai\n"
+        ),
+        "",
+    ),
+    "step3p7": (
+        training_template(
+            "<|BOT|>user\n",
+            "<im_patch>",
+            "<|EOT|>",
+            "<|BOT|>assistant\n",
+            "<|EOT|>",
+            start="{{ bos_token }}",
+            prompt="<|BOT|>assistant\n",
+        ),
+        "",
+    ),
+    "unlimited_ocr": (
+        training_template(
+            "User: ", "<image>\n", "{{ '\\n\\n' }}", "Assistant: ", EOS, start="{{ bos_token }}", prompt="Assistant:"
+        ),
+        "",
+    ),
+}
+# families vanilla TRL cannot train, with the reason
+NO_TRL = {
+    # SFTTrainer's fused LM head runs `model.language_model` as the backbone and reads `last_hidden_state`; this
+    # model's `language_model` is a whole NemotronHForCausalLM, whose output has logits only (AttributeError at
+    # trl/trainer/utils.py `_fused_forward`, in the vanilla SFTTrainer run)
+    "nemotron_h_omni": "TRL's fused LM head takes language_model (a *ForCausalLM here) for the backbone",
+}
+# test_zoo.check_family compares the collated image inputs with torch.equal; Unlimited-OCR's processor returns
+# `num_local_patches` and `patches_grid` as lists (its `skip_tensor_conversion`), which the collator joins the same
+# way, so the comparison raises TypeError before any assertion (with `==` for lists, every assertion passes)
+LIST_IMAGE_FIELDS = {"unlimited_ocr"}
+
+
+def family_param(family: str):
+    if family not in LIST_IMAGE_FIELDS:
+        return family
+    reason = "check_family compares list image fields with torch.equal"
+    return pytest.param(family, marks=pytest.mark.xfail(raises=TypeError, strict=True, reason=reason))
+
+
+def test_every_family_is_classified():
+    """Each family of the group is in the zoo or in LEFT with its reason, never both; every zoo family has a
+    training template for TRL or the reason TRL does not train it."""
+    assert not set(zoo_tvb.FAMILIES) & set(zoo_tvb.LEFT)
+    assert all(reason.strip() for reason in zoo_tvb.LEFT.values())
+    assert sorted([*TRAINING, *NO_TRL]) == sorted(zoo_tvb.FAMILIES)
+
+
+@pytest.mark.parametrize("family", [family_param(family) for family in zoo_tvb.FAMILIES])
+def test_family(family, tmp_path):
+    zoo_torchvision.require_torchvision()
+    model, processor = zoo_tvb.build(family)
+    check_family(family, model, processor, tmp_path)
+
+
+@pytest.mark.parametrize("family", list(TRAINING))
+def test_family_through_vdsfttrainer(family, tmp_path):
+    zoo_torchvision.require_torchvision()
+    model, processor = zoo_tvb.build(family)
+    check_sft_family(family, model, processor, TRAINING[family], tmp_path)

@@ -112,3 +112,63 @@ def test_vdsfttrainer_refuses_an_encoder_decoder_model(setup, tmp_path):
             train_dataset=rows(),
             processing_class=processor,
         )
+
+
+def test_filter_scores_of_an_encoder_decoder_batch(setup):
+    """`vdtrain filter`'s scorer on an encoder-decoder model: d of every label at its own position, per sample."""
+    from vdtrain.data.samples import collate_samples, prepare_sample
+    from vdtrain.filtering.scoring import score_batch
+    from vdtrain.method.noise import add_diffusion_noise
+    from vdtrain.models.base import pad_token_id
+
+    model, processor, adapter, _, tmp_path = setup
+    samples = [
+        prepare_sample(record, index, adapter, processor, tmp_path, max_length=256, seed=1)
+        for index, record in enumerate(records())
+    ]
+    batch = collate_samples(samples, pad_token_id(processor))
+    stats = score_batch(model.eval(), batch, noise_step=900, pixel_key="pixel_values")
+
+    inputs = dict(batch["inputs"])
+    labels, clean = inputs.pop("labels"), inputs.pop("pixel_values")
+    noisy = add_diffusion_noise(clean, 900, noise=batch["noise"])
+    with torch.no_grad():
+        logps = [
+            F.log_softmax(model(**inputs, pixel_values=pixels, labels=labels).logits.float(), -1).gather(
+                -1, labels.clamp(min=0)[..., None]
+            )[..., 0]
+            for pixels in (clean, noisy)
+        ]
+    mask = labels != -100
+    d = torch.sign(logps[0] - logps[1]) * (1 - torch.exp(-(logps[0] - logps[1]).abs())) * mask
+    d = d * batch[HAS_IMAGE][:, None]
+    per_sample = torch.zeros(len(samples), dtype=torch.float64).index_add_(0, batch["owner"], d.sum(dim=1).double())
+    counts = torch.zeros(len(samples), dtype=torch.float64).index_add_(0, batch["owner"], mask.sum(dim=1).double())
+    assert torch.allclose(stats[:, 0], per_sample, atol=1e-5) and stats[:3, 0].abs().gt(1e-3).all()
+    assert torch.equal(stats[:, 1], counts) and stats[3, 0] == 0  # every label counted; the text-only sample: d = 0
+
+
+@pytest.mark.parametrize("family", ["t5gemma2", "udop", "vision_encoder_decoder"])  # tiny Florence-2 ends at once
+def test_generation_decodes_the_decoder_tokens_only(family, tmp_path):
+    """`vdtrain eval`'s greedy generation on an encoder-decoder model: the answer is every token the decoder wrote
+    after its prefix (start token, and the question where the encoder reads pixels only), not cut by the encoder's
+    prompt length."""
+    from PIL import Image
+
+    from vdtrain.evaluation.decoding import DecodingOptions
+    from vdtrain.evaluation.generate import generate_batch
+
+    model, processor = zoo_encdec.build(family)
+    adapter, tokenizer = get_adapter(model, processor), processor.tokenizer
+    images = [Image.new("RGB", (40, 32), "red"), Image.new("RGB", (32, 40), "blue")]
+    questions = ["what color is it?", "describe it."]
+    options = DecodingOptions(max_new_tokens=4)
+    answers = generate_batch(model, processor, adapter, questions, images, options)
+    inputs = adapter.generation_inputs(processor, [adapter.prompt(q, processor) for q in questions], images)
+    output = model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    prefix = inputs["decoder_input_ids"].shape[1] if "decoder_input_ids" in inputs else 1  # the decoder's start token
+    assert output.shape[1] == prefix + 4 and inputs.get("input_ids", output).shape[1] > 4  # the old cut: nothing left
+    assert answers == [text.strip() for text in tokenizer.batch_decode(output[:, prefix:], skip_special_tokens=True)]
+    assert all(answers) and not any("Question" in answer for answer in answers)
+    with pytest.raises(ValueError, match="encoder-decoder"):
+        generate_batch(model, processor, adapter, questions, images, DecodingOptions(decoding="vcd"))

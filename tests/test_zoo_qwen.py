@@ -21,11 +21,6 @@ def qwen3_chatml(image: str = QWEN_IMAGE, start: str = "") -> str:
     return training_template(user, image, end + "\n", HEADER, end, "\n", start=start, prompt=HEADER)
 
 
-def system_chatml(image: str, system: str) -> str:
-    """The training twin of a ChatML template that opens with the default `system` prompt."""
-    return qwen3_chatml(image, f"<|im_start|>system\n{system}<|im_end|>\n")
-
-
 EXAONE = training_template(
     "[|user|]\n",
     "<vision><|image_pad|></vision>",
@@ -59,7 +54,7 @@ TRAINING: dict[str, tuple[str, str]] = {
         ),
         "",
     ),
-    "qwen2_5_omni_thinker": (system_chatml(zoo_qwen.OMNI_IMAGE, zoo_qwen.OMNI_SYSTEM), ""),
+    "qwen2_5_omni_thinker": (chatml(zoo_qwen.OMNI_IMAGE), ""),
     "qwen3_omni_moe_thinker": (qwen3_chatml(), ""),
 }
 # families of the zoo that vanilla TRL does not train, with the reason
@@ -68,7 +63,7 @@ NO_SFT: dict[str, str] = {}
 
 def test_every_family_is_classified():
     """Every family of the group is in the zoo or in LEFT, and every zoo family through TRL or in NO_SFT."""
-    assert not set(zoo_qwen.FAMILIES) & set(zoo_qwen.LEFT)
+    assert sorted([*zoo_qwen.FAMILIES, *zoo_qwen.LEFT]) == sorted(zoo_qwen.GROUP)
     assert sorted([*TRAINING, *NO_SFT]) == sorted(zoo_qwen.FAMILIES)
 
 

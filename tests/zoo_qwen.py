@@ -17,8 +17,9 @@ QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 # Qwen3-VL / Qwen3.5's ChatML: no default system prompt, the image as `<|vision_start|><|image_pad|><|vision_end|>`.
 QWEN3_CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% for content in message['content'] %}{% if content['type'] == 'image' %}" + QWEN_IMAGE + ""
-    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}"
+    + QWEN_IMAGE
+    + "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 MROPE = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True}
@@ -67,6 +68,7 @@ def qwen3_vision(**extra: Any) -> dict[str, Any]:
 def _qwen3_processor(
     processor_class: Any, tok: Any, template: str = QWEN3_CHATML, image_processor: Any = None, **extra: Any
 ) -> Any:
+    """A Qwen-style processor: `image_processor` (Qwen2-VL's by default), no video processor (torchvision)."""
     from transformers.video_processing_utils import VideoProcessorMixin
 
     from vdtrain.models.generic import allow_processors_without_torchvision
@@ -433,13 +435,9 @@ OMNI_NAMED = {
     "audio_bos_token": "<|audio_bos|>",
     "audio_eos_token": "<|audio_eos|>",
 }
-OMNI_SYSTEM = (
-    "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving auditory and "
-    "visual inputs, as well as generating text and speech."
-)
 OMNI_IMAGE = "<|vision_bos|><|IMAGE|><|vision_eos|>"
-# Qwen2.5-Omni's ChatML: its own default system prompt, the image as `<|vision_bos|><|IMAGE|><|vision_eos|>`.
-OMNI_TEMPLATE = CHATML.replace("IMAGE_TEXT", OMNI_IMAGE).replace("You are a helpful assistant.", OMNI_SYSTEM)
+# Qwen2.5-Omni's: Qwen2-VL's ChatML (default system prompt) with the image as `<|vision_bos|><|IMAGE|><|vision_eos|>`.
+OMNI_TEMPLATE = CHATML.replace("IMAGE_TEXT", OMNI_IMAGE)
 
 
 def omni_processor(processor_class: Any, tok: Any, template: str) -> Any:
@@ -572,7 +570,22 @@ BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "qwen3_omni_moe_thinker": qwen3_omni_moe_thinker,
 }
 FAMILIES = list(BUILDERS)
-LEFT: dict[str, str] = {}
+LEFT: dict[str, str] = {}  # every family of the group builds offline and trains under vanilla transformers
+GROUP = (  # this module's families (model_type, `-` as `_`): each is in FAMILIES or in LEFT
+    "qwen3_5",
+    "qwen3_5_moe",
+    "qwen3_vl_moe",
+    "qwen4_exp",
+    "cosmos3_omni",
+    "cosmos3_edge",
+    "exaone4_5",
+    "llava_onevision1_5",
+    "hyperclovax_vision_v2",
+    "lfm3_vl",
+    "dots3_note",
+    "qwen2_5_omni_thinker",
+    "qwen3_omni_moe_thinker",
+)
 
 
 def build(family: str) -> tuple[Any, Any]:

@@ -23,6 +23,7 @@ from vdtrain.evaluation.decoding import DecodingOptions
 from vdtrain.evaluation.questions import answer_record, read_answers, resolve_image
 from vdtrain.io import append_jsonl, atomic_write_json
 from vdtrain.method.noise import image_rows
+from vdtrain.method.passes import label_shift
 from vdtrain.models.base import ModelAdapter, get_adapter, tokenizer_of, unwrap_model
 
 
@@ -54,6 +55,8 @@ def generate_batch(
         for k, v in batch.items()
     }
     if options.decoding == "vcd":
+        if label_shift(model) == 0:
+            raise ValueError(f"VCD decoding steps a causal LM; {type(model).__name__} is an encoder-decoder model")
         pixels = inputs[adapter.pixel_key]
         rows = image_rows(inputs, pixels)  # one image per prompt: each prompt's pixel rows
         ids = keys if keys is not None else range(len(prompts))
@@ -84,7 +87,9 @@ def generate_batch(
             pad_token_id=tokenizer.pad_token_id,
             **sampling,
         )
-        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        # a causal LM returns the prompt first; an encoder-decoder model its decoder's prefix (start token, a prompt)
+        prefix = inputs.get("decoder_input_ids") if label_shift(model) == 0 else inputs["input_ids"]
+        new_tokens = output[:, 0 if prefix is None else prefix.shape[1] :]
     return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
 

@@ -130,7 +130,8 @@ class EncoderDecoderAdapter(ChatTemplateAdapter):
         """Right-padded encoder prompts (from `prompt`) and their images: the decoder starts on its own."""
         kwargs = {"add_special_tokens": False} if self._has_template(processor) else {}
         tokenizer_of(processor, ensure_pad=True).padding_side = "right"
-        return dict(processor(text=prompts, images=images or None, return_tensors="pt", padding=True, **kwargs))
+        nested = [[image] for image in images] if len(images) == len(prompts) else images  # one image per prompt
+        return dict(processor(text=prompts, images=nested or None, return_tensors="pt", padding=True, **kwargs))
 
 
 def _pairs(messages: list[dict[str, str]], sample_id: str) -> list[tuple[str, str]]:
@@ -172,6 +173,13 @@ class UdopAdapter(EncoderDecoderAdapter):
         boxes = [[[0, 0, 0, 0]] * len(words)]
         images = None if image is None else [image]
         return dict(processor(images=images, text=[words], boxes=boxes, padding=False, return_tensors="pt"))
+
+    def generation_inputs(self, processor: Any, prompts: list[str], images: list[Image.Image]) -> dict:
+        """The prompts' words with empty boxes and their page images, right-padded."""
+        words = [prompt.split() or [""] for prompt in prompts]
+        boxes = [[[0, 0, 0, 0]] * len(row) for row in words]
+        tokenizer_of(processor, ensure_pad=True).padding_side = "right"
+        return dict(processor(images=images, text=words, boxes=boxes, padding=True, return_tensors="pt"))
 
     def encode(
         self, messages: list[dict[str, str]], processor: Any, num_image_tokens: int, sample_id: str = "?"

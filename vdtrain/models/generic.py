@@ -107,6 +107,8 @@ class ChatTemplateAdapter(ModelAdapter):
                 )
                 ids = batch["input_ids"][0]
                 candidates.sort(key=lambda token_id: -int((ids == token_id).sum()))
+            if not candidates:  # nothing named (PP-Chart2Table): the special token the placeholder repeats most
+                candidates = _most_repeated_special(tokenizer, self.image_placeholder(processor))
             self.__dict__["_image_token_id"] = candidates[0] if candidates else None
         return self.__dict__["_image_token_id"]
 
@@ -357,6 +359,13 @@ def _closing_token(tokenizer: Any, after: str) -> tuple[str, int | None]:
     if token not in special or token == tokenizer.bos_token_id or end <= start:
         return "", None
     return stripped[start:end], token
+
+
+def _most_repeated_special(tokenizer: Any, text: str) -> list[int]:
+    """The special (added) token ids of `text`, the most repeated first: `[]` when it holds none."""
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    ids = [token for token in tokenizer(text, add_special_tokens=False)["input_ids"] if token in special]
+    return sorted(dict.fromkeys(ids), key=lambda token_id: -ids.count(token_id))
 
 
 def _common_prefix(a: str, b: str) -> int:

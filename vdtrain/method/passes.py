@@ -142,6 +142,22 @@ def _rows(logits: torch.Tensor, targets_at: torch.Tensor) -> torch.Tensor | None
     return None
 
 
+def auxiliary_loss(model: Any, outputs: Any) -> torch.Tensor | None:
+    """The term a mixture-of-experts forward adds to its loss when it returns router logits: its `aux_loss` times its
+    `router_aux_loss_coef` (the model's attribute where it keeps one, else its text config's), or None without one.
+
+    A forward given `labels` adds it to `outputs.loss` itself; the loss from logits at the supervised positions must
+    add the same term, or `Trainer`'s load-balancing objective would be silently dropped."""
+    aux = getattr(outputs, "aux_loss", None)
+    if aux is None:
+        return None
+    base = _base_model(model)
+    coef = getattr(base, "router_aux_loss_coef", None)
+    if coef is None:
+        coef = getattr(base.config.get_text_config(), "router_aux_loss_coef", None)
+    return None if coef is None else coef * aux
+
+
 def _base_model(model: Any) -> Any:
     """The transformers model under DDP/DeepSpeed (`.module`) and PEFT wrappers."""
     while hasattr(model, "module"):

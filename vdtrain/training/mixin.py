@@ -22,6 +22,7 @@ from vdtrain.method.dependence import dependence_stats_tensor, row_logprobs, vis
 from vdtrain.method.losses import per_token_nll
 from vdtrain.method.noise import add_diffusion_noise, image_rows, keep_padding, noise_scales, seeded_generator
 from vdtrain.method.passes import (
+    auxiliary_loss,
     label_shift,
     no_grad_logprobs,
     supervised_logits,
@@ -232,6 +233,9 @@ class VDLossMixin:
 
         denom = num_items_in_batch if num_items_in_batch is not None else masks.supervised.sum().clamp_min(1)
         loss = (nll * weights).sum() / denom
+        aux = auxiliary_loss(model, outputs)  # a mixture of experts' load balancing, as the model adds it to its loss
+        if aux is not None:
+            loss = loss + aux.to(loss.device)
         averaged = self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs
         if averaged and num_items_in_batch is not None:
             # as the base compute_loss: tensor-parallel ranks share a batch; DataParallel averages over n_gpu

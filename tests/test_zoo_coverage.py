@@ -2,9 +2,9 @@
 or in one module's `LEFT` with the reason it is not, so the README's family count and its list of families left out
 cannot drift from what the tests run.
 
-The zoo modules are `tests/zoo*.py`; a family key is its `model_type` with `-` written `_`. A transformers release
-newer than the one surveyed may map families nobody has tried yet: those are reported as a warning, not a failure, so
-a new release alone does not turn CI red (they are the next ones to add).
+The zoo modules are `tests/zoo*.py`; a family key is its `model_type` with `-` and `.` written `_`. A transformers
+release newer than the one surveyed may map families nobody has tried yet: those are reported as a warning, not a
+failure, so a new release alone does not turn CI red (they are the next ones to add).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ MODULES = sorted(path.stem for path in pathlib.Path(__file__).parent.glob("zoo*.
 
 
 def key(model_type: str) -> str:
-    return model_type.replace("-", "_")
+    return model_type.replace("-", "_").replace(".", "_")
 
 
 def accounted() -> tuple[dict[str, str], dict[str, str]]:

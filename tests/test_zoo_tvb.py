@@ -66,6 +66,8 @@ NO_TRL = {
     # none: AttributeError at trl/trainer/utils.py `_fused_forward`, in the vanilla SFTTrainer run
     "nemotron_h_omni": "TRL's fused LM head: base_model is the whole model, no last_hidden_state",
 }
+
+
 def test_every_family_is_classified():
     """Each family of the group is in the zoo or in LEFT with its reason, never both; every zoo family has a
     training template for TRL or the reason TRL does not train it."""

@@ -172,3 +172,24 @@ def test_generation_decodes_the_decoder_tokens_only(family, tmp_path):
     assert all(answers) and not any("Question" in answer for answer in answers)
     with pytest.raises(ValueError, match="encoder-decoder"):
         generate_batch(model, processor, adapter, questions, images, DecodingOptions(decoding="vcd"))
+
+
+@pytest.mark.parametrize("family", ["t5gemma2", "florence2", "udop", "vision_encoder_decoder"])
+def test_lora_targets_are_text_linears_only(family):
+    """The adapter's LoRA regex (PEFT full-matches module names) picks the text encoder's and the decoder's linears,
+    attention and MLP, and no module of the vision side."""
+    import re
+
+    model, processor = zoo_encdec.build(family)
+    adapter = get_adapter(model, processor)
+    linears = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    picked = [name for name in linears if re.fullmatch(adapter.lora_target_modules, name)]
+    vision = ("vision", "patch", "projector")
+    seen = [name for name in picked if any(part in name for part in vision) or name.startswith("encoder.layers.")]
+    assert picked and not seen  # (a vision encoder-decoder's ViT is its `encoder.layers`)
+    assert any("decoder" in name for name in picked) and any(re.search(r"\.(q_proj|q)$", name) for name in picked)
+    assert not [name for name in linears if "decoder" in name and "attn" in name.lower() and name not in picked]
+    # the vision fragments (frozen with freeze_vision_tower) name no text parameter
+    params = [name for name, _ in model.named_parameters()]
+    frozen = [name for name in params if any(fragment in name for fragment in adapter.vision_modules)]
+    assert not [name for name in frozen if "decoder" in name or "language_model" in name or "text_model" in name]

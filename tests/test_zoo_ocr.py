@@ -41,6 +41,8 @@ TRAINING: dict[str, tuple[str, str]] = {
     ),
     "ovis2": (chatml("<image>\n"), ""),
     "ovis2_5": (chatml("<image>\n"), ""),
+    "minicpmv4_6": (chatml("<|image_pad|>\n"), ""),
+    "minicpmv4_7": (chatml("<|image_pad|>\n"), ""),
     "granite_docling": (
         training_template(
             GRANITE_ROLE.format("user"),

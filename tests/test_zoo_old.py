@@ -11,16 +11,18 @@ import pytest
 import test_zoo
 import torch
 import zoo_old
+from datasets import Dataset
 from PIL import Image
 from test_drop_in import TIMING
 from test_zoo import check_family
 from transformers import Trainer, TrainingArguments
 
 from vdtrain import VDTrainer, VDTrainingArguments
+from vdtrain.models import get_adapter
 from vdtrain.models.base import tokenizer_of
 
 # families without a chat template: SFTTrainer refuses their processors ("does not have a chat template")
-NO_CHAT_TEMPLATE = ("blip", "git", "instructblip")
+NO_CHAT_TEMPLATE = ("blip", "git", "instructblip", "kosmos_2")
 
 
 def test_every_family_is_classified():
@@ -51,6 +53,36 @@ def test_a_text_only_row_fails_in_the_model_itself(family):
     texts = processor(text=["a cat.", "a dog.", "say yes."], return_tensors="pt", padding=True)
     with pytest.raises(RuntimeError, match="size of tensor|Sizes of tensors"):
         model(**texts, pixel_values=images["pixel_values"], labels=texts["input_ids"])
+
+
+def test_kosmos2_examples_are_the_processors_own_ids():
+    """Kosmos-2's adapter puts the image where the processor does: its example of a one-turn sample is the
+    processor's ids and image_embeds_position_mask of the same text, plus the supervised EOS closing the answer."""
+    model, processor = zoo_old.build("kosmos_2")
+    adapter = get_adapter(model, processor)
+    messages = [
+        {"role": "user", "content": "<image>\ndescribe this image."},
+        {"role": "assistant", "content": "blue."},
+    ]
+    (example,) = adapter.encode(messages, processor, adapter.num_image_tokens(processor, (32, 32)))
+    own = processor(text="Question: describe this image. Answer: blue.", images=Image.new("RGB", (32, 32)))
+    eos = tokenizer_of(processor).eos_token_id
+    assert example.input_ids == [*own["input_ids"], eos]
+    assert example.extra["image_embeds_position_mask"] == [*own["image_embeds_position_mask"], 0]
+    assert sum(own["image_embeds_position_mask"]) == model.config.latent_query_num
+    supervised = [token for token, label in zip(example.input_ids, example.labels) if label != -100]
+    assert tokenizer_of(processor).decode(supervised) == "blue.</s>" and example.end_of_turn_mask[-1]
+
+
+def test_diffusion_gemma_returns_no_loss_for_trainer(tmp_path):
+    """Why DiffusionGemma is LEFT: its forward takes no labels, so vanilla `Trainer` has no loss to train."""
+    ids = torch.randint(3, 290, (4, 10), generator=torch.Generator().manual_seed(0)).tolist()
+    data = Dataset.from_dict({"input_ids": ids, "decoder_input_ids": [row[:8] for row in ids], "labels": ids})
+    args = TrainingArguments(
+        str(tmp_path), max_steps=1, per_device_train_batch_size=2, use_cpu=True, report_to="none", disable_tqdm=True
+    )
+    with pytest.raises(ValueError, match="The model did not return a loss from the inputs"):
+        Trainer(model=zoo_old.diffusion_gemma(), args=args, train_dataset=data).train()
 
 
 def _run(cls, args_cls, family, folder, **extra):

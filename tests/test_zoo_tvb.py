@@ -61,10 +61,10 @@ TRAINING = {
 }
 # families vanilla TRL cannot train, with the reason
 NO_TRL = {
-    # SFTTrainer's fused LM head runs `model.language_model` as the backbone and reads `last_hidden_state`; this
-    # model's `language_model` is a whole NemotronHForCausalLM, whose output has logits only (AttributeError at
-    # trl/trainer/utils.py `_fused_forward`, in the vanilla SFTTrainer run)
-    "nemotron_h_omni": "TRL's fused LM head takes language_model (a *ForCausalLM here) for the backbone",
+    # SFTTrainer's fused LM head runs `model.base_model` and reads `last_hidden_state`; this class sets no
+    # `base_model_prefix`, so `base_model` is the model itself, whose output (MultimodalCausalLMOutputWithPast) has
+    # none: AttributeError at trl/trainer/utils.py `_fused_forward`, in the vanilla SFTTrainer run
+    "nemotron_h_omni": "TRL's fused LM head: base_model is the whole model, no last_hidden_state",
 }
 # test_zoo.check_family compares the collated image inputs with torch.equal; Unlimited-OCR's processor returns
 # `num_local_patches` and `patches_grid` as lists (its `skip_tensor_conversion`), which the collator joins the same
@@ -99,3 +99,37 @@ def test_family_through_vdsfttrainer(family, tmp_path):
     zoo_torchvision.require_torchvision()
     model, processor = zoo_tvb.build(family)
     check_sft_family(family, model, processor, TRAINING[family], tmp_path)
+
+
+def test_undeclared_local_crops_reach_the_model(tmp_path):
+    """Unlimited-OCR's processor returns `pixel_values_local` without declaring it in `model_input_names`: the adapter
+    keeps it, the collator batches it as the processor does, and the model takes the batch (without the crops its
+    image tokens outnumber its image features). Pins what check_family cannot reach while it xfails above."""
+    import torch
+    from PIL import Image
+    from test_zoo import records, write_images
+
+    from vdtrain.data import SupervisedDataset, VDDataCollator
+    from vdtrain.keys import LOSS_ONLY_KEYS
+    from vdtrain.models import get_adapter
+    from vdtrain.models.base import tokenizer_of
+
+    zoo_torchvision.require_torchvision()
+    model, processor = zoo_tvb.build("unlimited_ocr")
+    adapter = get_adapter(model, processor)
+    assert "pixel_values_local" not in processor.model_input_names
+    write_images(tmp_path)
+    image = Image.open(tmp_path / "img0.png").convert("RGB")  # landscape: two local crops
+    inputs = adapter.image_inputs(processor, [image])
+    assert inputs["pixel_values_local"].shape[0] == inputs["num_local_patches"][0] == 2
+    dataset = SupervisedDataset(records(), adapter, processor, image_folder=tmp_path, max_length=4096)
+    batch = VDDataCollator.for_processor(processor)([dataset[index] for index in range(len(dataset))])
+    images = [[Image.open(tmp_path / f"img{index}.png").convert("RGB")] for index in range(3)]
+    text = [adapter.image_placeholder(processor)] * 3
+    tokenizer_of(processor, ensure_pad=True)  # the processor pads the rows' text
+    expected = processor(text=text, images=images, return_tensors="pt", padding=True, add_special_tokens=False)
+    assert torch.equal(batch["pixel_values_local"], expected["pixel_values_local"])
+    assert batch["num_local_patches"] == expected["num_local_patches"]
+    with torch.no_grad():
+        loss = model(**{key: value for key, value in batch.items() if key not in LOSS_ONLY_KEYS}).loss
+    assert torch.isfinite(loss)

@@ -1,8 +1,9 @@
 """Tiny random-weight encoder-decoder image-text-to-text models (`config.is_encoder_decoder`), built like tests/zoo.py
 (real npm tokenizers, image processors at 32 px, one or two layers).
 
-`build(family)` returns `(model, processor)`; `FAMILIES` lists the families in the zoo, `LEFT` those that are not,
-with the reason. Family keys are the `model_type` with `-` replaced by `_`.
+`build(family)` returns `(model, processor)`; `FAMILIES` lists the families in the zoo (`TORCHVISION` those of them
+whose image processor needs torchvision), `LEFT` those that are not, with the reason. Family keys are the
+`model_type` with `-` replaced by `_`.
 """
 
 from __future__ import annotations
@@ -260,10 +261,11 @@ BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "florence2": florence2,
     "udop": udop,
     "vision_encoder_decoder": vision_encoder_decoder,
+    "pp_formulanet": pp_formulanet,
 }
 FAMILIES = list(BUILDERS)
 # families whose image processor needs torchvision (tests marked `torchvision`, run by scripts/ci_torchvision.sh)
-TORCHVISION: dict[str, Callable[[], tuple[Any, Any]]] = {"pp_formulanet": pp_formulanet}
+TORCHVISION = ("pp_formulanet",)
 LEFT: dict[str, str] = {
     "pix2struct": (
         "the encoder's only input is `flattened_patches`: in VQA mode the question is rendered as a header into the "
@@ -274,7 +276,10 @@ LEFT: dict[str, str] = {
     ),
 }
 
+# this module's families (model_type, `-` as `_`): each is in FAMILIES or in LEFT
+GROUP = ("florence2", "pix2struct", "udop", "t5gemma2", "vision_encoder_decoder", "pp_formulanet")
+
 
 def build(family: str) -> tuple[Any, Any]:
     """`(model, processor)` of a tiny model of `family` (random weights, seed 0)."""
-    return {**BUILDERS, **TORCHVISION}[family]()
+    return BUILDERS[family]()

@@ -428,6 +428,74 @@ def ovis2_5() -> tuple[Any, Any]:
     return _seeded(Ovis2_5ForConditionalGeneration, config), processor
 
 
+def _minicpmv(version: str) -> tuple[Any, Any]:
+    """MiniCPM-V 4.6 / 4.7: a NaViT tower with a merger inside it and after it (16 patches to a token), images
+    sliced into a grid plus the whole, every image's patches packed side by side in one `(1, C, P, L)` tensor, a
+    Qwen3.5 text model (linear and full attention); ChatML with the image as `<|image_pad|>`."""
+    import transformers
+    from transformers.models.minicpmv4_6.image_processing_pil_minicpmv4_6 import MiniCPMV4_6ImageProcessorPil
+    from transformers.models.minicpmv4_6.video_processing_minicpmv4_6 import MiniCPMV4_6VideoProcessor
+
+    from vdtrain.models.generic import allow_processors_without_torchvision
+
+    allow_processors_without_torchvision()
+    named = {
+        "image_token": "<|image_pad|>",
+        "video_token": "<|video_pad|>",
+        "image_start_token": "<image>",
+        "image_end_token": "</image>",
+        "slice_start_token": "<slice>",
+        "slice_end_token": "</slice>",
+        "image_id_start_token": "<image_id>",
+        "image_id_end_token": "</image_id>",
+    }
+    tok = tokenizer("qwen3", tuple(named.values()), named)
+    sizes = {"scale_resolution": IMAGE, "patch_size": PATCH}
+    processor = getattr(transformers, f"MiniCPMV{version}Processor")(
+        image_processor=MiniCPMV4_6ImageProcessorPil(**sizes, max_slice_nums=4),
+        video_processor=MiniCPMV4_6VideoProcessor(**sizes),
+        tokenizer=tok,
+        chat_template=CHATML.replace("IMAGE_TEXT", "<|image_pad|>\n"),
+    )
+    text = {
+        **qwen2(tok),
+        "model_type": "qwen3_5_text",
+        "head_dim": 16,
+        "linear_key_head_dim": 16,
+        "linear_value_head_dim": 16,
+        "linear_num_key_heads": 2,
+        "linear_num_value_heads": 4,
+        "layer_types": ["linear_attention", "full_attention"],
+    }
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": IMAGE,
+        "patch_size": PATCH,
+    }
+    config = getattr(transformers, f"MiniCPMV{version}Config")(
+        vision_config=vision,
+        text_config=text,
+        insert_layer_id=1,
+        image_size=IMAGE,
+        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
+    )
+    return _seeded(getattr(transformers, f"MiniCPMV{version}ForConditionalGeneration"), config), processor
+
+
+def minicpmv4_6() -> tuple[Any, Any]:
+    """MiniCPM-V 4.6."""
+    return _minicpmv("4_6")
+
+
+def minicpmv4_7() -> tuple[Any, Any]:
+    """MiniCPM-V 4.7 (4.6's image processor; its processor adds `mm_token_type_ids`)."""
+    return _minicpmv("4_7")
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "got_ocr2": got_ocr2,
     "pp_chart2table": pp_chart2table,
@@ -439,6 +507,8 @@ BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "mistral_large4": mistral_large4,
     "ovis2": ovis2,
     "ovis2_5": ovis2_5,
+    "minicpmv4_6": minicpmv4_6,
+    "minicpmv4_7": minicpmv4_7,
 }
 FAMILIES = list(BUILDERS)
 NEEDS_TORCHVISION = {"mistral_large4"}  # PixtralProcessor requires torchvision

@@ -1,5 +1,5 @@
 """Tiny random-weight models of the older image-text families and of the non-text ones transformers maps as
-image-text-to-text (IDEFICS, Kosmos-2, GIT, BLIP, InstructBLIP, Evolla, DiffusionGemma, PI0), built like tests/zoo.py.
+image-text-to-text (Kosmos-2, GIT, BLIP, InstructBLIP; Evolla, PI0, ...), built like tests/zoo.py.
 
 `build(family)` returns `(model, processor)` of a zoo family; `LEFT` says why each other family is not in the zoo.
 `DROP_IN` builds `(model, dataset)` of the families the VD loss cannot apply to but vanilla `Trainer` trains: they
@@ -67,8 +67,10 @@ def git() -> tuple[Any, Any]:
 
 
 def instructblip() -> tuple[Any, Any]:
-    """InstructBLIP (Vicuna): BLIP-2's query tokens in front of the text, the Q-Former also reading the text with a
-    tokenizer of its own; no chat template."""
+    """InstructBLIP (Vicuna): BLIP-2's query tokens in front of the text, the Q-Former also reading a text with a
+    tokenizer of its own; no chat template. vdtrain builds image inputs per image (`adapter.image_inputs`, which
+    knows no text), so the Q-Former reads the image placeholder `<image>`, not the sample's instruction: a known gap.
+    """
     from transformers import (
         BlipImageProcessorPil,
         InstructBlipConfig,
@@ -101,10 +103,37 @@ def instructblip() -> tuple[Any, Any]:
     return _seeded(InstructBlipForConditionalGeneration, config), processor
 
 
+def kosmos_2() -> tuple[Any, Any]:
+    """Kosmos-2: the image after BOS as `<image>` + 64 latent ids + `</image>`, placed by image_embeds_position_mask;
+    no chat template. The latent ids are `unk_token_id + 1` on (ordinary XLM-R pieces in the published tokenizer; here
+    Llama-2's BOS, EOS and byte tokens): the model overwrites their embeddings with the image's latents."""
+    from transformers import CLIPImageProcessorPil, Kosmos2Config, Kosmos2ForConditionalGeneration, Kosmos2Processor
+
+    tok = tokenizer("llama2")  # the processor adds its tag and 1024 patch-index tokens
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE})
+    processor = Kosmos2Processor(image_processor=image_processor, tokenizer=tok)
+    config = Kosmos2Config(
+        text_config={
+            "vocab_size": len(tok),
+            "embed_dim": 64,
+            "layers": 2,
+            "ffn_dim": 128,
+            "attention_heads": 4,
+            "bos_token_id": tok.bos_token_id,
+            "eos_token_id": tok.eos_token_id,
+            "pad_token_id": tok.unk_token_id,  # the default 1 would be Llama-2's BOS (a zero, frozen embedding)
+        },
+        vision_config=_vision(),
+        latent_query_num=64,  # the processor's num_image_tokens
+    )
+    return _seeded(Kosmos2ForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "blip": blip,
     "git": git,
     "instructblip": instructblip,
+    "kosmos_2": kosmos_2,
 }
 FAMILIES = list(BUILDERS)
 
@@ -117,12 +146,11 @@ LEFT: dict[str, str] = {
     " additional_vocab_size=2 its own loss fails: logits.view(-1, config.vocab_size) in ForCausalLMLoss): its"
     " processor batches pixel_values (B, images, C, H, W) with zero images for text-only rows and a per-token"
     " image_attention_mask (B, L, images); VDDataCollator builds neither (it concatenates image rows only)",
-    "kosmos_2": "not done: its processor writes an image as `<image>` + 64 distinct ids (unk_token_id+1 ..+64, which"
-    " are BOS/EOS with the npm Llama-2 tokenizer, unk 0) + `</image>` and passes image_embeds_position_mask; vdtrain's"
-    " adapters count image tokens by one repeated id and carry only `*type*` per-token fields: it needs an adapter",
-    "kosmos_2_5": "not done: its processor refuses text without images ('Kosmos2_5Processor requires images to be"
-    " passed'), writes the image as 2048 copies of BOS `<s>` inside `<image>`..`</image>` with an"
-    " image_embeds_position_mask, pixels as flattened_patches: an image token equal to BOS needs an adapter",
+    "kosmos_2_5": "not done: its processor refuses text without images ('Kosmos2_5Processor requires images to"
+    " be passed'), writes the image as copies of BOS `<s>` inside `<image>`..`</image>` with an"
+    " image_embeds_position_mask (an image token equal to BOS: an adapter like Kosmos-2's), and its pixels are"
+    " flattened_patches whose first two columns are row/column indices (modeling_kosmos2_5.py reads them with"
+    " .long()), which the VD noise would corrupt",
     "instructblipvideo": "a video model: InstructBlipVideoProcessor has a video processor (torchvision-only,"
     " video_processing_instructblipvideo.py imports torchvision) and no image processor, and writes num_query_tokens x"
     " 4 frames of video tokens; vdtrain's data and adapters are images through an image processor",
@@ -133,7 +161,8 @@ LEFT: dict[str, str] = {
     "pi05": "a robot-action model: PI05ForConditionalGeneration's loss is the MSE of flow-matching action velocities"
     " (`actions`), no token labels and no LM head; VDTrainer trains it as Trainer with one warning (DROP_IN)",
     "diffusion_gemma": "a block-diffusion denoiser: DiffusionGemmaForBlockDiffusion.forward takes no labels and"
-    " returns no loss (canvas logits only), so vanilla Trainer cannot train it ('The model did not return a loss')",
+    " returns no loss (canvas logits only): vanilla Trainer raises 'The model did not return a loss from the inputs'"
+    " (test_zoo_old.py)",
 }
 
 # ------------------------------------------------------------------ families the VD loss does not apply to
@@ -244,6 +273,30 @@ def _evolla() -> tuple[Any, Any]:
             }
         )
     return _seeded(EvollaForProteinText2Text, config), Dataset.from_list(rows).with_format("torch")
+
+
+def diffusion_gemma() -> Any:
+    """A two-layer DiffusionGemma (two experts, text only) and token rows for it."""
+    from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
+
+    text = {
+        "vocab_size": 300,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "sliding_window": 16,
+        "layer_types": ["sliding_attention", "full_attention"],
+        "num_experts": 2,
+        "top_k_experts": 1,
+        "moe_intermediate_size": 32,
+    }
+    config = DiffusionGemmaConfig(
+        text_config=text, boi_token_id=297, eoi_token_id=298, image_token_id=299, canvas_length=8
+    )
+    return _seeded(DiffusionGemmaForBlockDiffusion, config)
 
 
 DROP_IN: dict[str, Callable[[], tuple[Any, Any]]] = {

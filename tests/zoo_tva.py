@@ -62,7 +62,7 @@ def apertus1p5() -> tuple[Any, Any]:
     text, codes = len(tok), 64  # the image codes follow the text vocabulary, the audio codes follow them
     config = Apertus1p5Config(
         text_config={
-            **llama(tok),
+            **llama(tok, 32),
             "model_type": "apertus1p5_text",
             "vocab_size": text + 2 * codes,
             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
@@ -166,13 +166,13 @@ def inkling2_text(tok: Any, **extra: Any) -> dict[str, Any]:
     return {
         "vocab_size": len(tok),
         "unpadded_vocab_size": len(tok),  # the LM head's width
-        "hidden_size": 64,
+        "hidden_size": 32,
         "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
         "head_dim": 16,
-        "swa_num_attention_heads": 4,
-        "swa_num_key_value_heads": 2,
+        "swa_num_attention_heads": 2,
+        "swa_num_key_value_heads": 1,
         "swa_head_dim": 16,
         "sliding_window_size": 64,
         "d_rel": 4,
@@ -198,8 +198,8 @@ def inkling2_vision() -> dict[str, Any]:
         "patch_size": PATCH,
         "spatial_merge_size": 2,
         "posemb_grid_size": 8,
-        "projection_hidden_dim": 64,
-        "text_hidden_size": 64,
+        "projection_hidden_dim": 32,
+        "text_hidden_size": 32,
     }
 
 
@@ -333,7 +333,7 @@ def muse_text(tok: Any, model_type: str, **extra: Any) -> dict[str, Any]:
     """A two-layer Muse text config (sliding + NoPE full attention) over `tok`'s vocabulary."""
     rope = {"rope_type": "default", "rope_theta": 10000.0}
     return {
-        **llama(tok),
+        **llama(tok, 32),
         "model_type": model_type,
         "head_dim": 16,
         "sliding_window": 64,
@@ -383,7 +383,7 @@ def muse_spark() -> tuple[Any, Any]:
             "hidden_sizes": [16, 32],
             "depths": [1, 1],
             "num_hidden_layers": 2,
-            "out_hidden_size": 64,
+            "out_hidden_size": 32,  # the text model's width
         },
         image_token_id=processor.image_token_id,
         video_token_id=processor.video_token_id,

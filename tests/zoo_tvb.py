@@ -148,7 +148,7 @@ def minimax_m3_vl() -> tuple[Any, Any]:
     processor_class = MiniMaxM3VLProcessor
     media = (processor_class.IMAGE_TOKEN, processor_class.VIDEO_TOKEN)
     brackets = (processor_class.VISION_START_TOKEN, processor_class.VISION_END_TOKEN)
-    tok = tokenizer("qwen3", ("]~!b[", "]~b]", "[e~[", *media, *brackets), eos_token="[e~[")
+    tok = tokenizer("llama2", ("]~!b[", "]~b]", "[e~[", *media, *brackets), eos_token="[e~[")
     size = {"shortest_edge": IMAGE * IMAGE, "longest_edge": 4 * IMAGE * IMAGE}
     image_processor = MiniMaxM3VLImageProcessor(size=size, patch_size=PATCH, merge_size=2)
     video_processor = MiniMaxM3VLVideoProcessor(size=size, patch_size=PATCH, merge_size=2)
@@ -206,7 +206,7 @@ def nemotron_h_omni() -> tuple[Any, Any]:
     )
 
     named = {"image_token": "<image>", "image_start_token": "<img>", "image_end_token": "</img>"}
-    tok = tokenizer("qwen3", (*named.values(), "<video>", "<so_embedding>", "<so_start>", "<so_end>"), named)
+    tok = tokenizer("llama2", (*named.values(), "<video>", "<so_embedding>", "<so_start>", "<so_end>"), named)
     budget = {"patch_size": PATCH, "min_num_patches": 16, "max_num_patches": 64}
     processor = NemotronH_Omni_Reasoning_V3Processor(
         image_processor=NemotronH_Omni_Reasoning_V3ImageProcessor(**budget),
@@ -272,9 +272,9 @@ def step3p7() -> tuple[Any, Any]:
 
     patch = 4  # the downsamplers take 4x4 patches into one token: 2x2 tokens for the 32 px global view
     image_tokens = ("<im_patch>", "<patch_start>", "<patch_end>", "<patch_newline>", "<im_start>", "<im_end>")
-    # the text config requires an int pad id; Llama-3's tokenizer has none
+    # the text config requires an int pad id; the Llama tokenizer has none
     tok = tokenizer(
-        "llama3", ("<|BOT|>", "<|EOT|>", "<|pad|>", *image_tokens), eos_token="<|EOT|>", pad_token="<|pad|>"
+        "llama2", ("<|BOT|>", "<|EOT|>", "<|pad|>", *image_tokens), eos_token="<|EOT|>", pad_token="<|pad|>"
     )
     image_processor = Step3p7ImageProcessor(
         size={"height": IMAGE, "width": IMAGE}, patch_size=IMAGE // 2, vision_patch_size=patch
@@ -323,7 +323,7 @@ def unlimited_ocr() -> tuple[Any, Any]:
     from transformers import UnlimitedOcrConfig, UnlimitedOcrForConditionalGeneration, UnlimitedOcrProcessor
     from transformers.models.unlimited_ocr.image_processing_unlimited_ocr import UnlimitedOcrImageProcessor
 
-    tok = tokenizer("llama3", ("<image>",), {"image_token": "<image>"})
+    tok = tokenizer("llama2", ("<image>",), {"image_token": "<image>"})
     image_processor = UnlimitedOcrImageProcessor(
         size={"height": 2 * IMAGE, "width": 2 * IMAGE}, tile_size=IMAGE, min_patches=2, max_patches=4
     )
@@ -373,6 +373,65 @@ def unlimited_ocr() -> tuple[Any, Any]:
     return _seeded(UnlimitedOcrForConditionalGeneration, config), processor
 
 
+MINICPM_NAMED = {
+    "image_token": "<unk>",
+    "video_token": "<|video_pad|>",
+    "image_start_token": "<image>",
+    "image_end_token": "</image>",
+    "slice_start_token": "<slice>",
+    "slice_end_token": "</slice>",
+    "image_id_start_token": "<image_id>",
+    "image_id_end_token": "</image_id>",
+}
+
+
+def minicpm_ocr() -> tuple[Any, Any]:
+    """MiniCPM-OCR: NaViT-packed slices plus a source view (`target_sizes`), a window-attention merger inside the
+    SigLIP tower, a Qwen3.5 (gated delta net / attention) LM; MiniCPM-V's ChatML with `(<image>./</image>)`."""
+    from transformers import MiniCPMOcrConfig, MiniCPMOcrForConditionalGeneration, MiniCPMOcrProcessor
+    from transformers.models.minicpm_ocr.image_processing_minicpm_ocr import MiniCPMOcrImageProcessor
+    from transformers.models.minicpm_ocr.video_processing_minicpm_ocr import MiniCPMOcrVideoProcessor
+
+    tok = tokenizer("qwen3", tuple(MINICPM_NAMED.values()), MINICPM_NAMED)
+    image_processor = MiniCPMOcrImageProcessor(
+        scale_resolution=IMAGE, patch_size=PATCH, max_slice_nums=4, downsample_mode="16x"
+    )
+    processor = MiniCPMOcrProcessor(
+        image_processor=image_processor,
+        video_processor=MiniCPMOcrVideoProcessor(scale_resolution=IMAGE, patch_size=PATCH, downsample_mode="16x"),
+        tokenizer=tok,
+        chat_template=CHATML.replace("IMAGE_TEXT", "<unk>\n"),
+    )
+    text = {
+        **llama(tok),
+        "model_type": "qwen3_5_text",
+        "head_dim": 16,
+        "layer_types": ["linear_attention", "full_attention"],
+        "linear_key_head_dim": 16,
+        "linear_value_head_dim": 16,
+        "linear_num_key_heads": 2,
+        "linear_num_value_heads": 4,
+    }
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": IMAGE,
+        "patch_size": PATCH,
+    }
+    ids = tok.convert_tokens_to_ids
+    config = MiniCPMOcrConfig(
+        vision_config=vision,
+        text_config=text,
+        insert_layer_id=0,
+        downsample_mode="16x",
+        image_token_id=ids("<unk>"),
+        video_token_id=ids("<|video_pad|>"),
+    )
+    return _seeded(MiniCPMOcrForConditionalGeneration, config), processor
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "perception_lm": perception_lm,
     "fast_vlm": fast_vlm,
@@ -382,7 +441,16 @@ BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "unlimited_ocr": unlimited_ocr,
 }
 FAMILIES = list(BUILDERS)
-LEFT: dict[str, str] = {}
+LEFT: dict[str, str] = {
+    # `minicpm_ocr()` builds it and vanilla `Trainer` trains it (a batch of two image rows and a text row); the zoo
+    # test does not pass yet because of vdtrain's collator, not the family
+    "minicpm_ocr": (
+        "vdtrain's collator cannot batch it yet: the processor NaViT-packs every image of a batch into ONE "
+        "pixel_values (1, C, patch, sum of lengths) with target_sizes per slice, while VDDataCollator's "
+        "batch_image_field concatenates per-image tensors along dim 0 (gives (images, C, patch, max length)); "
+        "the collator would have to learn the processor's packing dim"
+    ),
+}
 
 
 def build(family: str) -> tuple[Any, Any]:

@@ -23,7 +23,7 @@ from vdtrain.data.images import upright_size
 from vdtrain.errors import ConversationError
 from vdtrain.keys import END_OF_TURN_MASK, HAS_IMAGE
 from vdtrain.method.dependence import IGNORE_INDEX
-from vdtrain.models.base import Example, ModelAdapter, pad_token_id, tokenizer_of
+from vdtrain.models.base import PACKED_DIMS, Example, ModelAdapter, pad_token_id, tokenizer_of
 
 logger = logging.getLogger(__name__)
 IMAGE_INPUTS = "image_inputs"  # feature entry holding the adapter's image inputs of the one image
@@ -279,8 +279,10 @@ class VDDataCollator:
                 [[1] * len(f["input_ids"]) + [0] * (length - len(f["input_ids"])) for f in features], dtype=torch.long
             )
         images = [feature[IMAGE_INPUTS] for feature in features if IMAGE_INPUTS in feature]
+        packed = images[0].get(PACKED_DIMS, {}) if images else {}
         for key in images[0] if images else ():
-            batch[key] = batch_image_field([image[key] for image in images])
+            if key != PACKED_DIMS:
+                batch[key] = batch_image_field([image[key] for image in images], packed.get(key, 0))
         batch[HAS_IMAGE] = torch.tensor([IMAGE_INPUTS in f for f in features], dtype=torch.bool)
         return batch
 
@@ -292,13 +294,15 @@ class VDDataCollator:
         return length
 
 
-def batch_image_field(values: list[Any]) -> Any:
+def batch_image_field(values: list[Any], dim: int = 0) -> Any:
     """One image input of several samples batched as the processor batches it: tensors concatenated along dim 0,
     zero-padded at the end of every other dim where they differ (the any-resolution tile counts of LLaVA-NeXT and
-    Idefics, which the processor pads and the model drops by `image_sizes`/`pixel_attention_mask`); lists (images of
-    per-image sizes) joined."""
+    Idefics, which the processor pads and the model drops by `image_sizes`/`pixel_attention_mask`), or along `dim`
+    where the processor packs them there (`PACKED_DIMS`); lists (images of per-image sizes) joined."""
     if not all(isinstance(value, torch.Tensor) for value in values):
         return [item for value in values for item in (value if isinstance(value, (list, tuple)) else [value])]
+    if dim:
+        return torch.cat(values, dim=dim)
     if len({value.dim() for value in values}) != 1:
         raise ValueError(f"image inputs of {sorted({value.dim() for value in values})} dims cannot be batched")
     shape = [max(sizes) for sizes in zip(*(value.shape[1:] for value in values))]

@@ -11,6 +11,7 @@ from vdtrain.models.base import (
 from vdtrain.models.bunny.adapter import BunnyAdapter
 from vdtrain.models.encdec import DecoderPromptAdapter, EncoderDecoderAdapter, PPFormulaNetAdapter, UdopAdapter
 from vdtrain.models.generic import ChatTemplateAdapter, Gemma3Adapter, Qwen2VLAdapter
+from vdtrain.models.kosmos2 import Kosmos2Adapter
 from vdtrain.models.llava import LlavaAdapter
 from vdtrain.models.paligemma import PaliGemmaAdapter
 from vdtrain.models.plain import PromptAnswerAdapter
@@ -23,6 +24,7 @@ __all__ = [
     "EncoderDecoderAdapter",
     "Example",
     "Gemma3Adapter",
+    "Kosmos2Adapter",
     "LlavaAdapter",
     "ModelAdapter",
     "PPFormulaNetAdapter",

@@ -23,6 +23,11 @@ _PLAIN: list[type[ModelAdapter]] = []  # the adapter for image processors withou
 _ENCODER_DECODER: list[type[ModelAdapter]] = []  # the adapter for encoder-decoder models (models/encdec.py)
 
 
+# entry of an adapter's image inputs: `{key: dim}` of the inputs the processor packs along a dim other than the batch
+# dim (MiniCPM-V: every image's patches side by side in one `(1, C, P, L)` row), which the collator concatenates there
+PACKED_DIMS = "vd_packed_dims"
+
+
 @dataclass
 class Example:
     """One tokenised training sequence; image tokens already expanded to what the model expects."""

@@ -38,6 +38,12 @@ class EncoderDecoderAdapter(ChatTemplateAdapter):
     """
 
     image_tokens_depend_on_size = False
+    # LoRA on the text encoder and the decoder (Florence-2's BART `language_model`, T5Gemma 2's `encoder.text_model`
+    # and `decoder`), never on the vision tower
+    lora_target_modules = (
+        r".*(language_model|encoder\.text_model|model\.decoder)\..*"
+        r"\.(q_proj|k_proj|v_proj|o_proj|out_proj|gate_proj|up_proj|down_proj|fc1|fc2)"
+    )
 
     def _has_template(self, processor: Any) -> bool:
         return bool(getattr(processor, "chat_template", None) or tokenizer_of(processor).chat_template)
@@ -167,12 +173,20 @@ class UdopAdapter(EncoderDecoderAdapter):
     words are added (vdtrain's records carry none). Every sample needs its image: the encoder fuses one page per row.
     """
 
+    lora_target_modules = r"(encoder|decoder)\.block\..*\.(q|k|v|o|wi|wo|wi_0|wi_1)"  # T5's linears
+    projector_modules = ("patch_embed", "embed_patches")  # the patch embeddings joined to the word tokens
+    vision_modules = ()  # no tower: the patch embedding is all of UDOP's vision side, trained as the projector
+
     def encoder_inputs(self, processor: Any, question: str, image: Image.Image | None) -> dict[str, torch.Tensor]:
         """The processor's encoding of the question's words (empty boxes) and the page image (`(1, L)` tensors)."""
         words = self.prompt(question, processor).split() or [""]
         boxes = [[[0, 0, 0, 0]] * len(words)]
         images = None if image is None else [image]
         return dict(processor(images=images, text=[words], boxes=boxes, padding=False, return_tensors="pt"))
+
+    def image_token_id(self, processor: Any) -> int | None:
+        """None: UDOP adds each patch's embedding to the word tokens inside it; no token stands for the image."""
+        return None
 
     def generation_inputs(self, processor: Any, prompts: list[str], images: list[Image.Image]) -> dict:
         """The prompts' words with empty boxes and their page images, right-padded."""
@@ -203,6 +217,9 @@ class DecoderPromptAdapter(EncoderDecoderAdapter):
     """
 
     decoder_prompt = "Question: {question} Answer:"
+    lora_target_modules = r"decoder\..*\.(q_proj|k_proj|v_proj|o_proj|out_proj|gate_proj|up_proj|down_proj|fc1|fc2)"
+    projector_modules = ("enc_to_dec_proj", "multi_modal_projector")  # where the encoder's width meets the decoder's
+    vision_modules = ("encoder.",)  # the whole encoder (not the decoder's `encoder_attn`)
 
     def decoder_start_id(self, processor: Any) -> int:
         """The token the decoder starts from: the tokenizer's BOS."""
@@ -215,6 +232,10 @@ class DecoderPromptAdapter(EncoderDecoderAdapter):
     def num_image_tokens(self, processor: Any, image_size: tuple[int, int]) -> int:
         """None: the image never enters the token sequence."""
         return 0
+
+    def image_token_id(self, processor: Any) -> int | None:
+        """None: no token stands for the image."""
+        return None
 
     def image_inputs(self, processor: Any, images: list[Image.Image]) -> dict[str, torch.Tensor]:
         """The processor's pixel inputs of the images."""

@@ -9,6 +9,7 @@ from PIL import Image
 
 from vdtrain.errors import ConversationError
 from vdtrain.models.base import (
+    PACKED_DIMS,
     Example,
     ModelAdapter,
     register_adapter,
@@ -256,19 +257,30 @@ class ChatTemplateAdapter(ModelAdapter):
         model takes (`pixel_values`, `image_grid_thw`, `image_sizes`; not `num_crops` or the text fields): those the
         processor declares in `model_input_names`, and every `pixel_values*` tensor it returns (Unlimited-OCR's
         `pixel_values_local` crops are not declared, yet the model needs them)."""
-        text = self.image_placeholder(processor) * len(images)
-        outputs = dict(
-            processor(text=[text], images=images, return_tensors="pt", add_special_tokens=False, padding=False)
-        )
-        ids = outputs["input_ids"][0]
-        accepted = set(getattr(processor, "model_input_names", None) or outputs)
-        return {
-            key: value
-            for key, value in outputs.items()
-            if (key in accepted or key.startswith("pixel_values"))
-            and key not in _TEXT_FIELDS
-            and not _is_type_field(key, value, ids)
-        }
+        inputs = _model_image_inputs(processor, [self.image_placeholder(processor) * len(images)], images)
+        packed = self._packed_dims(processor)
+        return {**inputs, PACKED_DIMS: packed} if packed else inputs
+
+    def _packed_dims(self, processor: Any) -> dict[str, int]:
+        """`{key: dim}` of the image inputs the processor batches along a dim other than 0 (MiniCPM-V packs every
+        image's patches into one `(1, C, P, L)` tensor), measured once on two rows of one image each."""
+        if "_packed" not in self.__dict__:
+            self.__dict__["_packed"] = {}
+            images = [Image.new("RGB", (48, 32)), Image.new("RGB", (32, 48))]
+            text = self.image_placeholder(processor)
+            singles = [_model_image_inputs(processor, [text], [image]) for image in images]
+            try:
+                try:
+                    both = _model_image_inputs(processor, [text, text], [[image] for image in images], "longest")
+                except ValueError:  # processors that take one flat list of images (GOT-OCR2)
+                    both = _model_image_inputs(processor, [text, text], images, "longest")
+            except (ValueError, TypeError, KeyError, IndexError, RuntimeError):  # two rows it cannot batch: dim 0
+                return {}
+            for key, value in both.items():
+                dim = _packed_dim(value, [single.get(key) for single in singles])
+                if dim:
+                    self.__dict__["_packed"][key] = dim
+        return self.__dict__["_packed"]
 
     def generation_inputs(self, processor: Any, prompts: list[str], images: list[Image.Image]) -> dict:
         """Left-padded prompts (already holding the template's BOS, so none is added) and their images."""
@@ -276,6 +288,35 @@ class ChatTemplateAdapter(ModelAdapter):
         return dict(
             processor(text=prompts, images=images or None, return_tensors="pt", padding=True, add_special_tokens=False)
         )
+
+
+def _model_image_inputs(processor: Any, text: list[str], images: list, padding: bool | str = False) -> dict:
+    """The image inputs of a processor call that the model takes: those the processor declares in
+    `model_input_names`, and every `pixel_values*` tensor it returns (Unlimited-OCR's `pixel_values_local` crops are
+    not declared, yet the model needs them); not the text fields or per-token type fields."""
+    outputs = dict(processor(text=text, images=images, return_tensors="pt", add_special_tokens=False, padding=padding))
+    ids = outputs["input_ids"][0]
+    accepted = set(getattr(processor, "model_input_names", None) or outputs)
+    return {
+        key: value
+        for key, value in outputs.items()
+        if (key in accepted or key.startswith("pixel_values"))
+        and key not in _TEXT_FIELDS
+        and not _is_type_field(key, value, ids)
+    }
+
+
+def _packed_dim(batched: Any, singles: list[Any]) -> int:
+    """The dim other than 0 along which `batched` (one leading row) joins `singles` (one leading row each), else 0."""
+    if not (isinstance(batched, torch.Tensor) and all(isinstance(single, torch.Tensor) for single in singles)):
+        return 0
+    if any(single.dim() != batched.dim() or single.shape[0] != 1 for single in singles) or batched.shape[0] != 1:
+        return 0
+    joined = [d for d in range(1, batched.dim()) if batched.shape[d] == sum(single.shape[d] for single in singles)]
+    others = all(
+        single.shape[d] == batched.shape[d] for single in singles for d in range(1, batched.dim()) if d not in joined
+    )
+    return joined[0] if len(joined) == 1 and others else 0
 
 
 def end_of_turn_token(processor: Any) -> tuple[str, int]:

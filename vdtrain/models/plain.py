@@ -6,7 +6,7 @@ from typing import Any
 
 from PIL import Image
 
-from vdtrain.models.base import register_plain_adapter, tokenizer_of
+from vdtrain.models.base import ModelAdapter, register_plain_adapter, tokenizer_of
 from vdtrain.models.generic import ChatTemplateAdapter
 
 
@@ -37,6 +37,16 @@ class PromptAnswerAdapter(ChatTemplateAdapter):
 
     def _template(self, processor: Any) -> str:
         return ""  # no {% generation %} tags: spans come from rendering the history before each answer
+
+    def image_token_id(self, processor: Any) -> int | None:
+        """The image token the tokenizer or processor names (BLIP-2's `<image>`), None when there is none (BLIP, GIT):
+        the text is never searched for one, since without a token the placeholder is empty."""
+        if "_image_token_id" not in self.__dict__:
+            tokenizer = tokenizer_of(processor)
+            named = [getattr(owner, "image_token_id", None) for owner in (tokenizer, processor)]
+            if not any(isinstance(token_id, int) and token_id != tokenizer.unk_token_id for token_id in named):
+                self.__dict__["_image_token_id"] = ModelAdapter.image_token_id(self, processor)
+        return super().image_token_id(processor)
 
     def _placeholder(self, processor: Any) -> str:
         if self.image_token_id(processor) is None:  # the image is no part of the text

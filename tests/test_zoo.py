@@ -2,8 +2,9 @@
 with a real tokenizer, through `SupervisedDataset` -> `VDDataCollator` -> `VDTrainer`, asserting per family:
 
 - a multi-turn sample's supervised tokens decode to exactly each answer plus one end-of-turn token, which is flagged;
-- two steps of `VDTrainer` at tau = 0 (vd_start 0: the noisy pass runs every step) log the losses of the vanilla
-  `Trainer` on the same batches, images of two aspect ratios in one batch;
+- one step of `VDTrainer` at tau = 0 (vd_start 0: the noisy pass runs) over all four rows, images of three aspect
+  ratios and a text-only row in one batch, logs the vanilla `Trainer`'s loss and ends on its weights (the vocabulary
+  matrices are frozen in both: with a real tokenizer's 150k-262k rows they were most of the CI time);
 - visual dependence `d` is not 0 on the supervised tokens of image rows (it is exactly 0 on text-only rows).
 """
 
@@ -95,8 +96,8 @@ def without_loss_keys(collator):
 def arguments(cls, folder, **extra):
     return cls(
         output_dir=str(folder),
-        max_steps=2,
-        per_device_train_batch_size=4,  # every batch mixes aspect ratios and a text-only row
+        max_steps=1,
+        per_device_train_batch_size=4,  # the batch mixes aspect ratios and a text-only row
         learning_rate=1e-3,
         logging_steps=1,
         use_cpu=True,
@@ -107,6 +108,23 @@ def arguments(cls, folder, **extra):
         seed=0,
         **extra,
     )
+
+
+def freeze_vocabulary(model) -> None:
+    """Freeze the input embeddings and the LM head: a real tokenizer's 150k-262k rows made their gradients and Adam
+    most of a tiny model's step; every other weight (towers, projector, decoder layers) still trains."""
+    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+        if module is not None:
+            module.requires_grad_(False)
+
+
+def assert_same_weights(model, reference, atol: float = 1e-6) -> None:
+    """Every trainable parameter of `model` equals `reference`'s (the vanilla run), and at least one has moved."""
+    expected = dict(reference.named_parameters())
+    trained = [(name, parameter) for name, parameter in model.named_parameters() if parameter.requires_grad]
+    assert trained
+    for name, parameter in trained:
+        assert torch.allclose(parameter, expected[name], atol=atol), name
 
 
 @pytest.mark.parametrize("family", zoo.FAMILIES)
@@ -142,13 +160,20 @@ def check_family(family: str, model, processor, tmp_path) -> None:
     images = [[Image.open(tmp_path / record["image"]).convert("RGB")] for record in rows]
     tokenizer_of(processor, ensure_pad=True)  # the processor's batch of rows of several lengths needs a pad token
     text = [adapter.image_placeholder(processor)] * len(rows)
-    expected = processor(text=text, images=images, return_tensors="pt", padding=True, add_special_tokens=False)
+    try:
+        expected = processor(text=text, images=images, return_tensors="pt", padding=True, add_special_tokens=False)
+    except ValueError:  # a processor that takes one flat list of images, not one list per row (GOT-OCR2)
+        flat = [image for row in images for image in row]
+        expected = processor(text=text, images=flat, return_tensors="pt", padding=True, add_special_tokens=False)
     image_keys = [key for key in adapter.image_inputs(processor, images[0]) if key in batch]
     assert adapter.pixel_key in image_keys
     for key in image_keys:
-        assert torch.equal(batch[key], expected[key]), f"{family}: {key} differs from the processor's batch"
+        got, want = batch[key], expected[key]
+        same = torch.equal(got, want) if isinstance(want, torch.Tensor) else got == want  # lists: Unlimited-OCR's
+        assert same, f"{family}: {key} differs from the processor's batch"
 
-    # tau = 0 with the noisy pass every step: the vanilla Trainer's losses, batch for batch
+    # tau = 0 with the noisy pass on: the vanilla Trainer's loss and weights after one step of all four rows
+    freeze_vocabulary(model)
     vanilla = Trainer(
         model=copy.deepcopy(model),
         args=arguments(TrainingArguments, tmp_path / "vanilla"),
@@ -167,11 +192,12 @@ def check_family(family: str, model, processor, tmp_path) -> None:
     vd.train()
     expected = [entry["loss"] for entry in vanilla.state.log_history if "loss" in entry]
     got = [entry["loss"] for entry in vd.state.log_history if "loss" in entry]
-    assert len(got) == 2 and got == pytest.approx(expected, rel=1e-4)
+    assert len(got) == 1 and got == pytest.approx(expected, rel=1e-4)
+    assert_same_weights(vd.model, vanilla.model)
 
     # d is clearly not 0 on the supervised tokens of every image row, 0 on text-only rows; every row's end-of-turn
     # tokens reach the weighting flagged
-    assert len(vd.seen) == 2
+    assert len(vd.seen) == 1
     for d, mask, end_of_turn, has_image in vd.seen:
         supervised = mask[has_image].float()
         mean_abs = (d[has_image] * supervised).abs().sum(dim=1) / supervised.sum(dim=1).clamp(min=1)

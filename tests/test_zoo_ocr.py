@@ -69,25 +69,14 @@ def test_every_family_is_classified():
     assert sorted([*TRAINING, *NO_SFT]) == sorted(zoo_ocr.FAMILIES)
 
 
-# test_zoo.check_family builds the processor's own batch with one image list per row ([[image], [image]]); these
-# processors refuse nested lists (a flat list of the same images is what they take), so check_family fails there
-# before its assertions about vdtrain (all of which pass with a flat list) until it falls back to a flat list
-NESTED_IMAGES_REFUSED = {
-    "got_ocr2": "GotOcr2Processor: 'Nested images are only supported with `multi_page` set to `True`' in "
-    "test_zoo.check_family's processor batch",
-}
-
-
-def param(family: str, check_family_test: bool = False):
+def param(family: str):
     """The family as a test parameter, marked `torchvision` where its processor needs it (scripts/ci_torchvision.sh
     runs those in the venv with torchvision; the main CI deselects them)."""
     marks = [pytest.mark.torchvision] if family in zoo_ocr.NEEDS_TORCHVISION else []
-    if check_family_test and family in NESTED_IMAGES_REFUSED:
-        marks.append(pytest.mark.xfail(raises=ValueError, strict=True, reason=NESTED_IMAGES_REFUSED[family]))
     return pytest.param(family, marks=marks)
 
 
-@pytest.mark.parametrize("family", [param(family, check_family_test=True) for family in zoo_ocr.FAMILIES])
+@pytest.mark.parametrize("family", [param(family) for family in zoo_ocr.FAMILIES])
 def test_family(family, tmp_path):
     if family in zoo_ocr.NEEDS_TORCHVISION:
         zoo_torchvision.require_torchvision()

@@ -66,17 +66,6 @@ NO_TRL = {
     # none: AttributeError at trl/trainer/utils.py `_fused_forward`, in the vanilla SFTTrainer run
     "nemotron_h_omni": "TRL's fused LM head: base_model is the whole model, no last_hidden_state",
 }
-# test_zoo.check_family compares the collated image inputs with torch.equal; Unlimited-OCR's processor returns
-# `num_local_patches` and `patches_grid` as lists (its `skip_tensor_conversion`), which the collator joins the same
-# way, so the comparison raises TypeError before any assertion (with `==` for lists, every assertion passes)
-LIST_IMAGE_FIELDS = {"unlimited_ocr"}
-
-
-def family_param(family: str):
-    if family not in LIST_IMAGE_FIELDS:
-        return family
-    reason = "check_family compares list image fields with torch.equal"
-    return pytest.param(family, marks=pytest.mark.xfail(raises=TypeError, strict=True, reason=reason))
 
 
 def test_every_family_is_classified():
@@ -87,7 +76,7 @@ def test_every_family_is_classified():
     assert sorted([*TRAINING, *NO_TRL]) == sorted(zoo_tvb.FAMILIES)
 
 
-@pytest.mark.parametrize("family", [family_param(family) for family in zoo_tvb.FAMILIES])
+@pytest.mark.parametrize("family", zoo_tvb.FAMILIES)
 def test_family(family, tmp_path):
     zoo_torchvision.require_torchvision()
     model, processor = zoo_tvb.build(family)

@@ -43,13 +43,14 @@ def _glm(
     text: dict[str, Any] | None = None,
     vision: dict[str, Any] | None = None,
 ) -> tuple[Any, Any]:
-    """The GLM-4V layout: `<|begin_of_image|><|image|>...<|end_of_image|>`, M-RoPE, a Qwen-style patch merger."""
+    """The GLM-4V layout: `<|begin_of_image|><|image|>...<|end_of_image|>`, M-RoPE, a Qwen-style patch merger; the
+    Llama-2 tokenizer with GLM's special tokens (a 32k vocabulary: CI time; tests/zoo.py's GLM-4V has Qwen-3's)."""
     from transformers.video_processing_utils import VideoProcessorMixin
 
     from vdtrain.models.generic import allow_processors_without_torchvision
 
     allow_processors_without_torchvision()
-    tok = tokenizer("qwen3", GLM_IMAGE + GLM_ROLES, {"image_token": "<|image|>", "video_token": "<|video|>"})
+    tok = tokenizer("llama2", GLM_IMAGE + GLM_ROLES, {"image_token": "<|image|>", "video_token": "<|video|>"})
     tok.eos_token = "<|endoftext|>"
     image_processor = image_processor_class(
         patch_size=PATCH, merge_size=2, temporal_patch_size=2, size={"shortest_edge": 16 * 16, "longest_edge": 64 * 64}

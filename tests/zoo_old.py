@@ -197,11 +197,16 @@ IMAGE_EVERY_ROW = ("blip", "git")
 ROW_BATCHED = ("idefics",)
 
 LEFT: dict[str, str] = {
-    "kosmos_2_5": "not done: its processor refuses text without images ('Kosmos2_5Processor requires images to"
-    " be passed'), writes the image as copies of BOS `<s>` inside `<image>`..`</image>` with an"
-    " image_embeds_position_mask (an image token equal to BOS: an adapter like Kosmos-2's), and its pixels are"
-    " flattened_patches whose first two columns are row/column indices (modeling_kosmos2_5.py reads them with"
-    " .long()), which the VD noise would corrupt",
+    "kosmos_2_5": "not done: builds offline and vanilla Trainer trains it (Kosmos2_5ForConditionalGeneration, llama2"
+    " tokenizer with <image>/</image>, image_token <s>, image rows only: its processor refuses text without images,"
+    " 'Kosmos2_5Processor requires images to be passed'), but the VD noisy pass crashes it: flattened_patches"
+    " (B, max_patches, 2 + p*p*C) carry row/column indices in channels 0-1, which add_diffusion_noise noises like"
+    " pixels, and Kosmos2_5VisionEmbeddings reads them with .long() into row_embedder -> 'IndexError: index out of"
+    " range in self'. Needed: the adapter naming its leading coordinate channels and the noise (mixin _noisy_pass,"
+    " filter scorer) keeping them, passed to VDTrainer the way pixel_key is (check_family passes only pixel_key and"
+    " end_of_turn_id, so tests/test_zoo.py would need it too); an adapter like Kosmos-2's (ids, position mask); and"
+    " max_patches set where the processor call takes it (the image processor's max_patches=16 at construction was"
+    " not applied: 4096 patches per image, ~6 s a step)",
     "instructblipvideo": "a video model: InstructBlipVideoProcessor has a video processor (torchvision-only,"
     " video_processing_instructblipvideo.py imports torchvision) and no image processor, and writes num_query_tokens x"
     " 4 frames of video tokens; vdtrain's data and adapters are images through an image processor",

@@ -81,7 +81,8 @@ def collate_samples(samples: list[dict[str, Any]], pad_token_id: int) -> dict[st
     """Collate every example of the scorable samples with the training collator; each example gets its sample's image.
 
     Returns `{"inputs": model inputs with labels, "noise", "owner": (E,) sample position of each example,
-    HAS_IMAGE: (E,), COORDINATE_CHANNELS: (E,) where the adapter names some, "samples": the scorable samples, "errors": the failed ones}`.
+    HAS_IMAGE: (E,), COORDINATE_CHANNELS: (E,) where the adapter names some, "samples": the scorable samples,
+    "errors": the failed ones}`.
     """
     ok = [sample for sample in samples if "error" not in sample]
     errors = [sample for sample in samples if "error" in sample]

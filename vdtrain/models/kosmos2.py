@@ -110,7 +110,8 @@ class Kosmos25Adapter(Kosmos2Adapter):
     coordinate_channels = 2
 
     def _image_prefix(self, processor: Any) -> tuple[list[int], list[int]]:
-        """`(ids, mask)` the processor puts in front of a text for one image: BOS, `<image>`, BOS copies, `</image>`."""
+        """`(ids, mask)` the processor puts in front of a text for one image: BOS, `<image>`, BOS copies,
+        `</image>`."""
         if "_prefix" not in self.__dict__:
             batch = processor(text="", images=Image.new("RGB", (64, 64)), return_tensors="pt")
             ids, mask = batch["input_ids"][0].tolist(), batch[POSITION_MASK][0].tolist()

@@ -34,6 +34,7 @@ TRAINING = {
         "",
     ),
     "fast_vlm": (chatml("<image>\n"), ""),
+    "minicpm_ocr": (chatml("<unk>\n"), ""),
     "minimax_m3_vl": (
         training_template(
             "]~b]user\n", "]<]image[>[", "[e~[\n", "]~b]ai\n", "[e~[", "\n", start=MINIMAX_START, prompt="]~b]ai\n"

@@ -387,7 +387,9 @@ MINICPM_NAMED = {
 
 def minicpm_ocr() -> tuple[Any, Any]:
     """MiniCPM-OCR: NaViT-packed slices plus a source view (`target_sizes`), a window-attention merger inside the
-    SigLIP tower, a Qwen3.5 (gated delta net / attention) LM; MiniCPM-V's ChatML with `(<image>./</image>)`."""
+    SigLIP tower, a Qwen3.5 (gated delta net / attention) LM; MiniCPM-V's ChatML, the image as the tokenizer's
+    `image_token` `<unk>` (the processor packs every image of a batch into one `(1, C, P, L)` pixel_values: the
+    adapter's `PACKED_DIMS`)."""
     from transformers import MiniCPMOcrConfig, MiniCPMOcrForConditionalGeneration, MiniCPMOcrProcessor
     from transformers.models.minicpm_ocr.image_processing_minicpm_ocr import MiniCPMOcrImageProcessor
     from transformers.models.minicpm_ocr.video_processing_minicpm_ocr import MiniCPMOcrVideoProcessor
@@ -439,18 +441,10 @@ BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "nemotron_h_omni": nemotron_h_omni,
     "step3p7": step3p7,
     "unlimited_ocr": unlimited_ocr,
+    "minicpm_ocr": minicpm_ocr,
 }
 FAMILIES = list(BUILDERS)
-LEFT: dict[str, str] = {
-    # `minicpm_ocr()` builds it and vanilla `Trainer` trains it (a batch of two image rows and a text row); the zoo
-    # test does not pass yet because of vdtrain's collator, not the family
-    "minicpm_ocr": (
-        "vdtrain's collator cannot batch it yet: the processor NaViT-packs every image of a batch into ONE "
-        "pixel_values (1, C, patch, sum of lengths) with target_sizes per slice, while VDDataCollator's "
-        "batch_image_field concatenates per-image tensors along dim 0 (gives (images, C, patch, max length)); "
-        "the collator would have to learn the processor's packing dim"
-    ),
-}
+LEFT: dict[str, str] = {}
 
 
 def build(family: str) -> tuple[Any, Any]:

@@ -74,6 +74,26 @@ def test_kosmos25_noise_keeps_the_patch_coordinates(tmp_path):
         batch_dependence(model, {**batch, COORDINATE_CHANNELS: None}, noise_step=999, pixel_key=adapter.pixel_key)
 
 
+def test_kosmos25_generation_batch_places_the_image_after_left_padding():
+    """Kosmos-2.5's processor writes image_embeds_position_mask from position 0 even when it pads on the left; the
+    adapter's generation batch marks each row's own BOS copies, so a padded row scores as it does alone."""
+    model, processor = zoo_old.build("kosmos_2_5")
+    adapter = get_adapter(model, processor)
+    prompts = [adapter.prompt(question, processor) for question in ("What is written here?", "Hi")]
+    image = Image.new("RGB", (40, 32), "red")
+    batch = adapter.generation_inputs(processor, prompts, [image, image])
+    tokenizer = tokenizer_of(processor)
+    boi, eoi = (tokenizer.convert_tokens_to_ids(token) for token in ("<image>", "</image>"))
+    for ids, mask in zip(batch["input_ids"].tolist(), batch["image_embeds_position_mask"].tolist()):
+        start, end = ids.index(boi), ids.index(eoi)
+        assert [position for position, flag in enumerate(mask) if flag == 1] == list(range(start + 1, end))
+    alone = adapter.generation_inputs(processor, prompts[1:], [image])
+    assert batch["attention_mask"][1].eq(0).any()  # the short row is padded
+    with torch.no_grad():
+        together, single = model(**batch).logits[1, -1], model(**alone).logits[0, -1]
+    assert torch.allclose(together, single, atol=1e-4)
+
+
 @pytest.mark.parametrize("family", zoo_old.IMAGE_EVERY_ROW)
 def test_a_text_only_row_fails_in_the_model_itself(family):
     """Why those families' zoo data have no text-only row: the model's own forward fails on the processor's batch

@@ -130,3 +130,11 @@ class Kosmos25Adapter(Kosmos2Adapter):
             key: value for key, value in batch.items() if key not in ("input_ids", "attention_mask", POSITION_MASK)
         }
         return {**inputs, COORDINATE_DIMS: {self.pixel_key: self.coordinate_channels}}
+
+    def generation_inputs(self, processor: Any, prompts: list[str], images: list[Image.Image]) -> dict:
+        """Kosmos-2's left-padded batch with each row's `image_embeds_position_mask` moved past its padding: the
+        processor writes the mask from position 0 whatever the padding side."""
+        batch = super().generation_inputs(processor, prompts, images)
+        pads = batch["attention_mask"].eq(0).sum(dim=1).tolist()
+        batch[POSITION_MASK] = torch.stack([row.roll(pad) for row, pad in zip(batch[POSITION_MASK], pads)])
+        return batch

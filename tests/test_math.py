@@ -9,7 +9,7 @@ from diffusers import DDPMScheduler
 from vdtrain import add_diffusion_noise, register_weighting, target_logprobs, token_weights, visual_dependence
 from vdtrain.method.dependence import dependence_stats_tensor, row_logprobs
 from vdtrain.method.losses import per_token_nll
-from vdtrain.method.noise import keep_padding
+from vdtrain.method.noise import keep_coordinates, keep_padding
 from vdtrain.method.weighting import get_weighting
 
 
@@ -40,6 +40,27 @@ def test_keep_padding_leaves_zero_images_and_tiles_zero():
     assert torch.equal(kept[0, :2], noised[0, :2]) and not kept[0, 1, 0].eq(0).all()
     patches = torch.zeros(6, 12)  # Qwen2-VL's (patches, dim): no padding images, all noised
     assert torch.equal(keep_padding(patches, patches + 1), patches + 1)
+
+
+def test_keep_coordinates_puts_the_leading_channels_back_exactly():
+    """Coordinates in the leading entries of the last dim (Kosmos-2.5's flattened patches: row, column) come back
+    from the clean pixels bit for bit, padding patches (all zero, masked out by being zero) stay zero, every other
+    entry is the noised one; none named leaves the noised tensor."""
+    pixels = torch.randn(2, 5, 2 + 12)  # (samples, patches, 2 + p*p*C)
+    pixels[..., 0], pixels[..., 1] = torch.arange(5.0) // 2 + 1, torch.arange(5.0) % 2 + 1
+    pixels[1, 3:] = 0  # the second sample's image has 3 patches, then padding
+    noised = add_diffusion_noise(pixels, 900, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(noised[..., :2], pixels[..., :2])  # what the model would read as out-of-range indices
+    for channels in (2, torch.tensor([2, 0])):  # an int, or the collator's per-row counts (0: a text-only row)
+        kept = keep_coordinates(pixels, noised, channels)
+        assert torch.equal(kept[..., :2], pixels[..., :2]) and kept[1, 3:].eq(0).all()
+        assert torch.equal(kept[0, :, 2:], noised[0, :, 2:]) and torch.equal(kept[1, :3, 2:], noised[1, :3, 2:])
+    for none in (0, None, torch.tensor([0, 0])):
+        assert keep_coordinates(pixels, noised, none) is noised
+    half = keep_coordinates(pixels.bfloat16(), noised.bfloat16(), 1)
+    assert half.dtype == torch.bfloat16 and torch.equal(half[..., 0], pixels[..., 0].bfloat16())
+    with pytest.raises(ValueError, match="15 coordinate channels"):
+        keep_coordinates(pixels, noised, 15)
 
 
 def test_noise_generator_and_dtype():

@@ -18,11 +18,14 @@ from test_zoo import check_family
 from transformers import Trainer, TrainingArguments
 
 from vdtrain import VDTrainer, VDTrainingArguments
+from vdtrain.data.samples import collate_samples, prepare_sample
+from vdtrain.keys import COORDINATE_CHANNELS
+from vdtrain.method.passes import batch_dependence
 from vdtrain.models import get_adapter
 from vdtrain.models.base import tokenizer_of
 
 # families without a chat template: SFTTrainer refuses their processors ("does not have a chat template")
-NO_CHAT_TEMPLATE = ("blip", "git", "instructblip", "kosmos_2")
+NO_CHAT_TEMPLATE = ("blip", "git", "instructblip", "kosmos_2", "kosmos_2_5")
 # families with a chat template that TRL's SFTTrainer does not train as their format, and why
 SFT_NOT_DONE = {
     "idefics": "TRL's vision collator calls processor(text=rendered, images=row_images); IdeficsProcessor interleaves"
@@ -45,10 +48,30 @@ def test_every_family_is_classified():
 @pytest.mark.parametrize("family", zoo_old.FAMILIES)
 def test_family(family, tmp_path, monkeypatch):
     model, processor = zoo_old.build(family)
-    if family in (*zoo_old.IMAGE_EVERY_ROW, *zoo_old.ROW_BATCHED):
+    if family in (*zoo_old.IMAGE_EVERY_ROW, *zoo_old.ROW_BATCHED, *zoo_old.IMAGES_ONLY):
         image_rows = [record for record in test_zoo.records() if "image" in record]
         monkeypatch.setattr(test_zoo, "records", lambda: image_rows)
     check_family(family, model, processor, tmp_path)
+
+
+def test_kosmos25_noise_keeps_the_patch_coordinates(tmp_path):
+    """Kosmos-2.5's adapter names the two coordinate channels of its flattened patches; the collator passes them on
+    per row and the filter scorer's noised pass keeps them (noised, the row/column embedders index out of range)."""
+    model, processor = zoo_old.build("kosmos_2_5")
+    adapter = get_adapter(model, processor)
+    test_zoo.write_images(tmp_path)
+    samples = [
+        prepare_sample(record, index, adapter, processor, tmp_path, max_length=4096, seed=0)
+        for index, record in enumerate(test_zoo.records())
+        if "image" in record
+    ]
+    batch = collate_samples(samples, tokenizer_of(processor, ensure_pad=True).pad_token_id)
+    assert batch[COORDINATE_CHANNELS].tolist() == [2] * len(batch["owner"])
+    assert COORDINATE_CHANNELS not in batch["inputs"]  # the model's forward never sees it
+    d, _ = batch_dependence(model, batch, noise_step=999, pixel_key=adapter.pixel_key)
+    assert d.isfinite().all() and d.abs().gt(1e-6).any()
+    with pytest.raises(IndexError):  # what the noise does to the coordinates when nothing keeps them
+        batch_dependence(model, {**batch, COORDINATE_CHANNELS: None}, noise_step=999, pixel_key=adapter.pixel_key)
 
 
 @pytest.mark.parametrize("family", zoo_old.IMAGE_EVERY_ROW)

@@ -129,6 +129,51 @@ def kosmos_2() -> tuple[Any, Any]:
     return _seeded(Kosmos2ForConditionalGeneration, config), processor
 
 
+def kosmos_2_5() -> tuple[Any, Any]:
+    """Kosmos-2.5: BOS, `<image>`, one BOS copy per latent query and `</image>` in front of the text, placed by
+    image_embeds_position_mask; pixels as `flattened_patches` (row, column, 8x8x3 values per patch), at most 16
+    patches (the processor's own images_kwargs default is 4096: set as its attribute, the call's defaults); no chat
+    template. Its processor refuses text without images, so the zoo data are the image rows."""
+    from transformers import (
+        Kosmos2_5Config,
+        Kosmos2_5ForConditionalGeneration,
+        Kosmos2_5ImageProcessorPil,
+        Kosmos2_5Processor,
+    )
+
+    tok = tokenizer("llama2", ("<image>", "</image>"))
+    tok.add_bos_token = False  # the processor writes BOS itself (the published tokenizer adds none)
+    tok.pad_token = tok.unk_token
+    tok.boi_token, tok.eoi_token, tok.image_token = "<image>", "</image>", tok.bos_token
+    image_processor = Kosmos2_5ImageProcessorPil(patch_size={"height": PATCH, "width": PATCH})
+    processor = Kosmos2_5Processor(image_processor=image_processor, tokenizer=tok, num_image_tokens=4)
+    processor.images_kwargs = {"max_patches": 16}
+    config = Kosmos2_5Config(
+        text_config={
+            "vocab_size": len(tok),
+            "embed_dim": 64,
+            "layers": 2,
+            "ffn_dim": 128,
+            "attention_heads": 4,
+            "max_position_embeddings": 512,
+            "bos_token_id": tok.bos_token_id,
+            "eos_token_id": tok.eos_token_id,
+            "pad_token_id": tok.unk_token_id,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "patch_embed_hidden_size": 3 * PATCH * PATCH,
+            "intermediate_size": 64,
+            "head_dim": 16,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_num_patches": 64,
+        },
+        latent_query_num=4,  # the processor's num_image_tokens
+    )
+    return _seeded(Kosmos2_5ForConditionalGeneration, config), processor
+
+
 # IDEFICS-instruct's: `User:` / `Assistant:` turns each closed by `<end_of_utterance>` and a newline, the image as
 # `<fake_token_around_image><image><fake_token_around_image>` (the processor's own image text)
 IDEFICS_TEMPLATE = (
@@ -185,28 +230,21 @@ BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "git": git,
     "instructblip": instructblip,
     "kosmos_2": kosmos_2,
+    "kosmos_2_5": kosmos_2_5,
 }
 FAMILIES = list(BUILDERS)
 
 # families whose forward needs one image per row (cross-attention to it, or it prefixed inside the model): a batch
 # with a text-only row fails in the model itself, so their zoo data are the image rows
 IMAGE_EVERY_ROW = ("blip", "git")
+# families whose processor refuses a text-only row ("Kosmos2_5Processor requires images to be passed")
+IMAGES_ONLY = ("kosmos_2_5",)
 # families whose processor batches pixels one entry per row, text-only rows as zero images: check_family compares
 # the collator's pixels with the processor's batch of the image rows alone, so their zoo data are the image rows and
 # test_zoo_old.py checks a batch with a text-only row against the processor's own batch of it
 ROW_BATCHED = ("idefics",)
 
 LEFT: dict[str, str] = {
-    "kosmos_2_5": "not done: builds offline and vanilla Trainer trains it (Kosmos2_5ForConditionalGeneration, llama2"
-    " tokenizer with <image>/</image>, image_token <s>, image rows only: its processor refuses text without images,"
-    " 'Kosmos2_5Processor requires images to be passed'), but the VD noisy pass crashes it: flattened_patches"
-    " (B, max_patches, 2 + p*p*C) carry row/column indices in channels 0-1, which add_diffusion_noise noises like"
-    " pixels, and Kosmos2_5VisionEmbeddings reads them with .long() into row_embedder -> 'IndexError: index out of"
-    " range in self'. Needed: the adapter naming its leading coordinate channels and the noise (mixin _noisy_pass,"
-    " filter scorer) keeping them, passed to VDTrainer the way pixel_key is (check_family passes only pixel_key and"
-    " end_of_turn_id, so tests/test_zoo.py would need it too); an adapter like Kosmos-2's (ids, position mask); and"
-    " max_patches set where the processor call takes it (the image processor's max_patches=16 at construction was"
-    " not applied: 4096 patches per image, ~6 s a step)",
     "instructblipvideo": "a video model: InstructBlipVideoProcessor has a video processor (torchvision-only,"
     " video_processing_instructblipvideo.py imports torchvision) and no image processor, and writes num_query_tokens x"
     " 4 frames of video tokens; vdtrain's data and adapters are images through an image processor",

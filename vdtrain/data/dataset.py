@@ -21,9 +21,9 @@ from vdtrain.data.conversations import (
 )
 from vdtrain.data.images import upright_size
 from vdtrain.errors import ConversationError
-from vdtrain.keys import END_OF_TURN_MASK, HAS_IMAGE
+from vdtrain.keys import COORDINATE_CHANNELS, END_OF_TURN_MASK, HAS_IMAGE
 from vdtrain.method.dependence import IGNORE_INDEX
-from vdtrain.models.base import PACKED_DIMS, Example, ModelAdapter, pad_token_id, tokenizer_of
+from vdtrain.models.base import COORDINATE_DIMS, PACKED_DIMS, Example, ModelAdapter, pad_token_id, tokenizer_of
 
 logger = logging.getLogger(__name__)
 IMAGE_INPUTS = "image_inputs"  # feature entry holding the adapter's image inputs of the one image
@@ -293,7 +293,7 @@ class VDDataCollator:
         packed = images[0].get(PACKED_DIMS, {}) if images else {}
         per_row = {key for feature in features for key in feature.get(ROW_IMAGE_KEYS, ())}
         for key in images[0] if images else ():
-            if key == PACKED_DIMS:
+            if key in (PACKED_DIMS, COORDINATE_DIMS):
                 continue
             if key in per_row:  # one entry per row, text-only rows a zero image the shape of the first
                 zero = torch.zeros_like(images[0][key])
@@ -302,6 +302,12 @@ class VDDataCollator:
             else:
                 batch[key] = batch_image_field([image[key] for image in images], packed.get(key, 0))
         batch[HAS_IMAGE] = torch.tensor([IMAGE_INPUTS in f for f in features], dtype=torch.bool)
+        if any(COORDINATE_DIMS in image for image in images):  # the adapter's fact, per row (0: text-only)
+            counts = [
+                max(f[IMAGE_INPUTS].get(COORDINATE_DIMS, {}).values(), default=0) if IMAGE_INPUTS in f else 0
+                for f in features
+            ]
+            batch[COORDINATE_CHANNELS] = torch.tensor(counts, dtype=torch.long)
         return batch
 
     def _length(self, features: list[dict[str, Any]], key: str) -> int:

@@ -14,7 +14,7 @@ from vdtrain.data.dataset import VDDataCollator, encode_record, example_features
 from vdtrain.data.formats import EmbeddedImage
 from vdtrain.data.images import to_rgb
 from vdtrain.errors import DataError
-from vdtrain.keys import HAS_IMAGE, LOSS_ONLY_KEYS
+from vdtrain.keys import COORDINATE_CHANNELS, HAS_IMAGE, LOSS_ONLY_KEYS
 from vdtrain.method.noise import seeded_generator
 from vdtrain.models.base import ModelAdapter
 
@@ -81,7 +81,8 @@ def collate_samples(samples: list[dict[str, Any]], pad_token_id: int) -> dict[st
     """Collate every example of the scorable samples with the training collator; each example gets its sample's image.
 
     Returns `{"inputs": model inputs with labels, "noise", "owner": (E,) sample position of each example,
-    HAS_IMAGE: (E,), "samples": the scorable samples, "errors": the failed ones}`.
+    HAS_IMAGE: (E,), COORDINATE_CHANNELS: (E,) where the adapter names some, "samples": the scorable samples,
+    "errors": the failed ones}`.
     """
     ok = [sample for sample in samples if "error" not in sample]
     errors = [sample for sample in samples if "error" in sample]
@@ -96,13 +97,15 @@ def collate_samples(samples: list[dict[str, Any]], pad_token_id: int) -> dict[st
     if not features:
         return batch
     inputs = VDDataCollator(pad_token_id)(features)
-    has_image = inputs[HAS_IMAGE]
+    has_image, coordinates = inputs[HAS_IMAGE], inputs.get(COORDINATE_CHANNELS)
     for key in LOSS_ONLY_KEYS:  # the scorer's forward takes model inputs only
-        inputs.pop(key)
+        inputs.pop(key, None)
     if noises and all(noise is not None for noise in noises):
         batch["noise"] = torch.cat(noises, dim=0)
     batch.update(inputs=inputs, owner=torch.tensor(owner))
     batch[HAS_IMAGE] = has_image
+    if coordinates is not None:
+        batch[COORDINATE_CHANNELS] = coordinates
     return batch
 
 

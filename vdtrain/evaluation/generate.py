@@ -76,6 +76,7 @@ def generate_batch(
             top_p=options.top_p,
             noise=noise,
             generator=generator,
+            coordinate_channels=adapter.coordinate_channels,
         )
     else:
         sampling = {"temperature": options.temperature, "top_p": options.top_p} if options.do_sample else {}

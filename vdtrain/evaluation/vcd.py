@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from vdtrain.compat import cache_keyword, output_cache
-from vdtrain.method.noise import add_diffusion_noise, keep_padding, seeded_generator
+from vdtrain.method.noise import add_diffusion_noise, keep_coordinates, keep_padding, seeded_generator
 
 # Per-token inputs that grow with the sequence (generate's `_update_model_kwargs_for_generation` does the same).
 _REPEAT_LAST = ("token_type_ids",)
@@ -150,6 +150,7 @@ def vcd_generate(
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    coordinate_channels: int = 0,
 ) -> torch.Tensor:
     """Decode with VCD; returns the new tokens only, `(B, T)`, rows that stopped early padded with `pad_token_id`.
 
@@ -166,6 +167,8 @@ def vcd_generate(
         noise (`torch.Tensor`, *optional*): the diffusion `eps`, shaped like the pixel tensor (see `noise_like`).
         generator (`torch.Generator`, *optional*): source of the noise when `noise` is not given, and of sampling.
         use_cache (`bool`, defaults to True): False recomputes the whole sequence every step (slow; a reference).
+        coordinate_channels (`int`, defaults to 0): leading entries of the pixel tensor's last dim that are
+            coordinates, not pixels (the adapter's `coordinate_channels`); the noised image keeps them.
     """
     model = model.get_base_model() if hasattr(model, "get_base_model") else model
     if pixel_key not in inputs:
@@ -179,9 +182,8 @@ def vcd_generate(
 
     pixels = inputs[pixel_key]
     noisy_inputs = dict(inputs)
-    noisy_inputs[pixel_key] = keep_padding(
-        pixels, add_diffusion_noise(pixels, noise_step, generator=generator, noise=noise)
-    )
+    noised = keep_padding(pixels, add_diffusion_noise(pixels, noise_step, generator=generator, noise=noise))
+    noisy_inputs[pixel_key] = keep_coordinates(pixels, noised, coordinate_channels)
     clean, noisy = _Stream(model, inputs, use_cache), _Stream(model, noisy_inputs, use_cache)
 
     sequence = inputs["input_ids"]

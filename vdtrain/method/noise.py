@@ -82,6 +82,20 @@ def keep_padding(pixels: torch.Tensor, noised: torch.Tensor) -> torch.Tensor:
     return torch.where(content, noised, pixels.to(noised.dtype))
 
 
+def keep_coordinates(pixels: torch.Tensor, noised: torch.Tensor, channels: int | torch.Tensor | None) -> torch.Tensor:
+    """`noised` with the leading `channels` entries of its last dim put back from `pixels`: coordinates the model
+    reads as indices (Kosmos-2.5's flattened patches start with the patch's row and column), which noise must not
+    change; and every all-zero vector of the last dim (a padding patch, which such models mask out by its being zero)
+    put back to zero. `noised` itself when there are no coordinates."""
+    channels = int(channels.max()) if isinstance(channels, torch.Tensor) and channels.numel() else int(channels or 0)
+    if channels <= 0:
+        return noised
+    if noised.shape != pixels.shape or channels > pixels.shape[-1]:
+        raise ValueError(f"{channels} coordinate channels do not fit pixels of shape {tuple(pixels.shape)}")
+    kept = torch.cat([pixels[..., :channels].to(noised.dtype), noised[..., channels:]], dim=-1)
+    return torch.where(pixels.ne(0).any(dim=-1, keepdim=True), kept, pixels.to(noised.dtype))
+
+
 def seeded_generator(*key: object, device: str | torch.device = "cpu") -> torch.Generator:
     """A generator seeded from a hash of `key` (its parts joined by ':'): a draw depends on what it is for (seed,
     step, sample), not on how many draws came before it, so batching, sharding and resuming cannot change it."""

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vdtrain.keys import HAS_IMAGE
+from vdtrain.keys import COORDINATE_CHANNELS, HAS_IMAGE
 from vdtrain.method.dependence import IGNORE_INDEX, row_logprobs, visual_dependence
-from vdtrain.method.noise import add_diffusion_noise, keep_padding
+from vdtrain.method.noise import add_diffusion_noise, keep_coordinates, keep_padding
 
 
 def label_shift(model: Any) -> int:
@@ -211,7 +211,8 @@ def teacher_forced_logprobs(
         return logp_clean, None, labels
     noise = batch["noise"].to(device, non_blocking=True)
     noised = add_diffusion_noise(pixels.float(), noise_step, noise=noise)  # f32 math
-    inputs[pixel_key] = keep_padding(pixels, noised).to(dtype)
+    noised = keep_coordinates(pixels, keep_padding(pixels, noised), batch.get(COORDINATE_CHANNELS))
+    inputs[pixel_key] = noised.to(dtype)
     return logp_clean, no_grad_logprobs(model, inputs, labels, logits_mask, shift), labels
 
 

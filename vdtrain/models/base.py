@@ -26,6 +26,10 @@ _ENCODER_DECODER: list[type[ModelAdapter]] = []  # the adapter for encoder-decod
 # entry of an adapter's image inputs: `{key: dim}` of the inputs the processor packs along a dim other than the batch
 # dim (MiniCPM-V: every image's patches side by side in one `(1, C, P, L)` row), which the collator concatenates there
 PACKED_DIMS = "vd_packed_dims"
+# entry of an adapter's image inputs: `{key: n}` of the inputs whose leading `n` entries of the last dim are
+# coordinates, not pixels (Kosmos-2.5's flattened patches: row, column), which the collator passes on per row as
+# `vdtrain.keys.COORDINATE_CHANNELS` and the noise keeps as they are
+COORDINATE_DIMS = "vd_coordinate_dims"
 
 
 @dataclass
@@ -125,6 +129,9 @@ class ModelAdapter:
     """
 
     pixel_key: str = "pixel_values"
+    # leading entries of the last dim of `pixel_key` that are coordinates, not pixels (Kosmos-2.5's flattened patches
+    # start with the patch's row and column); `image_inputs` carries them as `COORDINATE_DIMS`, noise keeps them
+    coordinate_channels: int = 0
     # LoRA on the language model only (bare names would also wrap the vision tower and projector).
     lora_target_modules: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
     projector_modules: tuple[str, ...] = ("multi_modal_projector",)

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from vdtrain.method.dependence import IGNORE_INDEX
-from vdtrain.models.base import Example, register_adapter, tokenizer_of
+from vdtrain.models.base import COORDINATE_DIMS, Example, register_adapter, tokenizer_of
 from vdtrain.models.plain import PromptAnswerAdapter
 
 POSITION_MASK = "image_embeds_position_mask"
@@ -94,3 +94,39 @@ class Kosmos2Adapter(PromptAnswerAdapter):
             return dict(processor(text=prompts, images=images or None, return_tensors="pt", padding=True))
         finally:
             tokenizer.padding_side = side
+
+
+@register_adapter("kosmos-2.5")
+class Kosmos25Adapter(Kosmos2Adapter):
+    """Kosmos-2.5 (OCR / markdown) in Kosmos-2's plain format: its processor writes BOS, `<image>`, one BOS copy per
+    latent query and `</image>` in front of the text, marked in `image_embeds_position_mask` as Kosmos-2's.
+
+    Its pixels are `flattened_patches` `(B, max_patches, 2 + p*p*C)` whose first two entries per patch are the
+    patch's row and column, which the vision embeddings read as indices: `coordinate_channels = 2` keeps them out of
+    the noise. `<image>` counts as the one image token of a sample, as in Kosmos-2.
+    """
+
+    pixel_key = "flattened_patches"
+    coordinate_channels = 2
+
+    def _image_prefix(self, processor: Any) -> tuple[list[int], list[int]]:
+        """`(ids, mask)` the processor puts in front of a text for one image: BOS, `<image>`, BOS copies,
+        `</image>`."""
+        if "_prefix" not in self.__dict__:
+            batch = processor(text="", images=Image.new("RGB", (64, 64)), return_tensors="pt")
+            ids, mask = batch["input_ids"][0].tolist(), batch[POSITION_MASK][0].tolist()
+            end = ids.index(tokenizer_of(processor).convert_tokens_to_ids(processor.image_end_token)) + 1
+            self.__dict__["_prefix"] = (ids[:end], mask[:end])
+        return self.__dict__["_prefix"]
+
+    def image_token_id(self, processor: Any) -> int | None:
+        return tokenizer_of(processor).convert_tokens_to_ids(processor.image_start_token)
+
+    def image_inputs(self, processor: Any, images: list[Image.Image]) -> dict[str, Any]:
+        """The image inputs of the full processor call (its `max_patches` default applies), with the count of their
+        coordinate channels."""
+        batch = processor(text="", images=images, return_tensors="pt")
+        inputs = {
+            key: value for key, value in batch.items() if key not in ("input_ids", "attention_mask", POSITION_MASK)
+        }
+        return {**inputs, COORDINATE_DIMS: {self.pixel_key: self.coordinate_channels}}

@@ -17,10 +17,17 @@ from transformers.utils import logging
 
 from vdtrain.data.dataset import IMAGE_INPUTS
 from vdtrain.errors import InputError
-from vdtrain.keys import END_OF_TURN_MASK, HAS_IMAGE, LOSS_ONLY_KEYS
+from vdtrain.keys import COORDINATE_CHANNELS, END_OF_TURN_MASK, HAS_IMAGE, LOSS_ONLY_KEYS
 from vdtrain.method.dependence import dependence_stats_tensor, row_logprobs, visual_dependence
 from vdtrain.method.losses import per_token_nll
-from vdtrain.method.noise import add_diffusion_noise, image_rows, keep_padding, noise_scales, seeded_generator
+from vdtrain.method.noise import (
+    add_diffusion_noise,
+    image_rows,
+    keep_coordinates,
+    keep_padding,
+    noise_scales,
+    seeded_generator,
+)
 from vdtrain.method.passes import (
     auxiliary_loss,
     label_shift,
@@ -58,6 +65,7 @@ class StepMasks(NamedTuple):
     supervised: torch.Tensor  # (B, L) bool: `supervised_mask(labels)`
     end_of_turn: torch.Tensor | None  # (B, L) bool: the collator's `end_of_turn_mask`, else labels == end_of_turn_id
     has_image: torch.Tensor | None  # (B,) bool: the collator's `has_image`, else None (found from the batch)
+    coordinates: torch.Tensor | None = None  # (B,) long: the collator's `vd_coordinate_channels` (noise keeps them)
 
 
 class NoisyPass(NamedTuple):
@@ -192,6 +200,7 @@ class VDLossMixin:
         inputs = dict(inputs)
         end_of_turn = inputs.pop(END_OF_TURN_MASK, None)
         has_image = inputs.pop(HAS_IMAGE, None)
+        coordinates = inputs.pop(COORDINATE_CHANNELS, None)
         training = model.training and self._token_labels and has_token_labels(inputs, aligned=self._shift == 1)
         if model.training and self._token_labels and not training and "labels" in inputs:
             logger.warning_once("vdtrain: a batch whose labels are not per-token takes the host trainer's loss")
@@ -206,7 +215,7 @@ class VDLossMixin:
         if end_of_turn is None and self.end_of_turn_id is not None:
             end_of_turn = labels == self.end_of_turn_id  # a collator that does not flag them
         end_of_turn = None if end_of_turn is None else end_of_turn.bool()
-        masks = StepMasks(labels, supervised_mask(labels, self._shift), end_of_turn, has_image)
+        masks = StepMasks(labels, supervised_mask(labels, self._shift), end_of_turn, has_image, coordinates)
         return self._vd_loss(model, inputs, masks, active, return_outputs, num_items_in_batch)
 
     def _vd_masked_logits(self, model) -> bool:
@@ -257,9 +266,8 @@ class VDLossMixin:
             pixels = inputs[pixel_key]
             sizes = image_rows(inputs, pixels)
             noise = self._draw_noise(pixels, self._image_owners(has_image, images_per_row, len(sizes)), sizes, first)
-            noisy_inputs[pixel_key] = keep_padding(
-                pixels, add_diffusion_noise(pixels, self.vd.vd_noise_step, noise=noise)
-            )
+            noised = keep_padding(pixels, add_diffusion_noise(pixels, self.vd.vd_noise_step, noise=noise))
+            noisy_inputs[pixel_key] = keep_coordinates(pixels, noised, masks.coordinates)
         logp_noisy = self._no_grad_logprobs(model, noisy_inputs, masks)
         logp_clean = self._no_grad_logprobs(model, inputs, masks) if self.vd.vd_clean_pass == "eval" else None
         return NoisyPass(logp_noisy, logp_clean, has_image)

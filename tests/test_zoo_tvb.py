@@ -94,7 +94,7 @@ def test_family_through_vdsfttrainer(family, tmp_path):
 def test_undeclared_local_crops_reach_the_model(tmp_path):
     """Unlimited-OCR's processor returns `pixel_values_local` without declaring it in `model_input_names`: the adapter
     keeps it, the collator batches it as the processor does, and the model takes the batch (without the crops its
-    image tokens outnumber its image features). Pins what check_family cannot reach while it xfails above."""
+    image tokens outnumber its image features). A direct pin of what check_family covers end to end."""
     import torch
     from PIL import Image
     from test_zoo import records, write_images

@@ -7,9 +7,8 @@ import pytest
 import tiny
 import torch
 
-from vdtrain.data.dataset import batch_image_field
 from vdtrain.method.dependence import IGNORE_INDEX
-from vdtrain.models.base import ConversationError
+from vdtrain.models.base import ConversationError, batch_image_field
 from vdtrain.models.spans import answer_span, check_spans, label_tokens
 
 

@@ -93,10 +93,10 @@ def without_loss_keys(collator):
     return collate
 
 
-def arguments(cls, folder, **extra):
+def arguments(cls, folder, max_steps: int = 1, **extra):
     return cls(
         output_dir=str(folder),
-        max_steps=1,
+        max_steps=max_steps,
         per_device_train_batch_size=4,  # the batch mixes aspect ratios and a text-only row
         learning_rate=1e-3,
         logging_steps=1,

@@ -23,7 +23,15 @@ from vdtrain.data.images import upright_size
 from vdtrain.errors import ConversationError
 from vdtrain.keys import COORDINATE_CHANNELS, END_OF_TURN_MASK, HAS_IMAGE
 from vdtrain.method.dependence import IGNORE_INDEX
-from vdtrain.models.base import COORDINATE_DIMS, PACKED_DIMS, Example, ModelAdapter, pad_token_id, tokenizer_of
+from vdtrain.models.base import (
+    COORDINATE_DIMS,
+    PACKED_DIMS,
+    Example,
+    ModelAdapter,
+    batch_image_field,
+    pad_token_id,
+    tokenizer_of,
+)
 
 logger = logging.getLogger(__name__)
 IMAGE_INPUTS = "image_inputs"  # feature entry holding the adapter's image inputs of the one image
@@ -316,24 +324,3 @@ class VDDataCollator:
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
         return length
-
-
-def batch_image_field(values: list[Any], dim: int = 0) -> Any:
-    """One image input of several samples batched as the processor batches it: tensors concatenated along dim 0,
-    zero-padded at the end of every other dim where they differ (the any-resolution tile counts of LLaVA-NeXT and
-    Idefics, which the processor pads and the model drops by `image_sizes`/`pixel_attention_mask`), or along `dim`
-    where the processor packs them there (`PACKED_DIMS`); lists (images of per-image sizes) joined."""
-    if not all(isinstance(value, torch.Tensor) for value in values):
-        return [item for value in values for item in (value if isinstance(value, (list, tuple)) else [value])]
-    if dim:
-        return torch.cat(values, dim=dim)
-    if len({value.dim() for value in values}) != 1:
-        raise ValueError(f"image inputs of {sorted({value.dim() for value in values})} dims cannot be batched")
-    shape = [max(sizes) for sizes in zip(*(value.shape[1:] for value in values))]
-    padded = []
-    for value in values:
-        pad: list[int] = []
-        for have, want in zip(reversed(value.shape[1:]), reversed(shape)):
-            pad += [0, want - have]
-        padded.append(torch.nn.functional.pad(value, pad) if any(pad) else value)
-    return torch.cat(padded, dim=0)

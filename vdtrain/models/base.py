@@ -257,3 +257,24 @@ def accepts_logits_mask(model: Any) -> bool:
     import inspect
 
     return "logits_to_keep" in inspect.signature(unwrap_model(model).forward).parameters
+
+
+def batch_image_field(values: list[Any], dim: int = 0) -> Any:
+    """One image input of several samples batched as the processor batches it: tensors concatenated along dim 0,
+    zero-padded at the end of every other dim where they differ (the any-resolution tile counts of LLaVA-NeXT and
+    Idefics, which the processor pads and the model drops by `image_sizes`/`pixel_attention_mask`), or along `dim`
+    where the processor packs them there (`PACKED_DIMS`); lists (images of per-image sizes) joined."""
+    if not all(isinstance(value, torch.Tensor) for value in values):
+        return [item for value in values for item in (value if isinstance(value, (list, tuple)) else [value])]
+    if dim:
+        return torch.cat(values, dim=dim)
+    if len({value.dim() for value in values}) != 1:
+        raise ValueError(f"image inputs of {sorted({value.dim() for value in values})} dims cannot be batched")
+    shape = [max(sizes) for sizes in zip(*(value.shape[1:] for value in values))]
+    padded = []
+    for value in values:
+        pad: list[int] = []
+        for have, want in zip(reversed(value.shape[1:]), reversed(shape)):
+            pad += [0, want - have]
+        padded.append(torch.nn.functional.pad(value, pad) if any(pad) else value)
+    return torch.cat(padded, dim=0)

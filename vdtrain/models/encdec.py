@@ -13,6 +13,7 @@ from vdtrain.method.dependence import IGNORE_INDEX
 from vdtrain.models.base import (
     Example,
     ModelAdapter,
+    batch_image_field,
     register_adapter,
     register_encoder_decoder_adapter,
     tokenizer_of,
@@ -121,8 +122,6 @@ class EncoderDecoderAdapter(ChatTemplateAdapter):
 
     def image_inputs(self, processor: Any, images: list[Image.Image]) -> dict[str, torch.Tensor]:
         """The image inputs of the processor's encoding of a prompt with each image (all but the text fields)."""
-        from vdtrain.data.dataset import batch_image_field
-
         per_image = [self.encoder_inputs(processor, "q", image) for image in images]
         ids = per_image[0]["input_ids"][0]
         keys = [

@@ -12,6 +12,7 @@ from vdtrain.models.bunny.adapter import BunnyAdapter
 from vdtrain.models.encdec import DecoderPromptAdapter, EncoderDecoderAdapter, PPFormulaNetAdapter, UdopAdapter
 from vdtrain.models.generic import ChatTemplateAdapter, Gemma3Adapter, Qwen2VLAdapter
 from vdtrain.models.idefics import IdeficsAdapter
+from vdtrain.models.instructblip import InstructBlipVideoAdapter
 from vdtrain.models.kosmos2 import Kosmos2Adapter
 from vdtrain.models.llava import LlavaAdapter
 from vdtrain.models.paligemma import PaliGemmaAdapter
@@ -26,6 +27,7 @@ __all__ = [
     "Example",
     "Gemma3Adapter",
     "IdeficsAdapter",
+    "InstructBlipVideoAdapter",
     "Kosmos2Adapter",
     "LlavaAdapter",
     "ModelAdapter",

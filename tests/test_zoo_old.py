@@ -65,9 +65,8 @@ def _static_clip_processor(processor):
     (`frames` counted on the processor's text), so the comparison is with the processor's batch of the clips."""
     from transformers import InstructBlipVideoProcessor
 
-    frames = processor(text="", images=Image.new("RGB", (32, 32)))["input_ids"][0].count(
-        processor.tokenizer.convert_tokens_to_ids("<video>")
-    ) // processor.num_query_tokens
+    ids = processor(text="", images=Image.new("RGB", (32, 32)))["input_ids"][0]
+    frames = ids.count(processor.tokenizer.convert_tokens_to_ids("<video>")) // processor.num_query_tokens
 
     class StaticClipProcessor(InstructBlipVideoProcessor):
         def __call__(self, images=None, text=None, **kwargs):

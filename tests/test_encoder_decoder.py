@@ -148,7 +148,8 @@ def test_filter_scores_of_an_encoder_decoder_batch(setup):
     assert torch.equal(stats[:, 1], counts) and stats[3, 0] == 0  # every label counted; the text-only sample: d = 0
 
 
-@pytest.mark.parametrize("family", ["t5gemma2", "udop", "vision_encoder_decoder"])  # tiny Florence-2 ends at once
+# (a tiny Florence-2 ends at once)
+@pytest.mark.parametrize("family", ["t5gemma2", "udop", "vision_encoder_decoder", "pix2struct"])
 def test_generation_decodes_the_decoder_tokens_only(family, tmp_path):
     """`vdtrain eval`'s greedy generation on an encoder-decoder model: the answer is every token the decoder wrote
     after its prefix (start token, and the question where the encoder reads pixels only), not cut by the encoder's
@@ -174,7 +175,7 @@ def test_generation_decodes_the_decoder_tokens_only(family, tmp_path):
         generate_batch(model, processor, adapter, questions, images, DecodingOptions(decoding="vcd"))
 
 
-@pytest.mark.parametrize("family", ["t5gemma2", "florence2", "udop", "vision_encoder_decoder"])
+@pytest.mark.parametrize("family", ["t5gemma2", "florence2", "udop", "vision_encoder_decoder", "pix2struct"])
 def test_lora_targets_are_text_linears_only(family):
     """The adapter's LoRA regex (PEFT full-matches module names) picks the text encoder's and the decoder's linears,
     attention and MLP, and no module of the vision side."""
@@ -187,9 +188,32 @@ def test_lora_targets_are_text_linears_only(family):
     vision = ("vision", "patch", "projector")
     seen = [name for name in picked if any(part in name for part in vision) or name.startswith("encoder.layers.")]
     assert picked and not seen  # (a vision encoder-decoder's ViT is its `encoder.layers`)
-    assert any("decoder" in name for name in picked) and any(re.search(r"\.(q_proj|q)$", name) for name in picked)
-    assert not [name for name in linears if "decoder" in name and "attn" in name.lower() and name not in picked]
+    assert any("decoder" in name for name in picked)
+    assert any(re.search(r"\.(q_proj|q|query)$", name) for name in picked)
+    attention = [name for name in linears if "decoder" in name and re.search(r"attn|attention", name, re.IGNORECASE)]
+    assert attention and not [name for name in attention if name not in picked]
     # the vision fragments (frozen with freeze_vision_tower) name no text parameter
     params = [name for name, _ in model.named_parameters()]
     frozen = [name for name in params if any(fragment in name for fragment in adapter.vision_modules)]
     assert not [name for name in frozen if "decoder" in name or "language_model" in name or "text_model" in name]
+
+
+def test_pix2struct_vqa_processor_is_refused():
+    """A Pix2Struct VQA processor renders the question into the image, which the noisy pass would erase with it: the
+    adapter says so instead of training on `d` of image and question together; a captioning one gives patches whose
+    row and column channels the collator declares as coordinates."""
+    from PIL import Image
+
+    from vdtrain.errors import UsageError
+    from vdtrain.models.base import COORDINATE_DIMS
+
+    model, processor = zoo_encdec.build("pix2struct")
+    adapter = get_adapter(model, processor)
+    inputs = adapter.image_inputs(processor, [Image.new("RGB", (48, 32), "red")])
+    assert inputs[COORDINATE_DIMS] == {"flattened_patches": 2}
+    patches = inputs["flattened_patches"][0]
+    rows, columns = patches[inputs["attention_mask"][0].bool(), :2].T
+    assert rows.min() == columns.min() == 1 and rows.max() * columns.max() <= patches.shape[0]  # 1-based indices
+    processor.image_processor.is_vqa = True
+    with pytest.raises(UsageError, match="VQA"):
+        adapter.image_inputs(processor, [Image.new("RGB", (48, 32), "red")])

@@ -42,6 +42,7 @@ SFT_LEFT = {
     "udop": "its processor has no chat template (and its tokenizer wants words with boxes)",
     "vision_encoder_decoder": "its processor has no chat template; its encoder reads pixels only",
     "pp_formulanet": "its processor takes images only (no chat template); its encoder reads pixels only",
+    "pix2struct": "its processor has no chat template; its encoder reads pixels only",
 }
 
 
@@ -60,13 +61,14 @@ def test_every_family_is_classified_for_trl():
 
 # families whose every sample needs an image (UDOP's encoder fuses one page per row, a vision encoder-decoder reads
 # nothing else): no text-only record
-IMAGE_ONLY = {"udop", "vision_encoder_decoder", "pp_formulanet"}
+IMAGE_ONLY = {"udop", "vision_encoder_decoder", "pp_formulanet", "pix2struct"}
 # the processor's text arguments for a batch of 6 image rows (UDOP's: the prompt's words, each with a box; a vision
 # encoder-decoder's: none, it reads the images only); by default the adapter's prompt
 PROCESSOR_CALL = {
     "udop": lambda: {"text": [["q"]] * 6, "boxes": [[[0, 0, 0, 0]]] * 6},
     "vision_encoder_decoder": dict,
     "pp_formulanet": dict,
+    "pix2struct": dict,
 }
 
 

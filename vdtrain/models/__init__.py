@@ -9,7 +9,13 @@ from vdtrain.models.base import (
     register_adapter,
 )
 from vdtrain.models.bunny.adapter import BunnyAdapter
-from vdtrain.models.encdec import DecoderPromptAdapter, EncoderDecoderAdapter, PPFormulaNetAdapter, UdopAdapter
+from vdtrain.models.encdec import (
+    DecoderPromptAdapter,
+    EncoderDecoderAdapter,
+    Pix2StructAdapter,
+    PPFormulaNetAdapter,
+    UdopAdapter,
+)
 from vdtrain.models.generic import ChatTemplateAdapter, Gemma3Adapter, Qwen2VLAdapter
 from vdtrain.models.idefics import IdeficsAdapter
 from vdtrain.models.instructblip import InstructBlipVideoAdapter
@@ -33,6 +39,7 @@ __all__ = [
     "ModelAdapter",
     "PPFormulaNetAdapter",
     "PaliGemmaAdapter",
+    "Pix2StructAdapter",
     "PromptAnswerAdapter",
     "Qwen2VLAdapter",
     "UdopAdapter",

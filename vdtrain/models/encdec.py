@@ -8,9 +8,10 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vdtrain.errors import ConversationError
+from vdtrain.errors import ConversationError, UsageError
 from vdtrain.method.dependence import IGNORE_INDEX
 from vdtrain.models.base import (
+    COORDINATE_DIMS,
     Example,
     ModelAdapter,
     batch_image_field,
@@ -280,3 +281,47 @@ class PPFormulaNetAdapter(DecoderPromptAdapter):
     def decoder_start_id(self, processor: Any) -> int:
         """The tokenizer's EOS (PP-FormulaNet's `decoder_start_token_id`)."""
         return tokenizer_of(processor).eos_token_id
+
+
+@register_adapter("pix2struct")
+class Pix2StructAdapter(DecoderPromptAdapter):
+    """Pix2Struct in captioning mode: its encoder reads only `flattened_patches` `(B, max_patches, 2 + p*p*C)` (with
+    their patch `attention_mask`), so the question is the decoder's unsupervised prefix, laid out as
+    `DecoderPromptAdapter`, which is what its processor makes of `text` beside `images` at inference too. The decoder
+    starts from `<pad>` (T5's convention, Pix2Struct's `decoder_start_token_id`).
+
+    The first two entries of each patch are its row and column, which the encoder's embeddings read as indices:
+    `coordinate_channels = 2` keeps them, and the all-zero padding patches, out of the noise. VQA checkpoints
+    (`image_processor.is_vqa`) are refused: they render the question into the image as a header, so the noisy pass
+    would erase the question together with the image and `d` would measure the answer's dependence on both.
+    """
+
+    pixel_key = "flattened_patches"
+    coordinate_channels = 2
+    lora_target_modules = r"decoder\.layer\..*\.(query|key|value|output|wi_0|wi_1|wo)"  # the T5-style decoder's
+    projector_modules = ()  # the encoder's output goes straight to the decoder's cross-attention
+    vision_modules = ("encoder.",)  # the whole image encoder (not the decoder's `encoder_decoder_attention`)
+
+    def decoder_start_id(self, processor: Any) -> int:
+        """The tokenizer's pad token (Pix2Struct's `decoder_start_token_id`, as in T5)."""
+        return tokenizer_of(processor, ensure_pad=True).pad_token_id
+
+    def image_inputs(self, processor: Any, images: list[Image.Image]) -> dict[str, Any]:
+        """The processor's patches of the images and their patch mask, with the count of coordinate channels."""
+        return {**self._pixels(processor, images), COORDINATE_DIMS: {self.pixel_key: self.coordinate_channels}}
+
+    def generation_inputs(self, processor: Any, prompts: list[str], images: list[Image.Image]) -> dict:
+        """The images' patches and the decoder prefixes (`<pad>` + prompt), left-padded, with their attention mask."""
+        batch = super().generation_inputs(processor, prompts, images)
+        batch.pop(COORDINATE_DIMS, None)
+        return batch
+
+    def _pixels(self, processor: Any, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+        """`flattened_patches` and the patch `attention_mask` of a captioning processor's call on the images."""
+        if getattr(processor.image_processor, "is_vqa", False):
+            raise UsageError(
+                "this Pix2Struct processor is a VQA one (image_processor.is_vqa): it renders the question into the "
+                "image, which the noisy pass would erase together with the image; fine-tune from a captioning "
+                "checkpoint (the question becomes the decoder's prefix) or train without the VD loss"
+            )
+        return dict(processor(images=images, return_tensors="pt"))

@@ -81,9 +81,8 @@ def git() -> tuple[Any, Any]:
 
 def instructblip() -> tuple[Any, Any]:
     """InstructBLIP (Vicuna): BLIP-2's query tokens in front of the text, the Q-Former also reading a text with a
-    tokenizer of its own; no chat template. vdtrain builds image inputs per image (`adapter.image_inputs`, which
-    knows no text), so the Q-Former reads the image placeholder `<image>`, not the sample's instruction: a known gap.
-    """
+    tokenizer of its own; no chat template. The adapter (vdtrain/models/instructblip.py) gives the Q-Former each
+    sample's instruction, as the processor does at inference (test_zoo_old.py checks the collated rows)."""
     from transformers import (
         BlipImageProcessorPil,
         InstructBlipConfig,

@@ -45,7 +45,7 @@ class InstructBlipAdapter(PromptAnswerAdapter):
         if not any("<image>" in message["content"] for message in messages):
             return examples
         chat = _to_chat(messages, sample_id)
-        first = next(index for index, message in enumerate(chat) if message["role"] == "assistant")
+        first = next((index for index, message in enumerate(chat) if message["role"] == "assistant"), len(chat))
         prompt = self._render(processor, chat[:first], add_generation_prompt=True)
         encoded = self._qformer_encoding(processor, [self.instruction(processor, prompt)])
         qformer_tokenizer = processor.qformer_tokenizer

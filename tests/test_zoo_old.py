@@ -75,7 +75,9 @@ def _static_clip_processor(processor):
             return super().__call__(images=images, text=text, **kwargs)
 
     parts = ("video_processor", "tokenizer", "qformer_tokenizer")
-    return StaticClipProcessor(**{part: getattr(processor, part) for part in parts}, num_query_tokens=4)
+    return StaticClipProcessor(
+        **{part: getattr(processor, part) for part in parts}, num_query_tokens=processor.num_query_tokens
+    )
 
 
 @pytest.mark.torchvision
@@ -99,7 +101,8 @@ def test_instructblipvideo_images_are_static_clips():
     own = processor(text="Question: hi Answer:", images=[[image] * 4], return_tensors="pt")
     video_id = model.config.video_token_id
     assert adapter.frames(processor) == 4 and adapter.image_token_id(processor) == video_id
-    assert adapter.num_image_tokens(processor, image.size) == int(own["input_ids"].eq(video_id).sum()) == 16
+    tokens = model.config.num_query_tokens * 4
+    assert adapter.num_image_tokens(processor, image.size) == int(own["input_ids"].eq(video_id).sum()) == tokens
     pixels = adapter.image_inputs(processor, [image])["pixel_values"]
     assert pixels.shape == (1, 4, 3, 32, 32) and torch.equal(pixels, own["pixel_values"])
     assert torch.equal(pixels[0, 0], pixels[0, 3])  # static: every frame the image

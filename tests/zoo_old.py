@@ -125,13 +125,13 @@ def instructblipvideo() -> tuple[Any, Any]:
     qformer_tok.pad_token = qformer_tok.unk_token
     video_processor = InstructBlipVideoVideoProcessor(size={"height": IMAGE, "width": IMAGE})
     processor = InstructBlipVideoProcessor(
-        video_processor=video_processor, tokenizer=tok, qformer_tokenizer=qformer_tok, num_query_tokens=4
+        video_processor=video_processor, tokenizer=tok, qformer_tokenizer=qformer_tok, num_query_tokens=2
     )
     config = InstructBlipVideoConfig(
         vision_config=_vision(initializer_range=0.02),
         qformer_config=_qformer(qformer_tok),
         text_config=llama(tok),
-        num_query_tokens=4,
+        num_query_tokens=2,
         video_token_index=tok.convert_tokens_to_ids("<video>"),
     )
     return _seeded(InstructBlipVideoForConditionalGeneration, config), processor

@@ -99,3 +99,18 @@ def test_full_fine_tuning_freezes_the_tower_and_trains_the_projector_inside_it()
     assert any(name.startswith(mergers) for name in trainable)
     assert not any(name.startswith("model.visual.") and not name.startswith(mergers) for name in trainable)
     assert any(name.startswith("model.language_model.") for name in trainable)
+
+
+def test_lora_wraps_the_language_model_and_saves_every_projector_part():
+    """With LoRA (the recipe's default), PEFT gets the language model's linears and a full copy of each projector
+    part, a module list (Qwen3-VL's DeepStack mergers) item by item (PEFT refused the list itself)."""
+    model, processor = zoo.build("qwen3_vl")
+    adapter = get_adapter(model, processor)
+    model = prepare_for_training(
+        model, adapter, ModelArguments(model_name_or_path="tiny"), gradient_checkpointing=False
+    )
+    trainable = [name for name, param in model.named_parameters() if param.requires_grad]
+    assert any("deepstack_merger_list.0.modules_to_save" in name for name in trainable)
+    assert any("visual.merger.modules_to_save" in name for name in trainable)
+    assert any("language_model" in name and "lora_A" in name for name in trainable)
+    assert not [name for name in trainable if "visual.blocks" in name or "lm_head" in name]

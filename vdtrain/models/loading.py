@@ -81,6 +81,20 @@ def _raw_config(path: str | os.PathLike) -> dict | None:
     return json.loads(Path(resolved).read_text()) if resolved else None
 
 
+def _wrappable(model: Any, parts: list[str]) -> list[str]:
+    """`parts` for PEFT's `modules_to_save`, a module list (Qwen3-VL's DeepStack mergers) as its items: PEFT copies
+    single modules only."""
+    modules = dict(model.named_modules())
+    names = []
+    for part in parts:
+        module = modules.get(part)
+        if isinstance(module, (torch.nn.ModuleList, torch.nn.ModuleDict)):
+            names += [f"{part}.{child}" for child, _ in module.named_children()]
+        else:
+            names.append(part)
+    return names
+
+
 def prepare_for_training(model: Any, adapter: ModelAdapter, args: ModelArguments, gradient_checkpointing: bool) -> Any:
     """Freeze what the recipe keeps fixed and add LoRA to the language model; the projector trains fully.
 
@@ -110,7 +124,7 @@ def prepare_for_training(model: Any, adapter: ModelAdapter, args: ModelArguments
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
         target_modules=targets if isinstance(targets, str) else list(targets),
-        modules_to_save=projector or None,
+        modules_to_save=_wrappable(model, projector) or None,
         task_type="CAUSAL_LM",
     )
     if gradient_checkpointing:

@@ -11,6 +11,7 @@ import pytest
 import test_zoo
 import torch
 import zoo_old
+import zoo_torchvision
 from datasets import Dataset
 from PIL import Image
 from test_drop_in import TIMING
@@ -25,7 +26,7 @@ from vdtrain.models import get_adapter
 from vdtrain.models.base import tokenizer_of
 
 # families without a chat template: SFTTrainer refuses their processors ("does not have a chat template")
-NO_CHAT_TEMPLATE = ("blip", "git", "instructblip", "kosmos_2", "kosmos_2_5")
+NO_CHAT_TEMPLATE = ("blip", "git", "instructblip", "instructblipvideo", "kosmos_2", "kosmos_2_5")
 # families with a chat template that TRL's SFTTrainer does not train as their format, and why
 SFT_NOT_DONE = {
     "idefics": "TRL's vision collator calls processor(text=rendered, images=row_images); IdeficsProcessor interleaves"
@@ -42,16 +43,121 @@ def test_every_family_is_classified():
     group += ["diffusion_gemma", "pi0", "pi05"]
     assert sorted([*zoo_old.FAMILIES, *zoo_old.LEFT]) == sorted(group)
     assert set(zoo_old.DROP_IN) <= set(zoo_old.LEFT) and all(zoo_old.LEFT.values())
+    assert set(zoo_old.TORCHVISION) <= set(zoo_old.FAMILIES)
     assert sorted([*NO_CHAT_TEMPLATE, *SFT_NOT_DONE]) == sorted(zoo_old.FAMILIES)
 
 
-@pytest.mark.parametrize("family", zoo_old.FAMILIES)
+@pytest.mark.parametrize("family", [family for family in zoo_old.FAMILIES if family not in zoo_old.TORCHVISION])
 def test_family(family, tmp_path, monkeypatch):
     model, processor = zoo_old.build(family)
     if family in (*zoo_old.IMAGE_EVERY_ROW, *zoo_old.ROW_BATCHED, *zoo_old.IMAGES_ONLY):
         image_rows = [record for record in test_zoo.records() if "image" in record]
         monkeypatch.setattr(test_zoo, "records", lambda: image_rows)
     check_family(family, model, processor, tmp_path)
+
+
+def _static_clip_processor(processor):
+    """The family's processor, reading a row of one image as the static clip the adapter gives it.
+
+    check_family compares the collator's pixels with the processor's batch of each row's images (`[[image]]`), which
+    a video processor reads as a one-frame video, one that the `num_query_tokens * 4` video tokens of its own text do
+    not fit (the model fails on it); this processor hands the real video processor the clip of `frames` copies instead
+    (`frames` counted on the processor's text), so the comparison is with the processor's batch of the clips."""
+    from transformers import InstructBlipVideoProcessor
+
+    ids = processor(text="", images=Image.new("RGB", (32, 32)))["input_ids"][0]
+    frames = ids.count(processor.tokenizer.convert_tokens_to_ids("<video>")) // processor.num_query_tokens
+
+    class StaticClipProcessor(InstructBlipVideoProcessor):
+        def __call__(self, images=None, text=None, **kwargs):
+            if isinstance(images, list) and all(isinstance(row, list) and len(row) == 1 for row in images):
+                images = [row * frames for row in images]
+            return super().__call__(images=images, text=text, **kwargs)
+
+    parts = ("video_processor", "tokenizer", "qformer_tokenizer")
+    return StaticClipProcessor(**{part: getattr(processor, part) for part in parts}, num_query_tokens=4)
+
+
+@pytest.mark.torchvision
+@pytest.mark.parametrize("family", zoo_old.TORCHVISION)
+def test_torchvision_family(family, tmp_path):
+    """The families whose processor needs torchvision (InstructBLIP-Video's video processor): deselected by the main
+    CI (`-m "not torchvision"`), run by scripts/ci_torchvision.sh."""
+    zoo_torchvision.require_torchvision()
+    model, processor = zoo_old.build(family)
+    check_family(family, model, _static_clip_processor(processor), tmp_path)
+
+
+@pytest.mark.torchvision
+def test_instructblipvideo_images_are_static_clips():
+    """An image is the processor's own encoding of the clip of `frames` copies of it, `frames` being what the
+    processor's text assumes (its video tokens per query token: 4), and stands for those video tokens."""
+    zoo_torchvision.require_torchvision()
+    model, processor = zoo_old.build("instructblipvideo")
+    adapter = get_adapter(model, processor)
+    image = Image.new("RGB", (48, 32), "red")
+    own = processor(text="Question: hi Answer:", images=[[image] * 4], return_tensors="pt")
+    video_id = model.config.video_token_id
+    assert adapter.frames(processor) == 4 and adapter.image_token_id(processor) == video_id
+    assert adapter.num_image_tokens(processor, image.size) == int(own["input_ids"].eq(video_id).sum()) == 16
+    pixels = adapter.image_inputs(processor, [image])["pixel_values"]
+    assert pixels.shape == (1, 4, 3, 32, 32) and torch.equal(pixels, own["pixel_values"])
+    assert torch.equal(pixels[0, 0], pixels[0, 3])  # static: every frame the image
+
+
+INSTRUCTIONS = ["what is on the mat?", "describe."]
+
+
+@pytest.mark.parametrize("family", ["instructblip", pytest.param("instructblipvideo", marks=pytest.mark.torchvision)])
+def test_the_qformer_reads_each_rows_instruction(family, tmp_path):
+    """InstructBLIP's Q-Former reads the sample's instruction, as `processor(images, text=prompt)` gives it at
+    inference: each image row's collated `qformer_input_ids` are the Q-Former tokenizer's encoding of the prompt
+    before the first answer (a two-turn sample: its first question), padded to their own length; text-only rows add
+    none; the Arrow-cached datasets give the same batch; generation gives the Q-Former the same ids."""
+    if family in zoo_old.TORCHVISION:
+        zoo_torchvision.require_torchvision()
+    from vdtrain.data import SupervisedDataset, VDDataCollator
+
+    model, processor = zoo_old.build(family)
+    adapter = get_adapter(model, processor)
+    test_zoo.write_images(tmp_path)
+    turns = [("human", f"<image>\n{INSTRUCTIONS[0]}"), ("gpt", "a cat."), ("human", "and its color?"), ("gpt", "red.")]
+    records = [
+        {"id": "a", "image": "img0.png", "conversations": [{"from": f, "value": v} for f, v in turns]},
+        {"id": "t", "conversations": [{"from": "human", "value": "say yes."}, {"from": "gpt", "value": "yes."}]},
+        {"id": "b", "image": "img1.png", "conversations": [{"from": "human", "value": f"<image>\n{INSTRUCTIONS[1]}"},
+                                                         {"from": "gpt", "value": "a dog."}]},
+    ]  # fmt: skip
+    collator = VDDataCollator.for_processor(processor)
+    dataset = SupervisedDataset(records, adapter, processor, image_folder=tmp_path, max_length=4096)
+    batch = collator([dataset[index] for index in range(len(dataset))])
+    qformer = processor.qformer_tokenizer
+    expected = [f"Question: {instruction} Answer:" for instruction in INSTRUCTIONS]
+    ids, mask = batch["qformer_input_ids"], batch["qformer_attention_mask"]
+    assert [qformer.decode(row[row_mask.bool()], skip_special_tokens=True) for row, row_mask in zip(ids, mask)] == (
+        expected
+    )
+    assert [row[row_mask.bool()].tolist() for row, row_mask in zip(ids, mask)] == qformer(expected)["input_ids"]
+    assert mask.sum(dim=1).tolist() == [len(row) for row in qformer(expected)["input_ids"]]
+    assert ids[1][~mask[1].bool()].eq(qformer.pad_token_id).all() and not mask[1].all()  # the short row padded
+    assert batch["pixel_values"].shape[0] == ids.shape[0] == 2 and batch["has_image"].tolist() == [True, False, True]
+
+    source = Dataset.from_list([{**record, "image": record.get("image")} for record in records])
+    for lazy in (True, False):
+        cached = SupervisedDataset(
+            source, adapter, processor, image_folder=tmp_path, max_length=4096, cache_dir=tmp_path / "c", lazy=lazy
+        )
+        again = collator([cached[index] for index in range(len(cached))])
+        assert again.keys() == batch.keys() and all(torch.equal(again[key], batch[key]) for key in batch), lazy
+
+    images = [Image.open(tmp_path / name).convert("RGB") for name in ("img0.png", "img1.png")]
+    prompts = [adapter.prompt(instruction, processor) for instruction in INSTRUCTIONS]
+    generation = adapter.generation_inputs(processor, prompts, images)
+    assert torch.equal(generation["qformer_input_ids"], ids)
+    assert torch.equal(generation["qformer_attention_mask"], mask)
+    with torch.no_grad():
+        out = model.generate(**generation, max_new_tokens=2, do_sample=False)
+    assert out.shape[0] == 2
 
 
 def test_kosmos25_noise_keeps_the_patch_coordinates(tmp_path):

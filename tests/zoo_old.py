@@ -41,6 +41,19 @@ def _vision(hidden: int = 32, **extra: Any) -> dict[str, Any]:
     }
 
 
+def _qformer(tok: Any) -> dict[str, Any]:
+    """A two-layer Q-Former config reading `tok`'s vocabulary and cross-attending to a 32-wide vision tower."""
+    return {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "encoder_hidden_size": 32,
+        "vocab_size": len(tok),
+        "pad_token_id": 0,
+    }
+
+
 def blip() -> tuple[Any, Any]:
     """BLIP captioning: a BERT-style decoder cross-attending to every row's image; no image token in the text."""
     from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil, BlipProcessor
@@ -68,9 +81,8 @@ def git() -> tuple[Any, Any]:
 
 def instructblip() -> tuple[Any, Any]:
     """InstructBLIP (Vicuna): BLIP-2's query tokens in front of the text, the Q-Former also reading a text with a
-    tokenizer of its own; no chat template. vdtrain builds image inputs per image (`adapter.image_inputs`, which
-    knows no text), so the Q-Former reads the image placeholder `<image>`, not the sample's instruction: a known gap.
-    """
+    tokenizer of its own; no chat template. The adapter (vdtrain/models/instructblip.py) gives the Q-Former each
+    sample's instruction, as the processor does at inference (test_zoo_old.py checks the collated rows)."""
     from transformers import (
         BlipImageProcessorPil,
         InstructBlipConfig,
@@ -87,20 +99,42 @@ def instructblip() -> tuple[Any, Any]:
     )
     config = InstructBlipConfig(
         vision_config=_vision(initializer_range=0.02),
-        qformer_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "encoder_hidden_size": 32,
-            "vocab_size": len(qformer_tok),
-            "pad_token_id": 0,
-        },
+        qformer_config=_qformer(qformer_tok),
         text_config=llama(tok),
         num_query_tokens=4,
         image_token_index=tok.convert_tokens_to_ids("<image>"),
     )
     return _seeded(InstructBlipForConditionalGeneration, config), processor
+
+
+def instructblipvideo() -> tuple[Any, Any]:
+    """InstructBLIP-Video (Vicuna): InstructBLIP over a 4-frame clip, `num_query_tokens` video tokens per frame in
+    front of the text; its processor has a video processor (torchvision-only), no image processor and no chat
+    template. vdtrain gives each image as a static clip (the adapter: vdtrain/models/instructblip.py)."""
+    from transformers import (
+        InstructBlipVideoConfig,
+        InstructBlipVideoForConditionalGeneration,
+        InstructBlipVideoProcessor,
+    )
+    from transformers.models.instructblipvideo.video_processing_instructblipvideo import (
+        InstructBlipVideoVideoProcessor,
+    )
+
+    tok = tokenizer("llama2")  # the processor adds its `<video>` token
+    qformer_tok = tokenizer("llama2")  # BERT's in the published checkpoint (no npm twin)
+    qformer_tok.pad_token = qformer_tok.unk_token
+    video_processor = InstructBlipVideoVideoProcessor(size={"height": IMAGE, "width": IMAGE})
+    processor = InstructBlipVideoProcessor(
+        video_processor=video_processor, tokenizer=tok, qformer_tokenizer=qformer_tok, num_query_tokens=4
+    )
+    config = InstructBlipVideoConfig(
+        vision_config=_vision(initializer_range=0.02),
+        qformer_config=_qformer(qformer_tok),
+        text_config=llama(tok),
+        num_query_tokens=4,
+        video_token_index=tok.convert_tokens_to_ids("<video>"),
+    )
+    return _seeded(InstructBlipVideoForConditionalGeneration, config), processor
 
 
 def kosmos_2() -> tuple[Any, Any]:
@@ -229,6 +263,7 @@ BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "blip": blip,
     "git": git,
     "instructblip": instructblip,
+    "instructblipvideo": instructblipvideo,
     "kosmos_2": kosmos_2,
     "kosmos_2_5": kosmos_2_5,
 }
@@ -237,6 +272,8 @@ FAMILIES = list(BUILDERS)
 # families whose forward needs one image per row (cross-attention to it, or it prefixed inside the model): a batch
 # with a text-only row fails in the model itself, so their zoo data are the image rows
 IMAGE_EVERY_ROW = ("blip", "git")
+# families whose processor needs torchvision (tests marked `torchvision`, run by scripts/ci_torchvision.sh)
+TORCHVISION = ("instructblipvideo",)
 # families whose processor refuses a text-only row ("Kosmos2_5Processor requires images to be passed")
 IMAGES_ONLY = ("kosmos_2_5",)
 # families whose processor batches pixels one entry per row, text-only rows as zero images: check_family compares
@@ -245,9 +282,6 @@ IMAGES_ONLY = ("kosmos_2_5",)
 ROW_BATCHED = ("idefics",)
 
 LEFT: dict[str, str] = {
-    "instructblipvideo": "a video model: InstructBlipVideoProcessor has a video processor (torchvision-only,"
-    " video_processing_instructblipvideo.py imports torchvision) and no image processor, and writes num_query_tokens x"
-    " 4 frames of video tokens; vdtrain's data and adapters are images through an image processor",
     "evolla": "a protein-text model: EvollaForProteinText2Text.forward takes protein_input_ids, no image input, so"
     " d = 0 everywhere; VDTrainer trains it as Trainer with one warning (test_zoo_old.py, DROP_IN)",
     "pi0": "a robot-action model: PI0ForConditionalGeneration's loss is the MSE of flow-matching action velocities"

@@ -33,6 +33,16 @@ COORDINATE_DIMS = "vd_coordinate_dims"
 
 
 @dataclass
+class FieldGroup:
+    """Fields of one example with a length of their own, not its tokens' (InstructBLIP's Q-Former text:
+    `qformer_input_ids`, `qformer_attention_mask`): `VDDataCollator` right-pads them together to the longest field of
+    the group in the batch, each with its pad value, one batch row per example that carries the group, in order."""
+
+    fields: dict[str, list[int]]
+    pads: dict[str, int]  # the pad value of every field
+
+
+@dataclass
 class Example:
     """One tokenised training sequence; image tokens already expanded to what the model expects."""
 
@@ -40,6 +50,7 @@ class Example:
     labels: list[int]
     end_of_turn_mask: list[bool]
     extra: dict[str, list[int]] = field(default_factory=dict)  # per-token fields such as token_type_ids
+    groups: dict[str, FieldGroup] = field(default_factory=dict)  # fields of their own length, by group name
 
     @property
     def num_supervised(self) -> int:
@@ -47,11 +58,12 @@ class Example:
 
     def truncate(self, max_length: int) -> Example:
         """Cut every token field to `max_length` tokens (right side); an encoder-decoder model's labels have a length
-        of their own."""
+        of their own, and field groups are no token fields (kept as they are)."""
         if max(len(self.input_ids), len(self.labels)) <= max_length:
             return self
         cut = {key: values[:max_length] for key, values in self.extra.items()}
-        return Example(self.input_ids[:max_length], self.labels[:max_length], self.end_of_turn_mask[:max_length], cut)
+        ids, labels, eot = self.input_ids[:max_length], self.labels[:max_length], self.end_of_turn_mask[:max_length]
+        return Example(ids, labels, eot, cut, dict(self.groups))
 
 
 def register_adapter(*model_types: str, override: bool = False) -> Callable[[type[ModelAdapter]], type[ModelAdapter]]:

@@ -66,15 +66,21 @@ def test_the_parts_of_each_family(key):
 
 
 @pytest.mark.parametrize("family", ["glm4v_moe", "qwen3_omni_moe_thinker"])
-def test_no_lora_on_fused_experts_or_routers(family):
-    """Fused expert weights are parameters, not linear layers (PEFT wraps them as `ParamWrapper`, which refuses
-    `lora_dropout`); routers are left alone: LoRA goes to attention and the dense MLPs."""
+def test_lora_on_a_mixture_of_experts_model_is_on_attention(family):
+    """transformers keeps an MoE layer's experts as 3-D parameters, and PEFT re-maps MLP target names onto them
+    (wrapped as `ParamWrapper`, which refuses the recipe's `lora_dropout`), so LoRA goes to attention only; routers
+    are never targets. `prepare_for_training` then wraps the model with the recipe's defaults."""
     import zoo_glm
 
-    model, _ = (zoo_glm if family == "glm4v_moe" else zoo_qwen).build(family)
+    model, processor = (zoo_glm if family == "glm4v_moe" else zoo_qwen).build(family)
     targets = read_layout(model).lora_targets
     leaves = {name.rsplit(".", 1)[-1] for name in targets}
-    assert {"q_proj", "k_proj", "v_proj", "o_proj"} <= leaves and not leaves & {"gate", "router", "experts"}
+    assert leaves == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    assert any(param.dim() == 3 for name, param in model.named_parameters() if "experts" in name)
+    arguments = ModelArguments(model_name_or_path="tiny")
+    assert arguments.lora_dropout > 0
+    model = prepare_for_training(model, get_adapter(model, processor), arguments, gradient_checkpointing=False)
+    assert any("lora_A" in name for name, _ in model.named_parameters())
 
 
 def test_an_adapter_that_names_its_parts_keeps_them():

@@ -24,6 +24,9 @@ VISION = re.compile(r"vision|visual|vqmodel|image_encoder|audio")
 NEITHER = re.compile(r"^generation_")
 # a mixture-of-experts router: LoRA there would move the routing, not the experts' outputs
 ROUTERS = frozenset({"gate", "router"})
+# MLP names that PEFT re-maps onto fused expert weights in a model that has them (transformers 5 keeps an MoE
+# layer's experts as 3-D parameters; PEFT then wraps those with `ParamWrapper`, which refuses `lora_dropout`)
+MLP_NAMES = frozenset({"gate_proj", "up_proj", "down_proj", "gate_up_proj"})
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,10 @@ def read_layout(model: nn.Module) -> Layout:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     vocabulary = getattr(embeddings, "num_embeddings", None)  # a linear onto the vocabulary is an LM head
+    fused = prefix is not None and any(
+        param.dim() == 3 and _under(name, prefix) for name, param in model.named_parameters()
+    )
+    skipped = ROUTERS | MLP_NAMES if fused else ROUTERS  # an MoE model's LoRA: attention
     lora = tuple(
         name
         for name, module in modules.items()
@@ -70,7 +77,7 @@ def read_layout(model: nn.Module) -> Layout:
         and _under(name, prefix)
         and module is not head
         and module.out_features != vocabulary
-        and name.rsplit(".", 1)[-1] not in ROUTERS
+        and name.rsplit(".", 1)[-1] not in skipped
         and not any(_under(name, part) for part in (*projector, *vision))
     )
     return Layout(prefix, lora, projector, vision)

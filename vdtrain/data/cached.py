@@ -38,7 +38,7 @@ logger = logging.getLogger("vdtrain")
 def _extra_keys(adapter: ModelAdapter, processor: Any) -> list[str]:
     """The adapter's per-token fields besides ids, labels and the end-of-turn mask (`token_type_ids`, ...)."""
     messages = [{"role": "user", "content": "<image>\nhi"}, {"role": "assistant", "content": "ok"}]
-    tokens = adapter.num_image_tokens(processor, (64, 64)) if adapter.image_token_id(processor) is not None else 0
+    tokens = adapter.num_image_tokens(processor, (64, 64))  # as `encode_record` does for any sample with an image
     return sorted({key for example in adapter.encode(messages, processor, tokens) for key in example.extra})
 
 

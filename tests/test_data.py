@@ -61,6 +61,34 @@ def test_dataset_and_collator(tmp_path, llava):
     assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
 
 
+def test_field_groups_are_padded_to_their_own_length(tmp_path, llava):
+    """An example's field group (`Example.groups`: InstructBLIP's Q-Former text) is padded together to the group's
+    longest field, not to the tokens' length, each field with its own pad value, one row per example carrying it; a
+    truncated example keeps it whole."""
+    from vdtrain.data.dataset import example_features
+    from vdtrain.models.base import Example, FieldGroup
+
+    _, processor, adapter = llava
+    names = write_images(tmp_path / "img", 2)
+    write_conversations(tmp_path / "d.json", names, turns=1, text_only=1)
+    dataset = SupervisedDataset(load_conversations(tmp_path / "d.json"), adapter, processor, tmp_path / "img")
+    pads = {"side_ids": 7, "side_mask": 0}
+    long = FieldGroup({"side_ids": [1, 2, 3, 4, 5] * 60, "side_mask": [1] * 300}, pads)  # longer than the tokens
+    short = FieldGroup({"side_ids": [9, 9], "side_mask": [1, 1]}, pads)
+    features = []
+    for index, group in zip(range(3), (long, None, short)):
+        record, example = dataset.items[index]
+        if group is not None:
+            example = Example(example.input_ids, example.labels, example.end_of_turn_mask, example.extra, {"s": group})
+        features.append({**dataset[index], **example_features(example)})
+    batch = VDDataCollator.for_processor(processor)(features)
+    assert batch["input_ids"].shape[1] == max(len(feature["input_ids"]) for feature in features) < 300
+    assert batch["side_ids"].tolist() == [long.fields["side_ids"], [9, 9] + [7] * 298]  # the carriers' rows
+    assert batch["side_mask"].tolist() == [[1] * 300, [1, 1] + [0] * 298]
+    cut = Example([1] * 10, [1] * 10, [False] * 10, {}, {"s": long}).truncate(4)
+    assert cut.input_ids == [1] * 4 and cut.groups == {"s": long}
+
+
 def test_missing_images_listed_in_one_error(tmp_path):
     names = write_images(tmp_path / "img", 3)
     records = write_conversations(tmp_path / "d.json", names)

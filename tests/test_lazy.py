@@ -54,6 +54,26 @@ def test_the_bound_covers_the_tokens_before_every_answer(family):
             assert bounds[0] <= firsts[0] + 4 * len(messages[0]["content"]) + 64
 
 
+@pytest.mark.parametrize("family", ["udop", "vision_encoder_decoder", "pix2struct"])
+def test_the_bound_of_a_family_that_reads_an_image_with_every_sample(family):
+    """A family that refuses a sample without an image (UDOP, vision encoder-decoders) is probed with one (`vdtrain
+    train` stopped at "sample probe has no image" before), and its bound still covers every answer's prefix."""
+    import zoo_encdec
+
+    model, processor = zoo_encdec.build(family)
+    adapter = get_adapter(model, processor)
+    with pytest.raises(ConversationError, match="no image"):
+        adapter.encode(conversations(with_image=False)[0], processor, 0, sample_id="s")
+    bound = PrefixBound(adapter, processor)
+    for size in [(48, 32), (20, 200)]:
+        tokens = adapter.num_image_tokens(processor, size)
+        for messages in conversations(with_image=True):
+            examples = adapter.encode(messages, processor, tokens, sample_id="s")
+            bounds = bound.bounds(messages, len(examples), size)
+            firsts = [next(i for i, label in enumerate(e.labels) if label != IGNORE_INDEX) for e in examples]
+            assert all(first <= most for first, most in zip(firsts, bounds)), (size, firsts, bounds)
+
+
 @pytest.fixture(scope="module")
 def llava():
     model, processor = tiny_llava()

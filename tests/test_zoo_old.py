@@ -75,7 +75,9 @@ def _static_clip_processor(processor):
             return super().__call__(images=images, text=text, **kwargs)
 
     parts = ("video_processor", "tokenizer", "qformer_tokenizer")
-    return StaticClipProcessor(**{part: getattr(processor, part) for part in parts}, num_query_tokens=4)
+    return StaticClipProcessor(
+        **{part: getattr(processor, part) for part in parts}, num_query_tokens=processor.num_query_tokens
+    )
 
 
 @pytest.mark.torchvision
@@ -99,10 +101,66 @@ def test_instructblipvideo_images_are_static_clips():
     own = processor(text="Question: hi Answer:", images=[[image] * 4], return_tensors="pt")
     video_id = model.config.video_token_id
     assert adapter.frames(processor) == 4 and adapter.image_token_id(processor) == video_id
-    assert adapter.num_image_tokens(processor, image.size) == int(own["input_ids"].eq(video_id).sum()) == 16
+    tokens = model.config.num_query_tokens * 4
+    assert adapter.num_image_tokens(processor, image.size) == int(own["input_ids"].eq(video_id).sum()) == tokens
     pixels = adapter.image_inputs(processor, [image])["pixel_values"]
     assert pixels.shape == (1, 4, 3, 32, 32) and torch.equal(pixels, own["pixel_values"])
     assert torch.equal(pixels[0, 0], pixels[0, 3])  # static: every frame the image
+
+
+INSTRUCTIONS = ["what is on the mat?", "describe."]
+
+
+@pytest.mark.parametrize("family", ["instructblip", pytest.param("instructblipvideo", marks=pytest.mark.torchvision)])
+def test_the_qformer_reads_each_rows_instruction(family, tmp_path):
+    """InstructBLIP's Q-Former reads the sample's instruction, as `processor(images, text=prompt)` gives it at
+    inference: each image row's collated `qformer_input_ids` are the Q-Former tokenizer's encoding of the prompt
+    before the first answer (a two-turn sample: its first question), padded to their own length; text-only rows add
+    none; the Arrow-cached datasets give the same batch; generation gives the Q-Former the same ids."""
+    if family in zoo_old.TORCHVISION:
+        zoo_torchvision.require_torchvision()
+    from vdtrain.data import SupervisedDataset, VDDataCollator
+
+    model, processor = zoo_old.build(family)
+    adapter = get_adapter(model, processor)
+    test_zoo.write_images(tmp_path)
+    turns = [("human", f"<image>\n{INSTRUCTIONS[0]}"), ("gpt", "a cat."), ("human", "and its color?"), ("gpt", "red.")]
+    records = [
+        {"id": "a", "image": "img0.png", "conversations": [{"from": f, "value": v} for f, v in turns]},
+        {"id": "t", "conversations": [{"from": "human", "value": "say yes."}, {"from": "gpt", "value": "yes."}]},
+        {"id": "b", "image": "img1.png", "conversations": [{"from": "human", "value": f"<image>\n{INSTRUCTIONS[1]}"},
+                                                         {"from": "gpt", "value": "a dog."}]},
+    ]  # fmt: skip
+    collator = VDDataCollator.for_processor(processor)
+    dataset = SupervisedDataset(records, adapter, processor, image_folder=tmp_path, max_length=4096)
+    batch = collator([dataset[index] for index in range(len(dataset))])
+    qformer = processor.qformer_tokenizer
+    expected = [f"Question: {instruction} Answer:" for instruction in INSTRUCTIONS]
+    ids, mask = batch["qformer_input_ids"], batch["qformer_attention_mask"]
+    assert [qformer.decode(row[row_mask.bool()], skip_special_tokens=True) for row, row_mask in zip(ids, mask)] == (
+        expected
+    )
+    assert [row[row_mask.bool()].tolist() for row, row_mask in zip(ids, mask)] == qformer(expected)["input_ids"]
+    assert mask.sum(dim=1).tolist() == [len(row) for row in qformer(expected)["input_ids"]]
+    assert ids[1][~mask[1].bool()].eq(qformer.pad_token_id).all() and not mask[1].all()  # the short row padded
+    assert batch["pixel_values"].shape[0] == ids.shape[0] == 2 and batch["has_image"].tolist() == [True, False, True]
+
+    source = Dataset.from_list([{**record, "image": record.get("image")} for record in records])
+    for lazy in (True, False):
+        cached = SupervisedDataset(
+            source, adapter, processor, image_folder=tmp_path, max_length=4096, cache_dir=tmp_path / "c", lazy=lazy
+        )
+        again = collator([cached[index] for index in range(len(cached))])
+        assert again.keys() == batch.keys() and all(torch.equal(again[key], batch[key]) for key in batch), lazy
+
+    images = [Image.open(tmp_path / name).convert("RGB") for name in ("img0.png", "img1.png")]
+    prompts = [adapter.prompt(instruction, processor) for instruction in INSTRUCTIONS]
+    generation = adapter.generation_inputs(processor, prompts, images)
+    assert torch.equal(generation["qformer_input_ids"], ids)
+    assert torch.equal(generation["qformer_attention_mask"], mask)
+    with torch.no_grad():
+        out = model.generate(**generation, max_new_tokens=2, do_sample=False)
+    assert out.shape[0] == 2
 
 
 def test_kosmos25_noise_keeps_the_patch_coordinates(tmp_path):

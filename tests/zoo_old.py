@@ -81,9 +81,8 @@ def git() -> tuple[Any, Any]:
 
 def instructblip() -> tuple[Any, Any]:
     """InstructBLIP (Vicuna): BLIP-2's query tokens in front of the text, the Q-Former also reading a text with a
-    tokenizer of its own; no chat template. vdtrain builds image inputs per image (`adapter.image_inputs`, which
-    knows no text), so the Q-Former reads the image placeholder `<image>`, not the sample's instruction: a known gap.
-    """
+    tokenizer of its own; no chat template. The adapter (vdtrain/models/instructblip.py) gives the Q-Former each
+    sample's instruction, as the processor does at inference (test_zoo_old.py checks the collated rows)."""
     from transformers import (
         BlipImageProcessorPil,
         InstructBlipConfig,
@@ -126,13 +125,13 @@ def instructblipvideo() -> tuple[Any, Any]:
     qformer_tok.pad_token = qformer_tok.unk_token
     video_processor = InstructBlipVideoVideoProcessor(size={"height": IMAGE, "width": IMAGE})
     processor = InstructBlipVideoProcessor(
-        video_processor=video_processor, tokenizer=tok, qformer_tokenizer=qformer_tok, num_query_tokens=4
+        video_processor=video_processor, tokenizer=tok, qformer_tokenizer=qformer_tok, num_query_tokens=2
     )
     config = InstructBlipVideoConfig(
         vision_config=_vision(initializer_range=0.02),
         qformer_config=_qformer(qformer_tok),
         text_config=llama(tok),
-        num_query_tokens=4,
+        num_query_tokens=2,
         video_token_index=tok.convert_tokens_to_ids("<video>"),
     )
     return _seeded(InstructBlipVideoForConditionalGeneration, config), processor

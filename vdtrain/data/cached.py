@@ -30,19 +30,29 @@ from vdtrain.data.tokenized import (
     plain_progress,
 )
 from vdtrain.keys import END_OF_TURN_MASK
-from vdtrain.models.base import ConversationError, Example, ModelAdapter
+from vdtrain.models.base import ConversationError, Example, FieldGroup, ModelAdapter
 
 logger = logging.getLogger("vdtrain")
 
 
-def _extra_keys(adapter: ModelAdapter, processor: Any) -> list[str]:
-    """The adapter's per-token fields besides ids, labels and the end-of-turn mask (`token_type_ids`, ...)."""
+def _probe(adapter: ModelAdapter, processor: Any) -> list[Example]:
+    """The adapter's examples of a one-turn sample with an image."""
     messages = [{"role": "user", "content": "<image>\nhi"}, {"role": "assistant", "content": "ok"}]
     tokens = adapter.num_image_tokens(processor, (64, 64))  # as `encode_record` does for any sample with an image
-    return sorted({key for example in adapter.encode(messages, processor, tokens) for key in example.extra})
+    return adapter.encode(messages, processor, tokens)
 
 
-def _features(extra_keys: list[str], lazy: bool) -> Any:
+def _extra_keys(adapter: ModelAdapter, processor: Any) -> list[str]:
+    """The adapter's per-token fields besides ids, labels and the end-of-turn mask (`token_type_ids`, ...)."""
+    return sorted({key for example in _probe(adapter, processor) for key in example.extra})
+
+
+def _group_pads(adapter: ModelAdapter, processor: Any) -> dict[str, dict[str, int]]:
+    """`{group: {field: pad}}` of the adapter's field groups (`Example.groups`: InstructBLIP's Q-Former text)."""
+    return {name: dict(group.pads) for example in _probe(adapter, processor) for name, group in example.groups.items()}
+
+
+def _features(extra_keys: list[str], lazy: bool, group_keys: tuple[str, ...] = ()) -> Any:
     import datasets
 
     ints = list_feature(datasets.Value("int32"))
@@ -51,7 +61,7 @@ def _features(extra_keys: list[str], lazy: bool) -> Any:
     columns.update(example=datasets.Value("int32"), image_runs=ints)
     if not lazy:
         columns.update(input_ids=ints, labels=ints, **{END_OF_TURN_MASK: list_feature(datasets.Value("bool"))})
-        columns.update({key: ints for key in extra_keys})
+        columns.update({key: ints for key in (*extra_keys, *group_keys)})  # a group's: None where not carried
     return datasets.Features(columns)
 
 
@@ -73,6 +83,7 @@ def build_examples(
     of `source`'s samples, from the cache when an earlier build with the same inputs left it (`reused`)."""
     fmt = detect_format(source.column_names)
     extra_keys = _extra_keys(adapter, processor)
+    group_keys = tuple(key for pads in _group_pads(adapter, processor).values() for key in pads)
     settings = {
         "image_folder": str(Path(image_folder).resolve()) if image_folder is not None else None,
         "max_length": max_length,
@@ -96,6 +107,7 @@ def build_examples(
         check_images=check_images,
         allow_external_images=allow_external_images,
         extra_keys=extra_keys,
+        group_keys=group_keys,
         expected_rows=len(source) // (num_proc or 1),
         lazy=lazy,
     )
@@ -109,7 +121,7 @@ def build_examples(
             batched=True,
             batch_size=500,
             remove_columns=source.column_names,
-            features=_features(extra_keys, lazy),
+            features=_features(extra_keys, lazy, group_keys),
             num_proc=num_proc,
             cache_file_name=str(cache_dir / f"examples-{fingerprint}.arrow"),
             new_fingerprint=fingerprint,
@@ -193,6 +205,7 @@ class ArrowSupervisedDataset(SupervisedDataset):
         self._lengths = table.data.column("length").to_numpy(zero_copy_only=False)[keep]
         self.token_keys = [key for key in table.column_names if key in ("input_ids", "labels", END_OF_TURN_MASK)]
         self.token_keys += [key for key in _extra_keys(adapter, processor)]
+        self.group_pads = _group_pads(adapter, processor)
         self.image_id = adapter.image_token_id(processor)
 
     def _report(
@@ -257,7 +270,12 @@ class ArrowSupervisedDataset(SupervisedDataset):
         """The example the cache holds, its image runs expanded."""
         fields = expand_images({key: row[key] for key in self.token_keys}, row["image_runs"], self.image_id)
         extra = {key: fields[key] for key in self.token_keys[3:]}
-        return Example(fields["input_ids"], fields["labels"], fields[END_OF_TURN_MASK], extra)
+        groups = {
+            name: FieldGroup({key: row[key] for key in pads}, dict(pads))
+            for name, pads in self.group_pads.items()
+            if all(row[key] is not None for key in pads)  # the examples that carry the group
+        }
+        return Example(fields["input_ids"], fields["labels"], fields[END_OF_TURN_MASK], extra, groups)
 
     def _tokenized(self, row: dict[str, Any], image: Any, record: dict[str, Any]) -> Example:
         """The planned example, tokenised now from the conversation the table holds."""

@@ -27,6 +27,7 @@ from vdtrain.models.base import (
     COORDINATE_DIMS,
     PACKED_DIMS,
     Example,
+    FieldGroup,
     ModelAdapter,
     batch_image_field,
     pad_token_id,
@@ -36,6 +37,7 @@ from vdtrain.models.base import (
 logger = logging.getLogger(__name__)
 IMAGE_INPUTS = "image_inputs"  # feature entry holding the adapter's image inputs of the one image
 ROW_IMAGE_KEYS = "row_image_keys"  # feature entry naming the image inputs batched one per row (`row_image_keys`)
+FIELD_GROUPS = "field_groups"  # feature entry holding the example's fields of their own length (`Example.groups`)
 # fields as long as `labels`: an encoder-decoder model's labels are the decoder's, of their own length
 DECODER_FIELDS = ("labels", END_OF_TURN_MASK, "decoder_input_ids")
 
@@ -107,6 +109,8 @@ def example_features(
         END_OF_TURN_MASK: example.end_of_turn_mask,
         **example.extra,
     }
+    if example.groups:
+        features[FIELD_GROUPS] = dict(example.groups)
     if image_inputs is not None:
         features[IMAGE_INPUTS] = image_inputs
         if row_keys:
@@ -261,6 +265,8 @@ class VDDataCollator:
     zeros as the processor does). `labels`, `end_of_turn_mask` and `decoder_input_ids` are padded to the longest
     `labels`, the other token fields to the longest `input_ids` (the same length in a causal LM; an encoder-decoder
     model's labels are the decoder's); empty `input_ids` (an encoder that reads pixels only) leave the text inputs out.
+    The fields of each field group (`Example.groups`: InstructBLIP's Q-Former text) are padded together to the
+    group's longest, one row per example that carries the group.
 
     Adds `END_OF_TURN_MASK` (B, L) and `HAS_IMAGE` (B,) (`vdtrain.keys`), which the loss takes out before the
     forward.
@@ -277,7 +283,7 @@ class VDDataCollator:
         lengths = {group: self._length(features, group) for group in ("input_ids", "labels")}
         pads = {"input_ids": self.pad_token_id, "labels": IGNORE_INDEX, END_OF_TURN_MASK: False}
         pads["decoder_input_ids"] = self.pad_token_id
-        token_keys = [key for key in features[0] if key not in (IMAGE_INPUTS, ROW_IMAGE_KEYS)]
+        token_keys = [key for key in features[0] if key not in (IMAGE_INPUTS, ROW_IMAGE_KEYS, FIELD_GROUPS)]
         if lengths["input_ids"] == 0:  # an encoder that reads pixels only (a vision encoder-decoder): no text input
             token_keys = [key for key in token_keys if key in DECODER_FIELDS]
         batch: dict[str, torch.Tensor] = {}
@@ -297,6 +303,7 @@ class VDDataCollator:
             batch["attention_mask"] = torch.tensor(
                 [[1] * len(f["input_ids"]) + [0] * (length - len(f["input_ids"])) for f in features], dtype=torch.long
             )
+        batch.update(_field_groups(features))
         images = [feature[IMAGE_INPUTS] for feature in features if IMAGE_INPUTS in feature]
         packed = images[0].get(PACKED_DIMS, {}) if images else {}
         per_row = {key for feature in features for key in feature.get(ROW_IMAGE_KEYS, ())}
@@ -324,3 +331,19 @@ class VDDataCollator:
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
         return length
+
+
+def _field_groups(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Each field group's fields, right-padded with their pad values to the longest field of the group in the
+    batch: one row per feature that carries the group, in order."""
+    members: dict[str, list[FieldGroup]] = {}
+    for feature in features:
+        for name, group in feature.get(FIELD_GROUPS, {}).items():
+            members.setdefault(name, []).append(group)
+    batch = {}
+    for groups in members.values():
+        length = max(len(values) for group in groups for values in group.fields.values())
+        for key, pad in groups[0].pads.items():
+            rows = [list(group.fields[key]) + [pad] * (length - len(group.fields[key])) for group in groups]
+            batch[key] = torch.tensor(rows, dtype=torch.long)
+    return batch

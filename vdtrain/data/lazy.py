@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from vdtrain.errors import ConversationError
 from vdtrain.method.dependence import IGNORE_INDEX
 from vdtrain.models.base import ModelAdapter
 
 SLACK_PER_MESSAGE = 4  # a prefix space per piece, a glued boundary token: never more than a few tokens
 BYTES_PER_TOKEN_GUESS = 4  # only for the length guess that groups samples by length
+PROBE_IMAGE = (64, 64)  # the probe's image size where a family refuses a sample without one
 
 
 class PrefixBound:
@@ -27,7 +29,11 @@ class PrefixBound:
 
     def __init__(self, adapter: ModelAdapter, processor: Any) -> None:
         self.adapter, self.processor = adapter, processor
-        self.per_message = self._first_answer(None) + SLACK_PER_MESSAGE
+        try:
+            self.per_message = self._first_answer(None) + SLACK_PER_MESSAGE
+        except ConversationError:  # the family reads an image with every sample (UDOP, vision encoder-decoders)
+            # measured with an image: its tokens counted in every message keep the bound an upper bound (looser)
+            self.per_message = self._first_answer(PROBE_IMAGE) + SLACK_PER_MESSAGE
         self._image_costs: dict[tuple[int, int] | None, int] = {}
 
     def _first_answer(self, size: tuple[int, int] | None) -> int:

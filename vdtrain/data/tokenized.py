@@ -94,22 +94,31 @@ def _source_files(dataset: Any) -> list[tuple[str, int, int]]:
     return found
 
 
+def _tokenizer_state(tokenizer: Any) -> list[str]:
+    """What a tokenizer's encodings depend on: its vocabulary and rules, and its special tokens."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocabulary = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return [vocabulary, repr(getattr(tokenizer, "special_tokens_map", {}))]
+
+
 def examples_fingerprint(source: Any, adapter: ModelAdapter, processor: Any, settings: dict[str, Any]) -> str:
     """A hash of everything the examples depend on: the data table, the tokenizer and processor, the adapter's and
     this module's code and the settings."""
     tokenizer = tokenizer_of(processor)
-    backend = getattr(tokenizer, "backend_tokenizer", None)
     parts = [
         CACHE_VERSION,
         source._fingerprint,
         repr(_source_files(source)),
-        backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items())),
-        repr(getattr(tokenizer, "special_tokens_map", {})),
+        *_tokenizer_state(tokenizer),
         repr(getattr(processor, "chat_template", None) or getattr(tokenizer, "chat_template", None)),
         repr(getattr(getattr(processor, "image_processor", None), "to_json_string", lambda: None)()),
         type(adapter).__module__ + "." + type(adapter).__qualname__,
         repr(sorted(settings.items())),
     ]
+    attributes = getattr(processor, "get_attributes", None)
+    for name in attributes() if callable(attributes) else ():  # other tokenizers (InstructBLIP's Q-Former's)
+        if name != "tokenizer" and name.endswith("tokenizer") and getattr(processor, name, None) is not None:
+            parts += _tokenizer_state(getattr(processor, name))
     # every class the adapter inherits its encoding from (generic.py under plain.py) and the span rules it applies
     adapter_code = [klass for klass in type(adapter).__mro__ if klass.__module__.startswith("vdtrain.")]
     for module in (*adapter_code, supervised_spans, sys.modules[__name__], to_messages, PrefixBound):
@@ -182,6 +191,7 @@ class ExampleEncoder:
         check_images: bool,
         allow_external_images: bool,
         extra_keys: list[str],
+        group_keys: tuple[str, ...] = (),
         expected_rows: int,
         lazy: bool = False,
     ) -> None:
@@ -194,6 +204,7 @@ class ExampleEncoder:
             extra_keys,
             expected_rows,
         )
+        self.group_keys = group_keys  # the fields of the adapter's field groups (`Example.groups`)
         self.image_id = adapter.image_token_id(processor)
         placeholders = ("<image>", adapter.image_placeholder(processor))
         self.special = special_token_pattern(tokenizer_of(processor), allowed=placeholders)
@@ -207,16 +218,24 @@ class ExampleEncoder:
         """The token fields the rows hold: none when the examples are tokenised on access."""
         return [] if self.lazy else ["input_ids", "labels", END_OF_TURN_MASK, *self.extra_keys]
 
+    @property
+    def group_columns(self) -> tuple[str, ...]:
+        """The field-group fields the rows hold (None where an example does not carry the group)."""
+        return () if self.lazy else self.group_keys
+
     def _empty(self) -> dict[str, list]:
         columns = (*PROBLEM_COLUMNS, "ok", "image", "row", "example", "image_runs", "length", *self.token_keys)
-        return {key: [] for key in columns}
+        return {key: [] for key in (*columns, *self.group_columns)}
 
     def _add(self, out: dict[str, list], item: dict[str, Any], **values: Any) -> None:
         empty = {key: np.zeros(0, dtype=bool if key == END_OF_TURN_MASK else np.int32) for key in self.token_keys}
         tokens = values.pop("tokens", None) or empty  # typed: an untyped [] would be read as float64
         runs = values.pop("image_runs", np.zeros(0, dtype=np.int32))
+        groups = values.pop("groups", {})
         for key in self.token_keys:
             out[key].append(tokens[key])
+        for key in self.group_columns:
+            out[key].append(groups.get(key))
         path, embedded = item["path"], EMBEDDED if item["embedded"] is not None else None
         out["sample"].append(item["sample"])
         out["row"].append(item["index"])
@@ -340,10 +359,16 @@ class ExampleEncoder:
                 **{key: np.asarray(example.extra[key], dtype=np.int32) for key in self.extra_keys},
             }
             fields, runs = collapse_images(fields, self.image_id)
+            groups = {
+                key: np.asarray(values, dtype=np.int32)
+                for group in example.groups.values()
+                for key, values in group.fields.items()
+            }
             self._add(
                 out,
                 item,
                 tokens=fields,
+                groups=groups,
                 image_runs=runs,
                 length=len(example.input_ids),
                 ok=True,

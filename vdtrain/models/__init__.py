@@ -18,7 +18,7 @@ from vdtrain.models.encdec import (
 )
 from vdtrain.models.generic import ChatTemplateAdapter, Gemma3Adapter, Qwen2VLAdapter
 from vdtrain.models.idefics import IdeficsAdapter
-from vdtrain.models.instructblip import InstructBlipVideoAdapter
+from vdtrain.models.instructblip import InstructBlipAdapter, InstructBlipVideoAdapter
 from vdtrain.models.kosmos2 import Kosmos2Adapter
 from vdtrain.models.llava import LlavaAdapter
 from vdtrain.models.paligemma import PaliGemmaAdapter
@@ -33,6 +33,7 @@ __all__ = [
     "Example",
     "Gemma3Adapter",
     "IdeficsAdapter",
+    "InstructBlipAdapter",
     "InstructBlipVideoAdapter",
     "Kosmos2Adapter",
     "LlavaAdapter",

@@ -33,6 +33,16 @@ COORDINATE_DIMS = "vd_coordinate_dims"
 
 
 @dataclass
+class FieldGroup:
+    """Fields of one example with a length of their own, not its tokens' (InstructBLIP's Q-Former text:
+    `qformer_input_ids`, `qformer_attention_mask`): `VDDataCollator` right-pads them together to the longest field of
+    the group in the batch, each with its pad value, one batch row per example that carries the group, in order."""
+
+    fields: dict[str, list[int]]
+    pads: dict[str, int]  # the pad value of every field
+
+
+@dataclass
 class Example:
     """One tokenised training sequence; image tokens already expanded to what the model expects."""
 
@@ -40,6 +50,7 @@ class Example:
     labels: list[int]
     end_of_turn_mask: list[bool]
     extra: dict[str, list[int]] = field(default_factory=dict)  # per-token fields such as token_type_ids
+    groups: dict[str, FieldGroup] = field(default_factory=dict)  # fields of their own length, by group name
 
     @property
     def num_supervised(self) -> int:
@@ -47,11 +58,12 @@ class Example:
 
     def truncate(self, max_length: int) -> Example:
         """Cut every token field to `max_length` tokens (right side); an encoder-decoder model's labels have a length
-        of their own."""
+        of their own, and field groups are no token fields (kept as they are)."""
         if max(len(self.input_ids), len(self.labels)) <= max_length:
             return self
         cut = {key: values[:max_length] for key, values in self.extra.items()}
-        return Example(self.input_ids[:max_length], self.labels[:max_length], self.end_of_turn_mask[:max_length], cut)
+        ids, labels, eot = self.input_ids[:max_length], self.labels[:max_length], self.end_of_turn_mask[:max_length]
+        return Example(ids, labels, eot, cut, dict(self.groups))
 
 
 def register_adapter(*model_types: str, override: bool = False) -> Callable[[type[ModelAdapter]], type[ModelAdapter]]:
@@ -102,19 +114,27 @@ def get_adapter(model_or_config: Any, processor: Any = None) -> ModelAdapter:
     The built-in adapters are registered by the time this runs: importing `vdtrain.models.base` imports the
     `vdtrain.models` package first, and that imports every adapter module.
     """
+    adapter = _adapter_class(model_or_config, processor)()
+    if isinstance(model_or_config, torch.nn.Module):
+        adapter.read_layout(model_or_config)
+    return adapter
+
+
+def _adapter_class(model_or_config: Any, processor: Any) -> type[ModelAdapter]:
+    """The adapter class `get_adapter` picks (see there)."""
     config = getattr(model_or_config, "config", model_or_config)
     model_type = config if isinstance(config, str) else getattr(config, "model_type", None)
     if model_type in _ADAPTERS:
-        return _ADAPTERS[model_type]()
+        return _ADAPTERS[model_type]
     if getattr(config, "is_encoder_decoder", False) and _ENCODER_DECODER:
-        return _ENCODER_DECODER[0]()
+        return _ENCODER_DECODER[0]
     template = getattr(processor, "chat_template", None) or getattr(
         getattr(processor, "tokenizer", None), "chat_template", None
     )
     if processor is not None and template and _FALLBACK:
-        return _FALLBACK[0]()
+        return _FALLBACK[0]
     if processor is not None and hasattr(processor, "image_processor") and _PLAIN:
-        return _PLAIN[0]()
+        return _PLAIN[0]
     raise ValueError(
         f"vdtrain has no adapter for model_type {model_type!r} and its processor has no chat template. "
         "Register one: subclass vdtrain.models.ModelAdapter and decorate it with "
@@ -132,14 +152,28 @@ class ModelAdapter:
     # leading entries of the last dim of `pixel_key` that are coordinates, not pixels (Kosmos-2.5's flattened patches
     # start with the patch's row and column); `image_inputs` carries them as `COORDINATE_DIMS`, noise keeps them
     coordinate_channels: int = 0
-    # LoRA on the language model only (bare names would also wrap the vision tower and projector).
-    lora_target_modules: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-    projector_modules: tuple[str, ...] = ("multi_modal_projector",)
-    vision_modules: tuple[str, ...] = ("vision_tower",)
+    # LoRA targets (a PEFT regex or module names), the projector's and the vision side's parameter-name fragments.
+    # None: read from the model's module tree when `get_adapter` is given the model (`vdtrain.models.layout`): the
+    # language model's linear layers, the outermost projector and vision modules. `()`: the family has none.
+    lora_target_modules: str | tuple[str, ...] | None = None
+    projector_modules: tuple[str, ...] | None = None
+    vision_modules: tuple[str, ...] | None = None
     # False when the processor resizes every image to one size, so one measurement serves all images.
     image_tokens_depend_on_size: bool = True
     # image inputs the processor batches one entry per row (IDEFICS's `pixel_values`), text-only rows zero-filled
     row_image_keys: tuple[str, ...] = ()
+
+    def read_layout(self, model: torch.nn.Module) -> None:
+        """Fill the LoRA targets, projector and vision parts the adapter leaves None from `model`'s module tree."""
+        from vdtrain.models.layout import read_layout
+
+        layout = read_layout(model)
+        if self.lora_target_modules is None:
+            self.lora_target_modules = layout.lora_targets
+        if self.projector_modules is None:
+            self.projector_modules = layout.projector
+        if self.vision_modules is None:
+            self.vision_modules = layout.vision
 
     def build_processor(self, path: str, config: Any) -> Any | None:
         """A processor for checkpoints that ship none (None: the family always ships one)."""
@@ -153,7 +187,7 @@ class ModelAdapter:
         """The adapter's wiring of `VDTrainer` / `VDSFTTrainer` / any `VDLossMixin` host, to pass as `**kwargs`:
         the projector's parameter names (`vd_projector_lr`), the end-of-turn token and the batch key of the pixels."""
         return {
-            "projector_modules": tuple(self.projector_modules),
+            "projector_modules": tuple(self.projector_modules or ()),
             "end_of_turn_id": self.end_of_turn_id(processor),
             "pixel_key": self.pixel_key,
         }

@@ -81,26 +81,50 @@ def _raw_config(path: str | os.PathLike) -> dict | None:
     return json.loads(Path(resolved).read_text()) if resolved else None
 
 
+def _wrappable(model: Any, parts: list[str]) -> list[str]:
+    """`parts` for PEFT's `modules_to_save`, a module list (Qwen3-VL's DeepStack mergers) as its items: PEFT copies
+    single modules only."""
+    modules = dict(model.named_modules())
+    names = []
+    for part in parts:
+        module = modules.get(part)
+        if isinstance(module, (torch.nn.ModuleList, torch.nn.ModuleDict)):
+            names += [f"{part}.{child}" for child, _ in module.named_children()]
+        else:
+            names.append(part)
+    return names
+
+
 def prepare_for_training(model: Any, adapter: ModelAdapter, args: ModelArguments, gradient_checkpointing: bool) -> Any:
     """Freeze what the recipe keeps fixed and add LoRA to the language model; the projector trains fully.
 
     With LoRA the projector is a PEFT `modules_to_save` module, so every adapter checkpoint holds it.
     """
-    projector = list(adapter.projector_modules) if args.train_projector else []
+    projector_parts, vision_parts = tuple(adapter.projector_modules or ()), tuple(adapter.vision_modules or ())
+    if args.train_projector and not projector_parts:
+        logger.warning("vdtrain: train_projector is on, but %s has no projector to train", type(model).__name__)
+    projector = list(projector_parts) if args.train_projector else []
     if not args.lora:
         for name, param in model.named_parameters():
-            frozen = args.freeze_vision_tower and any(fragment in name for fragment in adapter.vision_modules)
-            frozen |= not args.train_projector and any(fragment in name for fragment in adapter.projector_modules)
+            in_projector = any(fragment in name for fragment in projector_parts)  # Qwen's merger is in `visual`
+            frozen = args.freeze_vision_tower and not in_projector and any(part in name for part in vision_parts)
+            frozen |= not args.train_projector and in_projector
             param.requires_grad_(not frozen)
         return model
     from peft import LoraConfig, get_peft_model
 
+    targets = args.lora_target_modules or adapter.lora_target_modules
+    if not targets:
+        raise InputError(
+            f"vdtrain found no linear layer in the language model of {type(model).__name__} to put LoRA on; name "
+            "them with lora_target_modules (a PEFT regex over module names)"
+        )
     config = LoraConfig(
         r=args.lora_r,
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
-        target_modules=args.lora_target_modules or adapter.lora_target_modules,
-        modules_to_save=projector or None,
+        target_modules=targets if isinstance(targets, str) else list(targets),
+        modules_to_save=_wrappable(model, projector) or None,
         task_type=peft_task_type(model),
     )
     if gradient_checkpointing:

@@ -162,14 +162,17 @@ def test_generation_decodes_the_decoder_tokens_only(family, tmp_path):
     model, processor = zoo_encdec.build(family)
     adapter, tokenizer = get_adapter(model, processor), processor.tokenizer
     images = [Image.new("RGB", (40, 32), "red"), Image.new("RGB", (32, 40), "blue")]
-    questions = ["what color is it?", "describe it."]
+    questions = ["what color is it?", "describe this picture for me."]
     options = DecodingOptions(max_new_tokens=4)
     answers = generate_batch(model, processor, adapter, questions, images, options)
-    inputs = adapter.generation_inputs(processor, [adapter.prompt(q, processor) for q in questions], images)
-    output = model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    prefix = inputs["decoder_input_ids"].shape[1] if "decoder_input_ids" in inputs else 1  # the decoder's start token
-    assert output.shape[1] == prefix + 4 and inputs.get("input_ids", output).shape[1] > 4  # the old cut: nothing left
-    assert answers == [text.strip() for text in tokenizer.batch_decode(output[:, prefix:], skip_special_tokens=True)]
+    expected = []  # each prompt alone, unpadded (a learned-position decoder reads a padded prompt shifted)
+    for question, image in zip(questions, images):
+        inputs = adapter.generation_inputs(processor, [adapter.prompt(question, processor)], [image])
+        output = model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        prefix = inputs["decoder_input_ids"].shape[1] if "decoder_input_ids" in inputs else 1  # the start token
+        assert output.shape[1] == prefix + 4 and inputs.get("input_ids", output).shape[1] > 4  # the old cut: none
+        expected.append(tokenizer.decode(output[0, prefix:], skip_special_tokens=True).strip())
+    assert answers == expected
     assert all(answers) and not any("Question" in answer for answer in answers)
     with pytest.raises(ValueError, match="encoder-decoder"):
         generate_batch(model, processor, adapter, questions, images, DecodingOptions(decoding="vcd"))

@@ -181,3 +181,20 @@ def check_encdec_family(family: str, model, processor, tmp_path, text_only: bool
 
 def labels(dataset) -> list[list[int]]:
     return [example.labels for _, example in dataset.items]
+
+
+@pytest.mark.torchvision
+def test_pp_formulanet_lora_is_refused_with_the_way_out():
+    """PEFT looks up the input embeddings, which transformers does not implement for PP-FormulaNet: vdtrain says so
+    and names full fine-tuning, which prepares the model."""
+    from vdtrain.errors import InputError
+    from vdtrain.models.arguments import ModelArguments
+    from vdtrain.models.loading import prepare_for_training
+
+    zoo_torchvision.require_torchvision()
+    model, processor = zoo_encdec.build("pp_formulanet")
+    adapter = get_adapter(model, processor)
+    with pytest.raises(InputError, match=r"lora: false"):
+        prepare_for_training(model, adapter, ModelArguments(model_name_or_path="tiny"), gradient_checkpointing=False)
+    prepare_for_training(model, adapter, ModelArguments(model_name_or_path="tiny", lora=False), False)
+    assert any(param.requires_grad for name, param in model.named_parameters() if "decoder" in name)

@@ -6,6 +6,7 @@ Answers are appended to a jsonl file batch by batch, so an interrupted run resum
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -54,44 +55,79 @@ def generate_batch(
         k: (v.to(model.device, dtype) if v.is_floating_point() else v.to(model.device)) if torch.is_tensor(v) else v
         for k, v in batch.items()
     }
-    if options.decoding == "vcd":
-        if label_shift(model) == 0:
-            raise ValueError(f"VCD decoding steps a causal LM; {type(model).__name__} is an encoder-decoder model")
-        pixels = inputs[adapter.pixel_key]
-        rows = image_rows(inputs, pixels)  # one image per prompt: each prompt's pixel rows
-        ids = keys if keys is not None else range(len(prompts))
-        noise = noise_like(pixels, ids, options.seed, rows if len(rows) == len(prompts) else None)
-        generator = torch.Generator().manual_seed(options.seed) if options.do_sample else None
-        new_tokens = vcd_generate(
-            model,
-            inputs,
-            pixel_key=adapter.pixel_key,
-            alpha=options.vcd_alpha,
-            beta=options.vcd_beta,
-            noise_step=options.vcd_noise_step,
-            max_new_tokens=options.max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            do_sample=options.do_sample,
-            temperature=options.temperature,
-            top_p=options.top_p,
-            noise=noise,
-            generator=generator,
-            coordinate_channels=adapter.coordinate_channels,
-        )
-    else:
-        sampling = {"temperature": options.temperature, "top_p": options.top_p} if options.do_sample else {}
-        output = model.generate(
-            **inputs,
-            max_new_tokens=options.max_new_tokens,
-            do_sample=options.do_sample,
-            num_beams=options.num_beams,
-            pad_token_id=tokenizer.pad_token_id,
-            **sampling,
-        )
-        # a causal LM returns the prompt first; an encoder-decoder model its decoder's prefix (start token, a prompt)
-        prefix = inputs.get("decoder_input_ids") if label_shift(model) == 0 else inputs["input_ids"]
-        new_tokens = output[:, 0 if prefix is None else prefix.shape[1] :]
+    if options.decoding != "vcd":
+        groups = _prefix_groups(model, inputs)
+        return [text for group in groups for text in _generate(model, group, tokenizer, options)]
+    if label_shift(model) == 0:
+        raise ValueError(f"VCD decoding steps a causal LM; {type(model).__name__} is an encoder-decoder model")
+    pixels = inputs[adapter.pixel_key]
+    rows = image_rows(inputs, pixels)  # one image per prompt: each prompt's pixel rows
+    ids = keys if keys is not None else range(len(prompts))
+    noise = noise_like(pixels, ids, options.seed, rows if len(rows) == len(prompts) else None)
+    generator = torch.Generator().manual_seed(options.seed) if options.do_sample else None
+    new_tokens = vcd_generate(
+        model,
+        inputs,
+        pixel_key=adapter.pixel_key,
+        alpha=options.vcd_alpha,
+        beta=options.vcd_beta,
+        noise_step=options.vcd_noise_step,
+        max_new_tokens=options.max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=options.do_sample,
+        temperature=options.temperature,
+        top_p=options.top_p,
+        noise=noise,
+        generator=generator,
+        coordinate_channels=adapter.coordinate_channels,
+    )
     return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def _generate(model: Any, inputs: dict[str, Any], tokenizer: Any, options: DecodingOptions) -> list[str]:
+    """`model.generate` on one batch, decoded from the new tokens only. The settings go in a copy of the model's
+    generation config (BLIP's `generate` passes `pad_token_id` itself, so a keyword would be given twice), and a
+    mixture-of-experts model that returns its router logits for the load-balancing loss does not while generating
+    (GLM-4.5V's loss then fails on the cache's shapes)."""
+    config = copy.deepcopy(model.generation_config)
+    sampling = {"temperature": options.temperature, "top_p": options.top_p} if options.do_sample else {}
+    config.update(
+        max_new_tokens=options.max_new_tokens,
+        do_sample=options.do_sample,
+        num_beams=options.num_beams,
+        pad_token_id=tokenizer.pad_token_id,
+        **sampling,
+    )
+    configs = (model.config, model.config.get_text_config())
+    routed = any(getattr(c, "output_router_logits", False) for c in configs)
+    routers = {"output_router_logits": False} if routed else {}
+    output = model.generate(**inputs, generation_config=config, **routers)
+    # a causal LM returns the prompt first; an encoder-decoder model its decoder's prefix (start token, a prompt)
+    prefix = inputs.get("decoder_input_ids") if label_shift(model) == 0 else inputs["input_ids"]
+    new_tokens = output[:, 0 if prefix is None else prefix.shape[1] :]
+    return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def _prefix_groups(model: Any, inputs: dict[str, Any]) -> list[dict[str, Any]]:
+    """`inputs` as consecutive groups whose decoder prompts have one length, unpadded: a decoder with learned
+    positions (Donut's, TrOCR's) would read a left-padded prompt at shifted positions. One group, `inputs` itself,
+    where nothing is padded or the prompt goes to the encoder."""
+    mask = inputs.get("decoder_attention_mask")
+    if label_shift(model) != 0 or mask is None or bool(mask.all()):
+        return [inputs]
+    lengths, rows = mask.sum(dim=1).tolist(), mask.shape[0]
+    groups, start = [], 0
+    for end in range(1, rows + 1):
+        if end == rows or lengths[end] != lengths[start]:
+            group = {
+                key: value[start:end] if torch.is_tensor(value) and value.dim() and value.shape[0] == rows else value
+                for key, value in inputs.items()
+            }
+            for key in ("decoder_input_ids", "decoder_attention_mask"):
+                group[key] = group[key][:, -lengths[start] :]
+            groups.append(group)
+            start = end
+    return groups
 
 
 def _check_settings(output: Path, settings: dict, overwrite: bool) -> None:

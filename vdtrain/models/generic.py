@@ -284,18 +284,22 @@ class ChatTemplateAdapter(ModelAdapter):
         return self.__dict__["_packed"]
 
     def generation_inputs(self, processor: Any, prompts: list[str], images: list[Image.Image]) -> dict:
-        """Left-padded prompts (already holding the template's BOS, so none is added) and their images."""
+        """Left-padded prompts (already holding the template's BOS, so none is added) and their images, one list per
+        prompt where there is one image per prompt (Gemma-3's and Mllama's processors count images per prompt and
+        refuse a flat list for a batch), else, or where the processor takes one flat list (GOT-OCR2), flat."""
         tokenizer_of(processor).padding_side = "left"
-        return current_input_names(
-            processor(
-                text=prompts,
-                images=images or None,
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=False,
-                **declared_type_fields(processor),
-            )
-        )
+
+        def call(batch_images: list | None) -> dict:
+            kwargs = {"return_tensors": "pt", "padding": True, "add_special_tokens": False}
+            kwargs.update(declared_type_fields(processor))
+            return current_input_names(processor(text=prompts, images=batch_images, **kwargs))
+
+        if not images or len(images) != len(prompts):
+            return call(images or None)
+        try:
+            return call([[image] for image in images])
+        except (ValueError, TypeError):
+            return call(images)
 
 
 # processor outputs transformers 5 renamed, the models taking the new name (the old one only through a deprecation

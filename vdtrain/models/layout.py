@@ -62,8 +62,7 @@ def read_layout(model: nn.Module) -> Layout:
         for name in candidates
         if _matches(VISION, name) and not _matches(PROJECTOR, name) and not any(_under(name, p) for p in projector)
     )
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    head, embeddings = _embeddings(model, "get_output_embeddings"), _embeddings(model, "get_input_embeddings")
     vocabulary = getattr(embeddings, "num_embeddings", None)  # a linear onto the vocabulary is an LM head
     fused = prefix is not None and any(
         param.dim() == 3 and _under(name, prefix) for name, param in model.named_parameters()
@@ -87,6 +86,15 @@ def _decoder(model: nn.Module) -> nn.Module | None:
     """`model.get_decoder()` where transformers can say (None for a model that names no decoder)."""
     try:
         return model.get_decoder() if hasattr(model, "get_decoder") else None
+    except (AttributeError, NotImplementedError, ValueError):
+        return None
+
+
+def _embeddings(model: nn.Module, getter: str) -> nn.Module | None:
+    """`model.get_input_embeddings()` / `get_output_embeddings()`, None where the model cannot say
+    (PP-FormulaNet raises `NotImplementedError`)."""
+    try:
+        return getattr(model, getter)() if hasattr(model, getter) else None
     except (AttributeError, NotImplementedError, ValueError):
         return None
 

@@ -113,6 +113,13 @@ def prepare_for_training(model: Any, adapter: ModelAdapter, args: ModelArguments
         return model
     from peft import LoraConfig, get_peft_model
 
+    try:  # PEFT looks for weights tied to the input embeddings
+        model.get_input_embeddings()
+    except NotImplementedError as error:
+        raise InputError(
+            f"PEFT cannot put LoRA on {type(model).__name__}: transformers has no get_input_embeddings for it "
+            f"({error}); train it without LoRA (lora: false)"
+        ) from error
     targets = args.lora_target_modules or adapter.lora_target_modules
     if not targets:
         raise InputError(

@@ -69,7 +69,9 @@ ARIA_TEMPLATE = (
     "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-ARIA_CROP = 490  # the image processor takes 490 or 980 only; a 70-px patch gives 49 patches
+# the image processor takes 490 or 980 only, and the processor asks for 980 whatever its image processor's config
+# says (a class default no checkpoint file changes); a 140-px patch gives 49 patches
+ARIA_CROP = 980
 
 
 def aria() -> tuple[Any, Any]:
@@ -79,7 +81,7 @@ def aria() -> tuple[Any, Any]:
     from transformers.models.aria.image_processing_pil_aria import AriaImageProcessorPil
 
     tok = tokenizer("qwen3", ("<fim_prefix>", "<|img|>", "<fim_suffix>"), {"image_token": "<|img|>"})
-    queries, patch = 4, 70
+    queries, patch = 4, 140
     image_processor = AriaImageProcessorPil(max_image_size=ARIA_CROP, min_image_size=2 * patch)
     processor = AriaProcessor(
         image_processor=image_processor,
@@ -87,7 +89,6 @@ def aria() -> tuple[Any, Any]:
         chat_template=ARIA_TEMPLATE,
         size_conversion={ARIA_CROP: queries},
     )
-    processor.images_kwargs = {**processor.images_kwargs, "max_image_size": ARIA_CROP}
     text = {
         **llama(tok),
         "model_type": "aria_text",

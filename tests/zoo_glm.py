@@ -324,11 +324,12 @@ def ernie4_5_vl_moe() -> tuple[Any, Any]:
     image_processor = Ernie4_5_VLMoeImageProcessorPil(
         patch_size=PATCH, merge_size=2, size={"shortest_edge": 16 * 16, "longest_edge": 64 * 64}
     )
+    # the real video processor needs torchvision; the stand-in carries the one attribute the processor's
+    # `save_pretrained` reads of it (the timestamp font, copied into the checkpoint only when it is a file)
+    video_processor = VideoProcessorMixin()
+    video_processor.font = ""
     processor = Ernie4_5_VLMoeProcessor(
-        image_processor=image_processor,
-        tokenizer=tok,
-        video_processor=VideoProcessorMixin(),
-        chat_template=ERNIE_TEMPLATE,
+        image_processor=image_processor, tokenizer=tok, video_processor=video_processor, chat_template=ERNIE_TEMPLATE
     )
     ids = tok.convert_tokens_to_ids
     config = Ernie4_5_VLMoeConfig(

@@ -63,18 +63,34 @@ def got_vision(**extra: Any) -> dict[str, Any]:
 
 
 def got_ocr2() -> tuple[Any, Any]:
-    """GOT-OCR2: a SAM tower, convolutions down to 4 tokens per image, Qwen2 text model."""
+    """GOT-OCR2: a SAM tower, convolutions down to the processor's fixed 256 tokens per image, Qwen2 text model;
+    ChatML.
+
+    The processor writes 256 image tokens per image whatever its checkpoint says (`num_image_tokens` is a class
+    default that no saved file changes), so the tower makes 256: 64 px in 1-px patches (a 64 x 64 grid, 16 x 16
+    after the two stride-2 convolutions), one windowed layer to keep it cheap.
+    """
     from transformers import GotOcr2Config, GotOcr2ForConditionalGeneration, GotOcr2ImageProcessorPil, GotOcr2Processor
 
-    tok = tokenizer("qwen3", ("<img>", "</img>", "<imgpad>"))
-    image_processor = GotOcr2ImageProcessorPil(size={"height": IMAGE, "width": IMAGE})
+    # Llama-2's 32k vocabulary, not Qwen's 151k: 256 image tokens a row make full-vocabulary logits the cost
+    tok = tokenizer("llama2", ("<|im_start|>", "<|im_end|>", "<img>", "</img>", "<imgpad>"))
+    size = 64
+    image_processor = GotOcr2ImageProcessorPil(size={"height": size, "width": size})
     processor = GotOcr2Processor(image_processor=image_processor, tokenizer=tok, chat_template=GOT_TEMPLATE)
-    processor.num_image_tokens = 4
+    vision = got_vision(
+        image_size=size,
+        patch_size=1,
+        num_hidden_layers=1,
+        hidden_size=16,
+        mlp_dim=32,
+        window_size=8,
+        global_attn_indexes=[],
+    )
     config = GotOcr2Config(
-        vision_config=got_vision(),
+        vision_config=vision,
         text_config=qwen2(tok),
         image_token_index=tok.convert_tokens_to_ids("<imgpad>"),
-        image_seq_length=4,
+        image_seq_length=processor.num_image_tokens,
     )
     return _seeded(GotOcr2ForConditionalGeneration, config), processor
 

@@ -166,7 +166,8 @@ def kosmos_2() -> tuple[Any, Any]:
 def kosmos_2_5() -> tuple[Any, Any]:
     """Kosmos-2.5: BOS, `<image>`, one BOS copy per latent query and `</image>` in front of the text, placed by
     image_embeds_position_mask; pixels as `flattened_patches` (row, column, 8x8x3 values per patch), at most 16
-    patches (the processor's own images_kwargs default is 4096: set as its attribute, the call's defaults); no chat
+    patches (the processor's own images_kwargs default is 4096: set as its attribute, the call's defaults; no saved
+    file keeps it, so the processor `from_pretrained` gives makes 4096, as the published checkpoint does); no chat
     template. Its processor refuses text without images, so the zoo data are the image rows."""
     from transformers import (
         Kosmos2_5Config,
@@ -175,10 +176,12 @@ def kosmos_2_5() -> tuple[Any, Any]:
         Kosmos2_5Processor,
     )
 
-    tok = tokenizer("llama2", ("<image>", "</image>"))
+    # the published tokenizer names its image tokens in its files (`boi_token`, `eoi_token`, `image_token`: BOS)
+    tok = tokenizer(
+        "llama2", ("<image>", "</image>"), {"boi_token": "<image>", "eoi_token": "</image>", "image_token": "<s>"}
+    )
     tok.add_bos_token = False  # the processor writes BOS itself (the published tokenizer adds none)
     tok.pad_token = tok.unk_token
-    tok.boi_token, tok.eoi_token, tok.image_token = "<image>", "</image>", tok.bos_token
     image_processor = Kosmos2_5ImageProcessorPil(patch_size={"height": PATCH, "width": PATCH})
     processor = Kosmos2_5Processor(image_processor=image_processor, tokenizer=tok, num_image_tokens=4)
     processor.images_kwargs = {"max_patches": 16}
@@ -199,9 +202,9 @@ def kosmos_2_5() -> tuple[Any, Any]:
             "patch_embed_hidden_size": 3 * PATCH * PATCH,
             "intermediate_size": 64,
             "head_dim": 16,
-            "num_hidden_layers": 2,
+            "num_hidden_layers": 1,  # one layer: a reloaded processor's 4096 patches make attention the cost
             "num_attention_heads": 2,
-            "max_num_patches": 64,
+            "max_num_patches": 4096,  # row/column embeddings: a reloaded processor asks for 4096 patches (see above)
         },
         latent_query_num=4,  # the processor's num_image_tokens
     )

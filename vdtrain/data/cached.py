@@ -38,7 +38,7 @@ logger = logging.getLogger("vdtrain")
 def _probe(adapter: ModelAdapter, processor: Any) -> list[Example]:
     """The adapter's examples of a one-turn sample with an image."""
     messages = [{"role": "user", "content": "<image>\nhi"}, {"role": "assistant", "content": "ok"}]
-    tokens = adapter.num_image_tokens(processor, (64, 64)) if adapter.image_token_id(processor) is not None else 0
+    tokens = adapter.num_image_tokens(processor, (64, 64))  # as `encode_record` does for any sample with an image
     return adapter.encode(messages, processor, tokens)
 
 

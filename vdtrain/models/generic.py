@@ -130,6 +130,7 @@ class ChatTemplateAdapter(ModelAdapter):
                 add_special_tokens=False,
                 padding=False,  # one text: nothing to pad (Aya Vision's processor pads by default)
                 return_tensors="pt",
+                **declared_type_fields(processor),
             )
             ids = batch["input_ids"][0]
             count = int((ids == self.image_token_id(processor)).sum())
@@ -290,7 +291,8 @@ class ChatTemplateAdapter(ModelAdapter):
 
         def call(batch_images: list | None) -> dict:
             kwargs = {"return_tensors": "pt", "padding": True, "add_special_tokens": False}
-            return dict(processor(text=prompts, images=batch_images, **kwargs))
+            kwargs.update(declared_type_fields(processor))
+            return current_input_names(processor(text=prompts, images=batch_images, **kwargs))
 
         if not images or len(images) != len(prompts):
             return call(images or None)
@@ -300,11 +302,37 @@ class ChatTemplateAdapter(ModelAdapter):
             return call(images)
 
 
+# processor outputs transformers 5 renamed, the models taking the new name (the old one only through a deprecation
+# shim): Video-LLaVA's image processor still returns `pixel_values_images` unless called with
+# `return_legacy_image_output=False`, which no published checkpoint's config sets
+_RENAMED_INPUTS = {"pixel_values_images": "pixel_values"}
+
+
+def current_input_names(outputs: Any) -> dict:
+    """The processor's outputs (a dict) with deprecated input names (`_RENAMED_INPUTS`) under their current ones."""
+    outputs = dict(outputs)
+    for old, new in _RENAMED_INPUTS.items():
+        if old in outputs and new not in outputs:
+            outputs[new] = outputs.pop(old)
+    return outputs
+
+
+def declared_type_fields(processor: Any) -> dict[str, bool]:
+    """`{"return_mm_token_type_ids": True}` when the processor declares `mm_token_type_ids` a model input, else {}.
+
+    Processors return them only when asked unless their kwargs default says so (Qwen2-VL's does, Cosmos3-Edge's
+    does not, yet its model refuses image inputs without them), and no checkpoint file can change that default.
+    """
+    names = getattr(processor, "model_input_names", None) or ()
+    return {"return_mm_token_type_ids": True} if "mm_token_type_ids" in names else {}
+
+
 def _model_image_inputs(processor: Any, text: list[str], images: list, padding: bool | str = False) -> dict:
     """The image inputs of a processor call that the model takes: those the processor declares in
     `model_input_names`, and every `pixel_values*` tensor it returns (Unlimited-OCR's `pixel_values_local` crops are
     not declared, yet the model needs them); not the text fields or per-token type fields."""
     outputs = dict(processor(text=text, images=images, return_tensors="pt", add_special_tokens=False, padding=padding))
+    outputs = current_input_names(outputs)
     ids = outputs["input_ids"][0]
     accepted = set(getattr(processor, "model_input_names", None) or outputs)
     return {

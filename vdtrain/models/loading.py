@@ -132,7 +132,7 @@ def prepare_for_training(model: Any, adapter: ModelAdapter, args: ModelArguments
         lora_dropout=args.lora_dropout,
         target_modules=targets if isinstance(targets, str) else list(targets),
         modules_to_save=_wrappable(model, projector) or None,
-        task_type="CAUSAL_LM",
+        task_type=peft_task_type(model),
     )
     if gradient_checkpointing:
         model.enable_input_require_grads()  # frozen embeddings would otherwise cut the checkpointed graph
@@ -142,6 +142,18 @@ def prepare_for_training(model: Any, adapter: ModelAdapter, args: ModelArguments
     total = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ds_numel: ZeRO-3 partitions
     logger.info("vdtrain: %d trainable parameters of %d (%.2f%%)", trainable, total, 100 * trainable / max(total, 1))
     return model
+
+
+def peft_task_type(model: Any) -> str | None:
+    """PEFT's `CAUSAL_LM` task when the model's forward names `inputs_embeds`, else None (PEFT's plain wrapper).
+
+    The causal-LM wrapper calls the model with `inputs_embeds=None`, `output_attentions=None`, ... by name; a forward
+    that does not name them takes them in its `**kwargs`, and BLIP's hands those on to its vision tower, which then
+    gets `inputs_embeds` twice. The plain wrapper passes the batch through as given.
+    """
+    import inspect
+
+    return "CAUSAL_LM" if "inputs_embeds" in inspect.signature(model.forward).parameters else None
 
 
 @contextlib.contextmanager

@@ -24,6 +24,9 @@ from typing import Any
 
 MODULES = ("zoo", "zoo_qwen", "zoo_glm", "zoo_ocr", "zoo_classic", "zoo_old", "zoo_encdec")
 TORCHVISION_MODULES = ("zoo_torchvision", "zoo_tva", "zoo_tvb")
+# families whose in-memory zoo test runs in the main venv but whose saved processor reloads classes that need
+# torchvision (AutoProcessor picks the torchvision image or video processor) or timm (Gemma-3n's tower)
+RELOAD_NEEDS_TORCHVISION = {"mistral_large4", "minicpmv4_6", "minicpmv4_7", "gemma3n"}
 QUESTIONS = ["what color is it?", "describe the picture in a few words please."]
 
 
@@ -34,7 +37,7 @@ def families(torchvision: bool) -> list[tuple[Any, str]]:
         module = importlib.import_module(name)
         marked = set(getattr(module, "TORCHVISION", ()))
         for family in module.FAMILIES:
-            needs = name in TORCHVISION_MODULES or family in marked
+            needs = name in TORCHVISION_MODULES or family in marked or family in RELOAD_NEEDS_TORCHVISION
             if needs == torchvision:
                 picked.append((module, family))
     return picked

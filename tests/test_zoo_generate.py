@@ -31,6 +31,21 @@ QUESTIONS = ["what color is it?", "describe the picture in a few words please."]
 
 @pytest.mark.parametrize("key", FAMILIES)
 def test_each_answer_is_the_one_its_prompt_gets_alone(key):
+    check_batch_independence(key)
+
+
+@pytest.mark.torchvision
+def test_a_type_field_the_forward_does_not_name_stays_out_of_generate():
+    """vdtrain asks every processor that declares `mm_token_type_ids` for them (Cosmos3-Edge's model needs them);
+    MiniMax-M3-VL's forward takes them only through `**kwargs`, and `generate` refuses a keyword it does not name."""
+    import zoo_torchvision
+
+    zoo_torchvision.require_torchvision()
+    check_batch_independence("zoo_tvb:minimax_m3_vl")
+
+
+def check_batch_independence(key: str) -> None:
+    """Batched greedy answers of the family `module:family` equal each prompt's answer alone."""
     module, family = key.split(":")
     model, processor = importlib.import_module(module).build(family)
     model.eval()

@@ -7,6 +7,7 @@ Answers are appended to a jsonl file batch by batch, so an interrupted run resum
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -101,6 +102,10 @@ def _generate(model: Any, inputs: dict[str, Any], tokenizer: Any, options: Decod
     configs = (model.config, model.config.get_text_config())
     routed = any(getattr(c, "output_router_logits", False) for c in configs)
     routers = {"output_router_logits": False} if routed else {}
+    if "mm_token_type_ids" in inputs and "mm_token_type_ids" not in inspect.signature(model.forward).parameters:
+        # asked of every processor that declares them (`declared_type_fields`); a forward that takes them only through
+        # `**kwargs` (MiniMax-M3-VL) trains with them, but `generate` refuses a keyword the forward does not name
+        inputs = {key: value for key, value in inputs.items() if key != "mm_token_type_ids"}
     output = model.generate(**inputs, generation_config=config, **routers)
     # a causal LM returns the prompt first; an encoder-decoder model its decoder's prefix (start token, a prompt)
     prefix = inputs.get("decoder_input_ids") if label_shift(model) == 0 else inputs["input_ids"]

@@ -52,18 +52,8 @@ def train(module: Any, family: str, folder: Path) -> dict[str, Any]:
     from vdtrain.cli import main
 
     model, processor = module.build(family)
-    model.save_pretrained(folder / "model")
-    processor.save_pretrained(folder / "model")
-    names = tiny.write_images(folder / "images", 4)
-    tiny.write_conversations(folder / "data.json", names, turns=2)
-    recipe = folder / "recipe.yaml"
-    recipe.write_text(
-        f"model_name_or_path: {folder / 'model'}\ndata_path: {folder / 'data.json'}\n"
-        f"image_folder: {folder / 'images'}\noutput_dir: {folder / 'out'}\nlora_r: 4\nlora_alpha: 8\n"
-        "per_device_train_batch_size: 2\nmax_steps: 2\nlogging_steps: 1\nuse_cpu: true\nreport_to: none\n"
-        "vd_start: 0.0\nsave_strategy: 'no'\ndisable_tqdm: true\n"
-        + ("dtype: bfloat16\n" if next(model.parameters()).dtype == torch.bfloat16 else "")  # Llama-4's pixels
-    )
+    bfloat16 = next(model.parameters()).dtype == torch.bfloat16  # Llama-4: its processor writes bfloat16 pixels
+    recipe = tiny.write_training_run(folder, model, processor, "dtype: bfloat16\n" if bfloat16 else "")
     status = main(["train", str(recipe)])
     lora = 0
     if status == 0:

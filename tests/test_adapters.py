@@ -287,17 +287,7 @@ def test_vdtrain_train_recipe_trains_each_family(family, tmp_path, request):
     from vdtrain.cli import main
 
     model, processor = build(family, request)
-    model_dir = tmp_path / "model"
-    model.save_pretrained(model_dir)
-    processor.save_pretrained(model_dir)
-    names = tiny.write_images(tmp_path / "images", 4)
-    tiny.write_conversations(tmp_path / "data.json", names, turns=2)
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(
-        f"model_name_or_path: {model_dir}\ndata_path: {tmp_path / 'data.json'}\nimage_folder: {tmp_path / 'images'}\n"
-        f"output_dir: {tmp_path / 'out'}\nlora_r: 4\nlora_alpha: 8\nper_device_train_batch_size: 2\nmax_steps: 2\n"
-        "logging_steps: 1\nuse_cpu: true\nreport_to: none\nvd_start: 0.0\nsave_strategy: 'no'\ndisable_tqdm: true\n"
-    )
+    recipe = tiny.write_training_run(tmp_path, model, processor)
     assert main(["train", str(recipe)]) == 0
     weights = load_file(tmp_path / "out" / "adapter_model.safetensors")
     adapter = get_adapter(model, processor)

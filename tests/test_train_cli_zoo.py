@@ -41,18 +41,8 @@ FAMILIES = [
 def test_train_from_saved_checkpoint(name, tmp_path, capsys):
     module, family = name.split(":")
     model, processor = importlib.import_module(module).build(family)
-    model_dir = tmp_path / "model"
-    model.save_pretrained(model_dir)
-    processor.save_pretrained(model_dir)
+    recipe = tiny.write_training_run(tmp_path, model, processor)
     del model, processor  # what follows sees only the folder
-    names = tiny.write_images(tmp_path / "images", 4)
-    tiny.write_conversations(tmp_path / "data.json", names, turns=2)
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(
-        f"model_name_or_path: {model_dir}\ndata_path: {tmp_path / 'data.json'}\nimage_folder: {tmp_path / 'images'}\n"
-        f"output_dir: {tmp_path / 'out'}\nlora_r: 4\nlora_alpha: 8\nper_device_train_batch_size: 2\nmax_steps: 2\n"
-        "logging_steps: 1\nuse_cpu: true\nreport_to: none\nvd_start: 0.0\nsave_strategy: 'no'\ndisable_tqdm: true\n"
-    )
 
     assert main(["train", str(recipe)]) == 0
 

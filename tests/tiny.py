@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -119,6 +120,24 @@ def write_conversations(path: Path, image_names: list[str], turns: int = 1, text
         )
     path.write_text(json.dumps(records))
     return records
+
+
+def write_training_run(folder: Path, model: Any, processor: Any, extra: str = "") -> Path:
+    """The folder a user trains from with `vdtrain train`: `model/` (`save_pretrained` of both), 4 images, 2-turn
+    LLaVA-format data and a recipe (LoRA r 4, 2 steps of batch 2, the noisy pass from step 0, no checkpoint, CPU),
+    plus `extra` recipe lines; returns the recipe's path (the output goes to `out/`)."""
+    model.save_pretrained(folder / "model")
+    processor.save_pretrained(folder / "model")
+    names = write_images(folder / "images", 4)
+    write_conversations(folder / "data.json", names, turns=2)
+    recipe = folder / "recipe.yaml"
+    recipe.write_text(
+        f"model_name_or_path: {folder / 'model'}\ndata_path: {folder / 'data.json'}\n"
+        f"image_folder: {folder / 'images'}\noutput_dir: {folder / 'out'}\nlora_r: 4\nlora_alpha: 8\n"
+        "per_device_train_batch_size: 2\nmax_steps: 2\nlogging_steps: 1\nuse_cpu: true\nreport_to: none\n"
+        "vd_start: 0.0\nsave_strategy: 'no'\ndisable_tqdm: true\n" + extra
+    )
+    return recipe
 
 
 def _named_tokenizer(specials: tuple[str, ...], named: dict[str, str]):

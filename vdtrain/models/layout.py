@@ -64,8 +64,9 @@ def read_layout(model: nn.Module) -> Layout:
     )
     head, embeddings = _embeddings(model, "get_output_embeddings"), _embeddings(model, "get_input_embeddings")
     vocabulary = getattr(embeddings, "num_embeddings", None)  # a linear onto the vocabulary is an LM head
-    fused = prefix is not None and any(
-        param.dim() == 3 and _under(name, prefix) for name, param in model.named_parameters()
+    fused = prefix is not None and any(  # ZeRO-3 keeps a partitioned parameter's shape as `ds_shape`
+        len(getattr(param, "ds_shape", param.shape)) == 3 and _under(name, prefix)
+        for name, param in model.named_parameters()
     )
     skipped = ROUTERS | MLP_NAMES if fused else ROUTERS  # an MoE model's LoRA: attention
     lora = tuple(
